@@ -1,0 +1,115 @@
+"""The ``statemachine-trainer`` command.
+
+    statemachine-trainer diagram MODULE:OBJECT [--format mermaid|dot]
+    statemachine-trainer specs [--check | --write] [--dir DIR]
+
+``MODULE`` is an importable module (``my_pkg.loops``) or a path to a ``.py``
+file; ``OBJECT`` names a ``Table``, a ``Loop`` subclass (its table is drawn),
+a ``Loop`` instance, or a zero-argument callable returning one (its whole
+tree is drawn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad command-line input; printed without a traceback, exit status 2."""
+
+
+def load_object(spec: str) -> Any:
+    """Resolve ``MODULE:OBJECT`` (``MODULE`` may be a dotted name or a ``.py`` path)."""
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise UsageError(f"expected MODULE:OBJECT, got {spec!r}; e.g. examples/table_loop.py:CountdownLoop")
+    if module_name.endswith(".py") or "/" in module_name:
+        path = Path(module_name)
+        if not path.exists():
+            raise UsageError(f"no such file: {module_name}")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{module_name} has no attribute {attr_path!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _drawable(obj: Any) -> Any:
+    from .machine import Loop, Table
+
+    if isinstance(obj, (Table, Loop)) or (isinstance(obj, type) and issubclass(obj, Loop)):
+        return obj
+    if callable(obj):
+        made = obj()
+        if isinstance(made, (Table, Loop)):
+            return made
+    raise UsageError(f"{obj!r} is not a Table, a Loop class, a Loop instance or a function returning one")
+
+
+def _diagram(args: argparse.Namespace) -> int:
+    from .machine.diagram import to_dot, to_mermaid
+
+    obj = _drawable(load_object(args.target))
+    sys.stdout.write(to_mermaid(obj) if args.format == "mermaid" else to_dot(obj))
+    return 0
+
+
+def _specs(args: argparse.Namespace) -> int:
+    from .specs import check_specs, write_specs
+
+    if args.write:
+        write_specs(args.dir)
+        print(f"wrote specs to {args.dir or 'specs/'}")
+        return 0
+    problems = check_specs(args.dir)
+    for problem in problems:
+        print(problem)
+    print("specs: OK" if not problems else f"specs: {len(problems)} difference(s)")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="statemachine-trainer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    diagram = sub.add_parser("diagram", help="print a loop or loop tree as Mermaid or Graphviz DOT")
+    diagram.add_argument("target", metavar="MODULE:OBJECT")
+    diagram.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    diagram.set_defaults(func=_diagram)
+    specs = sub.add_parser("specs", help="check the code against specs/ (or regenerate tables and schema)")
+    mode = specs.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="report differences, exit 1 if any (default)")
+    mode.add_argument("--write", action="store_true", help="rewrite tables and state schema from the code")
+    specs.add_argument("--dir", type=Path, default=None, help="specs directory (default: the repository's specs/)")
+    specs.set_defaults(func=_specs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"statemachine-trainer: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
