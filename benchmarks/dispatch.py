@@ -64,7 +64,7 @@ How it is measured
 
 The last line, ``dispatch overhead per hook: direct=X.Xx method call,
 transitions=Y.Yx``, is the one-hook case's ratio for our two engines (named as
-``Loop(engine=...)`` names them) and is what README quotes.
+a loop's ``engine`` class attribute names them) and is what README quotes.
 
 This script imports no torch: the machine core does not need it.
 """

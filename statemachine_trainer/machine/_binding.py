@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from ._table import Row, Table, TableError
+from ._table import END, Row, Table, TableError
 
 __all__ = ["BoundRow", "abstract_hook", "bind_rows", "check_names", "noop_hook"]
 
@@ -49,6 +49,39 @@ class BoundRow:
     hooks: tuple[tuple[Callable[..., Any], bool], ...]
     hook_index: tuple[int, ...]
     returns_last: bool  # the row's last table hook is kept, so its return value is the row's output
+    # Derived once for the hot path:
+    dest: str = attrs.field(init=False)
+    check: Callable[[], Any] | None = attrs.field(init=False)  # all guards as one call; None if unguarded
+    enters_end: bool = attrs.field(init=False)
+    steps: tuple[tuple[Callable[..., Any], bool, int, bool], ...] = attrs.field(init=False)  # (fn, takes_args, index, is_last)
+
+    def __attrs_post_init__(self) -> None:
+        last = len(self.hooks) - 1
+        object.__setattr__(self, "dest", self.row.dest)
+        object.__setattr__(self, "check", _combine(self.conditions, self.unless))
+        object.__setattr__(self, "enters_end", self.row.dest == END)
+        object.__setattr__(self, "steps", tuple((fn, takes, self.hook_index[k], k == last)
+                                                for k, (fn, takes) in enumerate(self.hooks)))
+
+
+def _combine(conditions: tuple[Callable[[], Any], ...],
+             unless: tuple[Callable[[], Any], ...]) -> Callable[[], Any] | None:
+    """One callable for a row's guards, evaluated in order with short-circuit (transitions' order)."""
+    if not conditions and not unless:
+        return None
+    if len(conditions) == 1 and not unless:
+        return conditions[0]
+
+    def check() -> bool:
+        for condition in conditions:
+            if not condition():
+                return False
+        for guard in unless:
+            if guard():
+                return False
+        return True
+
+    return check
 
 
 def _static(cls: type, name: str) -> Any:

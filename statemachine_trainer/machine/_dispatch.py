@@ -149,30 +149,40 @@ class Dispatcher:
     def fire(self, trigger: str) -> bool | None:
         """Process ``trigger`` now, or queue it if a transition is under way (run-to-completion).
 
-        Returns whether a row was taken, or None when queued.
+        Returns whether a row was taken, or None when queued.  This and
+        ``_process``/``_run_hooks`` are the hot path: flat code, no helpers.
         """
         if self._busy:
             self.queue.append(trigger)
             return None
-        return self._guarded(self._process_and_drain, trigger)
-
-    def _guarded(self, step: Callable[..., Any], *args: Any) -> Any:
         self._busy = True
         try:
-            return step(*args)
+            taken = self._process(trigger)
+            if self.queue:
+                self._drain()
+            return taken
         except BaseException:
-            # The failed transition never happened as far as the machine knows: its
-            # state is still the source, and nothing is pending.
-            self.queue.clear()
-            self.row, self.hook = None, 0
+            self._abort()
             raise
         finally:
             self._busy = False
 
-    def _process_and_drain(self, trigger: str) -> bool:
-        taken = self._process(trigger)
-        self._drain()
-        return taken
+    def _guarded(self, step: Callable[[], Any]) -> None:
+        """Run ``step`` as one run-to-completion unit, with fire()'s failure rule."""
+        self._busy = True
+        try:
+            step()
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            self._busy = False
+
+    def _abort(self) -> None:
+        # The failed transition never happened as far as the machine knows: its
+        # state is still the source, and nothing is pending.
+        self.queue.clear()
+        self.row, self.hook = None, 0
 
     def _drain(self) -> None:
         queue = self.queue
@@ -188,7 +198,7 @@ class Dispatcher:
         if resume.row is not None:
             bound = self.rows[resume.row]
             result = self._run_hooks(bound, resume.hook)
-            self.state = bound.row.dest
+            self.state = bound.dest
             self._finish_row(bound, result)
         self.restarting = False
         self._drain()
@@ -202,26 +212,24 @@ class Dispatcher:
         self.row = bound.index
         args, kwargs, observer = self.args, self.kwargs, self.observer
         result = None
-        last = len(bound.hooks) - 1
-        for k, (fn, takes_args) in enumerate(bound.hooks):
-            index = bound.hook_index[k]
+        for fn, takes_args, index, is_last in bound.steps:
             if index < start:
                 continue
             self.hook = index
             result = fn(*args, **kwargs) if takes_args else fn()
             self.hook = index + 1
-            if observer is not None and k != last:
+            if observer is not None and not is_last:
                 observer(self.owner)  # a boundary between two hooks of one transition
         return result if bound.returns_last else None
 
     def _finish_row(self, bound: BoundRow, result: Any) -> None:
         self.row, self.hook = None, 0
-        if bound.row.dest == END:
+        if bound.enters_end:
             self.output = result
         # A nested loop that just finished is not a boundary: its parent's hook is still
         # running, and a resume would re-enter that hook and start the child over.  The
         # parent's next boundary comes as soon as the hook returns.
-        if self.observer is not None and not (self._nested and bound.row.dest == END):
+        if self.observer is not None and not (self._nested and bound.enters_end):
             self.observer(self.owner)  # a boundary between two transitions
 
     def _process(self, trigger: str) -> bool:  # pragma: no cover - engines override
@@ -237,28 +245,26 @@ class DirectDispatcher(Dispatcher):
     def __init__(self, table: Table, owner: Any, name: str) -> None:
         self.state = START
         super().__init__(table, owner, name)
-        lookup: dict[tuple[str, str], list[BoundRow]] = {}
+        lookup: dict[str, dict[str, list[BoundRow]]] = {state: {} for state in table.states}
         for bound in self.rows:
-            lookup.setdefault((bound.row.source, bound.row.trigger), []).append(bound)
-        self._lookup = {key: tuple(rows) for key, rows in lookup.items()}
+            lookup[bound.row.source].setdefault(bound.row.trigger, []).append(bound)
+        # state -> trigger -> candidate rows, in table order
+        self._lookup = {state: {t: tuple(rows) for t, rows in by_trigger.items()}
+                        for state, by_trigger in lookup.items()}
 
     def _process(self, trigger: str) -> bool:
-        candidates = self._lookup.get((self.state, trigger))
+        by_trigger = self._lookup.get(self.state)
+        candidates = by_trigger.get(trigger) if by_trigger is not None else None
         if candidates is None:
             raise self._illegal(trigger)
         for bound in candidates:
-            for condition in bound.conditions:
-                if not condition():
-                    break
-            else:
-                for guard in bound.unless:
-                    if guard():
-                        break
-                else:
-                    result = self._run_hooks(bound, 0)
-                    self.state = bound.row.dest
-                    self._finish_row(bound, result)
-                    return True
+            check = bound.check
+            if check is not None and not check():
+                continue
+            result = self._run_hooks(bound, 0)
+            self.state = bound.dest
+            self._finish_row(bound, result)
+            return True
         return False
 
     def _enter_restart(self, state: str) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import attrs
 import cattrs
+from cattrs.errors import AttributeValidationNote, ClassValidationError
+from cattrs.gen import make_dict_structure_fn
 
 from ._position import Position
 
@@ -54,9 +56,39 @@ def _structure_float(value: Any, _: type) -> float:
     return float(value)
 
 
+def _all_keys_required(conv: cattrs.Converter):  # noqa: ANN202
+    """attrs classes structure only from complete data: a missing key is an error even if it has a default.
+
+    A default would silently paper over a state saved by different code, which
+    is exactly what loading must refuse.
+    """
+
+    def factory(cls: type) -> Any:
+        inner = make_dict_structure_fn(cls, conv)
+        fields = attrs.fields(cls)
+
+        def structure(value: Any, _: type) -> Any:
+            if isinstance(value, Mapping):
+                missing = []
+                for field in fields:
+                    if field.init and field.name not in value:
+                        err = KeyError(field.name)
+                        err.__notes__ = [AttributeValidationNote(  # the note cattrs' error paths are built from
+                            f"Structuring class {cls.__qualname__} @ attribute {field.name}", field.name, field.type)]
+                        missing.append(err)
+                if missing:
+                    raise ClassValidationError(f"While structuring {cls.__name__}", missing, cls)
+            return inner(value, cls)
+
+        return structure
+
+    return factory
+
+
 def make_converter() -> cattrs.Converter:
     """A fresh converter with the library's rules; ``converter`` is the shared instance."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook_factory(attrs.has, _all_keys_required(conv))
     conv.register_structure_hook(int, _strict(int, (int,)))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
     conv.register_structure_hook(str, _strict(str, (str,)))
