@@ -406,3 +406,17 @@ def test_start_and_end_positions_need_no_restart():
     assert fresh.fields.trace == loop.fields.trace
     assert fresh.run() == "ran 2"  # and a later run() starts a new run
     assert fresh.position.state == END and START in fresh.table.states
+
+
+def test_teardown_reaches_every_sub_loop():
+    torn = []
+
+    class Tracked(Inner):
+        def teardown(self) -> None:
+            torn.append(self.n)
+            super().teardown()
+
+    outer = Outer()
+    outer.inner = Tracked(4)
+    outer.teardown()
+    assert torn == [4]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 
 import attrs
@@ -131,3 +132,36 @@ def test_dumps_is_canonical_json():
     text = dumps(state_set)
     assert json.loads(text)["schema_version"] == SCHEMA_VERSION
     assert text == dumps(structure_state_set(json.loads(text), {"fit": (Progress, FoldFields)}))
+
+
+class Phase(enum.Enum):
+    WARMUP = "warmup"
+    TRAIN = "train"
+
+
+@attrs.define
+class PhaseFields:
+    phase: Phase = Phase.WARMUP  # current phase; WARMUP until the warm-up steps are done
+
+
+def test_enums_travel_as_their_values():
+    state_set = StateSet(loops={"fit": LoopState(Position("START"), Progress(), PhaseFields(Phase.TRAIN))})
+    data = unstructure_state_set(state_set)
+    assert data["loops"]["fit"]["fields"] == {"phase": "train"}
+    assert structure_state_set(data, {"fit": (Progress, PhaseFields)}) == state_set
+    data["loops"]["fit"]["fields"]["phase"] = "cooldown"
+    with pytest.raises(StateError, match=r"\$\.loops\['fit'\]\.fields\.phase"):
+        structure_state_set(data, {"fit": (Progress, PhaseFields)})
+
+
+@given(n=st.integers(0, 3), inner=st.integers(0, 3))
+def test_every_reachable_state_set_round_trips(n, inner):
+    from .test_loop import Outer
+
+    tree = Outer(n, inner)
+    seen = []
+    tree.observe(lambda _: seen.append(tree.state_set()))
+    tree.run()
+    schema = tree.state_schema()
+    for state_set in [*seen, tree.state_set()]:
+        assert structure_state_set(json.loads(json.dumps(unstructure_state_set(state_set))), schema) == state_set
