@@ -40,7 +40,7 @@ from ..state import (
 )
 from ._binding import abstract_hook, check_names, noop_hook
 from ._dispatch import ENGINES, Dispatcher
-from ._table import ADVANCE, END, RESTARTING, START, Row, Table, TableError
+from ._table import ADVANCE, END, START, Row, Table, TableError
 
 __all__ = ["LOOP_TABLE", "Loop"]
 
@@ -337,7 +337,3 @@ def _check_position(loop: Loop, path: str, position: Position) -> None:
     unknown = [t for t in position.queue if t not in table.triggers]
     if unknown:
         raise StateError(f"{where}.queue: unknown trigger(s) {unknown}; {fix}.")
-
-
-# RESTARTING is re-exported here for readers who meet it in a loop's docs first.
-__all__ += ["RESTARTING"]
