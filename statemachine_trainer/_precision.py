@@ -1,0 +1,72 @@
+"""``Precision``: autocast and loss scaling, chosen once from the ``precision`` flag.
+
+``"32"`` does nothing.  ``"bf16-mixed"`` runs steps under ``torch.autocast``
+with bfloat16 (CPU or CUDA); bfloat16 has float32's range, so no scaler.
+``"16-mixed"`` (CUDA only) uses float16 autocast and a ``GradScaler``: losses
+are scaled before backward, gradients unscaled before clipping, and a step
+with inf/NaN gradients is skipped by the scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ._optim import ConfigError
+
+__all__ = ["PRECISIONS", "Precision"]
+
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+
+
+class Precision:
+    def __init__(self, precision: str | int, device: torch.device) -> None:
+        precision = str(precision)
+        if precision == "32-true":
+            precision = "32"
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision={precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
+        if precision == "16-mixed" and device.type != "cuda":
+            raise ConfigError("precision='16-mixed' needs a CUDA device (float16 autocast with a GradScaler); on CPU "
+                              "use precision='bf16-mixed' or '32'.")
+        self.precision = precision
+        self.device = device
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
+        self._dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        self._unscaled: set[int] = set()
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._dtype)
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward(*args, **kwargs)
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring gradients to their true size before clipping (a no-op without a scaler)."""
+        if self.scaler is not None and id(optimizer) not in self._unscaled:
+            self.scaler.unscale_(optimizer)
+            self._unscaled.add(id(optimizer))
+
+    def step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
+        if self.scaler is None:
+            return optimizer.step() if closure is None else optimizer.step(closure)
+        if closure is not None:
+            closure()  # GradScaler cannot pass a closure to step(); evaluate it first
+        result = self.scaler.step(optimizer)
+        self.scaler.update()
+        self._unscaled.discard(id(optimizer))
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.scaler is None else self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)

@@ -1,0 +1,251 @@
+"""Where ``self.log`` puts values, and how they are reduced at epoch end.
+
+Why this shape: logging happens on the hot path (once or more per step), so a
+call does one dict lookup and one assignment; defaults, checks and key names
+are worked out the first time a (hook, name) pair is logged and cached in a
+:class:`_Slot`.  Values stay tensors -- no ``.item()`` (a host sync on GPU)
+until a logger or the progress bar actually reads them.
+
+Defaults follow Lightning: values logged from ``training_step`` and the
+per-batch training hooks are per-step; values logged from evaluation steps and
+from any epoch-level hook are per-epoch.  A value logged both ways appears as
+``name_step`` and ``name_epoch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torchmetrics import Metric
+
+__all__ = ["LogError", "Results", "STEP_HOOKS"]
+
+#: Hooks whose self.log() calls default to on_step=True, on_epoch=False.
+STEP_HOOKS = frozenset({
+    "training_step", "on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+    "on_before_optimizer_step", "on_before_zero_grad",
+})
+#: Per-batch evaluation hooks: their values are accumulated over the epoch (on_epoch=True by default).
+EVAL_STEP_HOOKS = frozenset({
+    "validation_step", "test_step", "on_validation_batch_start", "on_validation_batch_end", "on_test_batch_start",
+    "on_test_batch_end",
+})
+_REDUCE_FX = ("mean", "sum", "max", "min")
+
+
+class LogError(ValueError):
+    """A ``self.log`` call that cannot be honoured; the message names the key and the fix."""
+
+
+class _Slot:
+    """One logged key from one hook: its settings, latest value and epoch accumulator."""
+
+    __slots__ = ("name", "on_step", "on_epoch", "prog_bar", "logger", "reduce_fx", "last", "total", "weight",
+                 "metric", "stage", "direct")
+
+    def __init__(self, name: str, stage: str, on_step: bool, on_epoch: bool, prog_bar: bool, logger: bool,
+                 reduce_fx: str, direct: bool) -> None:
+        self.name, self.stage, self.direct = name, stage, direct
+        self.on_step, self.on_epoch, self.prog_bar, self.logger, self.reduce_fx = (
+            on_step, on_epoch, prog_bar, logger, reduce_fx)
+        self.last: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None  # running sum (mean, sum), or max / min
+        self.weight = 0  # total batch size seen this epoch (mean's denominator)
+        self.metric: Metric | None = None
+
+    @property
+    def step_key(self) -> str:
+        return f"{self.name}_step" if self.on_epoch else self.name
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.name}_epoch" if self.on_step else self.name
+
+    def accumulate(self, value: torch.Tensor, batch_size: int) -> None:
+        fx = self.reduce_fx
+        if self.total is None:
+            self.total = value * batch_size if fx == "mean" else value.clone()
+        elif fx == "mean":
+            self.total = self.total + value * batch_size
+        elif fx == "sum":
+            self.total = self.total + value
+        elif fx == "max":
+            self.total = torch.maximum(self.total, value)
+        else:
+            self.total = torch.minimum(self.total, value)
+        self.weight += batch_size
+
+    def epoch_value(self) -> torch.Tensor | None:
+        if self.metric is not None:
+            value = self.metric.compute()
+            self.metric.reset()
+            return value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        if self.total is None:
+            return None
+        value = self.total / self.weight if self.reduce_fx == "mean" else self.total
+        self.total, self.weight = None, 0
+        return value
+
+
+class Results:
+    """Everything logged in one Trainer: per-stage slots and the merged views callbacks read."""
+
+    def __init__(self) -> None:
+        self.fx = "training_step"  # the hook running now; the loops set it before calling user code
+        self.stage = "train"  # "train", "validate", "test", "predict", "sanity_check"
+        self.batch: Any = None  # the batch being processed, for batch-size inference
+        self._batch_size: int | None = None
+        self._slots: dict[tuple[str, str, str], _Slot] = {}
+        self.callback_metrics: dict[str, torch.Tensor] = {}
+        self.progress_bar_metrics: dict[str, torch.Tensor] = {}
+        self.logged_metrics: dict[str, torch.Tensor] = {}
+        self.pending_log: dict[str, torch.Tensor] = {}  # epoch values not yet written to the logger
+
+    def new_batch(self, batch: Any) -> None:
+        self.batch, self._batch_size = batch, None
+
+    # -- the hot path ------------------------------------------------------------------
+    def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True, on_step: bool | None = None,
+            on_epoch: bool | None = None, reduce_fx: str = "mean", batch_size: int | None = None) -> None:
+        slot = self._slots.get((self.stage, self.fx, name))
+        if slot is None:
+            slot = self._new_slot(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx)
+        if slot.direct:
+            self._publish(slot, value)
+            return
+        if isinstance(value, Metric):
+            slot.metric = value
+            cached = getattr(value, "_forward_cache", None)
+            if slot.on_step and isinstance(cached, torch.Tensor):
+                slot.last = cached.detach()
+            return
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        else:
+            value = torch.tensor(float(value))
+        if slot.on_step:
+            slot.last = value
+        if slot.on_epoch:
+            slot.accumulate(value, batch_size if batch_size is not None else self.batch_size())
+
+    def batch_size(self) -> int:
+        if self._batch_size is None:
+            self._batch_size = _infer_batch_size(self.batch)
+        return self._batch_size
+
+    def _new_slot(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None,
+                  on_epoch: bool | None, reduce_fx: str) -> _Slot:
+        if not isinstance(name, str) or not name:
+            raise LogError(f"self.log() needs a non-empty str name, got {name!r}.")
+        if reduce_fx not in _REDUCE_FX:
+            raise LogError(f"self.log({name!r}, reduce_fx={reduce_fx!r}): use one of {', '.join(_REDUCE_FX)}.")
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
+            raise LogError(f"self.log({name!r}) got a tensor of shape {tuple(value.shape)}; log a scalar "
+                           "(e.g. value.mean()) or a torchmetrics Metric.")
+        if not isinstance(value, (torch.Tensor, Metric, int, float)):
+            raise LogError(f"self.log({name!r}) got {type(value).__name__}; log a number, a scalar tensor or a "
+                           "torchmetrics Metric.")
+        per_step = self.fx in STEP_HOOKS and self.stage == "train"
+        on_step = per_step if on_step is None else on_step
+        on_epoch = (not per_step) if on_epoch is None else on_epoch
+        if not (on_step or on_epoch):
+            raise LogError(f"self.log({name!r}, on_step=False, on_epoch=False) would record nothing; set one.")
+        if isinstance(value, Metric) and reduce_fx != "mean":
+            raise LogError(f"self.log({name!r}, <Metric>) reduces with the metric's own compute(); drop reduce_fx.")
+        # A value logged from an epoch-level hook (on_validation_epoch_end, ...) has no epoch left to
+        # reduce over: it is published at once, so callbacks running after the hook see it.
+        direct = self.fx not in STEP_HOOKS and self.fx not in EVAL_STEP_HOOKS
+        slot = _Slot(name, self.stage, on_step and not direct, True if direct else on_epoch, prog_bar, logger,
+                     reduce_fx, direct)
+        self._slots[(self.stage, self.fx, name)] = slot
+        return slot
+
+    def _publish(self, slot: _Slot, value: Any) -> None:
+        if isinstance(value, Metric):
+            value = value.compute()
+            slot_value = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        elif isinstance(value, torch.Tensor):
+            slot_value = value.detach()
+        else:
+            slot_value = torch.tensor(float(value))
+        self.callback_metrics[slot.name] = slot_value
+        if slot.prog_bar:
+            self.progress_bar_metrics[slot.name] = slot_value
+        if slot.logger:
+            self.logged_metrics[slot.name] = slot_value
+            self.pending_log[slot.name] = slot_value
+
+    def take_pending(self) -> dict[str, torch.Tensor]:
+        """Values published from epoch-level hooks since the last call, for the logger."""
+        pending, self.pending_log = self.pending_log, {}
+        return pending
+
+    # -- views ---------------------------------------------------------------------------
+    def step_metrics(self) -> dict[str, torch.Tensor]:
+        """The latest per-step training values (what a logger writes every few steps)."""
+        return {s.step_key: s.last for s in self._slots.values()
+                if s.stage == "train" and s.on_step and s.logger and s.last is not None}
+
+    def refresh_step_views(self) -> None:
+        """Copy the latest per-step values into callback_metrics and progress_bar_metrics."""
+        for slot in self._slots.values():
+            if slot.stage == "train" and slot.on_step and slot.last is not None:
+                self.callback_metrics[slot.step_key] = slot.last
+                if slot.on_epoch:
+                    self.callback_metrics.setdefault(slot.name, slot.last)
+                if slot.prog_bar:
+                    self.progress_bar_metrics[slot.step_key] = slot.last
+
+    def epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
+        """Reduce ``stage``'s per-epoch values, publish them, and return what goes to the logger."""
+        out = {}
+        for slot in self._slots.values():
+            if slot.stage != stage or not slot.on_epoch or slot.direct:
+                continue
+            value = slot.epoch_value()
+            if value is None:
+                continue
+            self.callback_metrics[slot.epoch_key] = value
+            self.callback_metrics[slot.name] = value
+            if slot.prog_bar:
+                self.progress_bar_metrics[slot.epoch_key] = value
+            if slot.logger:
+                out[slot.epoch_key] = value
+                self.logged_metrics[slot.epoch_key] = value
+        return out
+
+    def reset_stage(self, stage: str) -> None:
+        """Forget a stage's partial epoch values (a new run of an evaluation loop)."""
+        for slot in self._slots.values():
+            if slot.stage == stage:
+                slot.total, slot.weight, slot.last = None, 0, None
+                if slot.metric is not None:
+                    slot.metric.reset()
+
+    def forget(self, keys: Any) -> None:
+        """Drop published values (e.g. the sanity check's), so nothing downstream acts on them."""
+        for key in keys:
+            for view in (self.callback_metrics, self.progress_bar_metrics, self.logged_metrics):
+                view.pop(key, None)
+
+    def logged_keys(self) -> set[str]:
+        keys = set()
+        for slot in self._slots.values():
+            keys.update((slot.name, slot.step_key, slot.epoch_key))
+        return keys
+
+
+def _infer_batch_size(batch: Any) -> int:
+    """Size of the first dimension of the first tensor in the batch (1 if there is none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            size = _infer_batch_size(item)
+            if size:
+                return size
+    return 1

@@ -1,0 +1,63 @@
+"""``BatchSource``: a dataloader seen by a loop -- how many batches, and the next one on the right device.
+
+Limits (``limit_*_batches``) are resolved here once per run, so loops only ask
+"is there another batch?" by comparing a counter with ``num_batches``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .._optim import ConfigError
+from ._base import move_to_device
+
+__all__ = ["BatchSource", "count_batches"]
+
+
+def count_batches(loader: Any, limit: int | float | None, what: str) -> int:
+    """The number of batches a loop takes from ``loader`` per epoch, given a ``limit_*_batches`` value."""
+    try:
+        length = len(loader)
+    except TypeError:
+        length = None
+    if limit is None or (isinstance(limit, float) and limit == 1.0):
+        if length is None:
+            raise ConfigError(f"The {what} dataloader has no len(); set limit_{what}_batches=N (an int) so the "
+                              "loop knows where an epoch ends.")
+        return length
+    if isinstance(limit, float):
+        if not 0.0 <= limit <= 1.0:
+            raise ConfigError(f"limit_{what}_batches={limit} must be a fraction in [0, 1] or an int.")
+        if length is None:
+            raise ConfigError(f"limit_{what}_batches={limit} is a fraction, but the {what} dataloader has no len(); "
+                              "give an int instead.")
+        return int(length * limit)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(f"limit_{what}_batches must be an int >= 0 or a float in [0, 1], got {limit!r}.")
+    return limit if length is None else min(length, limit)
+
+
+class BatchSource:
+    """One loader, with its per-epoch batch count and the device batches go to."""
+
+    def __init__(self, loader: Any, num_batches: int, device: Any) -> None:
+        self.loader, self.num_batches, self.device = loader, num_batches, device
+        self._iterator: Iterator[Any] | None = None
+        self._on_cpu = str(device) == "cpu"
+
+    def start_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # e.g. DistributedSampler reshuffles per epoch
+        self._iterator = iter(self.loader)
+
+    def next_batch(self) -> Any:
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        batch = next(self._iterator)
+        # On CPU every tensor is already where it must be; skip the walk over the batch.
+        return batch if self._on_cpu else move_to_device(batch, self.device)
+
+    def end_epoch(self) -> None:
+        self._iterator = None  # let worker processes of the finished epoch shut down

@@ -1,0 +1,86 @@
+"""``BatchLoop``: one training batch -- ``on_train_batch_start``, the optimization loop, ``on_train_batch_end``.
+
+The batch loop owns the three optimization loops as sub-loops and runs the one
+the module asks for (resolved when the trainer attaches, not per batch)::
+
+    START --run-->               ADVANCE / reset, on_run_start    # on_train_batch_start
+    ADVANCE --advance [skipped]--> END                             # it returned -1: skip the rest of the epoch
+    ADVANCE --advance-->          END     / advance                 # optimize, then on_train_batch_end
+
+``advance`` runs the optimization loop and the end hook in one hook, so the
+step's outputs never have to cross a checkpoint boundary.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import attrs
+
+from ..machine import ADVANCE, END, START, Loop, Row, Table
+from ._base import TrainerLoop
+from .optimization import GeneratorLoop, ManualLoop, OptimizerLoop
+
+__all__ = ["BATCH_TABLE", "BatchFields", "BatchLoop"]
+
+BATCH_TABLE = Table(
+    name="BatchLoop",
+    states=(START, ADVANCE, END),
+    rows=(
+        Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
+        Row("advance", ADVANCE, END, conditions="skipped"),
+        Row("advance", ADVANCE, END, hooks="advance"),
+    ),
+)
+
+
+@attrs.define
+class BatchFields:
+    skipped: bool = False  # on_train_batch_start returned -1 for this batch: the epoch ends after it
+
+
+class BatchLoop(TrainerLoop):
+    table = BATCH_TABLE
+    fields_class = BatchFields
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.optimizer_loop: Loop = OptimizerLoop()
+        self.generator_loop: Loop = GeneratorLoop()
+        self.manual_loop: Loop = ManualLoop()
+        self._chosen: Loop = self.optimizer_loop
+
+    def on_attach(self) -> None:
+        self._chosen = self.select_optimization_loop()
+
+    def select_optimization_loop(self) -> Loop:
+        """The sub-loop this module's optimization mode uses."""
+        module = self.trainer.module
+        if not module.automatic_optimization:
+            return self.manual_loop
+        if inspect.isgeneratorfunction(type(module).training_step):
+            return self.generator_loop
+        return self.optimizer_loop
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps taken in this fit, over every optimization mode (the trainer's global_step)."""
+        return (self.optimizer_loop.progress.optimizer_steps + self.generator_loop.progress.optimizer_steps
+                + self.manual_loop.progress.optimizer_steps)
+
+    @property
+    def skipped(self) -> bool:
+        return self.fields.skipped
+
+    def reset(self) -> None:
+        self.fields.skipped = False
+
+    def on_run_start(self, batch: Any, batch_idx: int) -> None:
+        if self.trainer.hooks.on_train_batch_start(batch, batch_idx) == -1:
+            self.fields.skipped = True
+
+    def advance(self, batch: Any, batch_idx: int) -> Any:
+        outputs = self._chosen.run(batch, batch_idx)
+        self.trainer.hooks.on_train_batch_end(outputs, batch, batch_idx)
+        return outputs

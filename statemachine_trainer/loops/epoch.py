@@ -1,0 +1,105 @@
+"""``TrainingEpochLoop``: one pass over the training data, with validation inside it when due.
+
+::
+
+    START    --run-->                   ADVANCE  / reset, on_run_start
+    ADVANCE  --advance [done]-->        END      / on_run_end
+    ADVANCE  --advance [val_due]-->     VALIDATE / advance           # a batch, then validation
+    ADVANCE  --advance-->               ADVANCE  / advance           # a batch
+    VALIDATE --validate-->              ADVANCE  / run_validation
+
+Validation is a state, not a flag: a checkpoint taken during a mid-epoch
+validation says so (``VALIDATE``), and the diagram shows where it happens.
+``val_due`` looks at the batch about to run: validation follows it when it
+closes a ``val_check_interval`` or is the epoch's last batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..machine import ADVANCE, END, START, Loop, Row, Table
+from ..state import BatchProgress
+from ._base import TrainerLoop
+from .batch import BatchLoop
+from .evaluation import EvaluationLoop
+
+__all__ = ["EPOCH_TABLE", "TrainingEpochLoop"]
+
+EPOCH_TABLE = Table(
+    name="TrainingEpochLoop",
+    states=(START, ADVANCE, "VALIDATE", END),
+    rows=(
+        Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
+        Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
+        Row("advance", ADVANCE, "VALIDATE", conditions="val_due", hooks="advance"),
+        Row("advance", ADVANCE, ADVANCE, hooks="advance"),
+        Row("validate", "VALIDATE", ADVANCE, hooks="run_validation"),
+    ),
+)
+
+
+class TrainingEpochLoop(TrainerLoop):
+    table = EPOCH_TABLE
+    progress_class = BatchProgress
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_loop: Loop = BatchLoop()
+        self.val_loop: Loop = EvaluationLoop("validate")
+
+    # -- conditions ------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        trainer = self.trainer
+        if self.progress.current.completed >= trainer.sources["train"].num_batches:
+            return True
+        if self.batch_loop.fields.skipped:
+            return True
+        if trainer.max_steps != -1 and self.global_step >= trainer.max_steps:
+            return True
+        return trainer.should_stop and trainer.current_epoch + 1 >= trainer.min_epochs
+
+    @property
+    def val_due(self) -> bool:
+        trainer = self.trainer
+        if not trainer.val_enabled or (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch:
+            return False
+        number = self.progress.current.ready + 1  # the batch about to run, counted from 1
+        return number % trainer.val_check_batches == 0 or number == trainer.sources["train"].num_batches
+
+    @property
+    def global_step(self) -> int:
+        return self.batch_loop.optimizer_steps
+
+    # -- hooks -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.progress.reset_on_run()
+        self.progress.is_last_batch = False
+
+    def on_run_start(self) -> None:
+        self.trainer.sources["train"].start_epoch(self.trainer.current_epoch)
+
+    def advance(self) -> Any:
+        trainer, progress = self.trainer, self.progress
+        source = trainer.sources["train"]
+        batch_idx = progress.current.ready
+        progress.increment_ready()
+        batch = source.next_batch()
+        trainer.results.new_batch(batch)
+        progress.is_last_batch = batch_idx + 1 >= source.num_batches
+        trainer.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch)
+        progress.increment_started()
+        self.batch_loop.run(batch, batch_idx)
+        progress.increment_processed()
+        if trainer.optimization.stepped:
+            trainer.step_schedulers("step")
+        progress.increment_completed()
+        if progress.total.completed % trainer.log_every_n_steps == 0:
+            trainer.log_step_metrics()
+
+    def run_validation(self) -> None:
+        self.val_loop.run()
+
+    def on_run_end(self) -> None:
+        self.trainer.sources["train"].end_epoch()

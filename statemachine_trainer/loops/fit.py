@@ -1,0 +1,122 @@
+"""``FitLoop``: the root of ``trainer.fit`` -- sanity check, then epochs until a stop condition holds.
+
+::
+
+    START        --run [skip]-->      END          / on_skip                        # nothing to train
+    START        --run-->             SANITY_CHECK / reset, on_fit_start
+    SANITY_CHECK --advance-->         ADVANCE      / sanity_check, on_train_start
+    ADVANCE      --advance [done]-->  END          / on_train_end, on_fit_end
+    ADVANCE      --advance-->         ADVANCE      / on_advance_start, advance, on_advance_end   # one epoch
+
+``done`` is a pure predicate (max_epochs, max_steps, should_stop after
+min_epochs) and ``stop_reason`` says which one fired.  Override ``advance`` and
+``done`` to change what an epoch is, as with Lightning 1.5's loops.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ..machine import ADVANCE, END, START, Loop, Row, Table
+from ..state import Progress
+from ._base import TrainerLoop
+from .epoch import TrainingEpochLoop
+
+__all__ = ["FIT_TABLE", "FitFields", "FitLoop"]
+
+FIT_TABLE = Table(
+    name="FitLoop",
+    states=(START, "SANITY_CHECK", ADVANCE, END),
+    rows=(
+        Row("run", START, END, conditions="skip", hooks="on_skip"),
+        Row("run", START, "SANITY_CHECK", hooks=("reset", "on_fit_start")),
+        Row("advance", "SANITY_CHECK", ADVANCE, hooks=("sanity_check", "on_train_start")),
+        Row("advance", ADVANCE, END, conditions="done", hooks=("on_train_end", "on_fit_end")),
+        Row("advance", ADVANCE, ADVANCE, hooks=("on_advance_start", "advance", "on_advance_end")),
+    ),
+)
+
+
+@attrs.define
+class FitFields:
+    should_stop: bool = False  # a callback or the module asked to stop; honoured once min_epochs are done
+
+
+class FitLoop(TrainerLoop):
+    table = FIT_TABLE
+    progress_class = Progress  # counts epochs: total.completed is the trainer's current_epoch
+    fields_class = FitFields
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch_loop: Loop = TrainingEpochLoop()
+
+    # -- conditions ------------------------------------------------------------------------
+    @property
+    def skip(self) -> bool:
+        trainer = self.trainer
+        return trainer.max_epochs == 0 or trainer.max_steps == 0 or trainer.sources["train"].num_batches == 0
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason() is not None
+
+    def stop_reason(self) -> str | None:
+        """Why the fit stops now (None while it goes on): the torchtnt-style twin of ``done``."""
+        trainer = self.trainer
+        epoch = self.progress.total.completed
+        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+            return f"max_steps={trainer.max_steps} reached"
+        if trainer.max_epochs != -1 and epoch >= trainer.max_epochs:
+            return f"max_epochs={trainer.max_epochs} reached"
+        if self.fields.should_stop and epoch >= trainer.min_epochs:
+            return "should_stop was set (e.g. by EarlyStopping)"
+        return None
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_skip(self) -> None:
+        self.trainer.hooks.on_fit_start()
+        self.trainer.hooks.on_fit_end()
+
+    def reset(self) -> None:
+        self.fields.should_stop = False
+
+    def on_fit_start(self) -> None:
+        self.trainer.hooks.on_fit_start()
+
+    def sanity_check(self) -> None:
+        trainer = self.trainer
+        if trainer.num_sanity_val_steps == 0 or not trainer.val_enabled:
+            return
+        trainer.hooks.on_sanity_check_start()
+        self.epoch_loop.val_loop.run(sanity=True)
+        trainer.hooks.on_sanity_check_end()
+
+    def on_train_start(self) -> None:
+        self.trainer.hooks.on_train_start()
+
+    def on_advance_start(self) -> None:
+        trainer = self.trainer
+        self.progress.increment_ready()
+        trainer.module.train()
+        trainer.results.stage = "train"
+        trainer.hooks.on_train_epoch_start()
+        self.progress.increment_started()
+
+    def advance(self) -> None:
+        self.epoch_loop.run()
+        self.progress.increment_processed()
+
+    def on_advance_end(self) -> None:
+        trainer = self.trainer
+        metrics = trainer.results.epoch_end("train")
+        trainer.hooks.on_train_epoch_end()
+        trainer.step_schedulers("epoch")
+        trainer.log_metrics({**metrics, **trainer.results.take_pending()})
+        self.progress.increment_completed()
+
+    def on_train_end(self) -> None:
+        self.trainer.hooks.on_train_end()
+
+    def on_fit_end(self) -> None:
+        self.trainer.hooks.on_fit_end()

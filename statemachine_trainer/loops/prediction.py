@@ -1,0 +1,90 @@
+"""``PredictionLoop``: run ``predict_step`` over the predict data and collect what it returns.
+
+::
+
+    START   --run [skip]-->      END     / on_skip
+    START   --run-->             ADVANCE / reset, on_run_start     # eval mode, on_predict_start, _epoch_start
+    ADVANCE --advance [done]-->  END     / on_run_end              # _epoch_end, _end; returns the predictions
+    ADVANCE --advance-->         ADVANCE / advance                 # _batch_start, predict_step, _batch_end
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..machine import ADVANCE, END, START, Row, Table
+from ..state import BatchProgress
+from ._base import TrainerLoop
+
+__all__ = ["PREDICTION_TABLE", "PredictionLoop"]
+
+PREDICTION_TABLE = Table(
+    name="PredictionLoop",
+    states=(START, ADVANCE, END),
+    rows=(
+        Row("run", START, END, conditions="skip", hooks="on_skip"),
+        Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
+        Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
+        Row("advance", ADVANCE, ADVANCE, hooks="advance"),
+    ),
+)
+
+
+class PredictionLoop(TrainerLoop):
+    table = PREDICTION_TABLE
+    progress_class = BatchProgress
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._predictions: list[Any] = []
+
+    @property
+    def skip(self) -> bool:
+        source = self.trainer.sources.get("predict")
+        return source is None or source.num_batches == 0
+
+    @property
+    def done(self) -> bool:
+        return self.progress.current.completed >= self.trainer.sources["predict"].num_batches
+
+    def on_skip(self) -> list[Any]:
+        return []
+
+    def reset(self) -> None:
+        self.progress.reset_on_run()
+        self._predictions = []
+
+    def on_run_start(self) -> None:
+        trainer = self.trainer
+        trainer.module.eval()
+        trainer.results.stage = "predict"
+        trainer.sources["predict"].start_epoch(0)
+        trainer.hooks.on_predict_start()
+        trainer.hooks.on_predict_epoch_start()
+
+    def on_restart(self) -> None:
+        self.trainer.module.eval()
+
+    def advance(self) -> None:
+        trainer, progress = self.trainer, self.progress
+        batch_idx = progress.current.ready
+        progress.increment_ready()
+        batch = trainer.sources["predict"].next_batch()
+        trainer.hooks.on_predict_batch_start(batch, batch_idx)
+        progress.increment_started()
+        with torch.no_grad(), trainer.precision.autocast():
+            outputs = trainer.module.predict_step(batch, batch_idx)
+        progress.increment_processed()
+        trainer.hooks.on_predict_batch_end(outputs, batch, batch_idx)
+        self._predictions.append(outputs)
+        progress.increment_completed()
+
+    def on_run_end(self) -> list[Any]:
+        trainer = self.trainer
+        trainer.sources["predict"].end_epoch()
+        trainer.hooks.on_predict_epoch_end()
+        trainer.hooks.on_predict_end()
+        predictions, self._predictions = self._predictions, []
+        return predictions

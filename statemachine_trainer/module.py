@@ -1,0 +1,292 @@
+"""``TrainingModule``: an ``nn.Module`` with the steps and hooks the built-in loops call.
+
+It reads like a LightningModule on purpose -- ``training_step``,
+``configure_optimizers``, ``self.log``, the ``on_*`` hooks, manual
+optimization -- so existing code moves over with renames at most.  The
+difference is who calls what: every hook below is called by a loop's table
+transition (see ``specs/loops``), never from a side door, and hooks you do not
+override are not called at all.
+
+A ``training_step`` may be a generator that yields one loss per optimizer:
+shared work (e.g. a GAN's generated batch) runs once, and each ``yield``
+hands a loss to the next optimizer's backward and step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .machine import noop_hook
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+__all__ = ["FunctionModule", "ManualOptimizationError", "TrainingModule"]
+
+
+class ManualOptimizationError(RuntimeError):
+    """A manual-optimization call was made in automatic mode (or the reverse)."""
+
+
+class TrainingModule(nn.Module):
+    """Subclass and override the steps you need.  Hooks you leave alone cost nothing."""
+
+    #: False: the Trainer calls training_step once per batch and you call backward/step yourself.
+    automatic_optimization: bool = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trainer: Trainer | None = None
+
+    # -- steps ------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        """Return the loss (a tensor, or a dict with a ``"loss"`` key), None to skip the step, or yield losses."""
+        raise NotImplementedError(f"{type(self).__name__} must define training_step(self, batch, batch_idx) "
+                                  "to be trained with Trainer.fit().")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define validation_step(self, batch, batch_idx) "
+                                  "to be validated.")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define test_step(self, batch, batch_idx) to be tested.")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+        """By default, the module applied to the batch (its first element if it is a tuple/list)."""
+        if isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define configure_optimizers() to be trained.")
+
+    # -- data (optional: Trainer.fit/validate/... can take loaders instead) ------------------------
+    train_dataloader: Any = None
+    val_dataloader: Any = None
+    test_dataloader: Any = None
+    predict_dataloader: Any = None
+
+    # -- logging ----------------------------------------------------------------------------------
+    def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True, on_step: bool | None = None,
+            on_epoch: bool | None = None, reduce_fx: str = "mean", sync_dist: bool = False,
+            batch_size: int | None = None) -> None:
+        """Record a scalar (tensor, number or torchmetrics ``Metric``) under ``name``.
+
+        ``on_step``/``on_epoch`` default to per-step in training steps and
+        per-epoch elsewhere; epoch values are reduced with ``reduce_fx``
+        (``mean`` weighted by batch size, ``sum``, ``max``, ``min``).  A
+        ``Metric`` is computed and reset at epoch end.
+        """
+        self._require_trainer("log").results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
+                                                 batch_size)
+
+    def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
+        for name, value in values.items():
+            self.log(name, value, **kwargs)
+
+    # -- what the Trainer knows --------------------------------------------------------------------
+    @property
+    def trainer(self) -> Trainer:
+        return self._require_trainer("trainer")
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    def _require_trainer(self, what: str) -> Trainer:
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__}.{what} needs a Trainer: call it from inside "
+                               "trainer.fit/validate/test/predict.")
+        return self._trainer
+
+    # -- manual optimization -------------------------------------------------------------------------
+    def optimizers(self) -> Any:
+        """The optimizers from ``configure_optimizers`` (one, or a list), for manual optimization."""
+        opts = self._require_manual("optimizers()").manual_optimizers
+        return opts[0] if len(opts) == 1 else list(opts)
+
+    def lr_schedulers(self) -> Any:
+        """The schedulers (one, a list, or None), for manual optimization: you call ``.step()``."""
+        setup = self._require_manual("lr_schedulers()").optimization.setup
+        schedulers = [c.scheduler for c in setup.schedulers]
+        if not schedulers:
+            return None
+        return schedulers[0] if len(schedulers) == 1 else schedulers
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()`` with the backward hooks and precision scaling; use it instead of ``backward``."""
+        self._require_manual("manual_backward()").optimization.backward(loss, *args, **kwargs)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Freeze every parameter not owned by ``optimizer`` (so one backward touches only its params)."""
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        saved = {}
+        for param in self.parameters():
+            saved[param] = param.requires_grad
+            if id(param) not in owned:
+                param.requires_grad_(False)
+        self._toggled = saved
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        """Undo ``toggle_optimizer``."""
+        for param, requires_grad in getattr(self, "_toggled", {}).items():
+            param.requires_grad_(requires_grad)
+        self._toggled = {}
+
+    def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
+                       gradient_clip_algorithm: str = "norm") -> None:
+        """Clip the gradients of ``optimizer``'s parameters by norm or value (unscaled first under 16-mixed)."""
+        trainer = self._require_trainer("clip_gradients()")
+        trainer.optimization.clip_gradients(getattr(optimizer, "optimizer", optimizer), gradient_clip_val,
+                                            gradient_clip_algorithm)
+
+    def _require_manual(self, what: str) -> Trainer:
+        trainer = self._require_trainer(what)
+        if self.automatic_optimization:
+            raise ManualOptimizationError(
+                f"{type(self).__name__}.{what} is for manual optimization, but automatic_optimization is True. "
+                "Set `automatic_optimization = False` on the module and call backward/step yourself, or return "
+                "the loss from training_step and let the Trainer optimize.")
+        return trainer
+
+    # -- hooks: fired by the loops' transitions; the defaults do nothing and are skipped ------------
+    @noop_hook
+    def on_fit_start(self) -> None: ...
+    @noop_hook
+    def on_fit_end(self) -> None: ...
+    @noop_hook
+    def on_train_start(self) -> None: ...
+    @noop_hook
+    def on_train_end(self) -> None: ...
+    @noop_hook
+    def on_train_epoch_start(self) -> None: ...
+    @noop_hook
+    def on_train_epoch_end(self) -> None: ...
+    @noop_hook
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any: ...
+    @noop_hook
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    @noop_hook
+    def on_validation_start(self) -> None: ...
+    @noop_hook
+    def on_validation_end(self) -> None: ...
+    @noop_hook
+    def on_validation_epoch_start(self) -> None: ...
+    @noop_hook
+    def on_validation_epoch_end(self) -> None: ...
+    @noop_hook
+    def on_validation_batch_start(self, batch: Any, batch_idx: int) -> None: ...
+    @noop_hook
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    @noop_hook
+    def on_test_start(self) -> None: ...
+    @noop_hook
+    def on_test_end(self) -> None: ...
+    @noop_hook
+    def on_test_epoch_start(self) -> None: ...
+    @noop_hook
+    def on_test_epoch_end(self) -> None: ...
+    @noop_hook
+    def on_test_batch_start(self, batch: Any, batch_idx: int) -> None: ...
+    @noop_hook
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    @noop_hook
+    def on_predict_start(self) -> None: ...
+    @noop_hook
+    def on_predict_end(self) -> None: ...
+    @noop_hook
+    def on_predict_epoch_start(self) -> None: ...
+    @noop_hook
+    def on_predict_epoch_end(self) -> None: ...
+    @noop_hook
+    def on_predict_batch_start(self, batch: Any, batch_idx: int) -> None: ...
+    @noop_hook
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    @noop_hook
+    def on_sanity_check_start(self) -> None: ...
+    @noop_hook
+    def on_sanity_check_end(self) -> None: ...
+    @noop_hook
+    def on_before_backward(self, loss: torch.Tensor) -> None: ...
+    @noop_hook
+    def on_after_backward(self) -> None: ...
+    @noop_hook
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
+    @noop_hook
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
+    @noop_hook
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    @noop_hook
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+
+class FunctionModule(TrainingModule):
+    """A plain ``nn.Module`` plus functions, for the built-in loops without subclassing.
+
+    ``training_step(model, batch, batch_idx)`` returns the loss;
+    ``configure_optimizers(model)`` returns what ``configure_optimizers`` would;
+    ``validation_step``/``test_step``/``predict_step`` are optional.  The
+    functions see only the plain model, so they log by returning: the training
+    loss is logged as ``train_loss`` and an evaluation function's return value
+    as ``val_loss`` / ``test_loss`` (epoch means).
+    """
+
+    def __init__(self, model: nn.Module, training_step: Any, configure_optimizers: Any,
+                 validation_step: Any = None, test_step: Any = None, predict_step: Any = None) -> None:
+        super().__init__()
+        self.model = model
+        self._fns = {"training": training_step, "configure": configure_optimizers, "validation": validation_step,
+                     "test": test_step, "predict": predict_step}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = self._fns["training"](self.model, batch, batch_idx)
+        if isinstance(loss, torch.Tensor):
+            self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return self._fns["configure"](self.model)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return self._eval("validation", "val_loss", batch, batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        return self._eval("test", "test_loss", batch, batch_idx)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+        fn = self._fns["predict"]
+        return super().predict_step(batch, batch_idx) if fn is None else fn(self.model, batch, batch_idx)
+
+    def _eval(self, kind: str, key: str, batch: Any, batch_idx: int) -> Any:
+        fn = self._fns[kind]
+        if fn is None:
+            raise NotImplementedError(f"FunctionModule was given no {kind}_step function; pass "
+                                      f"{kind}_step=fn(model, batch, batch_idx) -> loss.")
+        value = fn(self.model, batch, batch_idx)
+        if value is not None:
+            self.log(key, value, prog_bar=True)
+        return value
+
+
+def is_overridden(obj: Any, name: str) -> bool:
+    """Whether ``obj``'s ``name`` is something other than a library no-op hook."""
+    fn = getattr(obj, name, None)
+    return fn is not None and not getattr(fn, "__noop_hook__", False)

@@ -1,0 +1,545 @@
+"""``Trainer``: checks the configuration, builds a run, and runs a loop tree.
+
+The Trainer owns no training logic.  ``fit`` does three things:
+
+1. *check* -- every flag, the module's steps, the dataloaders and what
+   ``configure_optimizers`` returned, before anything trains (``ConfigError``
+   names the problem and the fix);
+2. *prepare the run* -- device, precision, the hook relay, the logged-values
+   store, one :class:`~statemachine_trainer._optimization.Optimization`, and a
+   ``BatchSource`` per dataloader -- and attach every loop of the tree to it;
+3. *run* ``fit_loop`` (a table, like every loop in the tree).
+
+The tree is plain attributes (``trainer.fit_loop.epoch_loop.batch_loop...``),
+so ``trainer.fit_loop = MyLoop()``, ``connect`` and ``replace`` swap parts of
+it, and the same trainer methods serve custom loops.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._hooks import HookRelay
+from ._optim import ConfigError, parse_optimizers
+from ._optimization import ManualOptimizer, Optimization
+from ._precision import Precision
+from ._results import Results
+from .loops import EvaluationLoop, FitLoop, PredictionLoop
+from .loops._base import TrainerLoop
+from .loops._data import BatchSource, count_batches
+from .machine import Loop
+from .module import TrainingModule, is_overridden
+
+__all__ = ["Trainer", "seed_everything"]
+
+
+def seed_everything(seed: int) -> int:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device) with ``seed``."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an int, got {seed!r}.")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
+
+
+class Trainer:
+    """Runs ``fit`` / ``validate`` / ``test`` / ``predict`` for a :class:`TrainingModule`.
+
+    Flags follow Lightning's names and defaults.  ``max_epochs`` defaults to
+    1000 when neither it nor ``max_steps`` is given; ``-1`` means unlimited.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_epochs: int | None = None,
+        min_epochs: int = 0,
+        max_steps: int = -1,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        val_check_interval: int | float | None = None,
+        check_val_every_n_epoch: int = 1,
+        num_sanity_val_steps: int = 2,
+        fast_dev_run: bool | int = False,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        precision: str | int = "32",
+        accelerator: str = "auto",
+        devices: int = 1,
+        deterministic: bool = False,
+        callbacks: Sequence[Any] | Any | None = None,
+        logger: Any = True,
+        enable_progress_bar: bool = True,
+        enable_checkpointing: bool = True,
+        default_root_dir: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        log_every_n_steps: int = 50,
+    ) -> None:
+        _check_int("min_epochs", min_epochs, 0)
+        _check_int("max_steps", max_steps, -1)
+        _check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1)
+        _check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
+        _check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
+        _check_int("log_every_n_steps", log_every_n_steps, 1)
+        if max_epochs is None:
+            max_epochs = 1000 if max_steps == -1 else -1
+        _check_int("max_epochs", max_epochs, -1)
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ConfigError(f"gradient_clip_algorithm={gradient_clip_algorithm!r}: use 'norm' or 'value'.")
+        if gradient_clip_val is not None and not (isinstance(gradient_clip_val, (int, float)) and gradient_clip_val > 0):
+            raise ConfigError(f"gradient_clip_val={gradient_clip_val!r} must be a number > 0, or None to not clip.")
+        if devices != 1:
+            raise ConfigError(f"devices={devices!r}: this Trainer runs on one device; use devices=1.")
+        self.device = _resolve_device(accelerator)
+        self.precision = Precision(precision, self.device)
+        if fast_dev_run:
+            batches = 1 if fast_dev_run is True else _check_int("fast_dev_run", fast_dev_run, 1)
+            limit_train_batches = limit_val_batches = limit_test_batches = limit_predict_batches = batches
+            max_epochs, max_steps, num_sanity_val_steps, val_check_interval = 1, -1, 0, None
+            logger, enable_checkpointing = False, False
+        self.fast_dev_run = fast_dev_run
+        self.max_epochs, self.min_epochs, self.max_steps = max_epochs, min_epochs, max_steps
+        self.limits = {"train": limit_train_batches, "validate": limit_val_batches, "test": limit_test_batches,
+                       "predict": limit_predict_batches}
+        self.val_check_interval = val_check_interval
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.num_sanity_val_steps = num_sanity_val_steps
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
+        self.deterministic = deterministic
+        self.seed = seed
+        self.log_every_n_steps = log_every_n_steps
+        self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path.cwd()
+        self.callbacks = _default_callbacks(callbacks, enable_progress_bar, enable_checkpointing)
+        self.loggers = _default_loggers(logger, self.default_root_dir)
+
+        self.fit_loop: Loop = FitLoop()
+        self.validate_loop: Loop = EvaluationLoop("validate")
+        self.test_loop: Loop = EvaluationLoop("test")
+        self.predict_loop: Loop = PredictionLoop()
+
+        # Set per run by _prepare():
+        self.module: TrainingModule | None = None
+        self.sources: dict[str, BatchSource] = {}
+        self.results = Results()
+        self.hooks: HookRelay | None = None
+        self.optimization: Optimization | None = None
+        self.manual_optimizers: tuple[ManualOptimizer, ...] = ()
+        self.val_enabled = False
+        self.val_check_batches = 1
+        self.state = "idle"  # "fit", "validate", "test", "predict" while one runs
+
+    # -- the four entry points -------------------------------------------------------------
+    def fit(self, module: TrainingModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
+            ckpt_path: str | os.PathLike[str] | None = None) -> None:
+        """Train ``module``; ``ckpt_path`` resumes from a checkpoint written by ``save_checkpoint``."""
+        _check_module(module, "training_step", "fit")
+        train = self._loader(module, train_dataloaders, "train", required=True)
+        val = self._loader(module, val_dataloaders, "validate", required=False)
+        if val is not None and not is_overridden(module, "validation_step") and val_dataloaders is not None:
+            raise ConfigError(f"fit() was given val_dataloaders, but {type(module).__name__} defines no "
+                              "validation_step; define it, or do not pass validation data.")
+        setup = parse_optimizers(module.configure_optimizers())
+        _check_optimization_mode(module, setup, self)
+        self._prepare("fit", module, {"train": train, "validate": val}, setup)
+        try:
+            if ckpt_path is not None:
+                self._restore(ckpt_path, loops=True)
+            self.fit_loop.run()
+        finally:
+            self._finish("fit")
+
+    def validate(self, module: TrainingModule, dataloaders: Any = None,
+                 ckpt_path: str | os.PathLike[str] | None = None) -> list[dict[str, float]]:
+        return [self._evaluate("validate", module, dataloaders, ckpt_path)]
+
+    def test(self, module: TrainingModule, dataloaders: Any = None,
+             ckpt_path: str | os.PathLike[str] | None = None) -> list[dict[str, float]]:
+        return [self._evaluate("test", module, dataloaders, ckpt_path)]
+
+    def predict(self, module: TrainingModule, dataloaders: Any = None,
+                ckpt_path: str | os.PathLike[str] | None = None) -> list[Any]:
+        _check_module(module, "predict_step", "predict")
+        loader = self._loader(module, dataloaders, "predict", required=True)
+        self._prepare("predict", module, {"predict": loader}, None)
+        try:
+            if ckpt_path is not None:
+                self._restore(ckpt_path, loops=False)
+            return self.predict_loop.run()
+        finally:
+            self._finish("predict")
+
+    def _evaluate(self, stage: str, module: TrainingModule, dataloaders: Any,
+                  ckpt_path: str | os.PathLike[str] | None) -> dict[str, float]:
+        step = "validation_step" if stage == "validate" else "test_step"
+        _check_module(module, step, stage)
+        loader = self._loader(module, dataloaders, stage, required=True)
+        self._prepare(stage, module, {stage: loader}, None)
+        try:
+            if ckpt_path is not None:
+                self._restore(ckpt_path, loops=False)
+            loop = self.validate_loop if stage == "validate" else self.test_loop
+            return loop.run()
+        finally:
+            self._finish(stage)
+
+    # -- what loops and callbacks read --------------------------------------------------------
+    @property
+    def current_epoch(self) -> int:
+        return self.fit_loop.progress.total.completed
+
+    @property
+    def global_step(self) -> int:
+        epoch_loop = getattr(self.fit_loop, "epoch_loop", None)
+        return epoch_loop.global_step if epoch_loop is not None else 0
+
+    @property
+    def should_stop(self) -> bool:
+        return self.fit_loop.fields.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.fit_loop.fields.should_stop = bool(value)
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        self.results.refresh_step_views()
+        return self.results.callback_metrics
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, torch.Tensor]:
+        self.results.refresh_step_views()
+        return self.results.progress_bar_metrics
+
+    @property
+    def logged_metrics(self) -> dict[str, torch.Tensor]:
+        return self.results.logged_metrics
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [] if self.optimization is None else list(self.optimization.optimizers)
+
+    @property
+    def lr_scheduler_configs(self) -> list[Any]:
+        return [] if self.optimization is None else list(self.optimization.setup.schedulers)
+
+    @property
+    def logger(self) -> Any:
+        return self.loggers[0] if self.loggers else None
+
+    @property
+    def num_training_batches(self) -> int:
+        source = self.sources.get("train")
+        return 0 if source is None else source.num_batches
+
+    @property
+    def sanity_checking(self) -> bool:
+        val_loop = self.fit_loop.epoch_loop.val_loop
+        return self.state == "fit" and val_loop.fields.sanity and val_loop.state != "START"
+
+    def callback(self, cls: type) -> Any:
+        """The first callback that is an instance of ``cls``, or None."""
+        return next((cb for cb in self.callbacks if isinstance(cb, cls)), None)
+
+    # -- services the loops call ----------------------------------------------------------------
+    def step_schedulers(self, interval: str) -> None:
+        """Step the schedulers of ``interval`` ("step" or "epoch") that are due; automatic mode only."""
+        if self.optimization is None or not self.module.automatic_optimization:
+            return
+        count = self.global_step if interval == "step" else self.current_epoch + 1
+        for config in self.optimization.setup.schedulers:
+            if config.interval != interval or count % config.frequency:
+                continue
+            if config.reduce_on_plateau:
+                config.scheduler.step(self.monitored(config.monitor, "ReduceLROnPlateau"))
+            else:
+                config.scheduler.step()
+
+    def monitored(self, key: str, who: str) -> torch.Tensor:
+        """``callback_metrics[key]``, or a clear error listing what was logged."""
+        metrics = self.callback_metrics
+        if key not in metrics:
+            logged = ", ".join(sorted(metrics)) or "nothing yet"
+            raise ConfigError(f"{who} monitors {key!r}, but no value named {key!r} was logged (logged: {logged}). "
+                              f"Log it with self.log({key!r}, value) in the module, or monitor one of those keys.")
+        return metrics[key]
+
+    def log_step_metrics(self) -> None:
+        if self.loggers:
+            self.log_metrics(self.results.step_metrics())
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        """Send metrics to every logger at the current global step (``.item()`` happens here, not per step)."""
+        if not self.loggers or not metrics:
+            return
+        values = {k: float(v) for k, v in metrics.items()}
+        values.setdefault("epoch", float(self.current_epoch))
+        for logger in self.loggers:
+            logger.log_metrics(values, self.global_step)
+
+    # -- checkpoints (the full, verified format is statemachine_trainer.checkpoint's job) ---------------
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        """Write module, optimizers, schedulers, loop tree and callback state to ``path`` (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = self._checkpoint_state()
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        import json
+
+        state: dict[str, Any] = {
+            "module": self.module.state_dict(),
+            "loops": json.dumps(self.fit_loop.state_dict()),
+            "callbacks": json.dumps({cb.state_key: cb.state_dict() for cb in self.callbacks}),
+            "epoch": self.current_epoch,
+            "global_step": self.global_step,
+        }
+        if self.optimization is not None:
+            state["optimizers"] = [opt.state_dict() for opt in self.optimization.optimizers]
+            state["schedulers"] = [c.scheduler.state_dict() for c in self.optimization.setup.schedulers]
+            state["precision"] = self.precision.state_dict()
+        extra: dict[str, Any] = {}
+        self.module.on_save_checkpoint(extra)
+        for callback in self.callbacks:
+            callback.on_save_checkpoint(self, self.module, extra)
+        state["extra"] = extra
+        return state
+
+    def _restore(self, ckpt_path: str | os.PathLike[str], loops: bool) -> None:
+        import json
+
+        path = self._resolve_ckpt_path(ckpt_path)
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.module.load_state_dict(state["module"])
+        if loops:
+            for opt, opt_state in zip(self.optimization.optimizers, state["optimizers"]):
+                opt.load_state_dict(opt_state)
+            for config, sched_state in zip(self.optimization.setup.schedulers, state["schedulers"]):
+                config.scheduler.load_state_dict(sched_state)
+            self.precision.load_state_dict(state.get("precision", {}))
+            self.fit_loop.load_state_dict(json.loads(state["loops"]))
+            saved = json.loads(state["callbacks"])
+            for callback in self.callbacks:
+                if callback.state_key in saved:
+                    callback.load_state_dict(saved[callback.state_key])
+        self.module.on_load_checkpoint(state.get("extra", {}))
+        for callback in self.callbacks:
+            callback.on_load_checkpoint(self, self.module, state.get("extra", {}))
+
+    def _resolve_ckpt_path(self, ckpt_path: str | os.PathLike[str]) -> Path:
+        if ckpt_path in ("best", "last"):
+            from .callbacks import ModelCheckpoint
+
+            checkpoint = self.callback(ModelCheckpoint)
+            found = None if checkpoint is None else (
+                checkpoint.best_model_path if ckpt_path == "best" else checkpoint.last_model_path)
+            if not found:
+                raise ConfigError(f"ckpt_path={ckpt_path!r} needs a ModelCheckpoint callback that has saved a "
+                                  "checkpoint; fit first, or pass a file path.")
+            return Path(found)
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} is not a file; pass a checkpoint written by "
+                                    "trainer.save_checkpoint() or ModelCheckpoint.")
+        return path
+
+    # -- preparing and finishing a run -------------------------------------------------------------
+    def _loader(self, module: TrainingModule, given: Any, stage: str, required: bool) -> Any:
+        method = {"train": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader",
+                  "predict": "predict_dataloader"}[stage]
+        loader = given
+        if loader is None and callable(getattr(module, method, None)):
+            loader = getattr(module, method)()
+        if loader is None:
+            if required:
+                raise ConfigError(f"No {stage} data: pass a dataloader to trainer.{_entry(stage)}(module, ...) or "
+                                  f"define {type(module).__name__}.{method}().")
+            return None
+        if isinstance(loader, (list, tuple)):
+            raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; pass one dataloader.")
+        return loader
+
+    def _prepare(self, stage: str, module: TrainingModule, loaders: dict[str, Any], setup: Any) -> None:
+        if self.seed is not None:
+            seed_everything(self.seed)
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        module.to(self.device)
+        self.module = module
+        module._trainer = self
+        self.state = stage
+        self.results = Results()
+        self.sources = {}
+        for name, loader in loaders.items():
+            if loader is None:
+                continue
+            count = count_batches(loader, self.limits[name], _LIMIT_NAMES[name])
+            if count == 0 and self.limits[name] is None:
+                raise ConfigError(f"The {name} dataloader is empty (len 0): check the dataset size, batch_size "
+                                  "and drop_last.")
+            self.sources[name] = BatchSource(loader, count, self.device)
+        train = self.sources.get("train")
+        self.val_enabled = "validate" in self.sources and self.sources["validate"].num_batches > 0 and stage == "fit"
+        if train is not None:
+            self.val_check_batches = _val_check_batches(self.val_check_interval, train.num_batches)
+        self.hooks = HookRelay(module, self.callbacks, self, self.results)
+        if setup is not None:
+            self.optimization = Optimization(module, setup, self.precision, self.hooks, self.results,
+                                             self.accumulate_grad_batches, self.gradient_clip_val,
+                                             self.gradient_clip_algorithm)
+            manual = self.fit_loop.epoch_loop.batch_loop.manual_loop if hasattr(self.fit_loop, "epoch_loop") else None
+            self.manual_optimizers = tuple(
+                ManualOptimizer(opt, self.optimization, lambda: manual.progress) for opt in setup.optimizers)
+        for loop in (self.fit_loop, self.validate_loop, self.test_loop, self.predict_loop):
+            _attach(loop, self)
+        for callback in self.callbacks:
+            callback.setup(self, module, stage)
+        for logger in self.loggers:
+            if hasattr(logger, "log_hyperparams") and stage == "fit":
+                logger.log_hyperparams(getattr(module, "hparams", {}) or {})
+
+    def _finish(self, stage: str) -> None:
+        for callback in self.callbacks:
+            callback.teardown(self, self.module, stage)
+        for logger in self.loggers:
+            logger.save()
+        self.state = "idle"
+
+
+_LIMIT_NAMES = {"train": "train", "validate": "val", "test": "test", "predict": "predict"}
+
+
+def _entry(stage: str) -> str:
+    return {"train": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
+
+
+def _attach(loop: Loop, trainer: Trainer) -> None:
+    for _, node in loop.walk():
+        if isinstance(node, TrainerLoop):
+            node.trainer = trainer
+    for _, node in loop.walk():
+        if isinstance(node, TrainerLoop):
+            node.on_attach()
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+def _resolve_device(accelerator: str) -> torch.device:
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    if accelerator in ("cuda", "gpu"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"accelerator={accelerator!r} but torch sees no CUDA device; use accelerator='cpu' "
+                              "or 'auto'.")
+        return torch.device("cuda", torch.cuda.current_device())
+    raise ConfigError(f"accelerator={accelerator!r}: use 'cpu', 'cuda' or 'auto'.")
+
+
+def _val_check_batches(interval: int | float | None, num_batches: int) -> int:
+    if interval is None:
+        return max(num_batches, 1)
+    if isinstance(interval, float):
+        if not 0.0 < interval <= 1.0:
+            raise ConfigError(f"val_check_interval={interval} must be a fraction in (0, 1] or an int of batches.")
+        return max(1, int(num_batches * interval))
+    return _check_int("val_check_interval", interval, 1)
+
+
+def _check_module(module: Any, step: str, entry: str) -> None:
+    if not isinstance(module, TrainingModule):
+        raise ConfigError(f"trainer.{entry}() needs a TrainingModule, got {type(module).__name__}. Subclass "
+                          "TrainingModule, or wrap a plain nn.Module with FunctionModule(model, training_step=fn, "
+                          "configure_optimizers=fn).")
+    defined = type(module).__dict__.get(step) is not None or any(
+        step in vars(cls) for cls in type(module).__mro__ if cls not in (TrainingModule, torch.nn.Module, object))
+    if not defined and step != "predict_step":
+        raise ConfigError(f"trainer.{entry}() calls {type(module).__name__}.{step}(batch, batch_idx), which is not "
+                          "defined; define it.")
+
+
+def _check_optimization_mode(module: TrainingModule, setup: Any, trainer: Trainer) -> None:
+    import inspect
+
+    from ._optimization import _takes_optimizer_idx
+
+    count = len(setup.optimizers)
+    if not module.automatic_optimization:
+        if trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val is not None:
+            raise ConfigError("accumulate_grad_batches and gradient_clip_val apply to automatic optimization; with "
+                              "automatic_optimization = False, accumulate and call self.clip_gradients() yourself.")
+        return
+    generator = inspect.isgeneratorfunction(type(module).training_step)
+    if generator and setup.frequencies is not None:
+        raise ConfigError("A generator training_step yields one loss per optimizer on every batch; it cannot be "
+                          "combined with optimizer 'frequency'. Drop 'frequency', or return a loss per optimizer_idx.")
+    if count > 1 and not generator and setup.frequencies is None and not _takes_optimizer_idx(module.training_step):
+        raise ConfigError(f"configure_optimizers() returned {count} optimizers, so training_step must either take "
+                          "(batch, batch_idx, optimizer_idx) and return that optimizer's loss, or be a generator "
+                          "that yields one loss per optimizer.")
+    if setup.frequencies is not None and not _takes_optimizer_idx(module.training_step) and count > 1:
+        raise ConfigError("With optimizer frequencies, training_step must take (batch, batch_idx, optimizer_idx) to "
+                          "know which optimizer's loss to return.")
+
+
+def _default_callbacks(callbacks: Any, progress_bar: bool, checkpointing: bool) -> list[Any]:
+    from .callbacks import Callback
+
+    given = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    bad = [type(cb).__name__ for cb in given if not isinstance(cb, Callback)]
+    if bad:
+        raise ConfigError(f"callbacks must be Callback instances; got {', '.join(bad)}.")
+    if progress_bar:
+        from .callbacks import ProgressBar
+
+        if not any(isinstance(cb, ProgressBar) for cb in given):
+            given.append(ProgressBar())
+    if checkpointing:
+        from .callbacks import ModelCheckpoint
+
+        if not any(isinstance(cb, ModelCheckpoint) for cb in given):
+            given.append(ModelCheckpoint())
+    keys = [cb.state_key for cb in given]
+    duplicated = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicated:
+        raise ConfigError(f"Two callbacks share the state key(s) {duplicated}; give them distinct settings (e.g. "
+                          "different monitor/dirpath) so their saved state can be told apart.")
+    return given
+
+
+def _default_loggers(logger: Any, root: Path) -> list[Any]:
+    from .loggers import CSVLogger, Logger
+
+    if logger is True:
+        return [CSVLogger(root)]
+    if logger is False or logger is None:
+        return []
+    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
+    bad = [type(x).__name__ for x in loggers if not isinstance(x, Logger)]
+    if bad:
+        raise ConfigError(f"logger must be True, False, a Logger or a list of Loggers; got {', '.join(bad)}.")
+    return loggers
