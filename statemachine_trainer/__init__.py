@@ -20,8 +20,35 @@ from .state import Position, Progress, StateError, StateSet
 
 __version__ = "0.1.0"
 
+#: Names that need torch, imported on first use so ``import statemachine_trainer`` stays light.
+_LAZY = {
+    "Trainer": "trainer",
+    "seed_everything": "trainer",
+    "TrainingModule": "module",
+    "FunctionModule": "module",
+    "ManualOptimizationError": "module",
+    "ConfigError": "_optim",
+    "Callback": "callbacks",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ADVANCE",
+    "Callback",
+    "ConfigError",
+    "FunctionModule",
+    "ManualOptimizationError",
+    "Trainer",
+    "TrainingModule",
+    "seed_everything",
     "END",
     "RESTARTING",
     "START",

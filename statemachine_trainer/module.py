@@ -284,9 +284,3 @@ class FunctionModule(TrainingModule):
         if value is not None:
             self.log(key, value, prog_bar=True)
         return value
-
-
-def is_overridden(obj: Any, name: str) -> bool:
-    """Whether ``obj``'s ``name`` is something other than a library no-op hook."""
-    fn = getattr(obj, name, None)
-    return fn is not None and not getattr(fn, "__noop_hook__", False)

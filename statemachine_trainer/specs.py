@@ -23,8 +23,26 @@ from .state import SCHEMA_VERSION, LoopState, Position, StateSet
 
 __all__ = ["BUILTIN_LOOPS", "check_specs", "default_specs_dir", "state_schema", "table_spec", "write_specs"]
 
+
+def _builtin_loops() -> dict[str, type[Loop]]:
+    from .loops import (
+        BatchLoop,
+        EvaluationLoop,
+        FitLoop,
+        GeneratorLoop,
+        ManualLoop,
+        OptimizerLoop,
+        PredictionLoop,
+        TrainingEpochLoop,
+    )
+
+    classes: list[type[Loop]] = [Loop, FitLoop, TrainingEpochLoop, BatchLoop, OptimizerLoop, GeneratorLoop,
+                                 ManualLoop, EvaluationLoop, PredictionLoop]
+    return {cls.__name__: cls for cls in classes}
+
+
 #: Every loop class the library ships, by spec file name.
-BUILTIN_LOOPS: dict[str, type[Loop]] = {"Loop": Loop}
+BUILTIN_LOOPS: dict[str, type[Loop]] = _builtin_loops()
 
 
 def default_specs_dir() -> Path:

@@ -35,7 +35,7 @@ from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .loops._base import TrainerLoop
 from .loops._data import BatchSource, count_batches
 from .machine import Loop
-from .module import TrainingModule, is_overridden
+from .module import TrainingModule
 
 __all__ = ["Trainer", "seed_everything"]
 
@@ -147,7 +147,7 @@ class Trainer:
         _check_module(module, "training_step", "fit")
         train = self._loader(module, train_dataloaders, "train", required=True)
         val = self._loader(module, val_dataloaders, "validate", required=False)
-        if val is not None and not is_overridden(module, "validation_step") and val_dataloaders is not None:
+        if val is not None and not _defines(module, "validation_step") and val_dataloaders is not None:
             raise ConfigError(f"fit() was given val_dataloaders, but {type(module).__name__} defines no "
                               "validation_step; define it, or do not pass validation data.")
         setup = parse_optimizers(module.configure_optimizers())
@@ -475,11 +475,15 @@ def _check_module(module: Any, step: str, entry: str) -> None:
         raise ConfigError(f"trainer.{entry}() needs a TrainingModule, got {type(module).__name__}. Subclass "
                           "TrainingModule, or wrap a plain nn.Module with FunctionModule(model, training_step=fn, "
                           "configure_optimizers=fn).")
-    defined = type(module).__dict__.get(step) is not None or any(
-        step in vars(cls) for cls in type(module).__mro__ if cls not in (TrainingModule, torch.nn.Module, object))
-    if not defined and step != "predict_step":
+    if not _defines(module, step) and step != "predict_step":
         raise ConfigError(f"trainer.{entry}() calls {type(module).__name__}.{step}(batch, batch_idx), which is not "
                           "defined; define it.")
+
+
+def _defines(module: TrainingModule, step: str) -> bool:
+    """Whether the user's class (not TrainingModule's placeholder) defines ``step``."""
+    return step in vars(module) or any(step in vars(cls) for cls in type(module).__mro__
+                                       if cls not in (TrainingModule, torch.nn.Module, object))
 
 
 def _check_optimization_mode(module: TrainingModule, setup: Any, trainer: Trainer) -> None:
