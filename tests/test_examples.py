@@ -1,0 +1,35 @@
+"""The README's main example: digits.py reaches the promised accuracy and runs in fast-dev-run mode."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_example(*args: str, cwd: Path) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "digits.py"), *args], cwd=cwd,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_digits_fast_dev_run(tmp_path):
+    out = run_example("--fast-dev-run", "--root", str(tmp_path), cwd=tmp_path)
+    assert re.fullmatch(r"val_acc=\d\.\d{4}", out.strip().splitlines()[-1])
+    assert not (tmp_path / "checkpoints").exists()  # fast-dev-run writes no checkpoints
+
+
+@pytest.mark.slow
+def test_digits_reaches_95_percent_and_keeps_checkpoints(tmp_path):
+    out = run_example("--root", str(tmp_path), cwd=tmp_path)
+    last = out.strip().splitlines()[-1]
+    assert float(last.removeprefix("val_acc=")) >= 0.95, out
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2  # the best epoch + last
+    assert (tmp_path / "logs" / "version_0" / "metrics.csv").is_file()
