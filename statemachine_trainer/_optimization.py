@@ -31,7 +31,7 @@ _NEEDS_CLOSURE = (torch.optim.LBFGS,)
 
 
 class Optimization:
-    def __init__(self, module: Any, setup: OptimizerSetup, precision: Precision, hooks: HookRelay,
+    def __init__(self, module: Any, setup: OptimizerSetup, precision: Precision, hooks: HookRelay | None,
                  results: Results, accumulate_grad_batches: int, gradient_clip_val: float | None,
                  gradient_clip_algorithm: str) -> None:
         self.module, self.setup, self.precision, self.hooks, self.results = module, setup, precision, hooks, results

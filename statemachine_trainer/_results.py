@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-__all__ = ["LogError", "Results", "STEP_HOOKS"]
+__all__ = ["STEP_HOOKS", "LogError", "Results"]
 
 #: Hooks whose self.log() calls default to on_step=True, on_epoch=False.
 STEP_HOOKS = frozenset({
@@ -42,8 +42,20 @@ class LogError(ValueError):
 class _Slot:
     """One logged key from one hook: its settings, latest value and epoch accumulator."""
 
-    __slots__ = ("name", "on_step", "on_epoch", "prog_bar", "logger", "reduce_fx", "last", "total", "weight",
-                 "metric", "stage", "direct")
+    __slots__ = (
+        "direct",
+        "last",
+        "logger",
+        "metric",
+        "name",
+        "on_epoch",
+        "on_step",
+        "prog_bar",
+        "reduce_fx",
+        "stage",
+        "total",
+        "weight",
+    )
 
     def __init__(self, name: str, stage: str, on_step: bool, on_epoch: bool, prog_bar: bool, logger: bool,
                  reduce_fx: str, direct: bool) -> None:

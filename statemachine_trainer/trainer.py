@@ -63,11 +63,11 @@ class Trainer:
         max_epochs: int | None = None,
         min_epochs: int = 0,
         max_steps: int = -1,
-        limit_train_batches: int | float | None = None,
-        limit_val_batches: int | float | None = None,
-        limit_test_batches: int | float | None = None,
-        limit_predict_batches: int | float | None = None,
-        val_check_interval: int | float | None = None,
+        limit_train_batches: float | None = None,
+        limit_val_batches: float | None = None,
+        limit_test_batches: float | None = None,
+        limit_predict_batches: float | None = None,
+        val_check_interval: float | None = None,
         check_val_every_n_epoch: int = 1,
         num_sanity_val_steps: int = 2,
         fast_dev_run: bool | int = False,
@@ -245,8 +245,9 @@ class Trainer:
 
     @property
     def sanity_checking(self) -> bool:
-        val_loop = self.fit_loop.epoch_loop.val_loop
-        return self.state == "fit" and val_loop.fields.sanity and val_loop.state != "START"
+        val_loop = getattr(getattr(self.fit_loop, "epoch_loop", None), "val_loop", None)
+        return (val_loop is not None and self.state == "fit" and val_loop.fields.sanity
+                and val_loop.state != "START")
 
     def callback(self, cls: type) -> Any:
         """The first callback that is an instance of ``cls``, or None."""
@@ -378,16 +379,34 @@ class Trainer:
         return loader
 
     def _prepare(self, stage: str, module: TrainingModule, loaders: dict[str, Any], setup: Any) -> None:
+        """Everything a run needs, in dependency order; the loops are attached last."""
         if self.seed is not None:
             seed_everything(self.seed)
         if self.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         module.to(self.device)
-        self.module = module
-        module._trainer = self
-        self.state = stage
+        self.module, module._trainer, self.state = module, self, stage
         self.results = Results()
+        self._make_sources(stage, loaders)
+        self.optimization = None if setup is None else Optimization(
+            module, setup, self.precision, None, self.results, self.accumulate_grad_batches,
+            self.gradient_clip_val, self.gradient_clip_algorithm)
+        for callback in self.callbacks:
+            callback.setup(self, module, stage)
+        # After setup, so a callback that switched itself off there (enabled = False) costs nothing.
+        self.hooks = HookRelay(module, [cb for cb in self.callbacks if cb.enabled], self, self.results)
+        if self.optimization is not None:
+            self.optimization.hooks = self.hooks
+            self.manual_optimizers = tuple(ManualOptimizer(opt, self.optimization, self._manual_progress)
+                                           for opt in setup.optimizers)
+        for loop in (self.fit_loop, self.validate_loop, self.test_loop, self.predict_loop):
+            _attach(loop, self)
+        if stage == "fit":
+            for logger in self.loggers:
+                logger.log_hyperparams(dict(getattr(module, "hparams", None) or {}))
+
+    def _make_sources(self, stage: str, loaders: dict[str, Any]) -> None:
         self.sources = {}
         for name, loader in loaders.items():
             if loader is None:
@@ -397,25 +416,13 @@ class Trainer:
                 raise ConfigError(f"The {name} dataloader is empty (len 0): check the dataset size, batch_size "
                                   "and drop_last.")
             self.sources[name] = BatchSource(loader, count, self.device)
-        train = self.sources.get("train")
-        self.val_enabled = "validate" in self.sources and self.sources["validate"].num_batches > 0 and stage == "fit"
-        if train is not None:
-            self.val_check_batches = _val_check_batches(self.val_check_interval, train.num_batches)
-        self.hooks = HookRelay(module, self.callbacks, self, self.results)
-        if setup is not None:
-            self.optimization = Optimization(module, setup, self.precision, self.hooks, self.results,
-                                             self.accumulate_grad_batches, self.gradient_clip_val,
-                                             self.gradient_clip_algorithm)
-            manual = self.fit_loop.epoch_loop.batch_loop.manual_loop if hasattr(self.fit_loop, "epoch_loop") else None
-            self.manual_optimizers = tuple(
-                ManualOptimizer(opt, self.optimization, lambda: manual.progress) for opt in setup.optimizers)
-        for loop in (self.fit_loop, self.validate_loop, self.test_loop, self.predict_loop):
-            _attach(loop, self)
-        for callback in self.callbacks:
-            callback.setup(self, module, stage)
-        for logger in self.loggers:
-            if hasattr(logger, "log_hyperparams") and stage == "fit":
-                logger.log_hyperparams(getattr(module, "hparams", {}) or {})
+        validate = self.sources.get("validate")
+        self.val_enabled = stage == "fit" and validate is not None and validate.num_batches > 0
+        if "train" in self.sources:
+            self.val_check_batches = _val_check_batches(self.val_check_interval, self.sources["train"].num_batches)
+
+    def _manual_progress(self) -> Any:
+        return self.fit_loop.epoch_loop.batch_loop.manual_loop.progress
 
     def _finish(self, stage: str) -> None:
         for callback in self.callbacks:
@@ -460,7 +467,7 @@ def _resolve_device(accelerator: str) -> torch.device:
     raise ConfigError(f"accelerator={accelerator!r}: use 'cpu', 'cuda' or 'auto'.")
 
 
-def _val_check_batches(interval: int | float | None, num_batches: int) -> int:
+def _val_check_batches(interval: float | None, num_batches: int) -> int:
     if interval is None:
         return max(num_batches, 1)
     if isinstance(interval, float):
@@ -527,6 +534,12 @@ def _default_callbacks(callbacks: Any, progress_bar: bool, checkpointing: bool) 
 
         if not any(isinstance(cb, ModelCheckpoint) for cb in given):
             given.append(ModelCheckpoint())
+    # Checkpoints are written last, so they hold the other callbacks' state after this hook
+    # (e.g. EarlyStopping's counter for the epoch just checked), as in Lightning.
+    from .callbacks import ModelCheckpoint
+
+    given = ([cb for cb in given if not isinstance(cb, ModelCheckpoint)]
+             + [cb for cb in given if isinstance(cb, ModelCheckpoint)])
     keys = [cb.state_key for cb in given]
     duplicated = sorted({k for k in keys if keys.count(k) > 1})
     if duplicated:

@@ -388,8 +388,8 @@ def test_exception_in_a_child_leaves_every_loop_in_a_defined_state():
 
 
 def test_machine_core_imports_no_torch():
-    code = ("import sys, statemachine_trainer.machine, statemachine_trainer.state, "
-            "statemachine_trainer.machine.diagram, statemachine_trainer.specs; "
+    code = ("import sys, statemachine_trainer, statemachine_trainer.machine, statemachine_trainer.state, "
+            "statemachine_trainer.machine.diagram, statemachine_trainer.machine.recording; "
             "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -139,7 +139,7 @@ def test_lbfgs_closure_matches_plain_pytorch():
     torch.manual_seed(123)
     for _ in range(EPOCHS):
         for x, y in loader:
-            def closure():
+            def closure(x=x, y=y):
                 loss = nn.functional.cross_entropy(net(x), y)
                 loss.backward()
                 return loss

@@ -25,6 +25,8 @@ from statemachine_trainer.state import (
     unstructure_state_set,
 )
 
+from .test_loop import Outer
+
 from .strategies import positions, progresses, valid_tables
 
 
@@ -156,8 +158,6 @@ def test_enums_travel_as_their_values():
 
 @given(n=st.integers(0, 3), inner=st.integers(0, 3))
 def test_every_reachable_state_set_round_trips(n, inner):
-    from .test_loop import Outer
-
     tree = Outer(n, inner)
     seen = []
     tree.observe(lambda _: seen.append(tree.state_set()))

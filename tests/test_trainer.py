@@ -11,7 +11,7 @@ import torchmetrics
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from statemachine_trainer import Callback, ConfigError, FunctionModule, Trainer, TrainingModule
+from statemachine_trainer import Callback, FunctionModule, Trainer, TrainingModule
 from statemachine_trainer.loops import EvaluationLoop, FitLoop, TrainingEpochLoop
 
 from ._recording_module import RecordingCallback, RecordingModule, tiny_loader

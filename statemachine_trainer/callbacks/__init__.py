@@ -1,5 +1,9 @@
 """Callbacks: hooks with the trainer and module passed in; their state is saved with the run."""
 
 from ._base import Callback
+from .checkpoint import ModelCheckpoint
+from .early_stopping import EarlyStopping
+from .lr_monitor import LearningRateMonitor
+from .progress import ProgressBar
 
-__all__ = ["Callback"]
+__all__ = ["Callback", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "ProgressBar"]

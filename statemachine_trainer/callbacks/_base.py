@@ -21,6 +21,9 @@ __all__ = ["Callback"]
 
 
 class Callback:
+    #: Set to False (e.g. in ``setup``) to take no part in a run: none of the hooks below is called then.
+    enabled: bool = True
+
     @property
     def state_key(self) -> str:
         """The name this callback's state is saved under; unique among a trainer's callbacks."""

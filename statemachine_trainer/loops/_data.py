@@ -15,7 +15,7 @@ from ._base import move_to_device
 __all__ = ["BatchSource", "count_batches"]
 
 
-def count_batches(loader: Any, limit: int | float | None, what: str) -> int:
+def count_batches(loader: Any, limit: float | None, what: str) -> int:
     """The number of batches a loop takes from ``loader`` per epoch, given a ``limit_*_batches`` value."""
     try:
         length = len(loader)

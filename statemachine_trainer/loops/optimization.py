@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..machine import ADVANCE, END, START, Row, Table
+from ..machine import ADVANCE, END, START, Row, Table, noop_hook
 from ..state import OptimizationProgress
 from ._base import TrainerLoop
 
@@ -96,8 +96,9 @@ class OptimizerLoop(TrainerLoop):
         self.progress.optimizer_position = 0
         self._outputs = None
 
+    @noop_hook
     def on_run_start(self, batch: Any, batch_idx: int) -> None:
-        """Nothing to prepare for a plain step; the generator loop starts its generator here."""
+        """Nothing to prepare for a plain step (so it is not dispatched); the generator loop starts its generator here."""
 
     def advance(self, batch: Any, batch_idx: int) -> None:
         index = self._active()[self.progress.optimizer_position]

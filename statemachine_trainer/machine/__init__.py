@@ -51,7 +51,7 @@ child, and the child resumes in turn.  Nothing is inferred from counters.
 from ._binding import abstract_hook, noop_hook
 from ._dispatch import DirectDispatcher, Dispatcher, IllegalTriggerError, LoopStuckError, TransitionsDispatcher
 from ._loop import LOOP_TABLE, Loop
-from ._table import ADVANCE, END, RESTARTING, START, STANDARD_STATES, Row, Table, TableError
+from ._table import ADVANCE, END, RESTARTING, STANDARD_STATES, START, Row, Table, TableError
 
 __all__ = [
     "ADVANCE",

@@ -22,7 +22,7 @@ class ScriptExhausted(LookupError):
     """A condition was asked more often than the script has answers for."""
 
 
-def recorder_for(table: Table, conditions: Mapping[str, Iterable[bool]], fire: Mapping[str, Iterable[str]] = {}):  # noqa: ANN201,B006
+def recorder_for(table: Table, conditions: Mapping[str, Iterable[bool]], fire: Mapping[str, Iterable[str]] = {}):
     """An object whose hooks append their names to ``.calls`` and whose conditions follow a script.
 
     ``conditions[name]`` is the sequence of answers the condition gives, one per
@@ -31,7 +31,7 @@ def recorder_for(table: Table, conditions: Mapping[str, Iterable[bool]], fire: M
     answers = {name: list(values) for name, values in conditions.items()}
     namespace: dict[str, Any] = {}
 
-    def make_hook(name: str):  # noqa: ANN202
+    def make_hook(name: str):
         def hook(self: Any) -> str:
             self.calls.append(name)
             for trigger in self._fire.get(name, ()):
@@ -39,7 +39,7 @@ def recorder_for(table: Table, conditions: Mapping[str, Iterable[bool]], fire: M
             return name
         return hook
 
-    def make_condition(name: str):  # noqa: ANN202
+    def make_condition(name: str):
         def condition(self: Any) -> bool:
             script = self._answers.get(name)
             if not script:
@@ -59,7 +59,7 @@ def recorder_for(table: Table, conditions: Mapping[str, Iterable[bool]], fire: M
 
 
 def record_hooks(table: Table, conditions: Mapping[str, Iterable[bool]], engine: str = "direct",
-                 fire: Mapping[str, Iterable[str]] = {}) -> list[str]:  # noqa: B006
+                 fire: Mapping[str, Iterable[str]] = {}) -> list[str]:
     """Run ``table`` to END with scripted conditions; return the hook names fired, in order."""
     recorder = recorder_for(table, conditions, fire)
     recorder.dispatcher = ENGINES[engine](table, recorder, table.name or "table")

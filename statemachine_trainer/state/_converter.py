@@ -41,7 +41,7 @@ class StateError(ValueError):
     """Saved state does not fit the loop tree it is loaded into.  The message names the key path."""
 
 
-def _strict(kind: type, accept: tuple[type, ...], convert: Any = None):  # noqa: ANN202
+def _strict(kind: type, accept: tuple[type, ...], convert: Any = None):
     def structure(value: Any, _: type) -> Any:
         if isinstance(value, bool) and kind is not bool or not isinstance(value, accept):
             raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
@@ -56,7 +56,7 @@ def _structure_float(value: Any, _: type) -> float:
     return float(value)
 
 
-def _all_keys_required(conv: cattrs.Converter):  # noqa: ANN202
+def _all_keys_required(conv: cattrs.Converter):
     """attrs classes structure only from complete data: a missing key is an error even if it has a default.
 
     A default would silently paper over a state saved by different code, which

@@ -46,26 +46,30 @@ class ProcessedTracker(StartedTracker):
 
 
 class _Counting:
-    """Increment ``total`` and ``current`` together, so they can never disagree."""
+    """Increment ``total`` and ``current`` together, so they can never disagree.
+
+    Written out per counter (no getattr/setattr by name): these run several
+    times per training step.
+    """
 
     total: ReadyCompletedTracker
     current: ReadyCompletedTracker
 
-    def _increment(self, counter: str) -> None:
-        setattr(self.total, counter, getattr(self.total, counter) + 1)
-        setattr(self.current, counter, getattr(self.current, counter) + 1)
-
     def increment_ready(self) -> None:
-        self._increment("ready")
+        self.total.ready += 1
+        self.current.ready += 1
 
     def increment_started(self) -> None:
-        self._increment("started")
+        self.total.started += 1  # type: ignore[attr-defined]
+        self.current.started += 1  # type: ignore[attr-defined]
 
     def increment_processed(self) -> None:
-        self._increment("processed")
+        self.total.processed += 1  # type: ignore[attr-defined]
+        self.current.processed += 1  # type: ignore[attr-defined]
 
     def increment_completed(self) -> None:
-        self._increment("completed")
+        self.total.completed += 1
+        self.current.completed += 1
 
     def reset(self) -> None:
         """Forget everything (a new fit)."""

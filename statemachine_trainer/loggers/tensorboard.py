@@ -1,0 +1,85 @@
+"""``TensorBoardLogger``: event files under ``<root>/<name>/version_<n>/`` for ``tensorboard --logdir``.
+
+It writes through ``torch.utils.tensorboard.SummaryWriter``, which needs the
+``tensorboard`` package; that is an optional extra, so the import happens when
+a logger is made, and its absence is an ``ImportError`` that says what to
+install.  The writer (and its directory) is created at the first write, so a
+logger that never logs leaves no empty run behind.  ``save()`` flushes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ._base import Logger
+from .csv import _next_version
+
+__all__ = ["TensorBoardLogger"]
+
+
+def _summary_writer_class() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ImportError('TensorBoardLogger needs the tensorboard package; install it with '
+                          'pip install "statemachine-trainer[tensorboard]" (or pip install tensorboard).') from error
+    return SummaryWriter
+
+
+class TensorBoardLogger(Logger):
+    """Scalars go to ``add_scalar`` (one tag per metric key); hyperparameters to a text summary."""
+
+    def __init__(self, root_dir: str | os.PathLike[str], name: str = "tb_logs", version: int | str | None = None) -> None:
+        self._writer_class = _summary_writer_class()  # fail now, not at the first log in the middle of a run
+        self.root_dir = Path(root_dir)
+        self.name = name
+        self._version = version
+        self._writer: Any = None
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            self._version = _next_version(self.root_dir / self.name)
+        return self._version
+
+    @property
+    def log_dir(self) -> Path:
+        version = self.version
+        return self.root_dir / self.name / (version if isinstance(version, str) else f"version_{version}")
+
+    @property
+    def experiment(self) -> Any:
+        """The ``SummaryWriter``, for anything beyond scalars (images, histograms...)."""
+        if self._writer is None:
+            self._writer = self._writer_class(log_dir=str(self.log_dir))
+        return self._writer
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        writer = self.experiment
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, step)
+
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        if not params:
+            return
+        rows = "\n".join(f"| {key} | {json.dumps(value, default=str)} |" for key, value in dict(params).items())
+        self.experiment.add_text("hparams", f"| name | value |\n|---|---|\n{rows}", 0)
+
+    def save(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file; a later write opens a new one."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._version = state["version"]
