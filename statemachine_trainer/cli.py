@@ -52,11 +52,15 @@ def load_object(spec: str) -> Any:
     return obj
 
 
-def _drawable(obj: Any) -> Any:
+def _drawable(obj: Any, tree: bool = False) -> Any:
     from .machine import Loop, Table
 
-    if isinstance(obj, (Table, Loop)) or (isinstance(obj, type) and issubclass(obj, Loop)):
+    if isinstance(obj, type) and issubclass(obj, Loop):
+        return obj() if tree else obj
+    if isinstance(obj, (Table, Loop)):
         return obj
+    if isinstance(getattr(obj, "fit_loop", None), Loop):
+        return obj.fit_loop  # a Trainer: draw the tree fit() runs
     if callable(obj):
         made = obj()
         if isinstance(made, (Table, Loop)):
@@ -67,7 +71,7 @@ def _drawable(obj: Any) -> Any:
 def _diagram(args: argparse.Namespace) -> int:
     from .machine.diagram import to_dot, to_mermaid
 
-    obj = _drawable(load_object(args.target))
+    obj = _drawable(load_object(args.target), args.tree)
     sys.stdout.write(to_mermaid(obj) if args.format == "mermaid" else to_dot(obj))
     return 0
 
@@ -92,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagram = sub.add_parser("diagram", help="print a loop or loop tree as Mermaid or Graphviz DOT")
     diagram.add_argument("target", metavar="MODULE:OBJECT")
     diagram.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    diagram.add_argument("--tree", action="store_true",
+                         help="for a Loop class: build one (no arguments) and draw its whole tree of sub-loops")
     diagram.set_defaults(func=_diagram)
     specs = sub.add_parser("specs", help="check the code against specs/ (or regenerate tables and schema)")
     mode = specs.add_mutually_exclusive_group()

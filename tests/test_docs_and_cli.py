@@ -104,3 +104,13 @@ def test_example_resumes_bit_identically():
     assert result.returncode == 0, result.stderr
     assert "resumed run bit-identical to uninterrupted: True" in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("final_loss=")
+
+
+def test_diagram_of_the_trainer_tree(capsys):
+    assert main(["diagram", "statemachine_trainer.loops:FitLoop", "--tree"]) == 0
+    out = capsys.readouterr().out
+    for path in ("fit_loop.epoch_loop (TrainingEpochLoop)", "fit_loop.epoch_loop.batch_loop.generator_loop",
+                 "fit_loop.epoch_loop.val_loop (EvaluationLoop)", "VALIDATE", "SANITY_CHECK"):
+        assert path in out
+    assert main(["diagram", "statemachine_trainer.loops:FitLoop"]) == 0
+    assert "epoch_loop" not in capsys.readouterr().out  # a class without --tree: its own table only
