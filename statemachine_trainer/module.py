@@ -14,6 +14,7 @@ hands a loss to the next optimizer's backward and step.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,16 @@ class ManualOptimizationError(RuntimeError):
     """A manual-optimization call was made in automatic mode (or the reverse)."""
 
 
+class HyperParameters(dict):
+    """A dict whose keys also read as attributes (``hparams.lr``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no hyperparameter {name!r}; saved: {sorted(self)}") from None
+
+
 class TrainingModule(nn.Module):
     """Subclass and override the steps you need.  Hooks you leave alone cost nothing."""
 
@@ -41,6 +52,7 @@ class TrainingModule(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._trainer: Trainer | None = None
+        self.hparams = HyperParameters()
 
     # -- steps ------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Any:
@@ -87,6 +99,27 @@ class TrainingModule(nn.Module):
     def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in values.items():
             self.log(name, value, **kwargs)
+
+    def save_hyperparameters(self, *names: str) -> None:
+        """Record the calling ``__init__``'s arguments (all, or ``names``) in ``self.hparams``.
+
+        Loggers write them at ``fit()`` start; read them back as ``self.hparams.lr``.
+        """
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        if caller is None:  # pragma: no cover - CPython always has frames
+            raise RuntimeError("save_hyperparameters() could not see its caller's arguments.")
+        info = inspect.getargvalues(caller)
+        values = {name: info.locals[name] for name in info.args[1:]}
+        if info.keywords:
+            values.update(info.locals[info.keywords])
+        if names:
+            unknown = sorted(set(names) - set(values))
+            if unknown:
+                raise ValueError(f"save_hyperparameters({', '.join(map(repr, names))}): {unknown} are not arguments "
+                                 f"of {type(self).__name__}.__init__ (it has {sorted(values)}).")
+            values = {name: values[name] for name in names}
+        self.hparams = HyperParameters(values)
 
     # -- what the Trainer knows --------------------------------------------------------------------
     @property

@@ -291,3 +291,20 @@ def test_save_checkpoint_and_validate_from_it(tmp_path):
     fresh = DigitsLike()
     (result,) = quiet().validate(fresh, blobs(seed=1, shuffle=False), ckpt_path=path)
     assert result["val_acc"] == pytest.approx(float(trainer.callback_metrics["val_acc"]))
+
+
+class WithHparams(TrainingModule):
+    def __init__(self, hidden: int = 4, lr: float = 0.1, **extra) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Linear(3, hidden)
+
+
+def test_save_hyperparameters_and_the_csv_logger(tmp_path):
+    module = WithHparams(hidden=5, tag="x")
+    assert module.hparams == {"hidden": 5, "lr": 0.1, "tag": "x"} and module.hparams.lr == 0.1
+    from statemachine_trainer.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path)
+    logger.log_hyperparams(module.hparams)
+    assert json.loads((logger.log_dir / "hparams.json").read_text())["hidden"] == 5
