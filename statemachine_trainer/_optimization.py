@@ -39,7 +39,7 @@ class Optimization:
         self.clip_val, self.clip_algorithm = gradient_clip_val, gradient_clip_algorithm
         self.optimizers = setup.optimizers
         self.toggle = len(self.optimizers) > 1 and module.automatic_optimization
-        self.pass_index = len(self.optimizers) > 1 and _takes_optimizer_idx(module.training_step)
+        self.pass_index = len(self.optimizers) > 1 and takes_optimizer_idx(module.training_step)
         self.batch_idx = 0
         self.batch_number = 0
         self.is_last_batch = False
@@ -182,7 +182,7 @@ class ManualOptimizer:
         return f"ManualOptimizer({self.optimizer!r})"
 
 
-def _takes_optimizer_idx(step: Callable[..., Any]) -> bool:
+def takes_optimizer_idx(step: Callable[..., Any]) -> bool:
     try:
         params = [p for p in inspect.signature(step).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

@@ -26,6 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._config import (
+    check_int,
+    check_module,
+    check_optimization_mode,
+    default_callbacks,
+    default_loggers,
+    defines,
+    resolve_device,
+    val_check_batches,
+)
 from ._hooks import HookRelay
 from ._optim import ConfigError, parse_optimizers
 from ._optimization import ManualOptimizer, Optimization
@@ -86,25 +96,25 @@ class Trainer:
         seed: int | None = None,
         log_every_n_steps: int = 50,
     ) -> None:
-        _check_int("min_epochs", min_epochs, 0)
-        _check_int("max_steps", max_steps, -1)
-        _check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1)
-        _check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
-        _check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
-        _check_int("log_every_n_steps", log_every_n_steps, 1)
+        check_int("min_epochs", min_epochs, 0)
+        check_int("max_steps", max_steps, -1)
+        check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1)
+        check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
+        check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
+        check_int("log_every_n_steps", log_every_n_steps, 1)
         if max_epochs is None:
             max_epochs = 1000 if max_steps == -1 else -1
-        _check_int("max_epochs", max_epochs, -1)
+        check_int("max_epochs", max_epochs, -1)
         if gradient_clip_algorithm not in ("norm", "value"):
             raise ConfigError(f"gradient_clip_algorithm={gradient_clip_algorithm!r}: use 'norm' or 'value'.")
         if gradient_clip_val is not None and not (isinstance(gradient_clip_val, (int, float)) and gradient_clip_val > 0):
             raise ConfigError(f"gradient_clip_val={gradient_clip_val!r} must be a number > 0, or None to not clip.")
         if devices != 1:
             raise ConfigError(f"devices={devices!r}: this Trainer runs on one device; use devices=1.")
-        self.device = _resolve_device(accelerator)
+        self.device = resolve_device(accelerator)
         self.precision = Precision(precision, self.device)
         if fast_dev_run:
-            batches = 1 if fast_dev_run is True else _check_int("fast_dev_run", fast_dev_run, 1)
+            batches = 1 if fast_dev_run is True else check_int("fast_dev_run", fast_dev_run, 1)
             limit_train_batches = limit_val_batches = limit_test_batches = limit_predict_batches = batches
             max_epochs, max_steps, num_sanity_val_steps, val_check_interval = 1, -1, 0, None
             logger, enable_checkpointing = False, False
@@ -121,8 +131,8 @@ class Trainer:
         self.seed = seed
         self.log_every_n_steps = log_every_n_steps
         self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path.cwd()
-        self.callbacks = _default_callbacks(callbacks, enable_progress_bar, enable_checkpointing)
-        self.loggers = _default_loggers(logger, self.default_root_dir)
+        self.callbacks = default_callbacks(callbacks, enable_progress_bar, enable_checkpointing)
+        self.loggers = default_loggers(logger, self.default_root_dir)
 
         self.fit_loop: Loop = FitLoop()
         self.validate_loop: Loop = EvaluationLoop("validate")
@@ -144,14 +154,14 @@ class Trainer:
     def fit(self, module: TrainingModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
             ckpt_path: str | os.PathLike[str] | None = None) -> None:
         """Train ``module``; ``ckpt_path`` resumes from a checkpoint written by ``save_checkpoint``."""
-        _check_module(module, "training_step", "fit")
+        check_module(module, "training_step", "fit")
         train = self._loader(module, train_dataloaders, "train", required=True)
         val = self._loader(module, val_dataloaders, "validate", required=False)
-        if val is not None and not _defines(module, "validation_step") and val_dataloaders is not None:
+        if val is not None and not defines(module, "validation_step") and val_dataloaders is not None:
             raise ConfigError(f"fit() was given val_dataloaders, but {type(module).__name__} defines no "
                               "validation_step; define it, or do not pass validation data.")
         setup = parse_optimizers(module.configure_optimizers())
-        _check_optimization_mode(module, setup, self)
+        check_optimization_mode(module, setup, self)
         self._prepare("fit", module, {"train": train, "validate": val}, setup)
         try:
             if ckpt_path is not None:
@@ -170,7 +180,7 @@ class Trainer:
 
     def predict(self, module: TrainingModule, dataloaders: Any = None,
                 ckpt_path: str | os.PathLike[str] | None = None) -> list[Any]:
-        _check_module(module, "predict_step", "predict")
+        check_module(module, "predict_step", "predict")
         loader = self._loader(module, dataloaders, "predict", required=True)
         self._prepare("predict", module, {"predict": loader}, None)
         try:
@@ -183,7 +193,7 @@ class Trainer:
     def _evaluate(self, stage: str, module: TrainingModule, dataloaders: Any,
                   ckpt_path: str | os.PathLike[str] | None) -> dict[str, float]:
         step = "validation_step" if stage == "validate" else "test_step"
-        _check_module(module, step, stage)
+        check_module(module, step, stage)
         loader = self._loader(module, dataloaders, stage, required=True)
         self._prepare(stage, module, {stage: loader}, None)
         try:
@@ -419,7 +429,7 @@ class Trainer:
         validate = self.sources.get("validate")
         self.val_enabled = stage == "fit" and validate is not None and validate.num_batches > 0
         if "train" in self.sources:
-            self.val_check_batches = _val_check_batches(self.val_check_interval, self.sources["train"].num_batches)
+            self.val_check_batches = val_check_batches(self.val_check_interval, self.sources["train"].num_batches)
 
     def _manual_progress(self) -> Any:
         return self.fit_loop.epoch_loop.batch_loop.manual_loop.progress
@@ -446,117 +456,3 @@ def _attach(loop: Loop, trainer: Trainer) -> None:
     for _, node in loop.walk():
         if isinstance(node, TrainerLoop):
             node.on_attach()
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return value
-
-
-def _resolve_device(accelerator: str) -> torch.device:
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if accelerator == "cpu":
-        return torch.device("cpu")
-    if accelerator in ("cuda", "gpu"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"accelerator={accelerator!r} but torch sees no CUDA device; use accelerator='cpu' "
-                              "or 'auto'.")
-        return torch.device("cuda", torch.cuda.current_device())
-    raise ConfigError(f"accelerator={accelerator!r}: use 'cpu', 'cuda' or 'auto'.")
-
-
-def _val_check_batches(interval: float | None, num_batches: int) -> int:
-    if interval is None:
-        return max(num_batches, 1)
-    if isinstance(interval, float):
-        if not 0.0 < interval <= 1.0:
-            raise ConfigError(f"val_check_interval={interval} must be a fraction in (0, 1] or an int of batches.")
-        return max(1, int(num_batches * interval))
-    return _check_int("val_check_interval", interval, 1)
-
-
-def _check_module(module: Any, step: str, entry: str) -> None:
-    if not isinstance(module, TrainingModule):
-        raise ConfigError(f"trainer.{entry}() needs a TrainingModule, got {type(module).__name__}. Subclass "
-                          "TrainingModule, or wrap a plain nn.Module with FunctionModule(model, training_step=fn, "
-                          "configure_optimizers=fn).")
-    if not _defines(module, step) and step != "predict_step":
-        raise ConfigError(f"trainer.{entry}() calls {type(module).__name__}.{step}(batch, batch_idx), which is not "
-                          "defined; define it.")
-
-
-def _defines(module: TrainingModule, step: str) -> bool:
-    """Whether the user's class (not TrainingModule's placeholder) defines ``step``."""
-    return step in vars(module) or any(step in vars(cls) for cls in type(module).__mro__
-                                       if cls not in (TrainingModule, torch.nn.Module, object))
-
-
-def _check_optimization_mode(module: TrainingModule, setup: Any, trainer: Trainer) -> None:
-    import inspect
-
-    from ._optimization import _takes_optimizer_idx
-
-    count = len(setup.optimizers)
-    if not module.automatic_optimization:
-        if trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val is not None:
-            raise ConfigError("accumulate_grad_batches and gradient_clip_val apply to automatic optimization; with "
-                              "automatic_optimization = False, accumulate and call self.clip_gradients() yourself.")
-        return
-    generator = inspect.isgeneratorfunction(type(module).training_step)
-    if generator and setup.frequencies is not None:
-        raise ConfigError("A generator training_step yields one loss per optimizer on every batch; it cannot be "
-                          "combined with optimizer 'frequency'. Drop 'frequency', or return a loss per optimizer_idx.")
-    if count > 1 and not generator and setup.frequencies is None and not _takes_optimizer_idx(module.training_step):
-        raise ConfigError(f"configure_optimizers() returned {count} optimizers, so training_step must either take "
-                          "(batch, batch_idx, optimizer_idx) and return that optimizer's loss, or be a generator "
-                          "that yields one loss per optimizer.")
-    if setup.frequencies is not None and not _takes_optimizer_idx(module.training_step) and count > 1:
-        raise ConfigError("With optimizer frequencies, training_step must take (batch, batch_idx, optimizer_idx) to "
-                          "know which optimizer's loss to return.")
-
-
-def _default_callbacks(callbacks: Any, progress_bar: bool, checkpointing: bool) -> list[Any]:
-    from .callbacks import Callback
-
-    given = [] if callbacks is None else list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-    bad = [type(cb).__name__ for cb in given if not isinstance(cb, Callback)]
-    if bad:
-        raise ConfigError(f"callbacks must be Callback instances; got {', '.join(bad)}.")
-    if progress_bar:
-        from .callbacks import ProgressBar
-
-        if not any(isinstance(cb, ProgressBar) for cb in given):
-            given.append(ProgressBar())
-    if checkpointing:
-        from .callbacks import ModelCheckpoint
-
-        if not any(isinstance(cb, ModelCheckpoint) for cb in given):
-            given.append(ModelCheckpoint())
-    # Checkpoints are written last, so they hold the other callbacks' state after this hook
-    # (e.g. EarlyStopping's counter for the epoch just checked), as in Lightning.
-    from .callbacks import ModelCheckpoint
-
-    given = ([cb for cb in given if not isinstance(cb, ModelCheckpoint)]
-             + [cb for cb in given if isinstance(cb, ModelCheckpoint)])
-    keys = [cb.state_key for cb in given]
-    duplicated = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicated:
-        raise ConfigError(f"Two callbacks share the state key(s) {duplicated}; give them distinct settings (e.g. "
-                          "different monitor/dirpath) so their saved state can be told apart.")
-    return given
-
-
-def _default_loggers(logger: Any, root: Path) -> list[Any]:
-    from .loggers import CSVLogger, Logger
-
-    if logger is True:
-        return [CSVLogger(root)]
-    if logger is False or logger is None:
-        return []
-    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
-    bad = [type(x).__name__ for x in loggers if not isinstance(x, Logger)]
-    if bad:
-        raise ConfigError(f"logger must be True, False, a Logger or a list of Loggers; got {', '.join(bad)}.")
-    return loggers
