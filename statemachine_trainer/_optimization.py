@@ -100,26 +100,34 @@ class Optimization:
 
     def _step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor | None],
               progress: OptimizationProgress) -> None:
-        progress.optimizer.step.increment_ready()
         if isinstance(optimizer, _NEEDS_CLOSURE):
+            progress.optimizer.step.increment_ready()
             self.precision.step(optimizer, lambda: self._before_step(optimizer, closure()))
-        else:
-            # Evaluate the closure here rather than inside step(): a None loss then skips the step.
-            if self._before_step(optimizer, closure()) is None:
-                return
-            self.precision.step(optimizer)
-        self.stepped = True
-        progress.optimizer.step.increment_completed()
-        self._zero_grad(optimizer, progress)
+            self._after_step(optimizer, progress)
+        elif closure() is not None:  # evaluated here, not inside step(): a None loss skips the step
+            self.step_optimizer(optimizer, progress)
 
-    def _before_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor | None) -> torch.Tensor | None:
+    def step_optimizer(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
+        """Step ``optimizer`` on the gradients it has, then zero them -- with the hooks, clipping and counters.
+
+        Public so a custom optimization loop that computes its gradients its own
+        way (see ``examples/val_guided.py``) steps exactly like the built-in one.
+        """
+        progress.optimizer.step.increment_ready()
+        self._before_step(optimizer, True)
+        self.precision.step(optimizer)
+        self._after_step(optimizer, progress)
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, loss: Any) -> Any:
         if loss is not None:
             self.hooks.on_before_optimizer_step(optimizer)
             if self.clip_val is not None:
                 self.clip_gradients(optimizer, self.clip_val, self.clip_algorithm)
         return loss
 
-    def _zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
+    def _after_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
+        self.stepped = True  # tells the epoch loop that step-interval schedulers are due
+        progress.optimizer.step.increment_completed()
         progress.optimizer.zero_grad.increment_ready()
         self.hooks.on_before_zero_grad(optimizer)
         progress.optimizer.zero_grad.increment_started()

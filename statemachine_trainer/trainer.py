@@ -410,8 +410,7 @@ class Trainer:
             self.optimization.hooks = self.hooks
             self.manual_optimizers = tuple(ManualOptimizer(opt, self.optimization, self._manual_progress)
                                            for opt in setup.optimizers)
-        for loop in (self.fit_loop, self.validate_loop, self.test_loop, self.predict_loop):
-            _attach(loop, self)
+        _attach(self, stage)
         if stage == "fit":
             for logger in self.loggers:
                 logger.log_hyperparams(dict(getattr(module, "hparams", None) or {}))
@@ -449,10 +448,14 @@ def _entry(stage: str) -> str:
     return {"train": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
 
 
-def _attach(loop: Loop, trainer: Trainer) -> None:
-    for _, node in loop.walk():
-        if isinstance(node, TrainerLoop):
-            node.trainer = trainer
-    for _, node in loop.walk():
+def _attach(trainer: Trainer, stage: str) -> None:
+    """Point every loop at the trainer; only the tree about to run resolves its per-run choices."""
+    roots = {"fit": trainer.fit_loop, "validate": trainer.validate_loop, "test": trainer.test_loop,
+             "predict": trainer.predict_loop}
+    for root in roots.values():
+        for _, node in root.walk():
+            if isinstance(node, TrainerLoop):
+                node.trainer = trainer
+    for _, node in roots[stage].walk():
         if isinstance(node, TrainerLoop):
             node.on_attach()
