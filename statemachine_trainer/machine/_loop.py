@@ -57,7 +57,8 @@ LOOP_TABLE = Table(
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """``KFoldCV`` -> ``k_fold_cv``, ``MLPLoop`` -> ``mlp_loop``: acronyms stay one word."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 class Loop:
