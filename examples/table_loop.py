@@ -22,6 +22,7 @@ import torch
 from statemachine_trainer import END, START, Loop, Row, Table
 from statemachine_trainer.machine.diagram import to_mermaid
 
+# --- loop ---
 PHASED_TABLE = Table(
     name="PhasedFit",
     states=(START, "WARMUP", "TRAIN", END),
@@ -84,6 +85,7 @@ class PhasedFit(Loop):
 
     def report(self) -> float | None:
         return self.fields.last_loss
+# --- loop ---
 
 
 def build(seed: int) -> PhasedFit:

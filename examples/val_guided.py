@@ -50,6 +50,7 @@ from statemachine_trainer.machine.diagram import to_mermaid
 from statemachine_trainer.state import OptimizationProgress
 from statemachine_trainer.trainer import seed_everything
 
+# --- loop ---
 VAL_GUIDED_TABLE = Table(
     name="ValGuidedStep",
     states=(START, "BACKWARD", "PROBE_VAL", "STEP", END),
@@ -143,6 +144,7 @@ class ValGuidedStep(TrainerLoop):
 
     def on_run_end(self) -> Any:
         return self._outputs  # run()'s return value: the batch loop passes it to on_train_batch_end
+# --- loop ---
 
 
 # -- the model and the data -----------------------------------------------------------------------

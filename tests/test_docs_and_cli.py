@@ -114,3 +114,11 @@ def test_diagram_of_the_trainer_tree(capsys):
         assert path in out
     assert main(["diagram", "statemachine_trainer.loops:FitLoop"]) == 0
     assert "epoch_loop" not in capsys.readouterr().out  # a class without --tree: its own table only
+
+
+@pytest.mark.parametrize("name", ["table_loop", "val_guided", "kfold", "active_learning"])
+def test_readme_states_each_custom_loops_line_count(name):
+    block = (ROOT / "examples" / f"{name}.py").read_text().split("# --- loop ---\n")[1]
+    count = sum(1 for line in block.splitlines() if line.strip())
+    row = next(line for line in README.splitlines() if line.startswith(f"| `{name}.py` |"))
+    assert f"| {count} lines |" in row, (count, row)
