@@ -20,6 +20,7 @@ from ._optim import ConfigError
 __all__ = ["PRECISIONS", "Precision"]
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+_NO_AUTOCAST = contextlib.nullcontext()  # reusable and stateless: one for every full-precision step
 
 
 class Precision:
@@ -40,7 +41,7 @@ class Precision:
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self._dtype is None:
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST
         return torch.autocast(self.device.type, dtype=self._dtype)
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:

@@ -127,13 +127,20 @@ class Results:
         if slot.direct:
             self._publish(slot, value)
             return
-        if isinstance(value, Metric):
+        if type(value) is torch.Tensor:  # the common case first: an exact type test is the cheapest
+            if not slot.on_epoch:
+                # Per-step only: keep the tensor as is.  Backward has already freed its graph's buffers,
+                # and detaching is left to whoever reads it (every log_every_n_steps), not every step.
+                slot.last = value
+                return
+            value = value.detach()
+        elif isinstance(value, Metric):
             slot.metric = value
             cached = getattr(value, "_forward_cache", None)
             if slot.on_step and isinstance(cached, torch.Tensor):
                 slot.last = cached.detach()
             return
-        if isinstance(value, torch.Tensor):
+        elif isinstance(value, torch.Tensor):
             value = value.detach()
         else:
             value = torch.tensor(float(value))
@@ -197,18 +204,19 @@ class Results:
     # -- views ---------------------------------------------------------------------------
     def step_metrics(self) -> dict[str, torch.Tensor]:
         """The latest per-step training values (what a logger writes every few steps)."""
-        return {s.step_key: s.last for s in self._slots.values()
+        return {s.step_key: s.last.detach() for s in self._slots.values()
                 if s.stage == "train" and s.on_step and s.logger and s.last is not None}
 
     def refresh_step_views(self) -> None:
         """Copy the latest per-step values into callback_metrics and progress_bar_metrics."""
         for slot in self._slots.values():
             if slot.stage == "train" and slot.on_step and slot.last is not None:
-                self.callback_metrics[slot.step_key] = slot.last
+                last = slot.last = slot.last.detach()
+                self.callback_metrics[slot.step_key] = last
                 if slot.on_epoch:
-                    self.callback_metrics.setdefault(slot.name, slot.last)
+                    self.callback_metrics.setdefault(slot.name, last)
                 if slot.prog_bar:
-                    self.progress_bar_metrics[slot.step_key] = slot.last
+                    self.progress_bar_metrics[slot.step_key] = last
 
     def epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
         """Reduce ``stage``'s per-epoch values, publish them, and return what goes to the logger."""

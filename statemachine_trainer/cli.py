@@ -2,6 +2,9 @@
 
     statemachine-trainer diagram MODULE:OBJECT [--format mermaid|dot]
     statemachine-trainer specs [--check | --write] [--dir DIR]
+    statemachine-trainer inspect CKPT [--json]
+    statemachine-trainer verify CKPT
+    statemachine-trainer diff A B
 
 ``MODULE`` is an importable module (``my_pkg.loops``) or a path to a ``.py``
 file; ``OBJECT`` names a ``Table``, a ``Loop`` subclass (its table is drawn),
@@ -90,6 +93,45 @@ def _specs(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .checkpoint import CheckpointError, summarize
+    from .checkpoint._inspect import format_summary
+
+    try:
+        summary = summarize(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"statemachine-trainer: error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(json.dumps(summary, indent=1) + "\n" if args.json else format_summary(summary))
+    return 0 if summary["valid"] else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .checkpoint import verify_checkpoint
+
+    problems = verify_checkpoint(args.checkpoint)
+    for problem in problems:
+        print(problem)
+    print(f"{args.checkpoint}: OK" if not problems else f"{args.checkpoint}: INVALID ({len(problems)} problem(s))")
+    return 1 if problems else 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError, first_difference, load_checkpoint_dir
+
+    try:
+        a, _ = load_checkpoint_dir(args.a, map_location="cpu")
+        b, _ = load_checkpoint_dir(args.b, map_location="cpu")
+    except CheckpointError as exc:
+        print(f"statemachine-trainer: error: {exc}", file=sys.stderr)
+        return 2
+    difference = first_difference(a, b)
+    print("identical" if difference is None else f"first difference: {difference}")
+    return 0 if difference is None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statemachine-trainer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--write", action="store_true", help="rewrite tables and state schema from the code")
     specs.add_argument("--dir", type=Path, default=None, help="specs directory (default: the repository's specs/)")
     specs.set_defaults(func=_specs)
+    inspect = sub.add_parser("inspect", help="describe a checkpoint: versions, where the loop tree stopped, tensors, "
+                             "checksums (exit 1 if a checksum fails)")
+    inspect.add_argument("checkpoint", metavar="CKPT", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print the description as JSON")
+    inspect.set_defaults(func=_inspect)
+    verify = sub.add_parser("verify", help="check a checkpoint's manifest, checksums and tensors (exit 0 only if valid)")
+    verify.add_argument("checkpoint", metavar="CKPT", type=Path)
+    verify.set_defaults(func=_verify)
+    diff = sub.add_parser("diff", help="compare two checkpoints bit for bit (exit 0 identical, 1 different, 2 unreadable)")
+    diff.add_argument("a", metavar="A", type=Path)
+    diff.add_argument("b", metavar="B", type=Path)
+    diff.set_defaults(func=_diff)
     return parser
 
 

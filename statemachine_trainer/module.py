@@ -93,8 +93,10 @@ class TrainingModule(nn.Module):
         (``mean`` weighted by batch size, ``sum``, ``max``, ``min``).  A
         ``Metric`` is computed and reset at epoch end.
         """
-        self._require_trainer("log").results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx,
-                                                 batch_size)
+        trainer = self._trainer
+        if trainer is None:
+            self._require_trainer("log")  # raises the explanatory error
+        trainer.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size)
 
     def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in values.items():

@@ -266,8 +266,9 @@ class Trainer:
     # -- services the loops call ----------------------------------------------------------------
     def step_schedulers(self, interval: str) -> None:
         """Step the schedulers of ``interval`` ("step" or "epoch") that are due; automatic mode only."""
-        if self.optimization is None or not self.module.automatic_optimization:
-            return
+        optimization = self.optimization
+        if optimization is None or not optimization.setup.schedulers or not self.module.automatic_optimization:
+            return  # the common case, decided before global_step (a sum over loops) is computed
         count = self.global_step if interval == "step" else self.current_epoch + 1
         for config in self.optimization.setup.schedulers:
             if config.interval != interval or count % config.frequency:
@@ -384,7 +385,8 @@ class Trainer:
                 raise ConfigError(f"No {stage} data: pass a dataloader to trainer.{_entry(stage)}(module, ...) or "
                                   f"define {type(module).__name__}.{method}().")
             return None
-        if isinstance(loader, (list, tuple)):
+        if isinstance(loader, (list, tuple)) and loader and all(
+                isinstance(x, torch.utils.data.DataLoader) for x in loader):
             raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; pass one dataloader.")
         return loader
 

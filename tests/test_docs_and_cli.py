@@ -21,7 +21,7 @@ CLI = [sys.executable, "-m", "statemachine_trainer.cli"]
 
 def test_readme_python_blocks_run_in_order():
     namespace: dict = {"__name__": "readme"}
-    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
     assert len(blocks) >= 4
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - running our own docs

@@ -25,9 +25,8 @@ from statemachine_trainer.state import (
     unstructure_state_set,
 )
 
-from .test_loop import Outer
-
 from .strategies import positions, progresses, valid_tables
+from .test_loop import Outer
 
 
 @attrs.define

@@ -99,7 +99,7 @@ GOOD = Table(name="good", states=(START, "TRAIN", END), rows=(
 
 def test_unknown_hook_name_is_rejected_at_class_definition():
     with pytest.raises(TableError) as info:
-        class Typo(Loop):  # noqa: F841 - defining it is the test
+        class Typo(Loop):
             table = GOOD
             finished = property(lambda self: True)
 
@@ -114,7 +114,7 @@ def test_unknown_hook_name_is_rejected_at_class_definition():
 
 def test_unknown_condition_name_is_rejected_at_class_definition():
     with pytest.raises(TableError, match=r"row 1 \(TRAIN -> END: step \[finished\]\) names condition 'finished'"):
-        class NoCondition(Loop):  # noqa: F841
+        class NoCondition(Loop):
             table = GOOD
 
             def setup(self): ...
@@ -124,7 +124,7 @@ def test_unknown_condition_name_is_rejected_at_class_definition():
 
 def test_abstract_hooks_of_the_default_table_must_be_implemented():
     with pytest.raises(TableError, match="names hook 'advance', which Lazy must implement"):
-        class Lazy(Loop):  # noqa: F841
+        class Lazy(Loop):
             done = property(lambda self: True)
 
 
@@ -142,7 +142,7 @@ def test_abstract_classes_may_defer_the_check():
 
 def test_fields_class_must_be_attrs():
     with pytest.raises(TypeError, match="fields_class must be an attrs class"):
-        class Bad(Loop):  # noqa: F841
+        class Bad(Loop):
             fields_class = dict
             done = property(lambda self: True)
 

@@ -180,6 +180,11 @@ def test_limits_sanity_steps_and_val_interval():
     assert module.calls.count("validation_step") == 1 + 2 * 2 * 2
 
 
+def test_sanity_check_of_minus_one_runs_every_validation_batch():
+    module = count_calls({"max_epochs": 1, "limit_train_batches": 1, "num_sanity_val_steps": -1})
+    assert module.calls.count("validation_step") == 4 + 4  # the sanity check, then end-of-epoch validation
+
+
 def test_check_val_every_n_epoch_and_fractional_interval():
     module = count_calls({"max_epochs": 4, "check_val_every_n_epoch": 2, "val_check_interval": 0.5,
                           "num_sanity_val_steps": 0})

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._optim import ConfigError
+from ..machine import noop_hook
 from ._base import Callback
 
 if TYPE_CHECKING:
@@ -120,6 +121,10 @@ class ModelCheckpoint(Callback):
             self._on_epoch_end = self.save_on_train_epoch_end
         else:
             self._on_epoch_end = not trainer.val_enabled or _validation_ends_each_epoch(trainer)
+        if not self.every_n_train_steps:
+            # No step-based saving: shadow the per-batch hook with a no-op, which the hook relay skips,
+            # so this callback costs nothing per training step.
+            self.on_train_batch_end = _unused_hook  # type: ignore[method-assign]
 
     def on_train_batch_end(self, trainer: Trainer, module: TrainingModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -220,3 +225,8 @@ def _as_score(value: Any, mode: str) -> float:
 def _validation_ends_each_epoch(trainer: Trainer) -> bool:
     """Validation runs once per epoch, after its last batch: epoch-end hooks then see fresh values of both."""
     return trainer.check_val_every_n_epoch == 1 and trainer.val_check_batches >= trainer.num_training_batches
+
+
+@noop_hook
+def _unused_hook(*args: Any, **kwargs: Any) -> None:
+    """Stands in for a hook this callback does not need in the current configuration."""

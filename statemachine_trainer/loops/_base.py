@@ -20,6 +20,8 @@ __all__ = ["TrainerLoop", "move_to_device"]
 
 
 class TrainerLoop(Loop, abstract=True):
+    #: Set by the Trainer before a run.  The per-batch loops read ``self._trainer`` directly (a
+    #: property call per access adds up on the hot path); everything else uses ``self.trainer``.
     _trainer: Trainer | None = None
 
     @property

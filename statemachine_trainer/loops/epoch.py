@@ -51,7 +51,7 @@ class TrainingEpochLoop(TrainerLoop):
     # -- conditions ------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        trainer = self.trainer
+        trainer = self._trainer
         if self.progress.current.completed >= trainer.sources["train"].num_batches:
             return True
         if self.batch_loop.fields.skipped:
@@ -62,7 +62,7 @@ class TrainingEpochLoop(TrainerLoop):
 
     @property
     def val_due(self) -> bool:
-        trainer = self.trainer
+        trainer = self._trainer
         if not trainer.val_enabled or (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch:
             return False
         number = self.progress.current.ready + 1  # the batch about to run, counted from 1
@@ -78,10 +78,10 @@ class TrainingEpochLoop(TrainerLoop):
         self.progress.is_last_batch = False
 
     def on_run_start(self) -> None:
-        self.trainer.sources["train"].start_epoch(self.trainer.current_epoch)
+        self._trainer.sources["train"].start_epoch(self._trainer.current_epoch)
 
     def advance(self) -> Any:
-        trainer, progress = self.trainer, self.progress
+        trainer, progress = self._trainer, self.progress
         source = trainer.sources["train"]
         batch_idx = progress.current.ready
         progress.increment_ready()
@@ -102,4 +102,4 @@ class TrainingEpochLoop(TrainerLoop):
         self.val_loop.run()
 
     def on_run_end(self) -> None:
-        self.trainer.sources["train"].end_epoch()
+        self._trainer.sources["train"].end_epoch()

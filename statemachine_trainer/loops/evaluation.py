@@ -74,7 +74,8 @@ class EvaluationLoop(TrainerLoop):
 
     def _num_batches(self) -> int:
         total = self.trainer.sources[self.stage].num_batches
-        return min(total, self.trainer.num_sanity_val_steps) if self.fields.sanity else total
+        sanity = self.trainer.num_sanity_val_steps
+        return min(total, sanity) if self.fields.sanity and sanity != -1 else total  # -1: the whole loader
 
     # -- hooks -----------------------------------------------------------------------------
     def on_skip(self, sanity: bool = False) -> dict[str, float]:

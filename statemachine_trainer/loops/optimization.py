@@ -102,17 +102,17 @@ class OptimizerLoop(TrainerLoop):
 
     def advance(self, batch: Any, batch_idx: int) -> None:
         index = self._active()[self.progress.optimizer_position]
-        self.trainer.optimization.optimizer_step(index, lambda: self._loss(batch, batch_idx, index), self.progress)
+        self._trainer.optimization.optimizer_step(index, lambda: self._loss(batch, batch_idx, index), self.progress)
         self.progress.optimizer_position += 1
 
     def on_run_end(self) -> Any:
         return self._outputs
 
     def _active(self) -> Any:
-        return self.trainer.optimization.active_optimizers()
+        return self._trainer.optimization.active_optimizers()
 
     def _loss(self, batch: Any, batch_idx: int, index: int) -> torch.Tensor | None:
-        output = self.trainer.optimization.call_training_step(batch, batch_idx, index)
+        output = self._trainer.optimization.call_training_step(batch, batch_idx, index)
         self._outputs = output
         return _loss_of(output)
 
@@ -127,7 +127,7 @@ class GeneratorLoop(OptimizerLoop):
         self._generator: Any = None
 
     def on_run_start(self, batch: Any, batch_idx: int) -> None:
-        self._generator = self.trainer.optimization.call_training_step(batch, batch_idx, None)
+        self._generator = self._trainer.optimization.call_training_step(batch, batch_idx, None)
 
     def on_restart(self) -> None:
         # A resume between two optimizers of one step: the generator's frame is gone, so replay it
@@ -157,7 +157,7 @@ class GeneratorLoop(OptimizerLoop):
         return _loss_of(output)
 
     def _replay(self, batch: Any, batch_idx: int) -> None:
-        self._generator = self.trainer.optimization.call_training_step(batch, batch_idx, None)
+        self._generator = self._trainer.optimization.call_training_step(batch, batch_idx, None)
         for _ in range(self.progress.optimizer_position):
             next(self._generator)
 
@@ -175,4 +175,4 @@ class ManualLoop(TrainerLoop):
         self.progress.optimizer_position = 0
 
     def advance(self, batch: Any, batch_idx: int) -> Any:
-        return self.trainer.optimization.call_training_step(batch, batch_idx, None)
+        return self._trainer.optimization.call_training_step(batch, batch_idx, None)

@@ -251,6 +251,65 @@ class DirectDispatcher(Dispatcher):
         # state -> trigger -> candidate rows, in table order
         self._lookup = {state: {t: tuple(rows) for t, rows in by_trigger.items()}
                         for state, by_trigger in lookup.items()}
+        # state -> the candidate rows of its driving trigger: all run() ever needs
+        self._plan = {state: self._lookup[state].get(trigger, ()) for state, trigger in self._driving.items()
+                      if trigger is not None}
+
+    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The shared ``run()`` rules with fire/_process/_run_hooks/_finish_row inlined.
+
+        A training step runs several loops, so this loop is the hot path: one
+        Python frame per ``run()`` instead of four per transition.  Restarts,
+        re-entrant calls and finished-on-load runs take the general path.  The
+        property tests hold both paths (and the transitions engine) to one oracle.
+        """
+        if self._busy or self._finished_on_load or self.state == RESTARTING:
+            return super().run(args, kwargs)
+        self.args, self.kwargs = args, kwargs
+        nested = self._nested = _active_runs[0] > 0
+        _active_runs[0] += 1
+        try:
+            if self.state == END:
+                self.state = START
+            plan, owner, queue = self._plan, self.owner, self.queue
+            while self.state != END:
+                bound = self._take(plan[self.state])
+                self._busy = True
+                try:
+                    self.row = bound.index
+                    observer = self.observer
+                    result = None
+                    for fn, takes_args, index, is_last in bound.steps:
+                        self.hook = index
+                        result = fn(*args, **kwargs) if takes_args else fn()
+                        self.hook = index + 1
+                        if observer is not None and not is_last:
+                            observer(owner)
+                    self.state = bound.dest
+                    self.row, self.hook = None, 0
+                    if bound.enters_end:
+                        self.output = result if bound.returns_last else None
+                    if observer is not None and not (nested and bound.enters_end):
+                        observer(owner)
+                    if queue:
+                        self._drain()
+                except BaseException:
+                    self._abort()
+                    raise
+                finally:
+                    self._busy = False
+            return self.output
+        finally:
+            _active_runs[0] -= 1
+
+    def _take(self, candidates: tuple[BoundRow, ...]) -> BoundRow:
+        """The first row whose guards pass, or LoopStuckError (nothing has changed yet)."""
+        for bound in candidates:
+            check = bound.check
+            if check is None or check():
+                return bound
+        state = self.state
+        raise LoopStuckError(self.name, state, self._driving[state])
 
     def _process(self, trigger: str) -> bool:
         by_trigger = self._lookup.get(self.state)

@@ -1,0 +1,488 @@
+"""What does the Trainer add to one training step, next to a plain loop, Lightning and Ignite?
+
+Run:  python benchmarks/overhead.py [--steps N] [--repeats R] [--quick]
+
+The design's performance target (DESIGN.md, "Performance targets"): on a tiny
+model on CPU, the runtime's per-step overhead over a plain PyTorch loop must be
+a small fraction of Lightning's (<= 0.2x) and below Ignite's, measured side by
+side in one run; in absolute terms <= 25 us/step, with the default callbacks
+(progress bar off) and one value logged per step.
+
+What runs
+---------
+Every variant trains the same model on the same data for one epoch of
+``--steps`` batches (default 2000):
+
+* a 64 -> 64 -> 10 MLP (Linear, ReLU, Linear), cross-entropy, SGD (lr 0.05);
+* a shuffled ``DataLoader`` (batch 32, ``num_workers=0``) over a generated
+  ``TensorDataset`` of ``steps * 32`` samples, so one epoch is ``steps`` steps;
+* ``torch.set_num_threads(1)``.
+
+Variants:
+
+``plain``
+    ``for x, y in loader: loss = F.cross_entropy(model(x), y); loss.backward();
+    opt.step(); opt.zero_grad(set_to_none=True); last = loss.detach()`` -- the
+    same work as the Trainer's step, in the Trainer's order, keeping the
+    logged value as a detached tensor (what ``self.log`` stores).
+``ours``
+    ``Trainer(max_epochs=1, enable_progress_bar=False, logger=False).fit`` of a
+    ``TrainingModule`` whose ``training_step`` calls ``self.log("loss", loss)``;
+    every other flag at its default (so ``ModelCheckpoint`` is there).
+``ours+csv``
+    the same with the default logger (``logger=True``: a ``CSVLogger``, written
+    every ``log_every_n_steps=50`` steps).
+``lightning`` / ``lightning+csv`` (when ``lightning`` is importable)
+    ``L.Trainer(max_epochs=1, enable_progress_bar=False,
+    enable_model_summary=False, logger=False | CSVLogger)`` with a
+    ``LightningModule`` doing the same ``self.log("loss", loss)``; checkpointing
+    left at its default (a ``ModelCheckpoint`` saving at epoch end).
+``ignite`` (when ``ignite`` is importable)
+    ``create_supervised_trainer(model, opt, loss_fn, output_transform=...)``
+    whose output is the detached loss (Ignite's default ``loss.item()`` would
+    add a host sync the other variants do not pay).
+
+How it is measured
+------------------
+* All variants run in one process, interleaved: each repeat runs every
+  variant once, in an order rotated per repeat, so drift of the machine hits
+  all of them alike.  One untimed warm-up run per variant comes first.
+* The DataLoader's ``collate_fn`` records ``time.perf_counter()`` (wall) and
+  ``time.process_time()`` (this process's CPU time) as each batch is fetched
+  -- the same instrumentation for every variant, inside a real ``DataLoader``.
+  **steady us/step** is the mean step time between the batch fetched after
+  the first 10% of the epoch and the last batch fetched, so it excludes each
+  framework's start-up and end-of-fit work; the overheads and verdicts use it.
+  **p50 step** is the median single-step interval (blind to rare costs, such
+  as a log flush every 50 steps, so it is shown for insight only).
+* **fit us/step** is the time of the whole ``fit`` / ``run`` call (the
+  trainer is built outside the timed region) divided by the steps, and
+  **fixed ms** is what that adds up to beyond ``steps x steady``: setup,
+  the first batches, the epoch-end checkpoint, logger flushes, teardown.
+* Two tables: wall clock, and process CPU time.  On a shared machine (other
+  processes competing for the cores), CPU time is the steadier of the two;
+  ``--clock`` picks which one the verdict lines use (default: wall).
+* The table shows the min and the median over repeats; overheads are taken as
+  variant - plain on the mins and on the medians.  The garbage collector stays
+  on (as in real use); ``gc.collect()`` runs between measurements.
+* Each run is checked afterwards: exactly ``steps`` optimizer steps, and
+  ``steps`` batches fetched.
+
+The checkpoint: the default ``ModelCheckpoint`` saves at epoch end (if the
+installed version saves at all: the script reports whether a checkpoint file
+appeared), and a ``Trainer.save_checkpoint`` of this model is timed separately
+and reported in ms and in us per step of one epoch.
+
+The last lines are the verdicts::
+
+    our overhead / Lightning overhead = X (target <= 0.2)
+    our overhead vs Ignite overhead = Y (target < 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset, default_collate
+
+torch.set_num_threads(1)
+
+BATCH = 32
+LR = 0.05
+TARGET_US = 25.0
+TARGET_VS_LIGHTNING = 0.2
+TARGET_VS_IGNITE = 1.0
+
+
+# -- shared pieces --------------------------------------------------------------------------
+def make_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+class Data:
+    """The generated data set, and a fresh, seeded, time-stamping DataLoader over it per run."""
+
+    def __init__(self, steps: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        n = steps * BATCH
+        self.dataset = TensorDataset(torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g))
+        self.steps = steps
+
+    def loader(self, stamps: list[tuple[float, float]], seed: int) -> DataLoader:
+        wall, cpu = time.perf_counter, time.process_time
+        append = stamps.append
+
+        def collate(samples: list[Any]) -> Any:
+            append((wall(), cpu()))
+            return default_collate(samples)
+
+        return DataLoader(self.dataset, batch_size=BATCH, shuffle=True, num_workers=0, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(seed))
+
+
+@dataclass
+class Run:
+    total: tuple[float, float]  # (wall, cpu) seconds of the timed fit/run call
+    stamps: list[tuple[float, float]]  # (perf_counter, process_time) at each batch fetch
+    steps_done: int  # optimizer steps the framework says it took
+
+
+@dataclass
+class Variant:
+    label: str
+    run: Callable[[Data, int, Path], Run]  # (data, seed, scratch dir) -> Run
+    note: str = ""
+    # per clock ("wall", "cpu"): one value per repeat
+    steady: dict[str, list[float]] = field(default_factory=lambda: {"wall": [], "cpu": []})  # s/step
+    p50: dict[str, list[float]] = field(default_factory=lambda: {"wall": [], "cpu": []})  # median step, s
+    whole: dict[str, list[float]] = field(default_factory=lambda: {"wall": [], "cpu": []})  # s/step, whole call
+    fixed: dict[str, list[float]] = field(default_factory=lambda: {"wall": [], "cpu": []})  # s beyond steps x steady
+
+
+def now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = now()
+    return wall - start[0], cpu - start[1]
+
+
+def steady_stats(stamps: list[float]) -> tuple[float, float]:
+    """(mean, median) seconds per step over the last 90% of the epoch's batch fetches (one clock)."""
+    first = max(1, len(stamps) // 10)
+    window = stamps[first:]
+    if len(window) < 2:
+        raise RuntimeError(f"too few batches ({len(stamps)}) to measure a steady step; use more --steps")
+    intervals = [b - a for a, b in zip(window, window[1:])]
+    return (window[-1] - window[0]) / (len(window) - 1), statistics.median(intervals)
+
+
+@contextlib.contextmanager
+def quiet() -> Any:
+    """Silence framework chatter (warnings, info logs, prints) while a variant runs."""
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "ignite")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+# -- the variants -----------------------------------------------------------------------------
+def plain_variant() -> Variant:
+    def run(data: Data, seed: int, scratch: Path) -> Run:
+        stamps: list[tuple[float, float]] = []
+        loader = data.loader(stamps, seed)
+        model = make_model(seed)
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        steps = 0
+        last = None
+        start = now()
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            last = loss.detach()
+            steps += 1
+        total = since(start)
+        assert last is not None
+        return Run(total, stamps, steps)
+
+    return Variant("plain", run)
+
+
+def our_variants() -> tuple[list[Variant], Callable[[Path], float]]:
+    from statemachine_trainer.module import TrainingModule
+    from statemachine_trainer.trainer import Trainer
+
+    class MLP(TrainingModule):
+        def __init__(self, seed: int) -> None:
+            super().__init__()
+            self.net = make_model(seed)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = F.cross_entropy(self.net(x), y)
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=LR)
+
+    def make(logger: bool) -> Callable[[Data, int, Path], Run]:
+        def run(data: Data, seed: int, scratch: Path) -> Run:
+            stamps: list[tuple[float, float]] = []
+            loader = data.loader(stamps, seed)
+            module = MLP(seed)
+            trainer = Trainer(max_epochs=1, enable_progress_bar=False, logger=logger, default_root_dir=scratch)
+            with quiet():
+                start = now()
+                trainer.fit(module, loader)
+                total = since(start)
+            if logger and data.steps >= trainer.log_every_n_steps and not list(scratch.rglob("metrics.csv")):
+                raise AssertionError("ours+csv: the CSV logger wrote no metrics.csv")
+            return Run(total, stamps, trainer.global_step)
+
+        return run
+
+    def save_checkpoint_seconds(scratch: Path) -> float:
+        """Best of 5: Trainer.save_checkpoint of this model after a short fit."""
+        data = Data(20)
+        module = MLP(0)
+        trainer = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, default_root_dir=scratch)
+        with quiet():
+            trainer.fit(module, data.loader([], 0))
+        best = float("inf")
+        for i in range(5):
+            start = time.perf_counter()
+            trainer.save_checkpoint(scratch / f"timed-{i}.ckpt")
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return ([Variant("ours", make(False), "logger=False"), Variant("ours+csv", make(True), "default CSVLogger")],
+            save_checkpoint_seconds)
+
+
+def lightning_variants() -> list[Variant]:
+    try:
+        import lightning as L
+        from lightning.pytorch.loggers import CSVLogger
+    except ImportError as exc:
+        try:
+            import pytorch_lightning as L  # type: ignore[no-redef]
+            from pytorch_lightning.loggers import CSVLogger  # type: ignore[no-redef]
+        except ImportError:
+            print(f"note: Lightning is not importable ({exc}); skipping the Lightning variants.")
+            return []
+
+    class LitMLP(L.LightningModule):
+        def __init__(self, seed: int) -> None:
+            super().__init__()
+            self.net = make_model(seed)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = F.cross_entropy(self.net(x), y)
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=LR)
+
+    def make(csv: bool) -> Callable[[Data, int, Path], Run]:
+        def run(data: Data, seed: int, scratch: Path) -> Run:
+            stamps: list[tuple[float, float]] = []
+            loader = data.loader(stamps, seed)
+            module = LitMLP(seed)
+            with quiet():
+                trainer = L.Trainer(max_epochs=1, enable_progress_bar=False, enable_model_summary=False,
+                                    logger=CSVLogger(scratch) if csv else False, accelerator="cpu", devices=1,
+                                    default_root_dir=scratch)
+                start = now()
+                trainer.fit(module, loader)
+                total = since(start)
+            return Run(total, stamps, trainer.global_step)
+
+        return run
+
+    return [Variant("lightning", make(False), "logger=False"),
+            Variant("lightning+csv", make(True), "CSVLogger")]
+
+
+def ignite_variants() -> list[Variant]:
+    try:
+        from ignite.engine import create_supervised_trainer
+    except ImportError as exc:
+        print(f"note: Ignite is not importable ({exc}); skipping the Ignite variant.")
+        return []
+
+    def run(data: Data, seed: int, scratch: Path) -> Run:
+        stamps: list[tuple[float, float]] = []
+        loader = data.loader(stamps, seed)
+        model = make_model(seed)
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        engine = create_supervised_trainer(model, opt, F.cross_entropy,
+                                           output_transform=lambda x, y, y_pred, loss: loss.detach())
+        with quiet():
+            start = now()
+            engine.run(loader, max_epochs=1)
+            total = since(start)
+        return Run(total, stamps, engine.state.iteration)
+
+    return [Variant("ignite", run, "create_supervised_trainer")]
+
+
+# -- measuring ----------------------------------------------------------------------------------
+def measure_once(variant: Variant, data: Data, seed: int, root: Path, record: bool) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix=f"{variant.label}-", dir=root))
+    gc.collect()
+    run = variant.run(data, seed, scratch)
+    if run.steps_done != data.steps or len(run.stamps) != data.steps:
+        raise AssertionError(f"{variant.label}: {run.steps_done} optimizer steps and {len(run.stamps)} batches "
+                             f"for an epoch of {data.steps}")
+    if record:
+        for k, clock in enumerate(CLOCKS):
+            mean, p50 = steady_stats([stamp[k] for stamp in run.stamps])
+            variant.steady[clock].append(mean)
+            variant.p50[clock].append(p50)
+            variant.whole[clock].append(run.total[k] / data.steps)
+            variant.fixed[clock].append(run.total[k] - data.steps * mean)
+
+
+CLOCKS = ("wall", "cpu")
+
+
+def checkpoint_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.ckpt") if not p.name.startswith("timed-"))
+
+
+def us(seconds: float) -> float:
+    return seconds * 1e6
+
+
+def pkg_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "-"
+
+
+def report(variants: list[Variant], clock: str) -> dict[str, tuple[float, float]]:
+    """Print one clock's table; return each variant's (min-based, median-based) overhead in seconds/step."""
+    plain = variants[0]
+    base_min, base_med = min(plain.steady[clock]), statistics.median(plain.steady[clock])
+    title = {"wall": "wall clock (time.perf_counter)",
+             "cpu": "process CPU time (time.process_time: ignores time the OS gave to other processes)"}[clock]
+    print(f"-- {title}")
+    header = (f"{'variant':<15}{'steady min':>11}{'median':>9}{'p50 step':>10}{'overhead min':>14}{'median':>9}"
+              f"{'x plain':>9}{'fit us/step':>13}{'fixed ms':>10}  notes")
+    print(header)
+    print("-" * len(header))
+    over: dict[str, tuple[float, float]] = {}
+    for v in variants:
+        lo, med = min(v.steady[clock]), statistics.median(v.steady[clock])
+        over[v.label] = (lo - base_min, med - base_med)
+        print(f"{v.label:<15}{us(lo):>11.1f}{us(med):>9.1f}{us(statistics.median(v.p50[clock])):>10.1f}"
+              f"{us(lo - base_min):>14.1f}{us(med - base_med):>9.1f}{med / base_med:>9.3f}"
+              f"{us(statistics.median(v.whole[clock])):>13.1f}{statistics.median(v.fixed[clock]) * 1e3:>10.1f}"
+              f"  {v.note}")
+    print()
+    return over
+
+
+def verdicts(over: dict[str, tuple[float, float]], clock: str) -> None:
+    ours = over["ours"][1]
+    print(f"[{clock}] our overhead = {us(ours):.1f} us/step (median; min-based {us(over['ours'][0]):.1f}); "
+          f"with the CSV logger {us(over['ours+csv'][1]):.1f} (target <= {TARGET_US:g})")
+    if "lightning" in over:
+        print(f"[{clock}] Lightning overhead = {us(over['lightning'][1]):.1f} us/step (logger=False), "
+              f"{us(over['lightning+csv'][1]):.1f} (CSVLogger); ours+csv / lightning+csv = "
+              f"{over['ours+csv'][1] / over['lightning+csv'][1]:.3f}")
+    if "ignite" in over:
+        print(f"[{clock}] Ignite overhead = {us(over['ignite'][1]):.1f} us/step")
+
+    def ratio(label: str, name: str) -> str:
+        if label not in over:
+            return f"n/a ({name} not importable)"
+        return f"{ours / over[label][1]:.3f}"
+
+    print(f"our overhead / Lightning overhead = {ratio('lightning', 'Lightning')} (target <= {TARGET_VS_LIGHTNING:g})")
+    print(f"our overhead vs Ignite overhead = {ratio('ignite', 'Ignite')} (target < {TARGET_VS_IGNITE:g})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000, help="training steps (one epoch) per run (default 2000)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant, interleaved (default 5)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 200 steps, 1 repeat")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="the clock the verdict lines use (default wall; both tables are printed)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats = 200, 1
+    if args.steps < 20 or args.repeats < 1:
+        parser.error("--steps must be >= 20 and --repeats >= 1")
+
+    print(f"overhead benchmark: {platform.python_implementation()} {platform.python_version()} on "
+          f"{platform.system()} {platform.machine()} ({os.cpu_count()} CPUs), torch {torch.__version__} "
+          f"({torch.get_num_threads()} thread), lightning {pkg_version('lightning')}, "
+          f"pytorch-ignite {pkg_version('pytorch-ignite')}")
+    load_before = os.getloadavg()
+    plain = plain_variant()
+    ours, save_checkpoint_seconds = our_variants()
+    variants = [plain, *ours, *lightning_variants(), *ignite_variants()]
+    data = Data(args.steps)
+    warm = Data(max(20, min(200, args.steps // 10)))
+
+    with tempfile.TemporaryDirectory(prefix="overhead-bench-") as tmp:
+        root = Path(tmp)
+        (root / "warmup").mkdir()
+        for variant in variants:  # warm-up: imports, lazy initialisation, allocator
+            measure_once(variant, warm, 1, root / "warmup", record=False)
+        for r in range(args.repeats):
+            (root / f"r{r}").mkdir()
+            k = r % len(variants)
+            for variant in variants[k:] + variants[:k]:
+                measure_once(variant, data, 1000 + r, root / f"r{r}", record=True)
+        # every timed run has its own scratch folder r<N>/<label>-<random>
+        wrote = {p.relative_to(root).parts[1].rsplit("-", 1)[0] for p in checkpoint_files(root)
+                 if p.relative_to(root).parts[0] != "warmup"}
+        save_s = save_checkpoint_seconds(root / "ckpt")
+    load_after = os.getloadavg()
+
+    print(f"{args.steps} steps per run (one epoch, batch {BATCH}), {args.repeats} interleaved repeat(s) per variant; "
+          "steady = mean step over the last 90% of the epoch; overhead = variant - plain; times in us "
+          "unless marked; fixed ms = whole fit - steps x steady (setup, epoch end, teardown)")
+    print(f"1-minute load average: {load_before[0]:.2f} before, {load_after[0]:.2f} after "
+          "(above ~1 on this machine, other processes were competing for the CPU)")
+    print()
+    overs = {clock: report(variants, clock) for clock in CLOCKS}
+    for v in variants:
+        if v.label not in ("plain", "ignite"):
+            print(f"{v.label}: the default ModelCheckpoint {'wrote a' if v.label in wrote else 'wrote NO'} "
+                  "checkpoint file at epoch end")
+    print(f"ours: Trainer.save_checkpoint of this model takes {save_s * 1e3:.2f} ms "
+          f"= {us(save_s) / args.steps:.2f} us/step amortised over a {args.steps}-step epoch (one save per epoch)")
+    other = "cpu" if args.clock == "wall" else "wall"
+    for clock in (other, args.clock):  # the chosen clock's verdicts come last
+        verdicts(overs[clock], clock)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""What a checkpoint holds, for people: a summary, and the first difference between two.
+
+``summarize`` never unpickles an unchecked file: the tensor summary is taken
+(memory-mapped, no data read) only when ``tensors.pt`` matches its checksum.
+``first_difference`` compares bit for bit -- ``-0.0`` differs from ``0.0`` and a
+NaN equals the same NaN -- because "resumed exactly" means exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._codec import json_path
+from ._errors import CheckpointError
+from ._manifest import STATE, TENSORS, read_manifest
+from ._read import file_status, safe_torch_load
+
+__all__ = ["first_difference", "format_summary", "summarize"]
+
+
+def _loops(state: Any) -> list[dict[str, Any]]:
+    """Each loop's position and progress from a ``state["loops"]`` state set, parents first."""
+    loops = state.get("loops") if isinstance(state, dict) else None
+    if isinstance(loops, str):  # the interim trainer stores the state set as JSON text
+        loops = json.loads(loops)
+    if not (isinstance(loops, dict) and isinstance(loops.get("loops"), dict)):
+        return []
+    out = []
+    for path, entry in loops["loops"].items():  # saved in tree-walk order: parents before children
+        position = entry.get("position", {})
+        idle = position.get("row") is None and position.get("state") in ("START", "END")
+        out.append({"path": path, "position": position, "mid_run": not idle, "progress": entry.get("progress")})
+    return out
+
+
+def _tensor_summary(tensors: Mapping[str, torch.Tensor], largest: int = 5) -> dict[str, Any]:
+    sizes = {name: t.numel() * t.element_size() for name, t in tensors.items()}
+    dtypes: dict[str, int] = {}
+    for t in tensors.values():
+        dtypes[str(t.dtype).removeprefix("torch.")] = dtypes.get(str(t.dtype).removeprefix("torch."), 0) + 1
+    top = sorted(sizes, key=lambda n: -sizes[n])[:largest]
+    return {"count": len(tensors), "bytes": sum(sizes.values()), "dtypes": dtypes,
+            "largest": [{"name": n, "shape": list(tensors[n].shape), "dtype": str(tensors[n].dtype).removeprefix(
+                "torch."), "bytes": sizes[n]} for n in top]}
+
+
+def summarize(path: str | Path) -> dict[str, Any]:
+    """A JSON-able description of checkpoint ``path``; raises :class:`CheckpointError` if it has no valid manifest."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    status = file_status(path, manifest)
+    summary: dict[str, Any] = {
+        "path": str(path), "format_version": manifest["format_version"], "schema_version": manifest["schema_version"],
+        "hash": manifest["hash"], "created": manifest.get("created"), "metadata": manifest.get("metadata", {}),
+        "files": {name: {"size": manifest["files"][name]["size"], "ok": problem is None, "problem": problem}
+                  for name, problem in status.items()},
+        "valid": all(problem is None for problem in status.values()), "loops": [], "tensors": None,
+    }
+    if status[STATE] is None:
+        summary["loops"] = _loops(json.loads((path / STATE).read_bytes()))
+    if status[TENSORS] is None:
+        try:
+            summary["tensors"] = _tensor_summary(safe_torch_load(path / TENSORS, path / TENSORS, "cpu", mmap=True))
+        except CheckpointError as exc:
+            summary["valid"] = False
+            summary["files"][TENSORS].update(ok=False, problem=str(exc))
+    return summary
+
+
+def _progress_line(progress: Any, prefix: str = "") -> list[str]:
+    if not isinstance(progress, dict):
+        return [f"{prefix}={progress}"] if prefix else []
+    parts = []
+    for key, value in progress.items():
+        parts += _progress_line(value, f"{prefix}.{key}" if prefix else key)
+    return parts
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """``summarize``'s result as the text ``statemachine-trainer inspect`` prints."""
+    meta = summary["metadata"]
+    lines = [f"checkpoint {summary['path']}",
+             (f"  format version {summary['format_version']}, schema version {summary['schema_version']}, "
+              f"created {summary['created']}"),
+             "  metadata: " + (", ".join(f"{k}={v}" for k, v in meta.items()) or "(none)")]
+    if summary["loops"]:
+        stopped = [f"{lp['path'].rsplit('.', 1)[-1]}.{_position(lp['position'])}" for lp in summary["loops"]
+                   if lp["mid_run"]]
+        lines.append("  stopped at: " + (" > ".join(stopped) or "(every loop idle)"))
+        lines.append("  loops:")
+        for lp in summary["loops"]:
+            mark = "*" if lp["mid_run"] else " "
+            progress = " ".join(p for p in _progress_line(lp["progress"]) if not p.endswith("=0"))
+            lines.append(f"   {mark} {'  ' * lp['path'].count('.')}{lp['path']}: {_position(lp['position'])}"
+                         + (f"  [{progress}]" if progress else ""))
+    tensors = summary["tensors"]
+    if tensors is not None:
+        dtypes = ", ".join(f"{d}: {n}" for d, n in tensors["dtypes"].items())
+        lines.append(f"  tensors: {tensors['count']}, {_human(tensors['bytes'])} ({dtypes})")
+        for t in tensors["largest"]:
+            lines.append(f"    {t['name']}: {t['dtype']}{t['shape']} {_human(t['bytes'])}")
+    lines.append(f"  checksums ({summary['hash']}):")
+    for name, entry in summary["files"].items():
+        lines.append(f"    {name}: " + ("ok" if entry["ok"] else f"FAILED - {entry['problem']}"))
+    return "\n".join(lines) + "\n"
+
+
+def _position(position: dict[str, Any]) -> str:
+    text = str(position.get("state"))
+    if position.get("row") is not None:
+        text += f"(row {position['row']}, hook {position.get('hook', 0)})"
+    if position.get("queue"):
+        text += f" queued {list(position['queue'])}"
+    return text
+
+
+def _tensor_difference(a: torch.Tensor, b: torch.Tensor) -> str | None:
+    if a.dtype != b.dtype:
+        return f"dtype {a.dtype} != {b.dtype}"
+    if a.shape != b.shape:
+        return f"shape {list(a.shape)} != {list(b.shape)}"
+    if a.numel() == 0:
+        return None
+    a_bits, b_bits = (t.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for t in (a, b))
+    if torch.equal(a_bits, b_bits):
+        return None
+    if a.dtype == torch.bool:
+        return f"values differ ({int((a != b).sum())} of {a.numel()} elements)"
+    wide = torch.complex128 if a.is_complex() else torch.float64
+    diff = (a.detach().cpu().to(wide) - b.detach().cpu().to(wide)).abs().nan_to_num(nan=math.inf)
+    return f"values differ (max abs difference {diff.max().item():.6g})"
+
+
+def _float_bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def _kind(value: Any) -> type:
+    """What counts as "the same type": an OrderedDict is a dict, a torch.Size a tuple."""
+    for kind in (bool, Mapping, tuple, list, torch.Tensor, np.ndarray):
+        if isinstance(value, kind):
+            return kind
+    return type(value)
+
+
+def _diff(a: Any, b: Any, parts: tuple[Any, ...]) -> str | None:
+    where = json_path(parts)
+    if _kind(a) is not _kind(b):
+        return f"{where}: {type(a).__name__} {_short(a)} != {type(b).__name__} {_short(b)}"
+    if isinstance(a, torch.Tensor):
+        problem = _tensor_difference(a, b)
+        return f"{where} (tensor): {problem}" if problem else None
+    if isinstance(a, np.ndarray):
+        problem = _tensor_difference(torch.from_numpy(a), torch.from_numpy(b))
+        return f"{where} (array): {problem}" if problem else None
+    if isinstance(a, Mapping):
+        return _diff_dict(a, b, parts)
+    if isinstance(a, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _diff(x, y, (*parts, i))
+            if found:
+                return found
+        return None if len(a) == len(b) else f"{where}: length {len(a)} != {len(b)}"
+    same = _float_bits(a) == _float_bits(b) if isinstance(a, float) else a == b
+    return None if same else f"{where}: {_short(a)} != {_short(b)}"
+
+
+def _diff_dict(a: Mapping[Any, Any], b: Mapping[Any, Any], parts: tuple[Any, ...]) -> str | None:
+    for key, value in a.items():
+        if key not in b:
+            return f"{json_path((*parts, key))}: only in the first checkpoint"
+        found = _diff(value, b[key], (*parts, key))
+        if found:
+            return found
+    extra = [k for k in b if k not in a]
+    return f"{json_path((*parts, extra[0]))}: only in the second checkpoint" if extra else None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_difference(a: Any, b: Any) -> str | None:
+    """The first place two decoded states differ (JSON path, both values or the tensors' max difference), or None."""
+    return _diff(a, b, ())
+
+

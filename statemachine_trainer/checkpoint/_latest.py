@@ -1,0 +1,101 @@
+"""Choosing among the checkpoints in a directory: the newest valid one, and which to keep.
+
+Checkpoints are ordered by the ``step`` recorded in their manifest, then by
+the manifest's modification time.  Hidden entries (``.name.tmp-123``, an
+unfinished save) are never candidates.  A directory without a readable
+manifest is ordered by a ``step=N`` in its name, so a damaged newest
+checkpoint is still reported as skipped rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._errors import CheckpointError
+from ._manifest import FILES, MANIFEST, read_manifest, step_of
+from ._read import load_checkpoint_dir, verify_checkpoint
+
+__all__ = ["find_latest", "load_latest", "prune"]
+
+_T = TypeVar("_T")
+_STEP_IN_NAME = re.compile(r"step=(\d+)")
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".") and any((path / n).exists() for n in (MANIFEST, *FILES))
+
+
+def _order(path: Path) -> tuple[float, int]:
+    """Sort key, newest last: (step, mtime in ns)."""
+    try:
+        step: float | None = step_of(read_manifest(path))
+        mtime = (path / MANIFEST).stat().st_mtime_ns
+    except (CheckpointError, OSError):
+        named = _STEP_IN_NAME.search(path.name)
+        step, mtime = (int(named[1]) if named else None), path.stat().st_mtime_ns
+    return (float("-inf") if step is None else step, mtime)
+
+
+def candidates(root: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoint-looking directories directly under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if _looks_like_checkpoint(p)), key=_order, reverse=True)
+
+
+def _first_valid(root: str | os.PathLike[str], attempt: Callable[[Path], _T]
+                 ) -> tuple[Path | None, _T | None, list[tuple[Path, str]]]:
+    skipped: list[tuple[Path, str]] = []
+    for path in candidates(root):
+        try:
+            return path, attempt(path), skipped
+        except CheckpointError as exc:
+            skipped.append((path, str(exc)))
+    return None, None, skipped
+
+
+def _verified(path: Path) -> None:
+    problems = verify_checkpoint(path)
+    if problems:
+        raise CheckpointError("; ".join(problems))
+
+
+def find_latest(root: str | os.PathLike[str]) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """``(newest valid checkpoint under root or None, [(newer invalid checkpoint, why), ...])``."""
+    path, _, skipped = _first_valid(root, _verified)
+    return path, skipped
+
+
+def load_latest(root: str | os.PathLike[str], map_location: Any = None
+                ) -> tuple[Path | None, tuple[Any, dict[str, Any]] | None, list[tuple[Path, str]]]:
+    """Like :func:`find_latest`, but loads as it goes: ``(path, (state, manifest), skipped)``; each file read once."""
+    return _first_valid(root, lambda p: load_checkpoint_dir(p, map_location))
+
+
+def prune(parent: str | os.PathLike[str], keep_last: int, keep: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Keep ``keep_last`` complete checkpoints in ``parent`` -- ``keep`` and the newest others -- and delete the rest."""
+    if keep_last < 1:
+        raise CheckpointError(f"keep_last={keep_last} would delete every checkpoint; pass 1 or more, or None to "
+                              "keep them all.")
+    complete = [p for p in candidates(parent) if _has_manifest(p)]
+    keep_path = Path(keep).absolute() if keep is not None else None
+    others = [p for p in complete if p.absolute() != keep_path]
+    # The checkpoint just written is always one of the k kept, even when its step sorts it lower.
+    doomed = others[keep_last - (len(others) < len(complete)):]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def _has_manifest(path: Path) -> bool:
+    try:
+        read_manifest(path)
+    except CheckpointError:
+        return False
+    return True

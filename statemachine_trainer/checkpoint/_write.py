@@ -1,0 +1,176 @@
+"""Atomic, crash-safe writing of a checkpoint directory.
+
+The order is what makes it safe:
+
+1. encode the state (a refusal happens before anything touches the disk);
+2. write ``state.json`` and ``tensors.pt`` into ``.<name>.tmp-<pid>`` beside
+   the target, hashing while writing, each file flushed and fsynced;
+3. write ``manifest.json`` last, fsync it and the temp directory;
+4. rename the temp directory onto ``<name>`` (an atomic exchange when the
+   kernel offers one), fsync the parent directory.
+
+A kill at any moment leaves the previous checkpoints untouched and at most a
+hidden temp directory, which loaders never look at and the next save removes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from ..state import SCHEMA_VERSION, StateError, check_json
+from ._codec import encode
+from ._errors import CheckpointError
+from ._hashing import DEFAULT_HASH, HASHES, HashingWriter
+from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, STATE, TENSORS
+
+__all__ = ["save_checkpoint_dir"]
+
+_STRAY = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)\Z")
+
+
+def save_checkpoint_dir(path: str | os.PathLike[str], state: Any, metadata: dict[str, Any] | None = None, *,
+                        keep_last: int | None = None, hash_name: str = DEFAULT_HASH, durable: bool = True) -> Path:
+    """Write ``state`` as checkpoint directory ``path``, atomically; return the path.
+
+    ``metadata`` (JSON-able; ``step`` orders checkpoints for ``find_latest`` and
+    ``keep_last``) goes into the manifest.  ``keep_last=k`` then deletes all but
+    the newest ``k`` complete checkpoints beside it.  ``durable=False`` skips
+    the fsyncs: still safe against a killed process, not against power loss.
+    """
+    path = Path(path).absolute()
+    if hash_name not in HASHES:
+        raise CheckpointError(f"hash_name={hash_name!r} is not a known checksum; use one of {sorted(HASHES)}.")
+    data, tensors = encode(state)
+    metadata = _checked_metadata(metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_strays(path.parent)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        files = {
+            STATE: _write_file(tmp / STATE, lambda f: f.write(_json_bytes(data)), hash_name, durable),
+            TENSORS: _write_file(tmp / TENSORS, lambda f: torch.save(tensors, f), hash_name, durable),
+        }
+        manifest = _manifest(files, hash_name, metadata)
+        _write_file(tmp / MANIFEST, lambda f: f.write(_json_bytes(manifest)), hash_name, durable)
+        if durable:
+            _fsync_dir(tmp)
+        _install(tmp, path)
+        if durable:
+            _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep_last is not None:
+        from ._latest import prune
+
+        prune(path.parent, keep_last, keep=path)
+    return path
+
+
+def _checked_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    try:
+        check_json(metadata or {}, "metadata")
+    except StateError as exc:
+        raise CheckpointError(f"{exc} The manifest's metadata must be plain JSON.") from None
+    return dict(metadata or {})
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+
+
+def _manifest(files: dict[str, dict[str, Any]], hash_name: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "hash": hash_name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+        "files": files,
+        "metadata": metadata,
+    }
+
+
+def _write_file(path: Path, write: Callable[[BinaryIO], Any], hash_name: str, durable: bool) -> dict[str, Any]:
+    with open(path, "xb") as raw:
+        writer = HashingWriter(raw, hash_name, durable)
+        try:
+            write(writer)  # type: ignore[arg-type]  # HashingWriter is file-like enough for torch.save and json
+        except BaseException:
+            if writer.error is not None:
+                raise writer.error from None  # e.g. "No space left on device", not torch's follow-up error
+            raise
+        writer.close()
+    return {"size": writer.size, hash_name: writer.hexdigest()}
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or new entry in ``path`` durable (POSIX needs the directory itself fsynced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _install(tmp: Path, path: Path) -> None:
+    """Put ``tmp`` at ``path``; an existing ``path`` is replaced without a moment where neither is complete."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    if _exchange(tmp, path):  # tmp now holds the old checkpoint
+        shutil.rmtree(tmp)
+        return
+    # Fallback: a kill between these two renames leaves the old checkpoint under .<name>.old-<pid>;
+    # clean_strays() moves it back to <name> on the next save.
+    aside = path.parent / f".{path.name}.old-{os.getpid()}"
+    os.replace(path, aside)
+    os.replace(tmp, path)
+    shutil.rmtree(aside)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_strays(parent: Path) -> None:
+    """Remove temp directories left by killed saves in ``parent`` (restoring a set-aside old checkpoint)."""
+    for entry in parent.iterdir():
+        match = _STRAY.match(entry.name)
+        if not match or not entry.is_dir():
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and _alive(pid):
+            continue  # another process is saving right now
+        final = parent / match["name"]
+        if match["kind"] == "old" and not final.exists():
+            os.replace(entry, final)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)

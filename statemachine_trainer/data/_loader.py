@@ -1,0 +1,199 @@
+"""``ResumableLoader``: a DataLoader whose position is one integer and whose resume is a jump.
+
+Theory of operation
+-------------------
+The adapter rebuilds the given DataLoader around two parts: a
+:class:`ResumableSampler` (the order: epoch ``e``'s batches are a function of
+``seed`` and ``e``, and batch ``k`` is computed directly) and a
+:class:`SeededDataset` (the randomness: batch ``k``'s augmentations are a
+function of its key, whichever process fetches it).  Its state is
+``{"epoch", "position", "seed"}``, where ``position`` counts the batches the
+*consumer has received* this epoch -- not those workers prefetched -- so a
+state taken between two batches names exactly the next one to serve.
+``load_state_dict`` only sets those integers; the next ``iter()`` asks the
+sampler to start at ``position``.  No batch before it is built or fetched.
+
+The batch in flight.  A checkpoint taken while batch ``k`` is being processed
+holds ``position = k + 1``.  To serve batch ``k`` again after resuming, call
+``rewind(1)`` after ``load_state_dict``; the next batch yielded is ``k``,
+bit-identical (same indices, same key, same collate), then ``k + 1``, ...
+
+Epoch ends.  ``set_epoch(e)`` with the current epoch keeps the position, so a
+trainer may call it after ``load_state_dict``.  ``iter()`` on an epoch that
+iteration finished moves on to the next epoch (a new order per pass, as with
+a plain DataLoader); a position set by ``load_state_dict``/``rewind`` is
+served as it is, so a state saved after the last batch resumes to an empty
+rest of the epoch, not to a whole new one.
+
+A loader that already keeps its own position (torchdata's
+``StatefulDataLoader`` protocol: ``state_dict()``/``load_state_dict()`` on
+the loader) is not rebuilt: the adapter iterates it and forwards the state
+calls to it as they are.
+
+One live iterator at a time: ``iter()`` again, ``load_state_dict``,
+``set_epoch`` to another epoch or ``rewind`` make an older iterator raise
+on its next step instead of silently serving batches from a stale position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ._sampler import ResumableSampler, check_state
+from ._seeding import ALL_RNGS, SeededDataset
+from ._settings import dataset_settings, is_stateful, loader_settings
+
+__all__ = ["ResumableLoader", "StaleIteratorError"]
+
+_STATE_KEYS = ("epoch", "position", "seed")
+_MASK64 = (1 << 64) - 1
+
+
+class StaleIteratorError(RuntimeError):
+    """An iterator was used after its loader's position was changed under it."""
+
+
+class ResumableLoader:
+    """Iterate like a DataLoader; save and restore the position in O(1).
+
+    ``data`` is a torch ``DataLoader`` (its dataset, batch_size, shuffle --
+    read off its sampler --, drop_last, collate_fn, workers, pinning and
+    worker_init_fn are kept), a map-style dataset, or a loader with the
+    ``state_dict``/``load_state_dict`` protocol (delegated to as it is).
+    Keyword arguments override what was read from ``data``.  ``seed`` defaults
+    to the loader's generator seed, else ``torch.initial_seed()``, so
+    ``seed_everything`` fixes the data order too.  ``rngs`` names the global
+    RNGs seeded per batch for augmentations (see ``_seeding`` for the cost).
+    """
+
+    def __init__(self, data: Any, *, batch_size: int | None = None, shuffle: bool | None = None,
+                 drop_last: bool | None = None, seed: int | None = None, rank: int | None = None,
+                 world_size: int | None = None, num_workers: int | None = None,
+                 rngs: Sequence[str] = ALL_RNGS) -> None:
+        self.delegate: Any = None  # the stateful loader served as it is; None when the adapter owns the order
+        given = {name: value for name, value in (("batch_size", batch_size), ("shuffle", shuffle),
+                                                 ("drop_last", drop_last), ("seed", seed), ("rank", rank),
+                                                 ("world_size", world_size), ("num_workers", num_workers))
+                 if value is not None}
+        if is_stateful(data):
+            if given:
+                raise ValueError(f"{type(data).__name__} keeps its own position (it has state_dict/"
+                                 f"load_state_dict), so ResumableLoader delegates to it unchanged and cannot apply "
+                                 f"{sorted(given)}; configure the loader itself instead.")
+            self.delegate = data
+            return
+        settings = loader_settings(data) if isinstance(data, DataLoader) else dataset_settings(data)
+        settings.update(given)
+        self._build(settings, rngs)
+
+    def _build(self, settings: dict[str, Any], rngs: Sequence[str]) -> None:
+        self.dataset = settings.pop("dataset")
+        seed = settings.pop("seed")
+        self.seed: int = torch.initial_seed() if seed is None else seed
+        # Named batch_sampler, not sampler: code that calls `loader.sampler.set_epoch` (as for DistributedSampler)
+        # would move the sampler's epoch behind the adapter's back; the adapter's own set_epoch is the one to call.
+        self.batch_sampler = ResumableSampler(
+            len(self.dataset), settings.pop("batch_size"), shuffle=settings.pop("shuffle"),
+            drop_last=settings.pop("drop_last"), seed=self.seed, rank=settings.pop("rank"),
+            world_size=settings.pop("world_size"), shard_drop_last=settings.pop("shard_drop_last"))
+        self.batch_sampler.epoch = settings.pop("epoch")
+        if not settings.get("num_workers"):
+            settings["prefetch_factor"], settings["persistent_workers"] = None, False  # DataLoader refuses them
+        # DataLoader draws its workers' base seed from `generator` at every iter(); a private one keeps that
+        # draw off the global torch stream, which a resumed run would otherwise see moved by one extra draw.
+        self._generator = torch.Generator()
+        self.loader = DataLoader(SeededDataset(self.dataset, rngs), batch_sampler=self.batch_sampler,
+                                 generator=self._generator, in_order=True, **settings)
+        self._position = 0  # batches the consumer received this epoch; 0 <= _position <= len(self)
+        self._generation = 0  # bumped whenever the position is set from outside; older iterators go stale
+        # Set by load_state_dict/rewind until the next iter(): a position set from outside is served as it is,
+        # so a state saved after an epoch's last batch resumes to "nothing left", not to the next epoch.
+        self._seeked = False
+
+    # -- iteration -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Batches per epoch (this rank's, when sharded)."""
+        return len(self.delegate) if self.delegate is not None else len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.delegate is not None:
+            return iter(self.delegate)
+        if self._position >= len(self) > 0 and not self._seeked:
+            self.set_epoch(self.epoch + 1)  # an epoch iteration finished moves on, as a DataLoader reshuffles
+        self._seeked = False
+        self._generation += 1
+        self.batch_sampler.seek(self._position)
+        self._generator.manual_seed((self.seed + self.epoch) & _MASK64)  # worker seeds differ per epoch
+        return self._serve(iter(self.loader), self._generation)
+
+    def _serve(self, batches: Iterator[Any], generation: int) -> Iterator[Any]:
+        while True:
+            # Checked before pulling: with persistent workers a newer iterator shares `batches`.
+            if generation != self._generation:
+                raise StaleIteratorError(
+                    "This iterator of a ResumableLoader is stale: the loader's position was changed (iter(), "
+                    "load_state_dict, set_epoch or rewind) after it was created. Call iter(loader) again.")
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self._position += 1  # counted as the consumer receives it, whatever the workers prefetched
+            yield batch
+
+    # -- position --------------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self.batch_sampler.epoch
+
+    @property
+    def position(self) -> int:
+        """Batches the consumer has received in the current epoch."""
+        return self._position
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve ``epoch`` from its start; calling it with the current epoch keeps the position (as after a resume)."""
+        if self.delegate is not None:
+            target = self.delegate if hasattr(self.delegate, "set_epoch") else getattr(self.delegate, "sampler", None)
+            if hasattr(target, "set_epoch"):
+                target.set_epoch(epoch)
+            return
+        if epoch != self.batch_sampler.epoch:
+            self.batch_sampler.set_epoch(epoch)
+            self._position, self._seeked = 0, False
+            self._generation += 1
+
+    def rewind(self, batches: int = 1) -> None:
+        """Step the position back by ``batches`` within the epoch, so the next iterator serves them again.
+
+        The way to re-obtain the batch that was in flight when a checkpoint
+        was taken: ``load_state_dict(saved); rewind(1)``.  O(1), like any jump.
+        """
+        if self.delegate is not None:
+            raise TypeError(f"{type(self.delegate).__name__} keeps its own position and cannot step back; save its "
+                            "state_dict() before fetching a batch and load that one to serve the batch again.")
+        if isinstance(batches, bool) or not isinstance(batches, int) or not 0 <= batches <= self._position:
+            raise ValueError(f"rewind({batches!r}) must step back between 0 and {self._position} batches: "
+                             "the batches received so far in this epoch.")
+        self._position -= batches
+        self._seeked = True
+        self._generation += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "position", "seed"}`` (JSON-able ints), or the delegate's own state."""
+        if self.delegate is not None:
+            return self.delegate.state_dict()
+        return {"epoch": self.batch_sampler.epoch, "position": self._position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Jump to a saved position: only integers are set; nothing is fetched until the next batch."""
+        if self.delegate is not None:
+            self.delegate.load_state_dict(state)
+            return
+        check_state(state, _STATE_KEYS, len(self))
+        self.seed = self.batch_sampler.seed = state["seed"]
+        self.batch_sampler.epoch, self._position, self._seeked = state["epoch"], state["position"], True
+        self._generation += 1

@@ -1,0 +1,361 @@
+"""Resumable data: O(1) resume equals the uninterrupted epoch, augmentations replay, sharding equals DistributedSampler."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    WeightedRandomSampler,
+)
+
+from statemachine_trainer.data import ResumableLoader, ResumableSampler, StaleIteratorError
+
+
+class Augmented(Dataset):
+    """Each sample draws from torch, random and numpy, and counts its fetches in memory shared with workers."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.calls = multiprocessing.Value("i", 0)  # inherited by forked workers, so their fetches count too
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.calls.get_lock():
+            self.calls.value += 1
+        noise = torch.rand(()).double() + random.random() + float(np.random.rand())
+        return torch.tensor(index), torch.tensor(float(index)) + noise
+
+
+class Numbers(IterableDataset):
+    def __iter__(self):
+        return iter(range(10))
+
+
+def _reseed_globals(seed: int) -> None:
+    """Put the process's global RNGs somewhere else, as a fresh process resuming would be."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _adapter(length: int, batch_size: int, shuffle: bool, drop_last: bool, workers: int, seed: int = 7):
+    """A fresh dataset, DataLoader and adapter, like a new process builds them."""
+    dataset = Augmented(length)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers)
+    return ResumableLoader(loader, seed=seed), dataset
+
+
+def _assert_same_batches(left: list, right: list) -> None:
+    assert len(left) == len(right)
+    for (i_a, x_a), (i_b, x_b) in zip(left, right):
+        assert torch.equal(i_a, i_b) and torch.equal(x_a, x_b)
+
+
+def _resume_case(length: int, batch_size: int, shuffle: bool, drop_last: bool, workers: int, epoch: int,
+                 cut: float) -> None:
+    _reseed_globals(1)
+    whole, _ = _adapter(length, batch_size, shuffle, drop_last, workers)
+    whole.set_epoch(epoch)
+    full = list(whole)
+    k = int(cut * len(full))
+
+    _reseed_globals(2)
+    first, _ = _adapter(length, batch_size, shuffle, drop_last, workers)
+    first.set_epoch(epoch)
+    iterator = iter(first)
+    head = [next(iterator) for _ in range(k)]
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state == {"epoch": epoch, "position": k, "seed": 7}
+
+    _reseed_globals(3)
+    resumed, dataset = _adapter(length, batch_size, shuffle, drop_last, workers)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(epoch)  # what a trainer does at the top of the epoch: must keep the position
+    assert dataset.calls.value == 0  # the jump itself fetches nothing
+    tail = list(resumed)
+    _assert_same_batches(head + tail, full)
+    # O(remaining): exactly the samples of the batches served after the jump were fetched.
+    assert dataset.calls.value == sum(len(i) for i, _ in tail)
+
+
+@given(length=st.integers(1, 23), batch_size=st.integers(1, 5), shuffle=st.booleans(), drop_last=st.booleans(),
+       epoch=st.integers(0, 3), cut=st.floats(0, 1))
+@example(length=5, batch_size=2, shuffle=True, drop_last=False, epoch=1, cut=1.0)  # saved after the last batch
+@example(length=5, batch_size=2, shuffle=True, drop_last=False, epoch=1, cut=0.0)  # saved before the first
+def test_resume_in_process_equals_whole_epoch(length, batch_size, shuffle, drop_last, epoch, cut):
+    _resume_case(length, batch_size, shuffle, drop_last, 0, epoch, cut)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_resume_with_workers_equals_whole_epoch(shuffle, drop_last):
+    _resume_case(17, 3, shuffle, drop_last, 2, 1, 0.5)
+
+
+def test_workers_and_main_process_give_the_same_batches():
+    main, _ = _adapter(13, 4, True, False, 0)
+    workers, _ = _adapter(13, 4, True, False, 2)
+    _assert_same_batches(list(main), list(workers))
+
+
+def test_epochs_differ_and_replay_from_the_seed():
+    a, _ = _adapter(20, 4, True, False, 0)
+    epoch0, epoch1 = list(a), list(a)  # iterating a finished epoch moves on to the next
+    assert a.epoch == 1
+    assert not all(torch.equal(x[0], y[0]) for x, y in zip(epoch0, epoch1))
+    b, _ = _adapter(20, 4, True, False, 0)
+    b.set_epoch(1)
+    _assert_same_batches(list(b), epoch1)
+    other, _ = _adapter(20, 4, True, False, 0, seed=8)
+    other.set_epoch(1)
+    assert not all(torch.equal(x[0], y[0]) for x, y in zip(list(other), epoch1))
+
+
+def test_unshuffled_augmentations_still_differ_per_epoch():
+    a, _ = _adapter(6, 3, False, False, 0)
+    epoch0, epoch1 = list(a), list(a)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(epoch0, epoch1))  # same order ...
+    assert not any(torch.equal(x[1], y[1]) for x, y in zip(epoch0, epoch1))  # ... new draws
+
+
+def _global_states() -> tuple:
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()
+
+
+def _assert_states_equal(a: tuple, b: tuple) -> None:
+    assert torch.equal(a[0], b[0])
+    assert a[1] == b[1]
+    assert a[2][0] == b[2][0] and np.array_equal(a[2][1], b[2][1]) and a[2][2:] == b[2][2:]
+
+
+def test_loading_leaves_the_training_rng_stream_alone():
+    _reseed_globals(5)
+    before = _global_states()
+    adapter, _ = _adapter(10, 3, True, False, 0)
+    for _ in range(2):
+        list(adapter)
+    _assert_states_equal(_global_states(), before)
+    # Control: the same dataset under a plain DataLoader does move the global streams.
+    list(DataLoader(Augmented(10), batch_size=3, shuffle=True))
+    moved = _global_states()
+    assert not torch.equal(moved[0], before[0]) and moved[1] != before[1]
+    assert not np.array_equal(moved[2][1], before[2][1])
+
+
+def test_rewind_serves_the_in_flight_batch_again():
+    adapter, _ = _adapter(11, 2, True, False, 0)
+    batches = list(adapter)
+    live, _ = _adapter(11, 2, True, False, 0)
+    iterator = iter(live)
+    for _ in range(4):
+        next(iterator)  # batch 3 is "in flight" when the checkpoint is taken
+    state = live.state_dict()
+    resumed, _ = _adapter(11, 2, True, False, 0)
+    resumed.load_state_dict(state)
+    resumed.rewind(1)
+    _assert_same_batches(list(resumed), batches[3:])
+    with pytest.raises(ValueError, match="rewind"):
+        resumed.rewind(resumed.position + 1)
+
+
+def test_a_state_saved_at_the_end_resumes_to_an_empty_rest_then_the_next_epoch():
+    adapter, _ = _adapter(7, 3, True, False, 0)
+    adapter.set_epoch(2)
+    list(adapter)
+    resumed, _ = _adapter(7, 3, True, False, 0)
+    resumed.load_state_dict(adapter.state_dict())
+    resumed.set_epoch(2)
+    assert list(resumed) == []
+    resumed.set_epoch(3)
+    adapter.set_epoch(3)
+    _assert_same_batches(list(resumed), list(adapter))
+
+
+def test_the_sampler_alone_saves_and_jumps():
+    sampler = ResumableSampler(10, 3, seed=1)
+    whole = [list(batch) for batch in sampler]
+    assert len(whole) == len(sampler) == 4
+    assert sorted(i for batch in whole for i in batch) == list(range(10))
+    assert [list(batch) for batch in sampler] != whole  # a finished epoch moves on to the next
+    other = ResumableSampler(10, 3, seed=1)
+    other.load_state_dict({"epoch": 0, "position": 2})
+    assert [list(batch) for batch in other] == whole[2:]
+    assert other.state_dict() == {"epoch": 0, "position": 4}
+
+
+def test_a_stale_iterator_refuses_to_continue():
+    adapter, _ = _adapter(10, 2, False, False, 0)
+    iterator = iter(adapter)
+    next(iterator)
+    adapter.load_state_dict({"epoch": 0, "position": 3, "seed": 7})
+    with pytest.raises(StaleIteratorError, match="iter"):
+        next(iterator)
+    assert [int(i[0]) for i, _ in adapter] == [6, 8]
+
+
+def test_set_epoch_keeps_the_current_position_and_resets_another():
+    adapter, _ = _adapter(10, 2, False, False, 0)
+    iterator = iter(adapter)
+    next(iterator), next(iterator)
+    adapter.set_epoch(0)
+    assert adapter.position == 2
+    adapter.set_epoch(1)
+    assert (adapter.epoch, adapter.position) == (1, 0)
+
+
+@pytest.mark.parametrize("state, error", [
+    ({"epoch": 0, "position": 1}, ValueError),
+    ({"epoch": 0, "position": 1, "seed": 7, "extra": 0}, ValueError),
+    ({"epoch": 0, "position": True, "seed": 7}, TypeError),
+    ({"epoch": 0, "position": 6, "seed": 7}, ValueError),
+    ({"epoch": -1, "position": 0, "seed": 7}, ValueError),
+])
+def test_malformed_state_is_refused(state, error):
+    adapter, _ = _adapter(10, 2, False, False, 0)
+    with pytest.raises(error, match="state"):
+        adapter.load_state_dict(state)
+    assert adapter.state_dict() == {"epoch": 0, "position": 0, "seed": 7}  # nothing changed
+
+
+def test_the_loaders_settings_are_kept():
+    dataset = Augmented(7)
+    loader = DataLoader(dataset, batch_size=3, drop_last=True, collate_fn=lambda items: [i for i, _ in items])
+    adapter = ResumableLoader(loader, seed=0)
+    assert list(adapter) == [[0, 1, 2], [3, 4, 5]]
+    assert len(adapter) == len(loader) == 2
+    built = ResumableLoader(dataset, batch_size=4, seed=0)  # a bare dataset: no shuffling, keep the tail
+    assert [batch[0].tolist() for batch in built] == [[0, 1, 2, 3], [4, 5, 6]]
+
+
+def _note_worker(worker_id: int) -> None:
+    torch.utils.data.get_worker_info().dataset.dataset.calls.value += 1000
+
+
+def test_the_worker_init_fn_is_kept():
+    dataset = Augmented(4)
+    list(ResumableLoader(DataLoader(dataset, batch_size=2, num_workers=2, worker_init_fn=_note_worker), seed=0))
+    assert dataset.calls.value == 2 * 1000 + 4
+
+
+def test_seed_defaults_to_the_loaders_generator():
+    generator = torch.Generator().manual_seed(123)
+    adapter = ResumableLoader(DataLoader(Augmented(5), batch_size=2, shuffle=True, generator=generator))
+    assert adapter.seed == 123
+    torch.manual_seed(321)
+    assert ResumableLoader(DataLoader(Augmented(5), batch_size=2)).seed == 321
+
+
+def test_orders_it_cannot_reproduce_are_refused():
+    dataset = Augmented(6)
+    weighted = DataLoader(dataset, batch_size=2, sampler=WeightedRandomSampler([1.0] * 6, 6))
+    with pytest.raises(TypeError, match="WeightedRandomSampler"):
+        ResumableLoader(weighted)
+    with pytest.raises(TypeError, match="batch_sampler"):
+        ResumableLoader(DataLoader(dataset, batch_sampler=[[0, 1], [2, 3]]))
+    with pytest.raises(TypeError, match="replacement"):
+        ResumableLoader(DataLoader(dataset, batch_size=2, sampler=torch.utils.data.RandomSampler(dataset, True)))
+
+
+@pytest.mark.parametrize("data", [Numbers(), DataLoader(Numbers(), batch_size=2)], ids=["dataset", "loader"])
+def test_iterable_datasets_are_refused_with_the_way_forward(data):
+    with pytest.raises(TypeError, match="IterableDataset.*state_dict\\(\\)/load_state_dict\\(\\)"):
+        ResumableLoader(data)
+
+
+# -- sharding ----------------------------------------------------------------------------------------------
+@given(length=st.integers(1, 40), world_size=st.integers(1, 5), data=st.data(), batch_size=st.integers(1, 6),
+       shuffle=st.booleans(), drop_last=st.booleans(), shard_drop_last=st.booleans(), seed=st.integers(0, 2**32),
+       epoch=st.integers(0, 5))
+def test_shards_equal_distributed_samplers(length, world_size, data, batch_size, shuffle, drop_last, shard_drop_last,
+                                           seed, epoch):
+    rank = data.draw(st.integers(0, world_size - 1))
+    reference = DistributedSampler(range(length), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                   drop_last=shard_drop_last)
+    reference.set_epoch(epoch)
+    ours = ResumableSampler(length, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank,
+                            world_size=world_size, shard_drop_last=shard_drop_last)
+    ours.set_epoch(epoch)
+    expected = list(BatchSampler(reference, batch_size, drop_last))
+    assert [list(batch) for batch in ours] == expected
+    assert len(ours) == len(expected)
+
+
+def test_a_distributed_loader_is_taken_over_with_its_rank():
+    dataset = Augmented(11)
+    sampler = DistributedSampler(dataset, num_replicas=3, rank=2, shuffle=True, seed=4)
+    sampler.set_epoch(2)
+    loader = DataLoader(dataset, batch_size=2, sampler=sampler)
+    expected = [batch[0].tolist() for batch in loader]
+    adapter = ResumableLoader(loader)
+    assert (adapter.seed, adapter.epoch) == (4, 2)
+    assert [batch[0].tolist() for batch in adapter] == expected
+
+
+def test_ranks_draw_different_augmentations():
+    dataset = Augmented(8)
+    per_rank = [list(ResumableLoader(dataset, batch_size=4, shuffle=False, seed=0, rank=r, world_size=2))
+                for r in range(2)]
+    assert not torch.equal(per_rank[0][0][1] - per_rank[0][0][0], per_rank[1][0][1] - per_rank[1][0][0])
+
+
+# -- delegation to loaders that keep their own position ---------------------------------------------------
+class StatefulLoader:
+    """The StatefulDataLoader protocol in miniature: a position saved and jumped to in O(1)."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items, self.position, self.fetched = items, 0, 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        while self.position < len(self.items):
+            self.fetched += 1
+            self.position += 1
+            yield self.items[self.position - 1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"cursor": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = state["cursor"]
+
+
+def test_a_stateful_loader_is_delegated_to_as_it_is():
+    live = StatefulLoader([10, 11, 12, 13, 14])
+    adapter = ResumableLoader(live)
+    assert adapter.delegate is live and len(adapter) == 5
+    iterator = iter(adapter)
+    assert [next(iterator), next(iterator)] == [10, 11]
+    state = adapter.state_dict()
+    assert state == {"cursor": 2}
+
+    fresh = StatefulLoader([10, 11, 12, 13, 14])
+    resumed = ResumableLoader(fresh)
+    resumed.load_state_dict(state)
+    assert list(resumed) == [12, 13, 14]
+    assert fresh.fetched == 3  # the delegate's own O(1) jump, not a replay through the adapter
+    with pytest.raises(TypeError, match="state_dict"):
+        resumed.rewind(1)
+    with pytest.raises(ValueError, match="batch_size"):
+        ResumableLoader(StatefulLoader([1]), batch_size=2)
+
+
+def test_code_that_sets_a_samplers_epoch_finds_the_adapter_instead():
+    adapter, _ = _adapter(6, 2, True, False, 0)
+    assert getattr(adapter, "sampler", None) is None  # BatchSource-style `loader.sampler.set_epoch` cannot bypass it
+    assert callable(adapter.set_epoch)
