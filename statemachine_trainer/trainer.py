@@ -300,29 +300,27 @@ class Trainer:
         for logger in self.loggers:
             logger.log_metrics(values, self.global_step)
 
-    # -- checkpoints (the full, verified format is statemachine_trainer.checkpoint's job) ---------------
+    # -- checkpoints --------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
-        """Write module, optimizers, schedulers, loop tree and callback state to ``path`` (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = self._checkpoint_state()
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        """Write the run's state as a checkpoint directory at ``path`` (atomically, checksummed).
+
+        Module, optimizers, schedulers, grad scaler, the loop tree's state set,
+        callback state, RNG states and what the module's and callbacks'
+        ``on_save_checkpoint`` add.  See :mod:`statemachine_trainer.checkpoint`.
+        """
+        from .checkpoint import save_checkpoint_dir
+
+        metadata = {"step": self.global_step, "epoch": self.current_epoch, "stage": self.state}
+        return save_checkpoint_dir(path, self._checkpoint_state(), metadata)
 
     def _checkpoint_state(self) -> dict[str, Any]:
-        import json
+        from .checkpoint import capture_rng
 
         state: dict[str, Any] = {
-            "module": self.module.state_dict(),
-            "loops": json.dumps(self.fit_loop.state_dict()),
-            "callbacks": json.dumps({cb.state_key: cb.state_dict() for cb in self.callbacks}),
-            "epoch": self.current_epoch,
-            "global_step": self.global_step,
+            "module": dict(self.module.state_dict()),
+            "loops": self.fit_loop.state_dict(),
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "rng": capture_rng(),
         }
         if self.optimization is not None:
             state["optimizers"] = [opt.state_dict() for opt in self.optimization.optimizers]
@@ -336,42 +334,67 @@ class Trainer:
         return state
 
     def _restore(self, ckpt_path: str | os.PathLike[str], loops: bool) -> None:
-        import json
+        """Load a checkpoint; with ``loops`` (fit), the whole run state, otherwise only the weights."""
+        from .checkpoint import load_checkpoint_dir, restore_rng
 
-        path = self._resolve_ckpt_path(ckpt_path)
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state, _ = load_checkpoint_dir(self._resolve_ckpt_path(ckpt_path), map_location=self.device)
         self.module.load_state_dict(state["module"])
         if loops:
-            for opt, opt_state in zip(self.optimization.optimizers, state["optimizers"]):
-                opt.load_state_dict(opt_state)
-            for config, sched_state in zip(self.optimization.setup.schedulers, state["schedulers"]):
-                config.scheduler.load_state_dict(sched_state)
-            self.precision.load_state_dict(state.get("precision", {}))
-            self.fit_loop.load_state_dict(json.loads(state["loops"]))
-            saved = json.loads(state["callbacks"])
-            for callback in self.callbacks:
-                if callback.state_key in saved:
-                    callback.load_state_dict(saved[callback.state_key])
+            self._restore_run(state)
+            restore_rng(state["rng"])
         self.module.on_load_checkpoint(state.get("extra", {}))
         for callback in self.callbacks:
             callback.on_load_checkpoint(self, self.module, state.get("extra", {}))
 
-    def _resolve_ckpt_path(self, ckpt_path: str | os.PathLike[str]) -> Path:
-        if ckpt_path in ("best", "last"):
-            from .callbacks import ModelCheckpoint
+    def _restore_run(self, state: dict[str, Any]) -> None:
+        optimizers, schedulers = self.optimization.optimizers, self.optimization.setup.schedulers
+        if len(state["optimizers"]) != len(optimizers) or len(state["schedulers"]) != len(schedulers):
+            raise ConfigError(f"The checkpoint holds {len(state['optimizers'])} optimizer(s) and "
+                              f"{len(state['schedulers'])} scheduler(s), but configure_optimizers() returned "
+                              f"{len(optimizers)} and {len(schedulers)}; resume with the module that saved it.")
+        for opt, opt_state in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        for config, sched_state in zip(schedulers, state["schedulers"]):
+            config.scheduler.load_state_dict(sched_state)
+        self.precision.load_state_dict(state.get("precision", {}))
+        self.fit_loop.load_state_dict(state["loops"])
+        for callback in self.callbacks:
+            if callback.state_key in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][callback.state_key])
 
-            checkpoint = self.callback(ModelCheckpoint)
+    def _resolve_ckpt_path(self, ckpt_path: str | os.PathLike[str]) -> Path:
+        """A path, or "best" / "last" (the ModelCheckpoint's), or "latest" (the newest valid checkpoint)."""
+        from .callbacks import ModelCheckpoint
+
+        checkpoint = self.callback(ModelCheckpoint)
+        if ckpt_path in ("best", "last"):
             found = None if checkpoint is None else (
                 checkpoint.best_model_path if ckpt_path == "best" else checkpoint.last_model_path)
             if not found:
                 raise ConfigError(f"ckpt_path={ckpt_path!r} needs a ModelCheckpoint callback that has saved a "
-                                  "checkpoint; fit first, or pass a file path.")
+                                  "checkpoint; fit first, or pass a checkpoint path.")
             return Path(found)
+        if ckpt_path == "latest":
+            return self._latest(Path(checkpoint.dirpath) if checkpoint and checkpoint.dirpath
+                                else self.default_root_dir / "checkpoints")
         path = Path(ckpt_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} is not a file; pass a checkpoint written by "
-                                    "trainer.save_checkpoint() or ModelCheckpoint.")
+        if not path.is_dir():
+            raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} is not a checkpoint directory; pass one written by "
+                                    "trainer.save_checkpoint() or ModelCheckpoint, or 'latest'.")
         return path
+
+    def _latest(self, root: Path) -> Path:
+        import warnings
+
+        from .checkpoint import find_latest
+
+        found, skipped = find_latest(root)
+        for path, reason in skipped:
+            warnings.warn(f"ckpt_path='latest' skipped {path}: {reason}", stacklevel=4)
+        if found is None:
+            raise FileNotFoundError(f"ckpt_path='latest': no valid checkpoint under {root}"
+                                    + (f" ({len(skipped)} invalid ones skipped)" if skipped else "") + ".")
+        return found
 
     # -- preparing and finishing a run -------------------------------------------------------------
     def _loader(self, module: TrainingModule, given: Any, stage: str, required: bool) -> Any:

@@ -27,6 +27,7 @@ from statemachine_trainer.callbacks import (
     ProgressBar,
 )
 from statemachine_trainer.callbacks.lr_monitor import _metric_names
+from statemachine_trainer.checkpoint import load_checkpoint_dir
 from statemachine_trainer.loggers import CSVLogger
 from statemachine_trainer.module import TrainingModule
 from statemachine_trainer.trainer import Trainer
@@ -162,7 +163,7 @@ def test_validate_with_best_checkpoint_loads_the_best_weights(tmp_path):
     ckpt = ModelCheckpoint(monitor="score", filename="{epoch}")
     module = Scripted(SCORES)
     trainer = fit(tmp_path, module, [ckpt])
-    best = torch.load(ckpt.best_model_path, weights_only=True)["module"]
+    best = load_checkpoint_dir(ckpt.best_model_path)[0]["module"]
     assert not all(torch.equal(best[k], v) for k, v in module.state_dict().items())  # training moved on
     result = trainer.validate(module, loader(1), ckpt_path="best")
     assert all(torch.equal(best[k], v) for k, v in module.state_dict().items())

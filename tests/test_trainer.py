@@ -285,14 +285,20 @@ def test_function_module_trains_a_plain_module():
     assert trainer.callback_metrics["train_loss"] < 1.0
 
 
-# -- checkpoints (the interim single-file format) ----------------------------------------------------
+# -- checkpoints ----------------------------------------------------------------------------------
 def test_save_checkpoint_and_validate_from_it(tmp_path):
+    from statemachine_trainer.checkpoint import load_checkpoint_dir, verify_checkpoint
+
     torch.manual_seed(0)
     module = DigitsLike()
     trainer = quiet(max_epochs=2)
     trainer.fit(module, blobs(), blobs(seed=1, shuffle=False))
     path = trainer.save_checkpoint(tmp_path / "model.ckpt")
-    torch.load(path, weights_only=True)  # loadable without unpickling arbitrary objects
+    assert verify_checkpoint(path) == []
+    state, manifest = load_checkpoint_dir(path)
+    assert manifest["metadata"]["step"] == trainer.global_step == 20
+    assert set(state) >= {"module", "loops", "optimizers", "schedulers", "callbacks", "rng"}
+    assert state["loops"]["loops"]["fit_loop"]["position"]["state"] == "END"
     fresh = DigitsLike()
     (result,) = quiet().validate(fresh, blobs(seed=1, shuffle=False), ckpt_path=path)
     assert result["val_acc"] == pytest.approx(float(trainer.callback_metrics["val_acc"]))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,7 +177,7 @@ class ModelCheckpoint(Callback):
         self._update_ranks()
         trainer.save_checkpoint(path)  # after the bookkeeping, so the file's callback state includes itself
         if dropped and dropped != path and dropped != self.last_model_path:
-            Path(dropped).unlink(missing_ok=True)
+            _remove(dropped)
 
     def _full(self) -> bool:
         return self.save_top_k != -1 and len(self.best_k_models) >= self.save_top_k
@@ -230,3 +231,12 @@ def _validation_ends_each_epoch(trainer: Trainer) -> bool:
 @noop_hook
 def _unused_hook(*args: Any, **kwargs: Any) -> None:
     """Stands in for a hook this callback does not need in the current configuration."""
+
+
+def _remove(path: str) -> None:
+    """Delete a checkpoint that fell out of the top k (a directory; a stray file is removed too)."""
+    target = Path(path)
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        target.unlink(missing_ok=True)

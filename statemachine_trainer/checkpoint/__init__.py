@@ -19,6 +19,7 @@ from ._inspect import first_difference, summarize
 from ._latest import find_latest, load_latest, prune
 from ._manifest import FORMAT, FORMAT_VERSION, read_manifest
 from ._read import load_checkpoint_dir, verify_checkpoint
+from ._rng import capture_rng, restore_rng
 from ._write import save_checkpoint_dir
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HASHES",
     "CheckpointError",
+    "capture_rng",
     "decode",
     "encode",
     "find_latest",
@@ -35,6 +37,7 @@ __all__ = [
     "load_latest",
     "prune",
     "read_manifest",
+    "restore_rng",
     "save_checkpoint_dir",
     "summarize",
     "verify_checkpoint",
