@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,7 @@ class Trainer:
         self.val_enabled = False
         self.val_check_batches = 1
         self.state = "idle"  # "fit", "validate", "test", "predict" while one runs
+        self._pending_saves: list[tuple[Path, Callable[[Path], None] | None]] = []
 
     # -- the four entry points -------------------------------------------------------------
     def fit(self, module: TrainingModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -163,11 +164,13 @@ class Trainer:
         setup = parse_optimizers(module.configure_optimizers())
         check_optimization_mode(module, setup, self)
         self._prepare("fit", module, {"train": train, "validate": val}, setup)
+        self.fit_loop.observe(self._at_boundary)  # checkpoint requests are written at boundaries
         try:
             if ckpt_path is not None:
                 self._restore(ckpt_path, loops=True)
             self.fit_loop.run()
         finally:
+            self.fit_loop.observe(None)
             self._finish("fit")
 
     def validate(self, module: TrainingModule, dataloaders: Any = None,
@@ -301,6 +304,34 @@ class Trainer:
             logger.log_metrics(values, self.global_step)
 
     # -- checkpoints --------------------------------------------------------------------------------
+    def request_checkpoint(self, path: str | os.PathLike[str],
+                           on_written: Callable[[Path], None] | None = None) -> None:
+        """Write a checkpoint to ``path`` at the next transition boundary of the fit loop tree.
+
+        Hooks and callbacks call this instead of ``save_checkpoint``: a file
+        written *inside* a hook would record "in the middle of this hook", and a
+        resume would run the hook's first half twice.  At a boundary, every
+        loop's position is exact.  ``on_written(path)`` runs after the write
+        (e.g. to delete a checkpoint that fell out of the top k only once its
+        replacement is safely on disk).  Outside ``fit`` the write happens now.
+        """
+        if self.state != "fit":
+            self._write_requested(Path(path), on_written)
+            return
+        self._pending_saves.append((Path(path), on_written))
+
+    def _at_boundary(self, loop: Loop) -> None:
+        """The fit tree's observer: called at every transition boundary, so it must be cheap when idle."""
+        if self._pending_saves:
+            pending, self._pending_saves = self._pending_saves, []
+            for path, on_written in pending:
+                self._write_requested(path, on_written)
+
+    def _write_requested(self, path: Path, on_written: Callable[[Path], None] | None) -> None:
+        written = self.save_checkpoint(path)
+        if on_written is not None:
+            on_written(written)
+
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write the run's state as a checkpoint directory at ``path`` (atomically, checksummed).
 

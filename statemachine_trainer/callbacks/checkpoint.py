@@ -160,7 +160,7 @@ class ModelCheckpoint(Callback):
             self._save_top_k(trainer)
         if self.save_last:
             self.last_model_path = str(self.dirpath / f"{_LAST_NAME}{_EXT}")
-            trainer.save_checkpoint(self.last_model_path)
+            trainer.request_checkpoint(self.last_model_path)
 
     def _save_top_k(self, trainer: Trainer) -> None:
         if self.monitor is None:
@@ -175,9 +175,10 @@ class ModelCheckpoint(Callback):
             del self.best_k_models[dropped]
         self.best_k_models[path] = score
         self._update_ranks()
-        trainer.save_checkpoint(path)  # after the bookkeeping, so the file's callback state includes itself
-        if dropped and dropped != path and dropped != self.last_model_path:
-            _remove(dropped)
+        # Written at the next transition boundary (after this hook), with this bookkeeping in its state;
+        # the file that fell out of the top k goes only once its replacement is on disk.
+        obsolete = dropped if dropped and dropped != path and dropped != self.last_model_path else None
+        trainer.request_checkpoint(path, on_written=None if obsolete is None else lambda _: _remove(obsolete))
 
     def _full(self) -> bool:
         return self.save_top_k != -1 and len(self.best_k_models) >= self.save_top_k

@@ -1,0 +1,105 @@
+"""Resume from a checkpoint written at a transition boundary continues the run bit for bit.
+
+What is covered so far: checkpoints that ModelCheckpoint requests at the end
+of an epoch (with or without validation) -- written at the next boundary, with
+the loop tree, optimizer, scheduler and RNG states -- resumed in a fresh
+Trainer and module.  Mid-epoch resume needs the data position, which the
+Trainer does not save yet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from statemachine_trainer import Trainer, TrainingModule
+from statemachine_trainer.callbacks import ModelCheckpoint
+from statemachine_trainer.checkpoint import load_checkpoint_dir
+
+EPOCHS = 4
+
+
+class Net(TrainingModule):
+    def __init__(self, init_seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(init_seed)
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=1e-2)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)}
+
+
+def loader(seed: int, shuffle: bool = True) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(80, 6, generator=g)
+    return DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=16, shuffle=shuffle)
+
+
+def fit(root: Path, module: Net, validate: bool, ckpt_path: Path | None = None) -> Trainer:
+    checkpoints = ModelCheckpoint(dirpath=root, filename="{epoch}", save_top_k=-1)
+    trainer = Trainer(max_epochs=EPOCHS, seed=5, accumulate_grad_batches=2, enable_progress_bar=False,
+                      logger=False, callbacks=[checkpoints], num_sanity_val_steps=1)
+    trainer.fit(module, loader(0), loader(1, shuffle=False) if validate else None, ckpt_path=ckpt_path)
+    return trainer
+
+
+def assert_same_run(a: Trainer, b: Trainer) -> None:
+    for (name, x), y in zip(a.module.state_dict().items(), b.module.state_dict().values()):
+        assert torch.equal(x, y), name
+    sa, sb = a.optimizers[0].state_dict()["state"], b.optimizers[0].state_dict()["state"]
+    for key in sa:
+        for field in sa[key]:
+            assert torch.equal(torch.as_tensor(sa[key][field]), torch.as_tensor(sb[key][field])), (key, field)
+    assert a.optimizers[0].param_groups[0]["lr"] == b.optimizers[0].param_groups[0]["lr"]
+    assert a.global_step == b.global_step and a.current_epoch == b.current_epoch
+    assert torch.equal(a.callback_metrics["loss"], b.callback_metrics["loss"])
+    assert torch.equal(torch.get_rng_state(), torch.get_rng_state())
+
+
+@pytest.mark.parametrize("validate", [False, True], ids=["no-validation", "validation"])
+@pytest.mark.parametrize("epoch", [0, 2])
+def test_resume_from_an_epoch_end_checkpoint_is_bit_identical(tmp_path, validate, epoch):
+    full = fit(tmp_path / "full", Net(init_seed=0), validate)
+    after_full = torch.get_rng_state()
+    saved = tmp_path / "full" / f"{epoch}.ckpt"
+    state, manifest = load_checkpoint_dir(saved)
+    assert manifest["metadata"]["epoch"] == epoch + 1  # written after the epoch completed
+    assert state["loops"]["loops"]["fit_loop"]["position"]["row"] is None  # at a boundary, not inside a hook
+    resumed = fit(tmp_path / "resumed", Net(init_seed=99), validate, ckpt_path=saved)
+    assert_same_run(full, resumed)
+    assert torch.equal(torch.get_rng_state(), after_full)  # the RNG stream continued exactly
+    # the resumed run kept writing checkpoints, and its last one equals the uninterrupted run's
+    last_full, _ = load_checkpoint_dir(tmp_path / "full" / f"{EPOCHS - 1}.ckpt")
+    last_resumed, _ = load_checkpoint_dir(tmp_path / "resumed" / f"{EPOCHS - 1}.ckpt")
+    for name, tensor in last_full["module"].items():
+        assert torch.equal(tensor, last_resumed["module"][name])
+
+
+def test_checkpoint_requested_in_a_hook_is_written_at_the_next_boundary(tmp_path):
+    positions = []
+
+    class Probe(ModelCheckpoint):
+        def on_train_epoch_end(self, trainer, module):
+            trainer.request_checkpoint(tmp_path / f"probe-{trainer.current_epoch}.ckpt",
+                                       on_written=lambda path: positions.append(trainer.fit_loop.position))
+
+    trainer = Trainer(max_epochs=2, enable_progress_bar=False, logger=False, callbacks=[Probe(dirpath=tmp_path)])
+    trainer.fit(Net(init_seed=0), loader(0))
+    assert [p.state for p in positions] == ["ADVANCE", "ADVANCE"]
+    assert all(p.row is None for p in positions)  # between transitions, never inside on_advance_end
+    assert (tmp_path / "probe-0.ckpt" / "manifest.json").is_file()
