@@ -28,6 +28,8 @@ _LAZY = {
     "FunctionModule": "module",
     "ManualOptimizationError": "module",
     "ConfigError": "_optim",
+    "PREEMPTED_EXIT_CODE": "_preemption",
+    "Preempted": "_preemption",
     "Callback": "callbacks",
 }
 
@@ -43,6 +45,7 @@ def __getattr__(name: str):
 __all__ = [
     "ADVANCE",
     "END",
+    "PREEMPTED_EXIT_CODE",
     "RESTARTING",
     "START",
     "Callback",
@@ -53,6 +56,7 @@ __all__ = [
     "LoopStuckError",
     "ManualOptimizationError",
     "Position",
+    "Preempted",
     "Progress",
     "Row",
     "StateError",

@@ -40,6 +40,7 @@ from ._hooks import HookRelay
 from ._optim import ConfigError, parse_optimizers
 from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
+from ._preemption import Preempted, PreemptionGuard
 from ._results import Results
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .loops._base import TrainerLoop
@@ -150,6 +151,7 @@ class Trainer:
         self.val_check_batches = 1
         self.state = "idle"  # "fit", "validate", "test", "predict" while one runs
         self._pending_saves: list[tuple[Path, Callable[[Path], None] | None]] = []
+        self._preemption = PreemptionGuard()  # SIGTERM / SIGUSR1 during fit: checkpoint, then exit 75
 
     # -- the four entry points -------------------------------------------------------------
     def fit(self, module: TrainingModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -164,11 +166,12 @@ class Trainer:
         setup = parse_optimizers(module.configure_optimizers())
         check_optimization_mode(module, setup, self)
         self._prepare("fit", module, {"train": train, "validate": val}, setup)
-        self.fit_loop.observe(self._at_boundary)  # checkpoint requests are written at boundaries
+        self.fit_loop.observe(self._at_boundary)  # checkpoint requests and preemption act at boundaries
         try:
-            if ckpt_path is not None:
-                self._restore(ckpt_path, loops=True)
-            self.fit_loop.run()
+            with self._preemption:
+                if ckpt_path is not None:
+                    self._restore(ckpt_path, loops=True)
+                self.fit_loop.run()
         finally:
             self.fit_loop.observe(None)
             self._finish("fit")
@@ -326,6 +329,16 @@ class Trainer:
             pending, self._pending_saves = self._pending_saves, []
             for path, on_written in pending:
                 self._write_requested(path, on_written)
+        if self._preemption.signum is not None:
+            self._preempt(self._preemption.signum)
+
+    def _preempt(self, signum: int) -> None:
+        from .callbacks import ModelCheckpoint
+
+        checkpoint = self.callback(ModelCheckpoint)
+        root = Path(checkpoint.dirpath) if checkpoint and checkpoint.dirpath else self.default_root_dir / "checkpoints"
+        path = self.save_checkpoint(root / f"preempted-epoch={self.current_epoch}-step={self.global_step}.ckpt")
+        raise Preempted(signum, path)
 
     def _write_requested(self, path: Path, on_written: Callable[[Path], None] | None) -> None:
         written = self.save_checkpoint(path)

@@ -9,6 +9,10 @@ Trainer does not save yet.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from statemachine_trainer import Trainer, TrainingModule
+from statemachine_trainer import PREEMPTED_EXIT_CODE, Trainer, TrainingModule
 from statemachine_trainer.callbacks import ModelCheckpoint
-from statemachine_trainer.checkpoint import load_checkpoint_dir
+from statemachine_trainer.checkpoint import load_checkpoint_dir, verify_checkpoint
 
 EPOCHS = 4
 
@@ -103,3 +107,27 @@ def test_checkpoint_requested_in_a_hook_is_written_at_the_next_boundary(tmp_path
     assert [p.state for p in positions] == ["ADVANCE", "ADVANCE"]
     assert all(p.row is None for p in positions)  # between transitions, never inside on_advance_end
     assert (tmp_path / "probe-0.ckpt" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_preemption_signal_checkpoints_at_the_next_boundary_and_exits_75(tmp_path, sig):
+    process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_preempt_script.py"), str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "training"
+    time.sleep(0.3)  # some steps into the first epoch
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == PREEMPTED_EXIT_CODE == 75, err
+    (saved,) = (tmp_path / "checkpoints").glob("preempted-*.ckpt")
+    assert verify_checkpoint(saved) == []
+    state, manifest = load_checkpoint_dir(saved)
+    assert 0 < manifest["metadata"]["step"] < 1000  # mid-epoch: the run did not finish an epoch first
+    fit_loop = state["loops"]["loops"]["fit_loop"]["position"]
+    assert fit_loop["state"] == "ADVANCE"
+
+
+def test_preemption_handlers_are_restored_after_fit():
+    before = signal.getsignal(signal.SIGTERM)
+    Trainer(max_epochs=1, enable_progress_bar=False, logger=False, enable_checkpointing=False).fit(
+        Net(init_seed=0), loader(0))
+    assert signal.getsignal(signal.SIGTERM) is before
