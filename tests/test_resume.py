@@ -131,3 +131,16 @@ def test_preemption_handlers_are_restored_after_fit():
     Trainer(max_epochs=1, enable_progress_bar=False, logger=False, enable_checkpointing=False).fit(
         Net(init_seed=0), loader(0))
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_mid_epoch_resume_warns_that_it_is_not_exact_yet(tmp_path):
+    class MidEpoch(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == 2:
+                trainer.request_checkpoint(tmp_path / "mid.ckpt")
+
+    first = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, callbacks=[MidEpoch(dirpath=tmp_path)])
+    first.fit(Net(init_seed=0), loader(0))
+    resumed = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match=r"middle of an epoch \(2 of 5 batches done\)"):
+        resumed.fit(Net(init_seed=0), loader(0), ckpt_path=tmp_path / "mid.ckpt")

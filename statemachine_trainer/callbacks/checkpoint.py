@@ -122,9 +122,9 @@ class ModelCheckpoint(Callback):
             self._on_epoch_end = self.save_on_train_epoch_end
         else:
             self._on_epoch_end = not trainer.val_enabled or _validation_ends_each_epoch(trainer)
-        if not self.every_n_train_steps:
-            # No step-based saving: shadow the per-batch hook with a no-op, which the hook relay skips,
-            # so this callback costs nothing per training step.
+        if not self.every_n_train_steps and type(self).on_train_batch_end is ModelCheckpoint.on_train_batch_end:
+            # No step-based saving (and no subclass override): shadow the per-batch hook with a no-op,
+            # which the hook relay skips, so this callback costs nothing per training step.
             self.on_train_batch_end = _unused_hook  # type: ignore[method-assign]
 
     def on_train_batch_end(self, trainer: Trainer, module: TrainingModule, outputs: Any, batch: Any,

@@ -16,6 +16,7 @@ closes a ``val_check_interval`` or is the epoch's last batch.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ..machine import ADVANCE, END, START, Loop, Row, Table
@@ -79,6 +80,15 @@ class TrainingEpochLoop(TrainerLoop):
 
     def on_run_start(self) -> None:
         self._trainer.sources["train"].start_epoch(self._trainer.current_epoch)
+
+    def on_restart(self) -> None:
+        done = self.progress.current.completed
+        if done:
+            # Until the Trainer saves the loader's position, a mid-epoch resume cannot be exact: say so.
+            warnings.warn(f"Resuming in the middle of an epoch ({done} of {self._trainer.sources['train'].num_batches}"
+                          " batches done): the data loader's position is not in the checkpoint yet, so the rest of "
+                          "this epoch restarts the loader and is not the uninterrupted run's. Resume from a "
+                          "checkpoint taken at the end of an epoch for a bit-identical run.", stacklevel=2)
 
     def advance(self) -> Any:
         trainer, progress = self._trainer, self.progress
