@@ -48,9 +48,11 @@ class Optimization:
         self._active: Any = self._all
 
     # -- per batch -----------------------------------------------------------------------
-    def begin_batch(self, batch_idx: int, batch_number: int, is_last_batch: bool) -> None:
+    def begin_batch(self, batch_idx: int, batch_number: int, is_last_batch: bool, resumed: bool = False) -> None:
+        """Announce a batch; ``resumed``: the same batch again after a resume, so ``stepped`` (restored) stays."""
         self.batch_idx, self.batch_number, self.is_last_batch = batch_idx, batch_number, is_last_batch
-        self.stepped = False
+        if not resumed:
+            self.stepped = False
         self._active = self._all if self.setup.frequencies is None else self.setup.active_optimizers(batch_number)
 
     def active_optimizers(self) -> Any:

@@ -244,6 +244,34 @@ class Results:
                 if slot.metric is not None:
                     slot.metric.reset()
 
+    # -- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything logged so far that decides what is reported later: per-slot accumulators and the views.
+
+        torchmetrics ``Metric`` objects keep their own state (they are module
+        attributes); only the fact that a slot reports one is recorded here.
+        """
+        slots = []
+        for (stage, fx, name), slot in self._slots.items():
+            slots.append({"stage": stage, "fx": fx, "name": name, "on_step": slot.on_step, "on_epoch": slot.on_epoch,
+                          "prog_bar": slot.prog_bar, "logger": slot.logger, "reduce_fx": slot.reduce_fx,
+                          "direct": slot.direct, "weight": slot.weight, "has_metric": slot.metric is not None,
+                          "last": None if slot.last is None else slot.last.detach(), "total": slot.total})
+        return {"fx": self.fx, "stage": self.stage, "slots": slots,
+                "callback_metrics": dict(self.callback_metrics), "progress_bar_metrics": dict(self.progress_bar_metrics),
+                "logged_metrics": dict(self.logged_metrics), "pending_log": dict(self.pending_log)}
+
+    def load_state_dict(self, state: dict[str, Any], metrics: dict[str, Metric] | None = None) -> None:
+        self.fx, self.stage = state["fx"], state["stage"]
+        self._slots = {}
+        for entry in state["slots"]:
+            slot = _Slot(entry["name"], entry["stage"], entry["on_step"], entry["on_epoch"], entry["prog_bar"],
+                         entry["logger"], entry["reduce_fx"], entry["direct"])
+            slot.last, slot.total, slot.weight = entry["last"], entry["total"], entry["weight"]
+            self._slots[(entry["stage"], entry["fx"], entry["name"])] = slot
+        for view in ("callback_metrics", "progress_bar_metrics", "logged_metrics", "pending_log"):
+            setattr(self, view, dict(state[view]))
+
     def forget(self, keys: Any) -> None:
         """Drop published values (e.g. the sanity check's), so nothing downstream acts on them."""
         for key in keys:

@@ -370,6 +370,12 @@ class Trainer:
             state["optimizers"] = [opt.state_dict() for opt in self.optimization.optimizers]
             state["schedulers"] = [c.scheduler.state_dict() for c in self.optimization.setup.schedulers]
             state["precision"] = self.precision.state_dict()
+            state["optimization"] = {"stepped": self.optimization.stepped}
+        # What a checkpoint between two steps of an accumulation window, or mid-epoch, also needs:
+        state["grads"] = {name: p.grad for name, p in self.module.named_parameters() if p.grad is not None}
+        state["metrics"] = _metric_states(self.module)
+        state["results"] = self.results.state_dict()
+        state["data"] = {stage: source.state_dict() for stage, source in self.sources.items() if source.resumable}
         extra: dict[str, Any] = {}
         self.module.on_save_checkpoint(extra)
         for callback in self.callbacks:
@@ -401,6 +407,15 @@ class Trainer:
         for config, sched_state in zip(schedulers, state["schedulers"]):
             config.scheduler.load_state_dict(sched_state)
         self.precision.load_state_dict(state.get("precision", {}))
+        self.optimization.stepped = state["optimization"]["stepped"]
+        params = dict(self.module.named_parameters())
+        for name, grad in state["grads"].items():
+            params[name].grad = grad.to(params[name].device)
+        _load_metric_states(self.module, state["metrics"])
+        self.results.load_state_dict(state["results"])
+        for stage, data_state in state["data"].items():
+            if stage in self.sources:
+                self.sources[stage].load_state_dict(data_state)
         self.fit_loop.load_state_dict(state["loops"])
         for callback in self.callbacks:
             if callback.state_key in state["callbacks"]:
@@ -515,6 +530,25 @@ _LIMIT_NAMES = {"train": "train", "validate": "val", "test": "test", "predict": 
 
 def _entry(stage: str) -> str:
     return {"train": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
+
+
+def _metric_states(module: torch.nn.Module) -> dict[str, Any]:
+    """Every torchmetrics Metric's accumulated state (not in ``state_dict()``: its states are non-persistent)."""
+    from torchmetrics import Metric
+
+    return {name: {"state": dict(metric.metric_state), "update_count": metric._update_count}
+            for name, metric in module.named_modules() if isinstance(metric, Metric)}
+
+
+def _load_metric_states(module: torch.nn.Module, states: dict[str, Any]) -> None:
+    from torchmetrics import Metric
+
+    for name, metric in module.named_modules():
+        if isinstance(metric, Metric) and name in states:
+            for key, value in states[name]["state"].items():
+                setattr(metric, key, list(value) if isinstance(value, (list, tuple)) else value)
+            metric._update_count = states[name]["update_count"]
+            metric._computed = None
 
 
 def _attach(trainer: Trainer, stage: str) -> None:

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from statemachine_trainer import PREEMPTED_EXIT_CODE, Trainer, TrainingModule
+from statemachine_trainer import PREEMPTED_EXIT_CODE, Callback, Trainer, TrainingModule
 from statemachine_trainer.callbacks import ModelCheckpoint
 from statemachine_trainer.checkpoint import load_checkpoint_dir, verify_checkpoint
+from statemachine_trainer.data import ResumableLoader
 
 EPOCHS = 4
 
@@ -144,3 +147,58 @@ def test_a_mid_epoch_resume_warns_that_it_is_not_exact_yet(tmp_path):
     resumed = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, enable_checkpointing=False)
     with pytest.warns(UserWarning, match=r"middle of an epoch \(2 of 5 batches done\)"):
         resumed.fit(Net(init_seed=0), loader(0), ckpt_path=tmp_path / "mid.ckpt")
+
+
+# -- mid-epoch: resumable loaders, accumulation windows, mid-epoch validation ------------------------------
+INTERRUPT_HOOKS = ("on_after_backward", "on_before_optimizer_step", "on_train_batch_end", "on_validation_batch_end")
+
+
+class Plateau(Net):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_mean", loss, on_step=False, on_epoch=True)  # accumulated over the epoch: in the checkpoint
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=1e-2)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
+
+
+def request_at(hook: str, n: int, path: Path) -> Callback:
+    """A callback that asks for a checkpoint at the n-th call of ``hook`` (and otherwise does nothing)."""
+    def maybe(self, trainer, *args):
+        self.calls += 1
+        if self.calls == n:
+            trainer.request_checkpoint(path)
+    return type("RequestAt", (Callback,), {"calls": 0, hook: maybe})()
+
+
+def resumable_fit(module: Net, extra_callbacks=(), ckpt_path: Path | None = None) -> Trainer:
+    train = ResumableLoader(loader(0), seed=3)
+    val = ResumableLoader(loader(1, shuffle=False))
+    trainer = Trainer(max_epochs=2, seed=5, accumulate_grad_batches=3, val_check_interval=0.5,
+                      num_sanity_val_steps=0, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                      callbacks=list(extra_callbacks))
+    trainer.fit(module, train, val, ckpt_path=ckpt_path)
+    return trainer
+
+
+@settings(max_examples=8, deadline=None)
+@given(hook=st.sampled_from(INTERRUPT_HOOKS), n=st.integers(1, 4))  # each hook runs at least 4 times
+def test_resume_from_any_mid_epoch_boundary_is_bit_identical(tmp_path_factory, hook, n):
+    path = tmp_path_factory.mktemp("mid") / "interrupt.ckpt"
+    full = resumable_fit(Plateau(init_seed=0), [request_at(hook, n, path)])
+    resumed = resumable_fit(Plateau(init_seed=42), ckpt_path=path)
+    assert_same_run(full, resumed)
+    assert set(full.callback_metrics) == set(resumed.callback_metrics) >= {"val_loss", "train_mean"}
+    for key, value in full.callback_metrics.items():
+        assert torch.equal(value, resumed.callback_metrics[key]), key
+
+
+def test_a_checkpoint_inside_an_accumulation_window_keeps_the_partial_gradients(tmp_path):
+    path = tmp_path / "window.ckpt"
+    resumable_fit(Plateau(init_seed=0), [request_at("on_after_backward", 2, path)])  # batch 2 of a 3-batch window
+    state, _ = load_checkpoint_dir(path)
+    assert state["grads"] and all(g.abs().sum() > 0 for g in state["grads"].values())
+    assert state["data"]["train"]["position"] == 2  # the in-flight batch was the second

@@ -39,25 +39,50 @@ def count_batches(loader: Any, limit: float | None, what: str) -> int:
 
 
 class BatchSource:
-    """One loader, with its per-epoch batch count and the device batches go to."""
+    """One loader, with its per-epoch batch count and the device batches go to.
+
+    A loader with a position of its own (``state_dict`` / ``load_state_dict``,
+    e.g. :class:`statemachine_trainer.data.ResumableLoader`) makes the source
+    *resumable*: its position goes into checkpoints, and a resume continues the
+    epoch where it was instead of restarting the loader.
+    """
 
     def __init__(self, loader: Any, num_batches: int, device: Any) -> None:
         self.loader, self.num_batches, self.device = loader, num_batches, device
         self._iterator: Iterator[Any] | None = None
         self._on_cpu = str(device) == "cpu"
+        self.resumable = callable(getattr(loader, "state_dict", None)) and callable(
+            getattr(loader, "load_state_dict", None))
 
     def start_epoch(self, epoch: int) -> None:
-        sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # e.g. DistributedSampler reshuffles per epoch
+        if self.resumable and hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)  # the loader's own epoch: keeps its position if it is this epoch
+        else:
+            sampler = getattr(self.loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)  # e.g. DistributedSampler reshuffles per epoch
         self._iterator = iter(self.loader)
 
     def next_batch(self) -> Any:
         if self._iterator is None:
-            self._iterator = iter(self.loader)
+            self._iterator = iter(self.loader)  # after a resume: a resumable loader starts at its position
         batch = next(self._iterator)
         # On CPU every tensor is already where it must be; skip the walk over the batch.
         return batch if self._on_cpu else move_to_device(batch, self.device)
 
+    def refetch(self) -> None:
+        """Make the next batch the one in flight when the checkpoint was taken (a resumable loader only)."""
+        if self.resumable and hasattr(self.loader, "rewind"):
+            self._iterator = None
+            self.loader.rewind(1)
+
     def end_epoch(self) -> None:
         self._iterator = None  # let worker processes of the finished epoch shut down
+
+    def state_dict(self) -> Any:
+        return self.loader.state_dict() if self.resumable else None
+
+    def load_state_dict(self, state: Any) -> None:
+        if state is not None and self.resumable:
+            self._iterator = None
+            self.loader.load_state_dict(state)

@@ -83,23 +83,32 @@ class TrainingEpochLoop(TrainerLoop):
 
     def on_restart(self) -> None:
         done = self.progress.current.completed
-        if done:
-            # Until the Trainer saves the loader's position, a mid-epoch resume cannot be exact: say so.
-            warnings.warn(f"Resuming in the middle of an epoch ({done} of {self._trainer.sources['train'].num_batches}"
-                          " batches done): the data loader's position is not in the checkpoint yet, so the rest of "
-                          "this epoch restarts the loader and is not the uninterrupted run's. Resume from a "
-                          "checkpoint taken at the end of an epoch for a bit-identical run.", stacklevel=2)
+        source = self._trainer.sources["train"]
+        if done and not source.resumable:
+            # Without the loader's position a mid-epoch resume cannot be exact: say so.
+            warnings.warn(f"Resuming in the middle of an epoch ({done} of {source.num_batches} batches done) with a "
+                          "loader that has no position (no state_dict/load_state_dict): the rest of this epoch "
+                          "restarts the loader and is not the uninterrupted run's. Wrap the loader in "
+                          "statemachine_trainer.data.ResumableLoader for an exact resume.", stacklevel=2)
 
     def advance(self) -> Any:
         trainer, progress = self._trainer, self.progress
         source = trainer.sources["train"]
-        batch_idx = progress.current.ready
-        progress.increment_ready()
+        if self.restarting:
+            # Re-entered on resume: the checkpoint was taken while batch `ready - 1` was being processed,
+            # and its counters were already moved.  Fetch that batch again instead of the next one.
+            batch_idx = progress.current.ready - 1
+            source.refetch()
+        else:
+            batch_idx = progress.current.ready
+            progress.increment_ready()
         batch = source.next_batch()
         trainer.results.new_batch(batch)
         progress.is_last_batch = batch_idx + 1 >= source.num_batches
-        trainer.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch)
-        progress.increment_started()
+        trainer.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch,
+                                         resumed=self.restarting)
+        if not self.restarting:
+            progress.increment_started()
         self.batch_loop.run(batch, batch_idx)
         progress.increment_processed()
         if trainer.optimization.stepped:

@@ -44,6 +44,7 @@ _STAGE_NAMES = {"validate": "validation", "test": "test"}
 class EvaluationFields:
     sanity: bool = False  # this run is the sanity check before fitting
     was_training: bool = False  # the module was in train mode when the run started; restored at the end
+    runs: int = 0  # runs started so far; each is one "epoch" of the loader, so a resumable one starts over
 
 
 class EvaluationLoop(TrainerLoop):
@@ -90,7 +91,8 @@ class EvaluationLoop(TrainerLoop):
         self.fields.was_training = trainer.module.training
         self._enter()
         trainer.results.reset_stage(self.stage)
-        trainer.sources[self.stage].start_epoch(0)
+        trainer.sources[self.stage].start_epoch(self.fields.runs)
+        self.fields.runs += 1
         self._hook("start")()
         self._hook("epoch_start")()
 
@@ -103,13 +105,19 @@ class EvaluationLoop(TrainerLoop):
 
     def advance(self, sanity: bool = False) -> None:
         trainer, progress = self.trainer, self.progress
-        batch_idx = progress.current.ready
-        progress.increment_ready()
-        batch = trainer.sources[self.stage].next_batch()
+        source = trainer.sources[self.stage]
+        if self.restarting:  # resumed while this batch was in flight: fetch it again, counters already moved
+            batch_idx = progress.current.ready - 1
+            source.refetch()
+        else:
+            batch_idx = progress.current.ready
+            progress.increment_ready()
+        batch = source.next_batch()
         trainer.results.new_batch(batch)
         progress.is_last_batch = batch_idx + 1 >= self._num_batches()
         self._hook("batch_start")(batch, batch_idx)
-        progress.increment_started()
+        if not self.restarting:
+            progress.increment_started()
         trainer.results.fx = self._step_name
         with torch.no_grad(), trainer.precision.autocast():
             outputs = getattr(trainer.module, self._step_name)(batch, batch_idx)
