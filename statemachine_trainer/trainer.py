@@ -325,10 +325,13 @@ class Trainer:
 
     def _at_boundary(self, loop: Loop) -> None:
         """The fit tree's observer: called at every transition boundary, so it must be cheap when idle."""
-        if self._pending_saves:
-            pending, self._pending_saves = self._pending_saves, []
-            for path, on_written in pending:
-                self._write_requested(path, on_written)
+        if not self._pending_saves and self._preemption.signum is None:
+            return
+        if not all(getattr(node, "checkpointable", True) for _, node in self.fit_loop.walk()):
+            return  # e.g. between the yields of a generator step: wait for the step to end
+        pending, self._pending_saves = self._pending_saves, []
+        for path, on_written in pending:
+            self._write_requested(path, on_written)
         if self._preemption.signum is not None:
             self._preempt(self._preemption.signum)
 

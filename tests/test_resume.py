@@ -27,6 +27,8 @@ from statemachine_trainer.callbacks import ModelCheckpoint
 from statemachine_trainer.checkpoint import load_checkpoint_dir, verify_checkpoint
 from statemachine_trainer.data import ResumableLoader
 
+from .test_optimization_modes import IndexGAN, ManualGAN, YieldGAN, real_loader
+
 EPOCHS = 4
 
 
@@ -202,3 +204,31 @@ def test_a_checkpoint_inside_an_accumulation_window_keeps_the_partial_gradients(
     state, _ = load_checkpoint_dir(path)
     assert state["grads"] and all(g.abs().sum() > 0 for g in state["grads"].values())
     assert state["data"]["train"]["position"] == 2  # the in-flight batch was the second
+
+
+# -- several optimizers: generator (yield) steps and manual optimization -----------------------------------
+
+
+def gan_fit(module, extra_callbacks=(), ckpt_path=None) -> Trainer:
+    trainer = Trainer(max_epochs=2, seed=5, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                      callbacks=list(extra_callbacks))
+    trainer.fit(module, ResumableLoader(real_loader(), seed=1), ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.parametrize("cls", [YieldGAN, ManualGAN, IndexGAN], ids=["generator", "manual", "optimizer_idx"])
+@pytest.mark.parametrize("n", [1, 2, 5])  # odd calls: between the first and second optimizer of a step
+def test_resume_of_multi_optimizer_steps_is_bit_identical(tmp_path, cls, n):
+    path = tmp_path / "gan.ckpt"
+    full = gan_fit(cls(), [request_at("on_before_optimizer_step", n, path)])
+    state, _ = load_checkpoint_dir(path)
+    generator_loop = state["loops"]["loops"]["fit_loop.epoch_loop.batch_loop.generator_loop"]
+    assert generator_loop["progress"]["optimizer_position"] == 0 or generator_loop["position"]["state"] != "ADVANCE"
+    resumed = gan_fit(cls(), ckpt_path=path)
+    for a, b in zip(full.module.parameters(), resumed.module.parameters()):
+        assert torch.equal(a, b)
+    for opt_a, opt_b in zip(full.optimizers, resumed.optimizers):
+        for key, value in opt_a.state_dict()["state"].items():
+            for field, tensor in value.items():
+                assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(opt_b.state_dict()["state"][key][field]))
+    assert full.global_step == resumed.global_step

@@ -38,6 +38,11 @@ class TrainerLoop(Loop, abstract=True):
     def on_attach(self) -> None:
         """Called when a trainer is about to run this loop: resolve per-run choices here, once."""
 
+    @property
+    def checkpointable(self) -> bool:
+        """Whether a checkpoint written now could be resumed exactly; requests wait for a point where it can."""
+        return True
+
 
 def move_to_device(batch: Any, device: Any) -> Any:
     """Move every tensor in a (nested) batch to ``device``; other values pass through."""

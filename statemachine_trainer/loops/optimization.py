@@ -129,9 +129,15 @@ class GeneratorLoop(OptimizerLoop):
     def on_run_start(self, batch: Any, batch_idx: int) -> None:
         self._generator = self._trainer.optimization.call_training_step(batch, batch_idx, None)
 
+    @property
+    def checkpointable(self) -> bool:
+        # Between two yields the generator's frame holds the shared work (e.g. a GAN's fake batch, made
+        # with the weights from before the first optimizer stepped): no state set can hold it.  So a
+        # checkpoint requested mid-step is written right after the step, when this loop is idle again.
+        return self.state != ADVANCE or self.progress.optimizer_position == 0
+
     def on_restart(self) -> None:
-        # A resume between two optimizers of one step: the generator's frame is gone, so replay it
-        # up to the optimizer that comes next (issue: exact resume replays the shared work).
+        # Resumed at the start of a step (the only point a checkpoint can hold): the generator is re-created.
         self._generator = None
 
     def on_run_end(self) -> Any:
