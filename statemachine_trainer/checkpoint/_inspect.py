@@ -29,8 +29,6 @@ __all__ = ["first_difference", "format_summary", "summarize"]
 def _loops(state: Any) -> list[dict[str, Any]]:
     """Each loop's position and progress from a ``state["loops"]`` state set, parents first."""
     loops = state.get("loops") if isinstance(state, dict) else None
-    if isinstance(loops, str):  # the interim trainer stores the state set as JSON text
-        loops = json.loads(loops)
     if not (isinstance(loops, dict) and isinstance(loops.get("loops"), dict)):
         return []
     out = []
