@@ -166,6 +166,7 @@ class Trainer:
         setup = parse_optimizers(module.configure_optimizers())
         check_optimization_mode(module, setup, self)
         self._prepare("fit", module, {"train": train, "validate": val}, setup)
+        self._pending_saves = []  # nothing left over from an earlier, failed fit
         self.fit_loop.observe(self._at_boundary)  # checkpoint requests and preemption act at boundaries
         try:
             with self._preemption:
