@@ -85,6 +85,7 @@ import argparse
 import contextlib
 import gc
 import io
+import itertools
 import logging
 import os
 import platform
@@ -174,7 +175,7 @@ def steady_stats(stamps: list[float]) -> tuple[float, float]:
     window = stamps[first:]
     if len(window) < 2:
         raise RuntimeError(f"too few batches ({len(stamps)}) to measure a steady step; use more --steps")
-    intervals = [b - a for a, b in zip(window, window[1:])]
+    intervals = [b - a for a, b in itertools.pairwise(window)]
     return (window[-1] - window[0]) / (len(window) - 1), statistics.median(intervals)
 
 
