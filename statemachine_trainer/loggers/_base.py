@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Logger"]
+__all__ = ["Logger", "VersionedLogger"]
 
 
 class Logger:
@@ -28,3 +30,28 @@ class Logger:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class VersionedLogger(Logger):
+    """A logger writing under ``<root>/<name>/version_<n>/``: each run gets the next free ``n``, chosen lazily."""
+
+    def __init__(self, root_dir: str | os.PathLike[str], name: str, version: int | str | None) -> None:
+        self.root_dir = Path(root_dir)
+        self.name = name
+        self._version = version
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            self._version = _next_version(self.root_dir / self.name)
+        return self._version
+
+    @property
+    def log_dir(self) -> Path:
+        version = self.version
+        return self.root_dir / self.name / (version if isinstance(version, str) else f"version_{version}")
+
+
+def _next_version(folder: Path) -> int:
+    existing = [int(m.group(1)) for p in folder.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return max(existing, default=-1) + 1

@@ -11,33 +11,19 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from ._base import Logger
+from ._base import VersionedLogger
 
 __all__ = ["CSVLogger"]
 
 
-class CSVLogger(Logger):
+class CSVLogger(VersionedLogger):
     def __init__(self, root_dir: str | os.PathLike[str], name: str = "logs", version: int | str | None = None) -> None:
-        self.root_dir = Path(root_dir)
-        self.name = name
-        self._version = version
+        super().__init__(root_dir, name, version)
         self._rows: list[dict[str, float]] = []
         self._keys: list[str] = []
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(self.root_dir / self.name)
-        return self._version
-
-    @property
-    def log_dir(self) -> Path:
-        version = self.version
-        return self.root_dir / self.name / (version if isinstance(version, str) else f"version_{version}")
 
     @property
     def metrics_file(self) -> Path:
@@ -70,8 +56,3 @@ class CSVLogger(Logger):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._version, self._rows, self._keys = state["version"], list(state["rows"]), list(state["keys"])
-
-
-def _next_version(folder: Path) -> int:
-    existing = [int(m.group(1)) for p in folder.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    return max(existing, default=-1) + 1

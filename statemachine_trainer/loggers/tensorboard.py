@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
-from ._base import Logger
-from .csv import _next_version
+from ._base import VersionedLogger
 
 __all__ = ["TensorBoardLogger"]
 
@@ -29,26 +27,13 @@ def _summary_writer_class() -> Any:
     return SummaryWriter
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(VersionedLogger):
     """Scalars go to ``add_scalar`` (one tag per metric key); hyperparameters to a text summary."""
 
     def __init__(self, root_dir: str | os.PathLike[str], name: str = "tb_logs", version: int | str | None = None) -> None:
         self._writer_class = _summary_writer_class()  # fail now, not at the first log in the middle of a run
-        self.root_dir = Path(root_dir)
-        self.name = name
-        self._version = version
+        super().__init__(root_dir, name, version)
         self._writer: Any = None
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(self.root_dir / self.name)
-        return self._version
-
-    @property
-    def log_dir(self) -> Path:
-        version = self.version
-        return self.root_dir / self.name / (version if isinstance(version, str) else f"version_{version}")
 
     @property
     def experiment(self) -> Any:

@@ -38,25 +38,14 @@ from ._base import TrainerLoop
 
 __all__ = ["GENERATOR_TABLE", "MANUAL_TABLE", "OPTIMIZER_TABLE", "GeneratorLoop", "ManualLoop", "OptimizerLoop"]
 
-OPTIMIZER_TABLE = Table(
-    name="OptimizerLoop",
-    states=(START, ADVANCE, END),
-    rows=(
-        Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
-        Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
-        Row("advance", ADVANCE, ADVANCE, hooks="advance"),
-    ),
+#: One ADVANCE per optimizer that steps on the batch; the generator loop takes the same path.
+_PER_OPTIMIZER_ROWS = (
+    Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
+    Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
+    Row("advance", ADVANCE, ADVANCE, hooks="advance"),
 )
-
-GENERATOR_TABLE = Table(
-    name="GeneratorLoop",
-    states=(START, ADVANCE, END),
-    rows=(
-        Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
-        Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
-        Row("advance", ADVANCE, ADVANCE, hooks="advance"),
-    ),
-)
+OPTIMIZER_TABLE = Table(name="OptimizerLoop", states=(START, ADVANCE, END), rows=_PER_OPTIMIZER_ROWS)
+GENERATOR_TABLE = Table(name="GeneratorLoop", states=(START, ADVANCE, END), rows=_PER_OPTIMIZER_ROWS)
 
 MANUAL_TABLE = Table(
     name="ManualLoop",

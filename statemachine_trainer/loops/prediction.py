@@ -14,22 +14,15 @@ from typing import Any
 
 import torch
 
-from ..machine import ADVANCE, END, START, Row, Table
+from ..machine import Table
 from ..state import BatchProgress
 from ._base import TrainerLoop
+from .evaluation import EVALUATION_TABLE
 
 __all__ = ["PREDICTION_TABLE", "PredictionLoop"]
 
-PREDICTION_TABLE = Table(
-    name="PredictionLoop",
-    states=(START, ADVANCE, END),
-    rows=(
-        Row("run", START, END, conditions="skip", hooks="on_skip"),
-        Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
-        Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
-        Row("advance", ADVANCE, ADVANCE, hooks="advance"),
-    ),
-)
+# The same rows as evaluation: per-batch work differs, the shape of the run does not.
+PREDICTION_TABLE = Table(name="PredictionLoop", states=EVALUATION_TABLE.states, rows=EVALUATION_TABLE.rows)
 
 
 class PredictionLoop(TrainerLoop):
