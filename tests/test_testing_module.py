@@ -46,7 +46,7 @@ def trainer(callbacks):
 
 
 @settings(max_examples=6, deadline=None)
-@given(interruption_points())
+@given(interruption_points(max_call={"on_train_epoch_end": 2}))
 def test_my_model_resumes_exactly(tmp_path_factory, point):
     hook, call = point
     assert_resume_exact(MyModel, trainer, loaders, hook, call, tmp_path_factory.mktemp("resume"))
@@ -67,3 +67,19 @@ class ForgetsItsState(MyModel):
 def test_a_module_with_unsaved_state_is_caught(tmp_path):
     with pytest.raises(ResumeMismatch, match=r"did not reproduce the uninterrupted run: \$\.module"):
         assert_resume_exact(ForgetsItsState, trainer, loaders, "on_train_batch_end", 3, tmp_path)
+
+
+@given(interruption_points(max_call={"on_train_epoch_end": 2, "on_after_backward": 7}))
+def test_interruption_points_respect_per_hook_caps(point):
+    hook, call = point
+    assert 1 <= call <= {"on_train_epoch_end": 2, "on_after_backward": 7}.get(hook, 4)
+
+
+def test_interruption_points_reject_a_cap_below_one():
+    with pytest.raises(ValueError, match="max_call must be an int >= 1"):
+        interruption_points(max_call={"on_train_epoch_end": 0})
+
+
+def test_a_call_that_never_happens_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="called fewer than 3 times"):
+        assert_resume_exact(MyModel, trainer, loaders, "on_train_epoch_end", 3, tmp_path)

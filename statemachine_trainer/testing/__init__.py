@@ -8,6 +8,7 @@
   order of your own tables.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 from ._resume import INTERRUPT_HOOKS, ResumeMismatch, assert_resume_exact, interrupt_at
@@ -15,8 +16,18 @@ from ._resume import INTERRUPT_HOOKS, ResumeMismatch, assert_resume_exact, inter
 __all__ = ["INTERRUPT_HOOKS", "ResumeMismatch", "assert_resume_exact", "interrupt_at", "interruption_points"]
 
 
-def interruption_points(hooks: tuple[str, ...] = INTERRUPT_HOOKS, max_call: int = 4) -> Any:
-    """Hypothesis strategy: ``(hook, call)`` with ``1 <= call <= max_call`` (keep it within how often hooks run)."""
+def interruption_points(hooks: tuple[str, ...] = INTERRUPT_HOOKS, max_call: int | Mapping[str, int] = 4) -> Any:
+    """Hypothesis strategy: ``(hook, call)`` with ``1 <= call <= max_call``.
+
+    Keep ``max_call`` within how often each hook runs in your run: a mapping
+    gives per-hook caps (e.g. ``{"on_train_epoch_end": max_epochs}``), falling
+    back to 4 for hooks it does not name.  A drawn call that never happens is
+    an error in :func:`assert_resume_exact`, not a silent pass.
+    """
     from hypothesis import strategies as st
 
-    return st.tuples(st.sampled_from(hooks), st.integers(1, max_call))
+    caps = dict.fromkeys(hooks, max_call) if isinstance(max_call, int) else {h: max_call.get(h, 4) for h in hooks}
+    bad = {hook: cap for hook, cap in caps.items() if not isinstance(cap, int) or cap < 1}
+    if bad:
+        raise ValueError(f"interruption_points: every max_call must be an int >= 1, got {bad}.")
+    return st.sampled_from(hooks).flatmap(lambda hook: st.tuples(st.just(hook), st.integers(1, caps[hook])))
