@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _run_state
 from ._config import (
     check_int,
     check_module,
@@ -171,7 +172,9 @@ class Trainer:
         try:
             with self._preemption:
                 if ckpt_path is not None:
-                    self._restore(ckpt_path, loops=True)
+                    self._restore(ckpt_path, whole_run=True)
+                for logger in self.loggers:  # after a restore: a resumed run logs into the run's own version
+                    logger.log_hyperparams(dict(getattr(module, "hparams", None) or {}))
                 self.fit_loop.run()
         finally:
             self.fit_loop.observe(None)
@@ -192,7 +195,7 @@ class Trainer:
         self._prepare("predict", module, {"predict": loader}, None)
         try:
             if ckpt_path is not None:
-                self._restore(ckpt_path, loops=False)
+                self._restore(ckpt_path, whole_run=False)
             return self.predict_loop.run()
         finally:
             self._finish("predict")
@@ -205,7 +208,7 @@ class Trainer:
         self._prepare(stage, module, {stage: loader}, None)
         try:
             if ckpt_path is not None:
-                self._restore(ckpt_path, loops=False)
+                self._restore(ckpt_path, whole_run=False)
             loop = self.validate_loop if stage == "validate" else self.test_loop
             return loop.run()
         finally:
@@ -362,68 +365,16 @@ class Trainer:
         return save_checkpoint_dir(path, self._checkpoint_state(), metadata)
 
     def _checkpoint_state(self) -> dict[str, Any]:
-        from .checkpoint import capture_rng
+        return _run_state.capture(self)
 
-        state: dict[str, Any] = {
-            "module": dict(self.module.state_dict()),
-            "loops": self.fit_loop.state_dict(),
-            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
-            "rng": capture_rng(),
-        }
-        if self.optimization is not None:
-            state["optimizers"] = [opt.state_dict() for opt in self.optimization.optimizers]
-            state["schedulers"] = [c.scheduler.state_dict() for c in self.optimization.setup.schedulers]
-            state["precision"] = self.precision.state_dict()
-            state["optimization"] = {"stepped": self.optimization.stepped}
-        # What a checkpoint between two steps of an accumulation window, or mid-epoch, also needs:
-        state["grads"] = {name: p.grad for name, p in self.module.named_parameters() if p.grad is not None}
-        state["metrics"] = _metric_states(self.module)
-        state["results"] = self.results.state_dict()
-        state["data"] = {stage: source.state_dict() for stage, source in self.sources.items() if source.resumable}
-        extra: dict[str, Any] = {}
-        self.module.on_save_checkpoint(extra)
-        for callback in self.callbacks:
-            callback.on_save_checkpoint(self, self.module, extra)
-        state["extra"] = extra
-        return state
+    def _restore(self, ckpt_path: str | os.PathLike[str], whole_run: bool) -> None:
+        """Load a checkpoint: with ``whole_run`` (fit) everything, otherwise the weights; checked before applied."""
+        from .checkpoint import load_checkpoint_dir
 
-    def _restore(self, ckpt_path: str | os.PathLike[str], loops: bool) -> None:
-        """Load a checkpoint; with ``loops`` (fit), the whole run state, otherwise only the weights."""
-        from .checkpoint import load_checkpoint_dir, restore_rng
-
-        state, _ = load_checkpoint_dir(self._resolve_ckpt_path(ckpt_path), map_location=self.device)
-        self.module.load_state_dict(state["module"])
-        if loops:
-            self._restore_run(state)
-            restore_rng(state["rng"])
-        self.module.on_load_checkpoint(state.get("extra", {}))
-        for callback in self.callbacks:
-            callback.on_load_checkpoint(self, self.module, state.get("extra", {}))
-
-    def _restore_run(self, state: dict[str, Any]) -> None:
-        optimizers, schedulers = self.optimization.optimizers, self.optimization.setup.schedulers
-        if len(state["optimizers"]) != len(optimizers) or len(state["schedulers"]) != len(schedulers):
-            raise ConfigError(f"The checkpoint holds {len(state['optimizers'])} optimizer(s) and "
-                              f"{len(state['schedulers'])} scheduler(s), but configure_optimizers() returned "
-                              f"{len(optimizers)} and {len(schedulers)}; resume with the module that saved it.")
-        for opt, opt_state in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
-        for config, sched_state in zip(schedulers, state["schedulers"]):
-            config.scheduler.load_state_dict(sched_state)
-        self.precision.load_state_dict(state.get("precision", {}))
-        self.optimization.stepped = state["optimization"]["stepped"]
-        params = dict(self.module.named_parameters())
-        for name, grad in state["grads"].items():
-            params[name].grad = grad.to(params[name].device)
-        _load_metric_states(self.module, state["metrics"])
-        self.results.load_state_dict(state["results"])
-        for stage, data_state in state["data"].items():
-            if stage in self.sources:
-                self.sources[stage].load_state_dict(data_state)
-        self.fit_loop.load_state_dict(state["loops"])
-        for callback in self.callbacks:
-            if callback.state_key in state["callbacks"]:
-                callback.load_state_dict(state["callbacks"][callback.state_key])
+        path = self._resolve_ckpt_path(ckpt_path)
+        state, _ = load_checkpoint_dir(path, map_location=self.device)
+        _run_state.check(self, state, path, whole_run)
+        _run_state.restore(self, state, whole_run)
 
     def _resolve_ckpt_path(self, ckpt_path: str | os.PathLike[str]) -> Path:
         """A path, or "best" / "last" (the ModelCheckpoint's), or "latest" (the newest valid checkpoint)."""
@@ -499,9 +450,6 @@ class Trainer:
             self.manual_optimizers = tuple(ManualOptimizer(opt, self.optimization, self._manual_progress)
                                            for opt in setup.optimizers)
         _attach(self, stage)
-        if stage == "fit":
-            for logger in self.loggers:
-                logger.log_hyperparams(dict(getattr(module, "hparams", None) or {}))
 
     def _make_sources(self, stage: str, loaders: dict[str, Any]) -> None:
         self.sources = {}
@@ -534,25 +482,6 @@ _LIMIT_NAMES = {"train": "train", "validate": "val", "test": "test", "predict": 
 
 def _entry(stage: str) -> str:
     return {"train": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
-
-
-def _metric_states(module: torch.nn.Module) -> dict[str, Any]:
-    """Every torchmetrics Metric's accumulated state (not in ``state_dict()``: its states are non-persistent)."""
-    from torchmetrics import Metric
-
-    return {name: {"state": dict(metric.metric_state), "update_count": metric._update_count}
-            for name, metric in module.named_modules() if isinstance(metric, Metric)}
-
-
-def _load_metric_states(module: torch.nn.Module, states: dict[str, Any]) -> None:
-    from torchmetrics import Metric
-
-    for name, metric in module.named_modules():
-        if isinstance(metric, Metric) and name in states:
-            for key, value in states[name]["state"].items():
-                setattr(metric, key, list(value) if isinstance(value, (list, tuple)) else value)
-            metric._update_count = states[name]["update_count"]
-            metric._computed = None
 
 
 def _attach(trainer: Trainer, stage: str) -> None:

@@ -1,10 +1,12 @@
 """Resume from a checkpoint written at a transition boundary continues the run bit for bit.
 
-What is covered so far: checkpoints that ModelCheckpoint requests at the end
-of an epoch (with or without validation) -- written at the next boundary, with
-the loop tree, optimizer, scheduler and RNG states -- resumed in a fresh
-Trainer and module.  Mid-epoch resume needs the data position, which the
-Trainer does not save yet.
+Epoch-end checkpoints (ModelCheckpoint's), checkpoints requested inside a
+hook (written at the next boundary), preemption by signal, mid-epoch
+boundaries with resumable loaders (inside accumulation windows and
+mid-epoch validation), and multi-optimizer steps (generator, manual,
+optimizer_idx).  Refusals, damaged checkpoints and logs are in
+test_resume_safety.py; whole processes killed with SIGKILL in
+test_kill_resume.py.
 """
 
 from __future__ import annotations

@@ -274,9 +274,19 @@ class Loop:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the tree from ``state_dict()`` data; all of it is checked before any of it is applied."""
-        self.load_state_set(structure_state_set(state, self.state_schema()))
+        self._apply_state_set(self.check_state_dict(state))
+
+    def check_state_dict(self, state: Mapping[str, Any]) -> StateSet:
+        """The state set ``state`` describes, checked against this tree; StateError names the first misfit."""
+        state_set = structure_state_set(state, self.state_schema())
+        self._check_state_set(state_set)
+        return state_set
 
     def load_state_set(self, state_set: StateSet) -> None:
+        self._check_state_set(state_set)
+        self._apply_state_set(state_set)
+
+    def _check_state_set(self, state_set: StateSet) -> None:
         loops = dict(self.walk())
         if set(loops) != set(state_set.loops):
             missing = sorted(set(loops) - set(state_set.loops))
@@ -285,7 +295,9 @@ class Loop:
                              f"unexpected {extra}); load it into the tree that saved it.")
         for path, loop in loops.items():
             _check_position(loop, path, state_set.loops[path].position)
-        for path, loop in loops.items():
+
+    def _apply_state_set(self, state_set: StateSet) -> None:
+        for path, loop in self.walk():
             own = state_set.loops[path].copy()
             loop.progress, loop.fields = own.progress, own.fields
             loop._machine.restore(own.position, root=loop is self)

@@ -27,7 +27,8 @@ INTERRUPT_HOOKS = ("on_train_batch_start", "on_after_backward", "on_before_optim
                    "on_train_batch_end", "on_validation_batch_end", "on_train_epoch_end")
 
 #: Parts of the final state compared between the two runs (callbacks differ: only one run has the interrupter).
-_COMPARED = ("module", "optimizers", "schedulers", "precision", "grads", "metrics", "results", "rng", "loops", "data")
+_COMPARED = ("module", "optimizers", "schedulers", "precision", "grads", "metrics", "results", "rng", "loops", "data",
+             "loggers")
 
 
 class ResumeMismatch(AssertionError):

@@ -1,0 +1,200 @@
+"""The run's state set: what a checkpoint holds, how it is checked, how it is put back.
+
+Everything that decides the future of a run is captured here and nothing
+else is: a resumed run is the same function of this data as the
+uninterrupted one.  The parts, by top-level key:
+
+* ``module`` -- parameters and buffers; ``grads`` -- partial ``.grad``
+  tensors inside a gradient-accumulation window;
+* ``optimizers``, ``schedulers`` (ReduceLROnPlateau included), ``precision``
+  (the GradScaler), ``optimization`` (whether this batch already stepped);
+* ``loops`` -- every loop's FSM position, progress and fields;
+* ``metrics`` (torchmetrics states, which ``state_dict()`` leaves out) and
+  ``results`` (the epoch's accumulated logged values);
+* ``rng`` (Python, NumPy, torch CPU and every CUDA device) and ``data``
+  (each resumable loader's position);
+* ``callbacks`` and ``loggers`` (e.g. ModelCheckpoint's best scores, the CSV
+  rows logged so far), and ``extra`` from the user's ``on_save_checkpoint``.
+
+Loading checks every part against the run it goes into *before* applying
+any of it, so a checkpoint from another model fails with the key that does
+not fit, and leaves the module, optimizers and loops untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ._optim import ConfigError
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+__all__ = ["capture", "check", "restore"]
+
+#: The keys a checkpoint written during ``fit`` has (one written outside fit holds weights only).
+RUN_KEYS = ("module", "loops", "callbacks", "rng", "optimizers", "schedulers", "precision", "optimization",
+            "grads", "metrics", "results", "data", "loggers", "extra")
+
+
+def capture(trainer: Trainer) -> dict[str, Any]:
+    """The state set of ``trainer``'s current run (tensors are not copied: write or compare it right away)."""
+    from .checkpoint import capture_rng
+
+    module = trainer.module
+    state: dict[str, Any] = {
+        "module": dict(module.state_dict()),
+        "loops": trainer.fit_loop.state_dict(),
+        "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
+        "rng": capture_rng(),
+    }
+    optimization = trainer.optimization
+    if optimization is not None:
+        state["optimizers"] = [opt.state_dict() for opt in optimization.optimizers]
+        state["schedulers"] = [c.scheduler.state_dict() for c in optimization.setup.schedulers]
+        state["precision"] = trainer.precision.state_dict()
+        state["optimization"] = {"stepped": optimization.stepped}
+    state["grads"] = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+    state["metrics"] = _metric_states(module)
+    state["results"] = trainer.results.state_dict()
+    state["data"] = {stage: source.state_dict() for stage, source in trainer.sources.items() if source.resumable}
+    state["loggers"] = {_logger_key(i, lg): lg.state_dict() for i, lg in enumerate(trainer.loggers)}
+    extra: dict[str, Any] = {}
+    module.on_save_checkpoint(extra)
+    for callback in trainer.callbacks:
+        callback.on_save_checkpoint(trainer, module, extra)
+    state["extra"] = extra
+    return state
+
+
+def check(trainer: Trainer, state: Any, path: Path, whole_run: bool) -> None:
+    """Raise ConfigError naming the first key of ``state`` that does not fit this run; change nothing."""
+    if not isinstance(state, dict) or "module" not in state:
+        raise ConfigError(f"{path} holds no module state ($.module); it was not written by a Trainer.")
+    _check_module(trainer.module, state["module"], path)
+    if not whole_run:
+        return
+    missing = [key for key in RUN_KEYS if key not in state]
+    if missing:
+        raise ConfigError(f"{path} cannot resume fit(): it has no {', '.join('$.' + k for k in missing)} "
+                          "(it was written outside fit, so it holds weights only); pass it to "
+                          "validate/test/predict, or resume from a checkpoint written during fit.")
+    _check_optimizers(trainer, state, path)
+    _check_grads(trainer.module, state["grads"], path)
+    try:
+        trainer.fit_loop.check_state_dict(state["loops"])
+    except ValueError as error:
+        raise ConfigError(f"{path} does not match this loop tree: {error}") from None
+
+
+def restore(trainer: Trainer, state: dict[str, Any], whole_run: bool) -> None:
+    """Put a checked state set back: weights only, or (``whole_run``) everything ``capture`` took."""
+    from .checkpoint import restore_rng
+
+    module = trainer.module
+    module.load_state_dict(state["module"])
+    if whole_run:
+        _restore_optimization(trainer, state)
+        params = dict(module.named_parameters())
+        for name, grad in state["grads"].items():
+            params[name].grad = grad.to(params[name].device)
+        _load_metric_states(module, state["metrics"])
+        trainer.results.load_state_dict(state["results"])
+        for stage, data_state in state["data"].items():
+            if stage in trainer.sources:
+                trainer.sources[stage].load_state_dict(data_state)
+        trainer.fit_loop.load_state_dict(state["loops"])
+        for callback in trainer.callbacks:
+            if callback.state_key in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][callback.state_key])
+        for i, logger in enumerate(trainer.loggers):  # a logger added or removed since just starts afresh
+            if _logger_key(i, logger) in state["loggers"]:
+                logger.load_state_dict(state["loggers"][_logger_key(i, logger)])
+        restore_rng(state["rng"])
+    module.on_load_checkpoint(state.get("extra", {}))
+    for callback in trainer.callbacks:
+        callback.on_load_checkpoint(trainer, module, state.get("extra", {}))
+
+
+def _restore_optimization(trainer: Trainer, state: dict[str, Any]) -> None:
+    optimization = trainer.optimization
+    for opt, opt_state in zip(optimization.optimizers, state["optimizers"]):
+        opt.load_state_dict(opt_state)
+    for config, sched_state in zip(optimization.setup.schedulers, state["schedulers"]):
+        config.scheduler.load_state_dict(sched_state)
+    trainer.precision.load_state_dict(state["precision"])
+    optimization.stepped = state["optimization"]["stepped"]
+
+
+# -- checks ---------------------------------------------------------------------------------------
+_FIX = "resume with the module (and configure_optimizers) that wrote the checkpoint"
+
+
+def _check_module(module: torch.nn.Module, saved: Any, path: Path) -> None:
+    """Missing, unexpected and differently-shaped keys, named -- torch's own message lists them all at once."""
+    ours = module.state_dict()
+    name = type(module).__name__
+    missing = [k for k in ours if k not in saved]
+    if missing:
+        raise ConfigError(f"{path} does not match {name}: $.module[{missing[0]!r}] is missing from the checkpoint "
+                          f"({len(missing)} key(s) missing); {_FIX}.")
+    unexpected = [k for k in saved if k not in ours]
+    if unexpected:
+        raise ConfigError(f"{path} does not match {name}: $.module[{unexpected[0]!r}] is in the checkpoint but "
+                          f"not in the module ({len(unexpected)} unexpected key(s)); {_FIX}.")
+    for key, tensor in ours.items():
+        if isinstance(tensor, torch.Tensor) and tuple(saved[key].shape) != tuple(tensor.shape):
+            raise ConfigError(f"{path} does not match {name}: $.module[{key!r}] has shape "
+                              f"{tuple(saved[key].shape)} in the checkpoint but {tuple(tensor.shape)} in the "
+                              f"module; {_FIX}.")
+
+
+def _check_optimizers(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    optimizers, schedulers = trainer.optimization.optimizers, trainer.optimization.setup.schedulers
+    if len(state["optimizers"]) != len(optimizers) or len(state["schedulers"]) != len(schedulers):
+        raise ConfigError(f"{path} holds {len(state['optimizers'])} optimizer(s) and {len(state['schedulers'])} "
+                          f"scheduler(s), but configure_optimizers() returned {len(optimizers)} and "
+                          f"{len(schedulers)}; {_FIX}.")
+    for i, (opt, saved) in enumerate(zip(optimizers, state["optimizers"])):
+        groups = saved.get("param_groups", []) if isinstance(saved, dict) else []
+        sizes = [len(g.get("params", [])) for g in groups]
+        ours = [len(g["params"]) for g in opt.param_groups]
+        if sizes != ours:
+            raise ConfigError(f"{path} does not match optimizer {i} ({type(opt).__name__}): "
+                              f"$.optimizers[{i}].param_groups hold {sizes} parameters per group in the checkpoint "
+                              f"but {ours} here; {_FIX}.")
+
+
+def _check_grads(module: torch.nn.Module, grads: Any, path: Path) -> None:
+    params = dict(module.named_parameters())
+    for name, grad in grads.items():
+        if name not in params or tuple(grad.shape) != tuple(params[name].shape):
+            raise ConfigError(f"{path} does not match {type(module).__name__}: $.grads[{name!r}] has no parameter "
+                              f"of that name and shape; {_FIX}.")
+
+
+# -- torchmetrics and loggers -----------------------------------------------------------------------
+def _metric_states(module: torch.nn.Module) -> dict[str, Any]:
+    """Every torchmetrics Metric's accumulated state (not in ``state_dict()``: its states are non-persistent)."""
+    from torchmetrics import Metric
+
+    return {name: {"state": dict(metric.metric_state), "update_count": metric._update_count}
+            for name, metric in module.named_modules() if isinstance(metric, Metric)}
+
+
+def _load_metric_states(module: torch.nn.Module, states: dict[str, Any]) -> None:
+    from torchmetrics import Metric
+
+    for name, metric in module.named_modules():
+        if isinstance(metric, Metric) and name in states:
+            for key, value in states[name]["state"].items():
+                setattr(metric, key, list(value) if isinstance(value, (list, tuple)) else value)
+            metric._update_count = states[name]["update_count"]
+            metric._computed = None
+
+
+def _logger_key(index: int, logger: Any) -> str:
+    return f"{index}:{type(logger).__name__}"
