@@ -1,6 +1,8 @@
 """A GAN whose ``training_step`` is a generator: one ``yield`` per optimizer, the fake batch made once.
 
 Run:  python examples/gan_yield.py [--seed N] [--epochs E] [--fast-dev-run]
+      python examples/gan_yield.py --root runs/gan          # checkpoints; kill it any time, then
+      python examples/gan_yield.py --root runs/gan --resume latest
 
 The target is a ring of eight 2-D Gaussians (the classic toy GAN benchmark).
 A generator maps noise to points; a discriminator tells real points from
@@ -28,14 +30,17 @@ import argparse
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Trainer, TrainingModule
+from statemachine_trainer.callbacks import ModelCheckpoint
+from statemachine_trainer.data import ResumableLoader
 from statemachine_trainer.trainer import seed_everything
 
 NUM_MODES, RADIUS, MODE_STD = 8, 2.0, 0.05
@@ -118,17 +123,27 @@ class GAN(TrainingModule):
 
 
 def build(seed: int, num_points: int = 8192, batch_size: int = 256,
-          module_class: Callable[[], GAN] = GAN) -> tuple[GAN, DataLoader]:
+          module_class: Callable[[], GAN] = GAN) -> tuple[GAN, ResumableLoader]:
     """Seed everything, then make the data, the module and the loader -- always in this order."""
     seed_everything(seed)
     data = ring_of_gaussians(num_points)
     module = module_class()
-    # The sampler yields whole batches of indices and batch_size=None turns off collation, so each batch is
-    # one tensor index (data[indices]) instead of `batch_size` __getitem__ calls and a torch.stack.
-    # RandomSampler draws each epoch's order from torch's global RNG, which seed_everything fixed.
-    batches = BatchSampler(RandomSampler(data), batch_size=batch_size, drop_last=True)
-    loader = DataLoader(TensorDataset(data), batch_size=None, sampler=batches)
-    return module, loader
+    # Each epoch's order is a function of (seed, epoch) and the position is one integer, so a run killed in
+    # the middle of an epoch resumes at the exact batch.  rngs=(): no augmentation, nothing to seed per batch.
+    loader = DataLoader(Points(data), batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=whole_batch)
+    return module, ResumableLoader(loader, seed=seed, rngs=())
+
+
+class Points(TensorDataset):
+    """Fetches a batch with one tensor index (``points[indices]``) instead of ``batch_size`` item reads."""
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor]]:
+        return [(self.tensors[0][indices],)]
+
+
+def whole_batch(items: list[tuple[torch.Tensor]]) -> tuple[torch.Tensor]:
+    """The collate for :class:`Points`: its one item already is the batch."""
+    return items[0]
 
 
 def parse_args(doc: str, epochs: int, extra: tuple[tuple[str, type, Any, str], ...] = ()) -> argparse.Namespace:
@@ -137,21 +152,31 @@ def parse_args(doc: str, epochs: int, extra: tuple[tuple[str, type, Any, str], .
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=epochs, help=f"epochs of 32 batches (default {epochs})")
     parser.add_argument("--fast-dev-run", action="store_true", help="run 2 batches of every loop and exit")
+    parser.add_argument("--root", default=None, help="write checkpoints under ROOT/checkpoints and the final state "
+                        "to ROOT/final.ckpt (default: write nothing)")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints")
+    parser.add_argument("--resume", default=None, help="a checkpoint to resume from, or 'latest' (needs --root)")
     for flag, kind, default, text in extra:
         parser.add_argument(flag, type=kind, default=default, help=text)
     return parser.parse_args()
 
 
-def train_and_report(module: GAN, loader: DataLoader, args: argparse.Namespace) -> None:
+def train_and_report(module: GAN, loader: ResumableLoader, args: argparse.Namespace) -> None:
     """Fit, then print the quality of the generator before and after (shared with manual_gan.py)."""
     torch.set_num_threads(1)  # tiny models: a second thread costs more in sync than it gains
     before = mode_quality(module.sample(2000, seed=args.seed + 1))
-    # A toy run: no logs or checkpoints to keep, so nothing is written to disk.
+    callbacks = []
+    if args.root is not None:  # without --root, a toy run: nothing is written to disk
+        callbacks.append(ModelCheckpoint(dirpath=Path(args.root) / "checkpoints", save_top_k=3,
+                                         every_n_train_steps=args.checkpoint_every))
     trainer = Trainer(max_epochs=args.epochs, fast_dev_run=2 if args.fast_dev_run else False, logger=False,
-                      enable_checkpointing=False)
+                      enable_checkpointing=args.root is not None, callbacks=callbacks,
+                      default_root_dir=args.root)
     start = time.perf_counter()
-    trainer.fit(module, loader)
+    trainer.fit(module, loader, ckpt_path=args.resume)
     seconds = time.perf_counter() - start
+    if args.root is not None:
+        trainer.save_checkpoint(Path(args.root) / "final.ckpt")  # what `statemachine-trainer diff` compares
     after = mode_quality(module.sample(2000, seed=args.seed + 1))  # the same noise as `before`
     metrics = trainer.callback_metrics
     print(f"{trainer.global_step} optimizer steps in {seconds:.1f}s; last g_loss {float(metrics['g_loss']):.3f}, "

@@ -1,6 +1,7 @@
 """The GAN of gan_yield.py with manual optimization: the step decides what steps, and when.
 
 Run:  python examples/manual_gan.py [--seed N] [--epochs E] [--g-every K] [--fast-dev-run]
+      python examples/manual_gan.py --root runs/manual_gan [--resume latest]   # checkpoints, exact resume
 
 With ``automatic_optimization = False`` the Trainer calls ``training_step`` once
 per batch (its ``ManualLoop``) and does nothing else: the step itself runs

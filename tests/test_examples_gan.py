@@ -121,6 +121,7 @@ def fit_and_replay(module_class, epochs: int):
     rng = torch.get_rng_state()
     quiet_trainer(epochs).fit(module, loader)
     trained_rng = torch.get_rng_state()
+    _, loader = gan_yield.build(seed=7, num_points=1024, batch_size=128, module_class=module_class)  # epoch 0 again
     torch.set_rng_state(rng)
     return module, loader, G, D, trained_rng
 

@@ -4,6 +4,9 @@
   call of a hook, resume in fresh objects, and compare everything bit for bit.
 - :func:`interruption_points` -- a Hypothesis strategy of ``(hook, call)``
   pairs to drive it.
+- :func:`assert_kill_resume_exact` -- run your training *script*, SIGKILL it
+  at a drawn moment (:func:`kill_points`), resume it with ``--resume
+  latest``, and compare its final checkpoint with an uninterrupted run's.
 - :func:`statemachine_trainer.machine.recording.record_hooks` -- pin the hook
   order of your own tables.
 """
@@ -11,9 +14,11 @@
 from collections.abc import Mapping
 from typing import Any
 
+from ._kill import KillMissed, RunFailed, assert_kill_resume_exact, compare_final_states, kill_points
 from ._resume import INTERRUPT_HOOKS, ResumeMismatch, assert_resume_exact, interrupt_at
 
-__all__ = ["INTERRUPT_HOOKS", "ResumeMismatch", "assert_resume_exact", "interrupt_at", "interruption_points"]
+__all__ = ["INTERRUPT_HOOKS", "KillMissed", "ResumeMismatch", "RunFailed", "assert_kill_resume_exact", "assert_resume_exact",
+           "compare_final_states", "interrupt_at", "interruption_points", "kill_points"]
 
 
 def interruption_points(hooks: tuple[str, ...] = INTERRUPT_HOOKS, max_call: int | Mapping[str, int] = 4) -> Any:
