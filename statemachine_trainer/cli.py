@@ -119,15 +119,13 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError, first_difference, load_checkpoint_dir
+    from .checkpoint import CheckpointError, diff_checkpoints
 
     try:
-        a, _ = load_checkpoint_dir(args.a, map_location="cpu")
-        b, _ = load_checkpoint_dir(args.b, map_location="cpu")
+        difference = diff_checkpoints(args.a, args.b)  # multi-process ones: replicated state, then each rank's part
     except CheckpointError as exc:
         print(f"statemachine-trainer: error: {exc}", file=sys.stderr)
         return 2
-    difference = first_difference(a, b)
     print("identical" if difference is None else f"first difference: {difference}")
     return 0 if difference is None else 1
 

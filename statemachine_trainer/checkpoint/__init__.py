@@ -10,14 +10,22 @@ A checkpoint is a directory::
 ``save_checkpoint_dir`` writes one atomically; ``load_checkpoint_dir`` checks
 it before reading it; ``find_latest`` / ``load_latest`` pick the newest valid
 one and say which newer ones they skipped and why.
+
+A multi-process (DDP) run calls ``save_checkpoint_parts`` on every rank: the
+replicated state is written once, beside one ``rank-<r>/`` directory per rank
+(its RNG states, data position, ...), and rank 0 writes the manifest -- with
+the ``world_size`` -- only after every part is on disk.  Each rank reads its
+part back with ``load_checkpoint_parts`` / ``load_latest_parts``; another world
+size is refused with :class:`WorldSizeError`.  See ``_parts`` for the protocol.
 """
 
 from ._codec import decode, encode
-from ._errors import CheckpointError
+from ._errors import CheckpointError, WorldSizeError
 from ._hashing import DEFAULT_HASH, HASHES
-from ._inspect import first_difference, summarize
+from ._inspect import diff_checkpoints, first_difference, summarize
 from ._latest import find_latest, load_latest, prune
-from ._manifest import FORMAT, FORMAT_VERSION, read_manifest
+from ._manifest import FORMAT, FORMAT_VERSION, PARTS_FORMAT_VERSION, read_manifest
+from ._parts import load_checkpoint_parts, load_latest_parts, save_checkpoint_parts
 from ._read import load_checkpoint_dir, verify_checkpoint
 from ._rng import capture_rng, restore_rng
 from ._write import save_checkpoint_dir
@@ -27,18 +35,24 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "HASHES",
+    "PARTS_FORMAT_VERSION",
     "CheckpointError",
+    "WorldSizeError",
     "capture_rng",
     "decode",
+    "diff_checkpoints",
     "encode",
     "find_latest",
     "first_difference",
     "load_checkpoint_dir",
+    "load_checkpoint_parts",
     "load_latest",
+    "load_latest_parts",
     "prune",
     "read_manifest",
     "restore_rng",
     "save_checkpoint_dir",
+    "save_checkpoint_parts",
     "summarize",
     "verify_checkpoint",
 ]

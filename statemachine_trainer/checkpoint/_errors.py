@@ -1,9 +1,18 @@
-"""The one error type of the checkpoint package."""
+"""The error types of the checkpoint package."""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError"]
+__all__ = ["CheckpointError", "WorldSizeError"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be written or read as it is; the message names the problem and the fix."""
+
+
+class WorldSizeError(CheckpointError):
+    """A valid checkpoint written by another number of processes than the run trying to load it.
+
+    Unlike damage, this is not a reason to fall back to an older checkpoint:
+    ``load_latest`` and ``load_latest_parts`` raise it instead of skipping, so a
+    resume at the wrong world size stops rather than silently losing progress.
+    """

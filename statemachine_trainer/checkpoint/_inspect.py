@@ -3,7 +3,9 @@
 ``summarize`` never unpickles an unchecked file: the tensor summary is taken
 (memory-mapped, no data read) only when ``tensors.pt`` matches its checksum.
 ``first_difference`` compares bit for bit -- ``-0.0`` differs from ``0.0`` and a
-NaN equals the same NaN -- because "resumed exactly" means exactly.
+NaN equals the same NaN -- because "resumed exactly" means exactly.  For a
+multi-process checkpoint both cover every rank's part as well as the
+replicated state.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import torch
 
 from ._codec import json_path
 from ._errors import CheckpointError
-from ._manifest import STATE, TENSORS, read_manifest
-from ._read import file_status, safe_torch_load
+from ._manifest import STATE, TENSORS, rank_dir, read_manifest, world_size_of
+from ._read import file_status, load_all_parts, safe_torch_load, unlisted
 
-__all__ = ["first_difference", "format_summary", "summarize"]
+__all__ = ["diff_checkpoints", "first_difference", "format_summary", "summarize"]
 
 
 def _loops(state: Any) -> list[dict[str, Any]]:
@@ -51,26 +53,48 @@ def _tensor_summary(tensors: Mapping[str, torch.Tensor], largest: int = 5) -> di
 
 
 def summarize(path: str | Path) -> dict[str, Any]:
-    """A JSON-able description of checkpoint ``path``; raises :class:`CheckpointError` if it has no valid manifest."""
+    """A JSON-able description of checkpoint ``path``; raises :class:`CheckpointError` if it has no valid manifest.
+
+    ``world_size`` is None for a single-process checkpoint; for a multi-process
+    one ``ranks`` holds each rank part's tensor summary, and ``files`` lists
+    every part's files.  ``unlisted`` names what the directory holds beyond
+    its manifest (which makes it invalid).
+    """
     path = Path(path)
     manifest = read_manifest(path)
     status = file_status(path, manifest)
+    extra = unlisted(path, manifest)
+    world_size = world_size_of(manifest)
     summary: dict[str, Any] = {
         "path": str(path), "format_version": manifest["format_version"], "schema_version": manifest["schema_version"],
         "hash": manifest["hash"], "created": manifest.get("created"), "metadata": manifest.get("metadata", {}),
+        "world_size": world_size,
         "files": {name: {"size": manifest["files"][name]["size"], "ok": problem is None, "problem": problem}
                   for name, problem in status.items()},
-        "valid": all(problem is None for problem in status.values()), "loops": [], "tensors": None,
+        "unlisted": extra,
+        "valid": not extra and all(problem is None for problem in status.values()), "loops": [], "tensors": None,
+        "ranks": None,
     }
     if status[STATE] is None:
         summary["loops"] = _loops(json.loads((path / STATE).read_bytes()))
-    if status[TENSORS] is None:
-        try:
-            summary["tensors"] = _tensor_summary(safe_torch_load(path / TENSORS, path / TENSORS, "cpu", mmap=True))
-        except CheckpointError as exc:
-            summary["valid"] = False
-            summary["files"][TENSORS].update(ok=False, problem=str(exc))
+    summary["tensors"] = _part_tensors(path, "", summary)
+    if world_size is not None:
+        summary["ranks"] = [{"rank": r, "tensors": _part_tensors(path, rank_dir(r), summary)}
+                            for r in range(world_size)]
     return summary
+
+
+def _part_tensors(path: Path, part: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The tensor summary of ``part`` if its tensor file passed its checksum (else None; a load failure is recorded)."""
+    name = f"{part}/{TENSORS}" if part else TENSORS
+    if not summary["files"][name]["ok"]:
+        return None
+    try:
+        return _tensor_summary(safe_torch_load(path / name, path / name, "cpu", mmap=True))
+    except CheckpointError as exc:
+        summary["valid"] = False
+        summary["files"][name].update(ok=False, problem=str(exc))
+        return None
 
 
 def _progress_line(progress: Any, prefix: str = "") -> list[str]:
@@ -97,6 +121,9 @@ def format_summary(summary: dict[str, Any]) -> str:
              (f"  format version {summary['format_version']}, schema version {summary['schema_version']}, "
               f"created {summary['created']}"),
              "  metadata: " + (", ".join(f"{k}={v}" for k, v in meta.items()) or "(none)")]
+    if summary.get("world_size") is not None:
+        lines.append(f"  world size {summary['world_size']}: replicated state and {summary['world_size']} rank "
+                     "part(s)")
     if summary["loops"]:
         stopped = [f"{lp['path'].rsplit('.', 1)[-1]}.{_position(lp['position'])}" for lp in summary["loops"]
                    if lp["mid_run"]]
@@ -107,16 +134,22 @@ def format_summary(summary: dict[str, Any]) -> str:
             progress = " ".join(p for p in _progress_line(lp["progress"]) if not p.endswith("=0"))
             lines.append(f"   {mark} {'  ' * lp['path'].count('.')}{lp['path']}: {_position(lp['position'])}"
                          + (f"  [{progress}]" if progress else ""))
-    tensors = summary["tensors"]
-    if tensors is not None:
-        dtypes = ", ".join(f"{d}: {n}" for d, n in tensors["dtypes"].items())
-        lines.append(f"  tensors: {tensors['count']}, {_human(tensors['bytes'])} ({dtypes})")
-        for t in tensors["largest"]:
-            lines.append(f"    {t['name']}: {t['dtype']}{t['shape']} {_human(t['bytes'])}")
+    lines += _tensor_lines(summary["tensors"], "tensors")
+    for part in summary.get("ranks") or []:
+        lines += _tensor_lines(part["tensors"], f"{rank_dir(part['rank'])} tensors")
     lines.append(f"  checksums ({summary['hash']}):")
     for name, entry in summary["files"].items():
         lines.append(f"    {name}: " + ("ok" if entry["ok"] else f"FAILED - {entry['problem']}"))
+    lines += [f"    FAILED - {problem}" for problem in summary.get("unlisted", [])]
     return "\n".join(lines) + "\n"
+
+
+def _tensor_lines(tensors: dict[str, Any] | None, label: str) -> list[str]:
+    if tensors is None:
+        return []
+    dtypes = ", ".join(f"{d}: {n}" for d, n in tensors["dtypes"].items())
+    return [f"  {label}: {tensors['count']}, {_human(tensors['bytes'])} ({dtypes})"] + [
+        f"    {t['name']}: {t['dtype']}{t['shape']} {_human(t['bytes'])}" for t in tensors["largest"]]
 
 
 def _position(position: dict[str, Any]) -> str:
@@ -200,3 +233,28 @@ def first_difference(a: Any, b: Any) -> str | None:
     return _diff(a, b, ())
 
 
+
+
+def _layout(manifest: dict[str, Any]) -> str:
+    world_size = world_size_of(manifest)
+    return "single-process" if world_size is None else f"world size {world_size}"
+
+
+def diff_checkpoints(a: str | Path, b: str | Path) -> str | None:
+    """The first difference between checkpoints ``a`` and ``b`` (replicated state first, then rank by rank), or None.
+
+    Metadata is not compared.  Both are checked completely first; a damaged
+    one raises :class:`CheckpointError`.  A difference inside a rank part is
+    prefixed with it: ``rank-1: $.rng.torch (tensor): values differ ...``.
+    """
+    state_a, ranks_a, manifest_a = load_all_parts(a, map_location="cpu")
+    state_b, ranks_b, manifest_b = load_all_parts(b, map_location="cpu")
+    if _layout(manifest_a) != _layout(manifest_b):
+        return f"layout: {_layout(manifest_a)} != {_layout(manifest_b)}"
+    found = first_difference(state_a, state_b)
+    for rank, (x, y) in enumerate(zip(ranks_a or [], ranks_b or [])):
+        if found is not None:
+            break
+        found = first_difference(x, y)
+        found = found and f"{rank_dir(rank)}: {found}"
+    return found

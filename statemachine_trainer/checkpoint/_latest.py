@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._errors import CheckpointError
+from ._errors import CheckpointError, WorldSizeError
 from ._manifest import FILES, MANIFEST, read_manifest, step_of
 from ._read import load_checkpoint_dir, verify_checkpoint
 
-__all__ = ["find_latest", "load_latest", "prune"]
+__all__ = ["candidates", "check_keep_last", "find_latest", "load_latest", "prune"]
 
 _T = TypeVar("_T")
 _STEP_IN_NAME = re.compile(r"step=(\d+)")
@@ -37,7 +37,11 @@ def _order(path: Path) -> tuple[float, int]:
         mtime = (path / MANIFEST).stat().st_mtime_ns
     except (CheckpointError, OSError):
         named = _STEP_IN_NAME.search(path.name)
-        step, mtime = (int(named[1]) if named else None), path.stat().st_mtime_ns
+        step = int(named[1]) if named else None
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:  # removed since it was listed (top-k pruning in a live run): loading it will say so
+            mtime = 0
     return (float("-inf") if step is None else step, mtime)
 
 
@@ -55,6 +59,8 @@ def _first_valid(root: str | os.PathLike[str], attempt: Callable[[Path], _T]
     for path in candidates(root):
         try:
             return path, attempt(path), skipped
+        except WorldSizeError:
+            raise  # valid, but for another world size: falling back to an older one would silently lose progress
         except CheckpointError as exc:
             skipped.append((path, str(exc)))
     return None, None, skipped
@@ -74,15 +80,17 @@ def find_latest(root: str | os.PathLike[str]) -> tuple[Path | None, list[tuple[P
 
 def load_latest(root: str | os.PathLike[str], map_location: Any = None
                 ) -> tuple[Path | None, tuple[Any, dict[str, Any]] | None, list[tuple[Path, str]]]:
-    """Like :func:`find_latest`, but loads as it goes: ``(path, (state, manifest), skipped)``; each file read once."""
+    """Like :func:`find_latest`, but loads as it goes: ``(path, (state, manifest), skipped)``; each file read once.
+
+    Raises :class:`WorldSizeError` when the newest valid checkpoint is a
+    multi-process one (see ``load_latest_parts``) rather than skipping it.
+    """
     return _first_valid(root, lambda p: load_checkpoint_dir(p, map_location))
 
 
 def prune(parent: str | os.PathLike[str], keep_last: int, keep: str | os.PathLike[str] | None = None) -> list[Path]:
     """Keep ``keep_last`` complete checkpoints in ``parent`` -- ``keep`` and the newest others -- and delete the rest."""
-    if keep_last < 1:
-        raise CheckpointError(f"keep_last={keep_last} would delete every checkpoint; pass 1 or more, or None to "
-                              "keep them all.")
+    check_keep_last(keep_last)
     complete = [p for p in candidates(parent) if _has_manifest(p)]
     keep_path = Path(keep).absolute() if keep is not None else None
     others = [p for p in complete if p.absolute() != keep_path]
@@ -91,6 +99,12 @@ def prune(parent: str | os.PathLike[str], keep_last: int, keep: str | os.PathLik
     for path in doomed:
         shutil.rmtree(path)
     return doomed
+
+
+def check_keep_last(keep_last: int | None) -> None:
+    if keep_last is not None and keep_last < 1:
+        raise CheckpointError(f"keep_last={keep_last} would delete every checkpoint; pass 1 or more, or None to "
+                              "keep them all.")
 
 
 def _has_manifest(path: Path) -> bool:

@@ -4,6 +4,14 @@ A directory is a checkpoint only if its manifest parses, names this format
 and versions we read, and every file it lists has the recorded size and
 checksum.  The manifest is written after the data files, so its presence
 means the write finished; the checksums catch damage after the fact.
+
+Two layouts share the manifest.  Format version 1 is a single-process
+checkpoint: ``state.json`` and ``tensors.pt``.  Format version 2 is a
+multi-process one (``save_checkpoint_parts``): the same two files hold the
+state every rank shares, and ``rank-<r>/state.json`` + ``rank-<r>/tensors.pt``
+hold rank *r*'s own, for every *r* below the manifest's ``world_size``.  The
+layout got its own version so that a reader which predates rank parts refuses
+such a checkpoint by its version instead of calling it damaged.
 """
 
 from __future__ import annotations
@@ -16,17 +24,42 @@ from ..state import SCHEMA_VERSION
 from ._errors import CheckpointError
 from ._hashing import HASHES
 
-__all__ = ["FILES", "FORMAT", "FORMAT_VERSION", "MANIFEST", "read_manifest", "step_of"]
+__all__ = ["FILES", "FORMAT", "FORMAT_VERSION", "MANIFEST", "PARTS_FORMAT_VERSION", "expected_files", "files_for",
+           "rank_dir",
+           "read_manifest", "step_of", "world_size_of"]
 
 FORMAT = "statemachine-trainer-checkpoint"
 #: Bump when the directory layout or the codec's markers change; other versions are refused.
 FORMAT_VERSION = 1
+#: The multi-process layout: FORMAT_VERSION's files for the replicated state, plus one directory per rank.
+PARTS_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 STATE, TENSORS = "state.json", "tensors.pt"
 FILES = (STATE, TENSORS)
 
 
-def _version_error(path: Path, what: str, found: Any, ours: int) -> CheckpointError:
+def rank_dir(rank: int) -> str:
+    """The directory holding rank ``rank``'s part of a multi-process checkpoint."""
+    return f"rank-{rank}"
+
+
+def world_size_of(manifest: dict[str, Any]) -> int | None:
+    """How many ranks wrote a checked manifest's checkpoint; None for a single-process one (format version 1)."""
+    return manifest["world_size"] if manifest["format_version"] == PARTS_FORMAT_VERSION else None
+
+
+def files_for(world_size: int | None) -> tuple[str, ...]:
+    """Every data file a checkpoint holds, the replicated state first, then rank 0's part, rank 1's, ..."""
+    ranks = () if world_size is None else range(world_size)
+    return FILES + tuple(f"{rank_dir(r)}/{name}" for r in ranks for name in FILES)
+
+
+def expected_files(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """Every data file a checked manifest's checkpoint must hold, in :func:`files_for`'s order."""
+    return files_for(world_size_of(manifest))
+
+
+def _version_error(path: Path, what: str, found: Any, ours: int | str) -> CheckpointError:
     return CheckpointError(f"{path}: the checkpoint has {what} {found!r}, but this statemachine_trainer reads "
                            f"{what} {ours}; load it with the statemachine_trainer version that wrote it, or "
                            "re-save it from a run of this version.")
@@ -36,20 +69,27 @@ def _check(path: Path, manifest: Any) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path / MANIFEST} is not a statemachine_trainer checkpoint manifest (no "
                               f"\"format\": {FORMAT!r}); point to a directory written by save_checkpoint_dir().")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise _version_error(path, "format version", manifest.get("format_version"), FORMAT_VERSION)
+    version = manifest.get("format_version")
+    if version not in (FORMAT_VERSION, PARTS_FORMAT_VERSION) or isinstance(version, bool):
+        raise _version_error(path, "format version", version, f"{FORMAT_VERSION} or {PARTS_FORMAT_VERSION}")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise _version_error(path, "schema version", manifest.get("schema_version"), SCHEMA_VERSION)
     hash_name = manifest.get("hash")
     if hash_name not in HASHES:
         raise CheckpointError(f"{path / MANIFEST}: unknown checksum {hash_name!r} (known: {sorted(HASHES)}); the "
                               "manifest is damaged or from a newer version.")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(FILES) or not all(
+    world_size = manifest.get("world_size")
+    if version == PARTS_FORMAT_VERSION and not (type(world_size) is int and world_size >= 1):
+        raise CheckpointError(f"{path / MANIFEST}: \"world_size\" must be a positive integer in a multi-process "
+                              f"checkpoint, got {world_size!r}; the manifest is damaged. Use an earlier checkpoint.")
+    files, expected = manifest.get("files"), expected_files(manifest)
+    if not isinstance(files, dict) or set(files) != set(expected) or not all(
             isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get(hash_name), str)
             for entry in files.values()):
-        raise CheckpointError(f"{path / MANIFEST}: \"files\" must list {list(FILES)} with their size and "
-                              f"{hash_name}; the manifest is damaged. Use an earlier checkpoint.")
+        listed = sorted(files) if isinstance(files, dict) else files
+        raise CheckpointError(f"{path / MANIFEST}: \"files\" must list {list(expected)} with their size and "
+                              f"{hash_name}, but it lists {listed!r}; the manifest is damaged. Use an earlier "
+                              "checkpoint.")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

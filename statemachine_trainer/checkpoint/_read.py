@@ -4,6 +4,12 @@ Nothing is unpickled before the manifest's sizes and checksums hold, and the
 bytes that were checked are the bytes that are loaded (each file is read
 once, into memory).  ``tensors.pt`` goes through ``torch.load(weights_only=True)``
 only, so a file carrying a pickled object is refused, never executed.
+
+A multi-process checkpoint (format version 2) is read part by part: the
+replicated ``state.json`` / ``tensors.pt`` and one ``rank-<r>/`` directory
+per rank, each checked against the manifest the same way.  Its directory may
+hold nothing the manifest does not list, so a part left over from a run at
+another world size cannot pass for a valid one.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from typing import Any
 import torch
 
 from ._codec import decode
-from ._errors import CheckpointError
+from ._errors import CheckpointError, WorldSizeError
 from ._hashing import hash_bytes
-from ._manifest import FILES, STATE, TENSORS, read_manifest
+from ._manifest import FILES, MANIFEST, STATE, TENSORS, expected_files, rank_dir, read_manifest, world_size_of
 
-__all__ = ["load_checkpoint_dir", "safe_torch_load", "verify_checkpoint"]
+__all__ = ["file_status", "load_all_parts", "load_checkpoint_dir", "load_part", "safe_torch_load", "unlisted",
+           "verify_checkpoint"]
 
 
 def _read_checked(path: Path, name: str, manifest: dict[str, Any]) -> bytes:
@@ -67,14 +74,87 @@ def _parse_state(data: bytes, where: Path) -> Any:
         raise CheckpointError(f"{where} is not valid JSON ({exc}); use an earlier checkpoint.") from None
 
 
+def _prefixed(part: str, name: str) -> str:
+    return f"{part}/{name}" if part else name
+
+
+def load_part(path: Path, part: str, manifest: dict[str, Any], map_location: Any = None) -> Any:
+    """The decoded state in ``path/part`` (``part=""``: the top level), each file checked before it is parsed."""
+    state_name, tensors_name = _prefixed(part, STATE), _prefixed(part, TENSORS)
+    data = _parse_state(_read_checked(path, state_name, manifest), path / state_name)
+    tensors = safe_torch_load(io.BytesIO(_read_checked(path, tensors_name, manifest)), path / tensors_name,
+                              map_location)
+    return _decode_part(path, part, data, tensors)
+
+
+def _decode_part(path: Path, part: str, data: Any, tensors: dict[str, Any]) -> Any:
+    try:
+        return decode(data, tensors)
+    except CheckpointError as exc:
+        if not part:
+            raise
+        raise CheckpointError(f"{path / part}: {exc}") from None  # say which rank's part is damaged
+
+
 def load_checkpoint_dir(path: str | os.PathLike[str], map_location: Any = None) -> tuple[Any, dict[str, Any]]:
-    """``(state, manifest)`` of checkpoint directory ``path``, after checking every file against the manifest."""
+    """``(state, manifest)`` of checkpoint directory ``path``, after checking every file against the manifest.
+
+    Reads single-process checkpoints; a multi-process one raises
+    :class:`WorldSizeError` pointing to ``load_checkpoint_parts``.
+    """
     path = Path(path)
     manifest = read_manifest(path)
-    raw = {name: _read_checked(path, name, manifest) for name in FILES}
-    data = _parse_state(raw[STATE], path / STATE)
-    tensors = safe_torch_load(io.BytesIO(raw.pop(TENSORS)), path / TENSORS, map_location)
-    return decode(data, tensors), manifest
+    world_size = world_size_of(manifest)
+    if world_size is not None:
+        raise WorldSizeError(
+            f"{path} was written by a multi-process run at world size {world_size} (save_checkpoint_parts: shared "
+            f"state plus one part per rank), but load_checkpoint_dir() reads single-process checkpoints only. "
+            f"Resume it with {world_size} process(es), each calling load_checkpoint_parts(); "
+            "`statemachine-trainer diff` and `inspect` read it as it is.")
+    return load_part(path, "", manifest, map_location), manifest
+
+
+def load_all_parts(path: str | os.PathLike[str], map_location: Any = None
+                   ) -> tuple[Any, list[Any] | None, dict[str, Any]]:
+    """``(state, [rank 0's state, ...] or None for a single-process checkpoint, manifest)``, everything checked."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    problems = unlisted(path, manifest)
+    if problems:
+        raise CheckpointError(problems[0])
+    world_size = world_size_of(manifest)
+    ranks = None if world_size is None else [load_part(path, rank_dir(r), manifest, map_location)
+                                             for r in range(world_size)]
+    return load_part(path, "", manifest, map_location), ranks, manifest
+
+
+def unlisted(path: Path, manifest: dict[str, Any], ranks: range | None = None) -> list[str]:
+    """What a multi-process checkpoint holds beyond its manifest (top level, and the rank dirs in ``ranks``).
+
+    Single-process checkpoints are not checked, as before rank parts existed.
+    """
+    world_size = world_size_of(manifest)
+    if world_size is None:
+        return []
+    allowed = {MANIFEST, *FILES, *(rank_dir(r) for r in range(world_size))}
+    problems = [_unlisted_message(path / name, world_size) for name in _entries(path) if name not in allowed]
+    for rank in range(world_size) if ranks is None else ranks:
+        problems += [_unlisted_message(path / rank_dir(rank) / name, world_size)
+                     for name in _entries(path / rank_dir(rank)) if name not in FILES]
+    return problems
+
+
+def _entries(path: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # a missing rank dir is reported by its missing files
+
+
+def _unlisted_message(where: Path, world_size: int) -> str:
+    return (f"{where} is not listed in the manifest of this world-size-{world_size} checkpoint (a part left over "
+            "from another run, or added afterwards), so the checkpoint does not match its manifest. Use an earlier "
+            "checkpoint, or remove what was added.")
 
 
 def _file_problem(path: Path, name: str, manifest: dict[str, Any]) -> str | None:
@@ -86,8 +166,19 @@ def _file_problem(path: Path, name: str, manifest: dict[str, Any]) -> str | None
 
 
 def file_status(path: Path, manifest: dict[str, Any]) -> dict[str, str | None]:
-    """Per listed file: None when its size and checksum hold, else the problem."""
-    return {name: _file_problem(path, name, manifest) for name in FILES}
+    """Per listed file (shared state first, then each rank's part): None when its size and checksum hold."""
+    return {name: _file_problem(path, name, manifest) for name in expected_files(manifest)}
+
+
+def _decodes(path: Path, part: str) -> str | None:
+    """Whether ``part``'s checked files parse and refer to each other exactly; tensors memory-mapped, not read."""
+    state_path, tensors_path = path / _prefixed(part, STATE), path / _prefixed(part, TENSORS)
+    try:
+        _decode_part(path, part, _parse_state(state_path.read_bytes(), state_path),
+                     safe_torch_load(tensors_path, tensors_path, "cpu", mmap=True))
+    except CheckpointError as exc:
+        return str(exc)
+    return None
 
 
 def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:
@@ -96,18 +187,18 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:
     Checks the manifest, each file's size and checksum, that ``state.json`` is
     JSON, that ``tensors.pt`` loads with ``weights_only=True`` (memory-mapped,
     so no tensor data is read) and that the two refer to each other exactly.
+    In a multi-process checkpoint that is every rank's part as well as the
+    shared one, and nothing may sit in the directory that the manifest does
+    not list.
     """
     path = Path(path)
     try:
         manifest = read_manifest(path)
     except CheckpointError as exc:
         return [str(exc)]
-    problems = [p for p in file_status(path, manifest).values() if p is not None]
+    problems = unlisted(path, manifest) + [p for p in file_status(path, manifest).values() if p is not None]
     if problems:
         return problems
-    try:
-        data = _parse_state((path / STATE).read_bytes(), path / STATE)
-        decode(data, safe_torch_load(path / TENSORS, path / TENSORS, "cpu", mmap=True))
-    except CheckpointError as exc:
-        return [str(exc)]
-    return []
+    world_size = world_size_of(manifest)
+    parts = [""] + ([] if world_size is None else [rank_dir(r) for r in range(world_size)])
+    return [p for p in (_decodes(path, part) for part in parts) if p is not None]

@@ -11,6 +11,8 @@ The order is what makes it safe:
 
 A kill at any moment leaves the previous checkpoints untouched and at most a
 hidden temp directory, which loaders never look at and the next save removes.
+``save_checkpoint_parts`` (``_parts``) runs the same steps with these helpers,
+one part per rank, rank 0 writing the manifest once every rank's part is on disk.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from ..state import SCHEMA_VERSION, StateError, check_json
 from ._codec import encode
 from ._errors import CheckpointError
 from ._hashing import DEFAULT_HASH, HASHES, HashingWriter
-from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, STATE, TENSORS
+from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARTS_FORMAT_VERSION, STATE, TENSORS
 
-__all__ = ["save_checkpoint_dir"]
+__all__ = ["check_hash_name", "checked_metadata", "clean_strays", "commit", "fsync_dir", "manifest", "new_tmp",
+           "save_checkpoint_dir", "write_part"]
 
 _STRAY = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)\Z")
 
@@ -48,27 +51,13 @@ def save_checkpoint_dir(path: str | os.PathLike[str], state: Any, metadata: dict
     the fsyncs: still safe against a killed process, not against power loss.
     """
     path = Path(path).absolute()
-    if hash_name not in HASHES:
-        raise CheckpointError(f"hash_name={hash_name!r} is not a known checksum; use one of {sorted(HASHES)}.")
+    check_hash_name(hash_name)
     data, tensors = encode(state)
-    metadata = _checked_metadata(metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_strays(path.parent)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    metadata = checked_metadata(metadata)
+    tmp = new_tmp(path)
     try:
-        files = {
-            STATE: _write_file(tmp / STATE, lambda f: f.write(_json_bytes(data)), hash_name, durable),
-            TENSORS: _write_file(tmp / TENSORS, lambda f: torch.save(tensors, f), hash_name, durable),
-        }
-        manifest = _manifest(files, hash_name, metadata)
-        _write_file(tmp / MANIFEST, lambda f: f.write(_json_bytes(manifest)), hash_name, durable)
-        if durable:
-            _fsync_dir(tmp)
-        _install(tmp, path)
-        if durable:
-            _fsync_dir(path.parent)
+        files = write_part(tmp, data, tensors, hash_name, durable)
+        commit(tmp, path, manifest(files, hash_name, metadata), hash_name, durable)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -79,7 +68,41 @@ def save_checkpoint_dir(path: str | os.PathLike[str], state: Any, metadata: dict
     return path
 
 
-def _checked_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+def check_hash_name(hash_name: str) -> None:
+    if hash_name not in HASHES:
+        raise CheckpointError(f"hash_name={hash_name!r} is not a known checksum; use one of {sorted(HASHES)}.")
+
+
+def new_tmp(path: Path) -> Path:
+    """A fresh, empty ``.<name>.tmp-<pid>`` beside ``path``, after removing what killed saves left there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_strays(path.parent)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def write_part(directory: Path, data: Any, tensors: dict[str, torch.Tensor], hash_name: str,
+               durable: bool) -> dict[str, dict[str, Any]]:
+    """Write one encoded state as ``state.json`` + ``tensors.pt`` in ``directory``; their manifest entries."""
+    return {
+        STATE: _write_file(directory / STATE, lambda f: f.write(_json_bytes(data)), hash_name, durable),
+        TENSORS: _write_file(directory / TENSORS, lambda f: torch.save(tensors, f), hash_name, durable),
+    }
+
+
+def commit(tmp: Path, path: Path, entries: dict[str, Any], hash_name: str, durable: bool) -> None:
+    """Write manifest ``entries`` into ``tmp`` -- last, once all it lists is on disk -- and install ``tmp`` as ``path``."""
+    _write_file(tmp / MANIFEST, lambda f: f.write(_json_bytes(entries)), hash_name, durable)
+    if durable:
+        fsync_dir(tmp)
+    _install(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def checked_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     try:
         check_json(metadata or {}, "metadata")
     except StateError as exc:
@@ -91,16 +114,19 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
 
 
-def _manifest(files: dict[str, dict[str, Any]], hash_name: str, metadata: dict[str, Any]) -> dict[str, Any]:
-    return {
+def manifest(files: dict[str, dict[str, Any]], hash_name: str, metadata: dict[str, Any],
+             world_size: int | None = None) -> dict[str, Any]:
+    """The manifest of a single-process checkpoint, or with ``world_size`` of a multi-process one."""
+    out = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if world_size is None else PARTS_FORMAT_VERSION,
         "schema_version": SCHEMA_VERSION,
         "hash": hash_name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-        "files": files,
-        "metadata": metadata,
     }
+    if world_size is not None:
+        out["world_size"] = world_size
+    return out | {"files": files, "metadata": metadata}
 
 
 def _write_file(path: Path, write: Callable[[BinaryIO], Any], hash_name: str, durable: bool) -> dict[str, Any]:
@@ -116,7 +142,7 @@ def _write_file(path: Path, write: Callable[[BinaryIO], Any], hash_name: str, du
     return {"size": writer.size, hash_name: writer.hexdigest()}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename or new entry in ``path`` durable (POSIX needs the directory itself fsynced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
