@@ -2,6 +2,7 @@
 
 Run:  python examples/digits.py [--epochs 20] [--seed 0] [--fast-dev-run] [--root runs/digits]
       python examples/digits.py --resume last      # continue from the last checkpoint of a previous run
+      python examples/digits.py --resume latest    # ... or from the newest valid one (after a kill -9)
 
 What it shows: a TrainingModule with training/validation/test steps, a
 torchmetrics accuracy logged as a Metric object (computed and reset each
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast-dev-run", action="store_true", help="two batches of every loop, then exit")
     parser.add_argument("--root", default="runs/digits", help="where logs and checkpoints go")
-    parser.add_argument("--resume", default=None, help="a checkpoint path, or 'last' for ROOT/checkpoints/last.ckpt")
+    parser.add_argument("--resume", default=None,
+                        help="a checkpoint path, 'last' (ROOT/checkpoints/last.ckpt) or 'latest' (the newest valid one)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)  # a tiny MLP: one thread beats two (no cross-thread sync per op)
