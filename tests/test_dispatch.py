@@ -23,8 +23,7 @@ from statemachine_trainer.machine import (
 )
 from statemachine_trainer.machine.recording import record_hooks
 from statemachine_trainer.state import Position
-
-from .strategies import CONDITIONS, HOOKS, TRIGGERS, scripts, valid_tables
+from statemachine_trainer.testing.strategies import CONDITIONS, HOOKS, TRIGGERS, scripts, valid_tables
 
 ENGINES = [DirectDispatcher, TransitionsDispatcher]
 BUDGET = 60

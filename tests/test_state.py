@@ -24,8 +24,8 @@ from statemachine_trainer.state import (
     structure_state_set,
     unstructure_state_set,
 )
+from statemachine_trainer.testing.strategies import positions, progresses, valid_tables
 
-from .strategies import positions, progresses, valid_tables
 from .test_loop import Outer
 
 

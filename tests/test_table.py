@@ -8,8 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statemachine_trainer.machine import ADVANCE, END, START, Loop, Row, Table, TableError
-
-from .strategies import valid_tables
+from statemachine_trainer.testing.strategies import valid_tables
 
 
 @given(valid_tables())

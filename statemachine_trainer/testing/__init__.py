@@ -4,6 +4,9 @@
   call of a hook, resume in fresh objects, and compare everything bit for bit.
 - :func:`interruption_points` -- a Hypothesis strategy of ``(hook, call)``
   pairs to drive it.
+- :mod:`statemachine_trainer.testing.strategies` -- Hypothesis strategies
+  for tables and their transition points (positions), e.g. to check that
+  your loop's state round-trips from any point.
 - :func:`assert_kill_resume_exact` -- run your training *script*, SIGKILL it
   at a drawn moment (:func:`kill_points`), resume it with ``--resume
   latest``, and compare its final checkpoint with an uninterrupted run's.

@@ -1,12 +1,26 @@
-"""Hypothesis strategies for tables, scripts and state, shared by the property tests."""
+"""Hypothesis strategies for tables, transition points and state -- ours, and for your own tests.
+
+- :func:`valid_tables` -- random tables that pass ``Table`` validation
+  (reachable states, a path to END, one unguarded row per trigger and
+  source), over the hooks :data:`HOOKS`, conditions :data:`CONDITIONS` and
+  triggers :data:`TRIGGERS`;
+- :func:`scripts` -- how a drawn table's conditions answer and which
+  triggers its hooks fire, to run it with recording hooks;
+- :func:`positions` -- legal positions (transition points) of a given
+  table: between transitions, or inside a row at a hook -- what a
+  checkpoint may record;
+- :func:`progresses` -- progress trackers with arbitrary counts.
+"""
 
 from __future__ import annotations
 
 import attrs
 from hypothesis import strategies as st
 
-from statemachine_trainer.machine import ADVANCE, END, START, Row, Table
-from statemachine_trainer.state import Position, Progress
+from ..machine import ADVANCE, END, START, Row, Table
+from ..state import Position, Progress
+
+__all__ = ["CONDITIONS", "HOOKS", "TRIGGERS", "positions", "progresses", "scripts", "valid_tables"]
 
 TRIGGERS = ("go", "step", "stop")
 HOOKS = ("h0", "h1", "h2", "h3")
@@ -33,6 +47,7 @@ def _only_last_unguarded(rows: list[Row]) -> list[Row]:
 
 @st.composite
 def valid_tables(draw) -> Table:
+    """A random valid table of 2-5 states."""
     middle = draw(st.lists(st.sampled_from((ADVANCE, "S1", "S2", "S3")), max_size=3, unique=True))
     states = [START, *middle, END]
     rows = []
@@ -58,6 +73,7 @@ def scripts(draw) -> dict:
 
 
 def progresses() -> st.SearchStrategy[Progress]:
+    """Progress trackers with arbitrary total and current counts."""
     counts = st.integers(0, 10**6)
     tracker = st.fixed_dictionaries({k: counts for k in ("ready", "started", "processed", "completed")})
     return st.builds(lambda t, c: _progress(t, c), tracker, tracker)
