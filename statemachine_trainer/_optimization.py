@@ -12,6 +12,7 @@ and the optimizer frequencies are functions of state the loops checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,10 @@ class Optimization:
         self.stepped = False  # whether any optimizer stepped on the current batch
         self._all = range(len(self.optimizers))
         self._active: Any = self._all
+        # The strategy's: training_step, called through DDP under strategy="ddp", and its no_sync() for the
+        # micro-batches of an accumulation window.
+        self.forward_step: Callable[..., Any] = module.training_step
+        self.no_sync: Callable[[], Any] = contextlib.nullcontext
 
     # -- per batch -----------------------------------------------------------------------
     def begin_batch(self, batch_idx: int, batch_number: int, is_last_batch: bool, resumed: bool = False) -> None:
@@ -71,7 +76,7 @@ class Optimization:
             # the generator loop's next() runs under optimizer_step's autocast instead
             if optimizer_idx is not None and self.pass_index:
                 return self.module.training_step(batch, batch_idx, optimizer_idx)
-            return self.module.training_step(batch, batch_idx)
+            return self.forward_step(batch, batch_idx)
         with self.precision.autocast():
             return self.module.training_step(batch, batch_idx)
 
@@ -85,7 +90,8 @@ class Optimization:
             if self.window_closes:
                 self._step(optimizer, lambda: self._forward_backward(loss_fn), progress)
             else:
-                self._forward_backward(loss_fn)
+                with self.no_sync():  # DDP: keep this micro-batch's gradients local; the window's last syncs
+                    self._forward_backward(loss_fn)
         finally:
             if self.toggle:
                 self.module.untoggle_optimizer(optimizer)

@@ -14,7 +14,7 @@ from any epoch-level hook are per-epoch.  A value logged both ways appears as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ class _Slot:
         "prog_bar",
         "reduce_fx",
         "stage",
+        "sync_dist",
         "total",
         "weight",
     )
@@ -66,6 +67,7 @@ class _Slot:
         self.total: torch.Tensor | None = None  # running sum (mean, sum), or max / min
         self.weight = 0  # total batch size seen this epoch (mean's denominator)
         self.metric: Metric | None = None
+        self.sync_dist = False  # reduce the epoch value across ranks (DDP) before publishing it
 
     @property
     def step_key(self) -> str:
@@ -89,14 +91,20 @@ class _Slot:
             self.total = torch.minimum(self.total, value)
         self.weight += batch_size
 
-    def epoch_value(self) -> torch.Tensor | None:
+    def epoch_value(self, reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """The epoch's value (``reduce``: across ranks -- weighted mean, sum, max or min of every rank's data)."""
         if self.metric is not None:
             value = self.metric.compute()
             self.metric.reset()
             return value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
         if self.total is None:
             return None
-        value = self.total / self.weight if self.reduce_fx == "mean" else self.total
+        total, weight = self.total, self.weight
+        if reduce is not None:
+            total = reduce(total, "sum" if self.reduce_fx == "mean" else self.reduce_fx)
+            if self.reduce_fx == "mean":
+                weight = reduce(torch.tensor(float(weight), device=total.device), "sum")
+        value = total / weight if self.reduce_fx == "mean" else total
         self.total, self.weight = None, 0
         return value
 
@@ -104,7 +112,8 @@ class _Slot:
 class Results:
     """Everything logged in one Trainer: per-stage slots and the merged views callbacks read."""
 
-    def __init__(self) -> None:
+    def __init__(self, reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None) -> None:
+        self.reduce = reduce  # the strategy's cross-rank reduction, for self.log(..., sync_dist=True)
         self.fx = "training_step"  # the hook running now; the loops set it before calling user code
         self.stage = "train"  # "train", "validate", "test", "predict", "sanity_check"
         self.batch: Any = None  # the batch being processed, for batch-size inference
@@ -120,10 +129,12 @@ class Results:
 
     # -- the hot path ------------------------------------------------------------------
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True, on_step: bool | None = None,
-            on_epoch: bool | None = None, reduce_fx: str = "mean", batch_size: int | None = None) -> None:
+            on_epoch: bool | None = None, reduce_fx: str = "mean", batch_size: int | None = None,
+            sync_dist: bool = False) -> None:
         slot = self._slots.get((self.stage, self.fx, name))
         if slot is None:
             slot = self._new_slot(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx)
+            slot.sync_dist = sync_dist
         if slot.direct:
             self._publish(slot, value)
             return
@@ -224,7 +235,7 @@ class Results:
         for slot in self._slots.values():
             if slot.stage != stage or not slot.on_epoch or slot.direct:
                 continue
-            value = slot.epoch_value()
+            value = slot.epoch_value(self.reduce if slot.sync_dist else None)
             if value is None:
                 continue
             self.callback_metrics[slot.epoch_key] = value
@@ -255,7 +266,7 @@ class Results:
         for (stage, fx, name), slot in self._slots.items():
             slots.append({"stage": stage, "fx": fx, "name": name, "on_step": slot.on_step, "on_epoch": slot.on_epoch,
                           "prog_bar": slot.prog_bar, "logger": slot.logger, "reduce_fx": slot.reduce_fx,
-                          "direct": slot.direct, "weight": slot.weight, "has_metric": slot.metric is not None,
+                          "direct": slot.direct, "sync_dist": slot.sync_dist, "weight": slot.weight, "has_metric": slot.metric is not None,
                           "last": None if slot.last is None else slot.last.detach(), "total": slot.total})
         return {"fx": self.fx, "stage": self.stage, "slots": slots,
                 "callback_metrics": dict(self.callback_metrics), "progress_bar_metrics": dict(self.progress_bar_metrics),
@@ -268,6 +279,7 @@ class Results:
             slot = _Slot(entry["name"], entry["stage"], entry["on_step"], entry["on_epoch"], entry["prog_bar"],
                          entry["logger"], entry["reduce_fx"], entry["direct"])
             slot.last, slot.total, slot.weight = entry["last"], entry["total"], entry["weight"]
+            slot.sync_dist = entry["sync_dist"]
             self._slots[(entry["stage"], entry["fx"], entry["name"])] = slot
         for view in ("callback_metrics", "progress_bar_metrics", "logged_metrics", "pending_log"):
             setattr(self, view, dict(state[view]))

@@ -33,11 +33,22 @@ from ._optim import ConfigError
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["capture", "check", "restore"]
+__all__ = ["capture", "check", "restore", "split"]
 
 #: The keys a checkpoint written during ``fit`` has (one written outside fit holds weights only).
 RUN_KEYS = ("module", "loops", "callbacks", "rng", "optimizers", "schedulers", "precision", "optimization",
             "grads", "metrics", "results", "data", "loggers", "extra")
+
+
+#: Parts that differ between the ranks of a DDP run: each rank saves and loads its own.  The rest is
+#: replicated (equal on every rank by construction) and written once.
+RANK_LOCAL = ("rng", "data", "grads", "results", "metrics", "loggers")
+
+
+def split(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(replicated, rank_local)`` parts of a state set."""
+    return ({k: v for k, v in state.items() if k not in RANK_LOCAL},
+            {k: v for k, v in state.items() if k in RANK_LOCAL})
 
 
 def capture(trainer: Trainer) -> dict[str, Any]:
@@ -88,6 +99,12 @@ def check(trainer: Trainer, state: Any, path: Path, whole_run: bool) -> None:
         trainer.fit_loop.check_state_dict(state["loops"])
     except ValueError as error:
         raise ConfigError(f"{path} does not match this loop tree: {error}") from None
+    if trainer.strategy.world_size > 1:
+        from .distributed import all_equal
+
+        if not all_equal(state["loops"]):
+            raise ConfigError(f"{path}: the ranks' parts put the loop tree at different transitions; the "
+                              "checkpoint is inconsistent, resume from an earlier one.")
 
 
 def restore(trainer: Trainer, state: dict[str, Any], whole_run: bool) -> None:

@@ -91,12 +91,15 @@ class TrainingModule(nn.Module):
         ``on_step``/``on_epoch`` default to per-step in training steps and
         per-epoch elsewhere; epoch values are reduced with ``reduce_fx``
         (``mean`` weighted by batch size, ``sum``, ``max``, ``min``).  A
-        ``Metric`` is computed and reset at epoch end.
+        ``Metric`` is computed and reset at epoch end (torchmetrics syncs it
+        across ranks itself).  ``sync_dist``: under ``strategy="ddp"`` the epoch
+        value is reduced over every rank's data; step values stay per rank (no
+        collective per step).
         """
         trainer = self._trainer
         if trainer is None:
             self._require_trainer("log")  # raises the explanatory error
-        trainer.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size)
+        trainer.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size, sync_dist)
 
     def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in values.items():

@@ -43,6 +43,7 @@ from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
 from ._preemption import Preempted, PreemptionGuard
 from ._results import Results
+from ._strategy import check_strategy_mode, launched_rank_zero, make_strategy
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .loops._base import TrainerLoop
 from .loops._data import BatchSource, count_batches
@@ -89,6 +90,7 @@ class Trainer:
         precision: str | int = "32",
         accelerator: str = "auto",
         devices: int = 1,
+        strategy: str = "auto",
         deterministic: bool = False,
         callbacks: Sequence[Any] | Any | None = None,
         logger: Any = True,
@@ -111,9 +113,10 @@ class Trainer:
             raise ConfigError(f"gradient_clip_algorithm={gradient_clip_algorithm!r}: use 'norm' or 'value'.")
         if gradient_clip_val is not None and not (isinstance(gradient_clip_val, (int, float)) and gradient_clip_val > 0):
             raise ConfigError(f"gradient_clip_val={gradient_clip_val!r} must be a number > 0, or None to not clip.")
-        if devices != 1:
-            raise ConfigError(f"devices={devices!r}: this Trainer runs on one device; use devices=1.")
         self.device = resolve_device(accelerator)
+        self.strategy = make_strategy(strategy, devices, self.device.type)
+        if not launched_rank_zero(self.strategy):  # loggers and the progress bar live on rank 0 only
+            logger, enable_progress_bar = False, False
         self.precision = Precision(precision, self.device)
         if fast_dev_run:
             batches = 1 if fast_dev_run is True else check_int("fast_dev_run", fast_dev_run, 1)
@@ -144,7 +147,7 @@ class Trainer:
         # Set per run by _prepare():
         self.module: TrainingModule | None = None
         self.sources: dict[str, BatchSource] = {}
-        self.results = Results()
+        self.results = Results(self.strategy.reduce)
         self.hooks: HookRelay | None = None
         self.optimization: Optimization | None = None
         self.manual_optimizers: tuple[ManualOptimizer, ...] = ()
@@ -158,6 +161,7 @@ class Trainer:
     def fit(self, module: TrainingModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
             ckpt_path: str | os.PathLike[str] | None = None) -> None:
         """Train ``module``; ``ckpt_path`` resumes from a checkpoint written by ``save_checkpoint``."""
+        self.strategy.launch_if_needed()  # strategy="ddp" from a plain `python script.py`: run N workers, exit
         check_module(module, "training_step", "fit")
         train = self._loader(module, train_dataloaders, "train", required=True)
         val = self._loader(module, val_dataloaders, "validate", required=False)
@@ -166,6 +170,7 @@ class Trainer:
                               "validation_step; define it, or do not pass validation data.")
         setup = parse_optimizers(module.configure_optimizers())
         check_optimization_mode(module, setup, self)
+        check_strategy_mode(module, setup, self.strategy)
         self._prepare("fit", module, {"train": train, "validate": val}, setup)
         self._pending_saves = []  # nothing left over from an earlier, failed fit
         self.fit_loop.observe(self._at_boundary)  # checkpoint requests and preemption act at boundaries
@@ -295,7 +300,8 @@ class Trainer:
             logged = ", ".join(sorted(metrics)) or "nothing yet"
             raise ConfigError(f"{who} monitors {key!r}, but no value named {key!r} was logged (logged: {logged}). "
                               f"Log it with self.log({key!r}, value) in the module, or monitor one of those keys.")
-        return metrics[key]
+        # Decisions made on it (checkpoints kept, early stopping, plateau) must agree across ranks: the mean.
+        return self.strategy.reduce(metrics[key]) if self.strategy.world_size > 1 else metrics[key]
 
     def log_step_metrics(self) -> None:
         if self.loggers:
@@ -329,6 +335,8 @@ class Trainer:
 
     def _at_boundary(self, loop: Loop) -> None:
         """The fit tree's observer: called at every transition boundary, so it must be cheap when idle."""
+        if self._distributed and self._after_a_batch(loop):
+            self._agree_on_preemption()
         if not self._pending_saves and self._preemption.signum is None:
             return
         if not all(getattr(node, "checkpointable", True) for _, node in self.fit_loop.walk()):
@@ -336,8 +344,27 @@ class Trainer:
         pending, self._pending_saves = self._pending_saves, []
         for path, on_written in pending:
             self._write_requested(path, on_written)
-        if self._preemption.signum is not None:
+        if self._preemption.signum is not None and not self._distributed:
             self._preempt(self._preemption.signum)
+
+    @property
+    def _distributed(self) -> bool:
+        return self.strategy.world_size > 1
+
+    def _after_a_batch(self, loop: Loop) -> bool:
+        """The epoch loop just finished a batch: the one boundary per step where ranks agree on preemption."""
+        epoch_loop = getattr(self.fit_loop, "epoch_loop", None)
+        if loop is not epoch_loop:
+            return False
+        position = loop.position
+        return position.row is None and position.state == "ADVANCE"
+
+    def _agree_on_preemption(self) -> None:
+        """Preempt on every rank at once if any rank was signalled (reduced one batch late, never blocking)."""
+        import signal as signals
+
+        if self.strategy.agreed_preemption(self._preemption.signum is not None):
+            self._preempt(self._preemption.signum or signals.SIGTERM)
 
     def _preempt(self, signum: int) -> None:
         from .callbacks import ModelCheckpoint
@@ -362,7 +389,12 @@ class Trainer:
         from .checkpoint import save_checkpoint_dir
 
         metadata = {"step": self.global_step, "epoch": self.current_epoch, "stage": self.state}
-        return save_checkpoint_dir(path, self._checkpoint_state(), metadata)
+        if not self.strategy.distributed:
+            return save_checkpoint_dir(path, self._checkpoint_state(), metadata)
+        from .checkpoint import save_checkpoint_parts
+
+        replicated, rank_local = _run_state.split(self._checkpoint_state())  # every rank writes its own part
+        return save_checkpoint_parts(path, replicated, rank_local, metadata)
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return _run_state.capture(self)
@@ -371,8 +403,17 @@ class Trainer:
         """Load a checkpoint: with ``whole_run`` (fit) everything, otherwise the weights; checked before applied."""
         from .checkpoint import load_checkpoint_dir
 
-        path = self._resolve_ckpt_path(ckpt_path)
-        state, _ = load_checkpoint_dir(path, map_location=self.device)
+        if not self.strategy.distributed:
+            path = self._resolve_ckpt_path(ckpt_path)
+            state, _ = load_checkpoint_dir(path, map_location=self.device)
+        else:
+            from .checkpoint import load_checkpoint_parts
+            from .distributed import broadcast_object
+
+            # Rank 0 picks ("latest" may skip a checkpoint another rank would not see yet): all load the same one.
+            path = broadcast_object(self._resolve_ckpt_path(ckpt_path) if self.strategy.is_rank_zero else None)
+            replicated, rank_local, _ = load_checkpoint_parts(path, map_location=self.device)
+            state = {**replicated, **rank_local}
         _run_state.check(self, state, path, whole_run)
         _run_state.restore(self, state, whole_run)
 
@@ -434,6 +475,7 @@ class Trainer:
         if self.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
+        self.device = self.strategy.setup(self.device)
         module.to(self.device)
         self.module, module._trainer, self.state = module, self, stage
         self.results = Results()
@@ -447,6 +489,8 @@ class Trainer:
         self.hooks = HookRelay(module, [cb for cb in self.callbacks if cb.enabled], self, self.results)
         if self.optimization is not None:
             self.optimization.hooks = self.hooks
+            self.optimization.forward_step = self.strategy.wrap_step(module, self.device)
+            self.optimization.no_sync = self.strategy.no_sync
             self.manual_optimizers = tuple(ManualOptimizer(opt, self.optimization, self._manual_progress)
                                            for opt in setup.optimizers)
         _attach(self, stage)
@@ -456,6 +500,7 @@ class Trainer:
         for name, loader in loaders.items():
             if loader is None:
                 continue
+            loader = self.strategy.shard(loader)  # strategy="ddp": this rank's part of the data
             count = count_batches(loader, self.limits[name], _LIMIT_NAMES[name])
             if count == 0 and self.limits[name] is None:
                 raise ConfigError(f"The {name} dataloader is empty (len 0): check the dataset size, batch_size "

@@ -91,6 +91,7 @@ class ResumableLoader:
         self._build(settings, rngs)
 
     def _build(self, settings: dict[str, Any], rngs: Sequence[str]) -> None:
+        self._settings, self._rngs = dict(settings), tuple(rngs)  # what shard() rebuilds from
         self.dataset = settings.pop("dataset")
         seed = settings.pop("seed")
         self.seed: int = torch.initial_seed() if seed is None else seed
@@ -113,6 +114,25 @@ class ResumableLoader:
         # Set by load_state_dict/rewind until the next iter(): a position set from outside is served as it is,
         # so a state saved after an epoch's last batch resumes to "nothing left", not to the next epoch.
         self._seeked = False
+
+    def shard(self, rank: int, world_size: int) -> ResumableLoader:
+        """This loader's data as rank ``rank`` of ``world_size`` sees it (a new loader; DistributedSampler's rule).
+
+        The Trainer calls it under ``strategy="ddp"``, so one script serves any
+        world size.  A loader that delegates to a stateful one is returned as it
+        is: it shards its own data, or not.
+        """
+        if self.delegate is not None:
+            return self
+        if self.batch_sampler.world_size not in (1, world_size) or (
+                self.batch_sampler.world_size == world_size and self.batch_sampler.rank != rank):
+            raise ValueError(f"This ResumableLoader is already sharded as rank {self.batch_sampler.rank} of "
+                             f"{self.batch_sampler.world_size}, not {rank} of {world_size}; give the Trainer an "
+                             "unsharded loader and let it shard.")
+        sharded = object.__new__(ResumableLoader)
+        sharded.delegate = None
+        sharded._build({**self._settings, "seed": self.seed, "rank": rank, "world_size": world_size}, self._rngs)
+        return sharded
 
     # -- iteration -----------------------------------------------------------------------------------
     def __len__(self) -> int:

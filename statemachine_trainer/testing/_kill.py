@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import find_latest, first_difference, load_checkpoint_dir, read_manifest
+from ..checkpoint import diff_checkpoints, find_latest, read_manifest
 from ..checkpoint._latest import candidates
 from ._resume import ResumeMismatch
 
@@ -90,7 +90,7 @@ def assert_kill_resume_exact(command: Sequence[str], workdir: str | os.PathLike[
 
 def compare_final_states(expected: str | os.PathLike[str], got: str | os.PathLike[str]) -> None:
     """Raise :class:`ResumeMismatch` unless two checkpoints hold bit-identical state (metadata aside)."""
-    difference = first_difference(load_checkpoint_dir(expected)[0], load_checkpoint_dir(got)[0])
+    difference = diff_checkpoints(expected, got)  # every rank's part too, for a multi-process run
     if difference is not None:
         raise ResumeMismatch(f"the killed and resumed run ended differently from the uninterrupted one "
                              f"({got} vs {expected}): {difference}")

@@ -1,0 +1,210 @@
+"""Strategies: how many processes a run spans, and what that changes for the Trainer.
+
+``SingleProcess`` is the default and changes nothing.  ``DDP`` runs one
+process per device under ``torch.distributed``:
+
+* **launch** -- under ``torchrun`` the launcher's environment says who we
+  are; from a plain ``python script.py`` with ``devices=N`` the process
+  becomes torch's elastic agent, re-runs the script in N workers and exits
+  with their status (it never trains itself);
+* **the step** -- ``training_step`` is called *through* DistributedDataParallel
+  (a thin ``nn.Module`` whose ``forward`` is the step), so DDP's reducer sees
+  the forward it needs and all-reduces gradients in backward; inside a
+  gradient-accumulation window ``no_sync()`` keeps the micro-batches local
+  and only the window's last backward all-reduces;
+* **data** -- every training and validation loader is sharded (a
+  :class:`~statemachine_trainer.data.ResumableLoader` with this rank's part of
+  the seeded permutation, DistributedSampler's padding rule);
+* **agreement** -- what must be the same on every rank is made so without a
+  collective per step, except one: the preemption flag, reduced with a
+  non-blocking all-reduce started at one step's end and read at the next, so
+  every rank acts on it at the same boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from typing import Any
+
+import torch
+
+from ._optim import ConfigError
+
+__all__ = ["DDP", "SingleProcess", "make_strategy"]
+
+
+class SingleProcess:
+    """One process, one device: every method is the identity."""
+
+    name = "single"
+    distributed = False  # True: a torch.distributed run, whose checkpoints have one part per rank
+    rank, world_size, is_rank_zero = 0, 1, True
+
+    def launch_if_needed(self) -> None:
+        """Nothing to launch."""
+
+    def setup(self, device: torch.device) -> torch.device:
+        return device
+
+    def wrap_step(self, module: torch.nn.Module, device: torch.device) -> Any:
+        return module.training_step
+
+    def no_sync(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def shard(self, loader: Any) -> Any:
+        return loader
+
+    def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        return tensor
+
+    def agreed_preemption(self, local: bool) -> bool:
+        return local
+
+    def teardown(self) -> None:
+        """Nothing to leave."""
+
+
+class _StepForward(torch.nn.Module):
+    """The module with ``training_step`` as its ``forward``: what DDP wraps, so the step runs through DDP."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any) -> Any:
+        return self.module.training_step(*args)
+
+
+class DDP(SingleProcess):
+    """One process per device under torch.distributed (gloo on CPU, NCCL on CUDA)."""
+
+    name = "ddp"
+    distributed = True
+
+    def __init__(self, devices: int, accelerator: str) -> None:
+        self.devices, self.accelerator = devices, accelerator
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        self._preempt_flag: torch.Tensor | None = None
+        self._preempt_work: Any = None
+
+    @property
+    def env(self) -> Any:
+        from .distributed import DistributedEnv
+
+        return DistributedEnv.from_environ()
+
+    def launch_if_needed(self) -> None:
+        """In a plain ``python script.py`` parent: run the script in ``devices`` workers, then exit with their code."""
+        from .distributed import launch_workers, should_launch
+
+        env = self.env
+        if should_launch(self.devices, env):
+            raise SystemExit(launch_workers(self.devices))
+        if env is None:  # devices=1 and no launcher: a world of one, still through DDP, so both paths are the same
+            os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+
+    def setup(self, device: torch.device) -> torch.device:
+        import atexit
+
+        from .distributed import join_process_group
+
+        env = self.env
+        self.rank, self.world_size, self.is_rank_zero = env.rank, env.world_size, env.rank == 0
+        joined = join_process_group(env, "cuda" if device.type == "cuda" else "cpu")
+        atexit.register(self.teardown)  # fit, validate and test share the group; leave it once, at exit
+        return joined
+
+    def wrap_step(self, module: torch.nn.Module, device: torch.device) -> Any:
+        device_ids = [device.index] if device.type == "cuda" else None
+        self.ddp = torch.nn.parallel.DistributedDataParallel(_StepForward(module), device_ids=device_ids)
+        return self.ddp
+
+    def no_sync(self) -> contextlib.AbstractContextManager[None]:
+        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
+
+    def shard(self, loader: Any) -> Any:
+        from torch.utils.data import DataLoader
+
+        from .data import ResumableLoader
+
+        if isinstance(loader, DataLoader):
+            loader = ResumableLoader(loader)
+        if isinstance(loader, ResumableLoader):
+            return loader.shard(self.rank, self.world_size)
+        raise ConfigError(f"strategy='ddp' shards the data itself and needs a torch DataLoader or a "
+                          f"ResumableLoader, got {type(loader).__name__}.")
+
+    def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        from .distributed import reduce_tensor
+
+        return reduce_tensor(tensor, op)
+
+    def agreed_preemption(self, local: bool) -> bool:
+        """Whether any rank was signalled by the *previous* call; starts this call's reduction without waiting."""
+        import torch.distributed as dist
+
+        from .distributed._group import collective
+
+        agreed = False
+        with collective("agreeing on preemption"):
+            if self._preempt_work is not None:
+                self._preempt_work.wait()
+                agreed = bool(self._preempt_flag.item())
+            self._preempt_flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+            self._preempt_work = dist.all_reduce(self._preempt_flag, op=dist.ReduceOp.MAX, async_op=True)
+        return agreed
+
+    def teardown(self) -> None:
+        from .distributed import leave_process_group
+
+        if self._preempt_work is not None:
+            with contextlib.suppress(RuntimeError):
+                self._preempt_work.wait()
+        self._preempt_work = self.ddp = None
+        leave_process_group()
+
+
+def launched_rank_zero(strategy: SingleProcess) -> bool:
+    """Whether this process is rank 0 (or the only one), known from the launcher's environment at construction."""
+    if not isinstance(strategy, DDP):
+        return True
+    env = strategy.env
+    return env is None or env.rank == 0
+
+
+def check_strategy_mode(module: Any, setup: Any, strategy: SingleProcess) -> None:
+    """What DDP runs today: automatic optimization with one optimizer (say so at fit() start, not mid-run)."""
+    if not isinstance(strategy, DDP):
+        return
+    if not module.automatic_optimization or len(setup.optimizers) != 1:
+        raise ConfigError(f"strategy='ddp' supports automatic optimization with one optimizer so far; "
+                          f"{type(module).__name__} uses {'manual optimization' if not module.automatic_optimization else f'{len(setup.optimizers)} optimizers'}. "
+                          "Run it with strategy='auto' (one process).")
+    if inspect.isgeneratorfunction(type(module).training_step):
+        raise ConfigError("strategy='ddp' does not run a generator (yield) training_step yet; return the loss, "
+                          "or use strategy='auto'.")
+
+
+def make_strategy(strategy: str | None, devices: int, accelerator: str) -> SingleProcess:
+    if strategy in (None, "auto", "single"):
+        if devices != 1:
+            raise ConfigError(f"devices={devices!r} needs strategy='ddp' (one process per device); or use devices=1.")
+        return SingleProcess()
+    if strategy == "ddp":
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+            raise ConfigError(f"devices={devices!r} must be an int >= 1: the number of processes on this machine.")
+        return DDP(devices, accelerator)
+    raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process) or 'ddp' (torch DistributedDataParallel).")
+
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
