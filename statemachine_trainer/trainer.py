@@ -470,12 +470,12 @@ class Trainer:
 
     def _prepare(self, stage: str, module: TrainingModule, loaders: dict[str, Any], setup: Any) -> None:
         """Everything a run needs, in dependency order; the loops are attached last."""
-        if self.seed is not None:
-            seed_everything(self.seed)
         if self.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         self.device = self.strategy.setup(self.device)
+        if self.seed is not None:  # + rank: each rank draws its own dropout masks (its data shard differs anyway)
+            seed_everything(self.seed + self.strategy.rank)
         module.to(self.device)
         self.module, module._trainer, self.state = module, self, stage
         self.results = Results()

@@ -1,0 +1,123 @@
+"""strategy="ddp" on 2 CPU processes (gloo): launch, sharding, exact resume after SIGKILL and SIGTERM, refusals.
+
+``tests/_ddp_script.py`` is the run: shuffled data with an augmentation drawn
+in a dataloader worker, dropout, accumulation over 2 batches, validation
+twice per epoch with ``sync_dist``, ReduceLROnPlateau, a checkpoint after
+every optimizer step and ``final.ckpt`` at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from statemachine_trainer import PREEMPTED_EXIT_CODE
+from statemachine_trainer.checkpoint import load_checkpoint_parts, read_manifest
+from statemachine_trainer.checkpoint._inspect import diff_checkpoints
+from statemachine_trainer.data import ResumableLoader
+from statemachine_trainer.testing import assert_kill_resume_exact, kill_points
+
+SCRIPT = str(Path(__file__).parent / "_ddp_script.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", SCRIPT]
+PLAIN = [sys.executable, SCRIPT, "--devices", "2"]
+TIMEOUT = 240
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted 2-process run under torchrun."""
+    root = tmp_path_factory.mktemp("ddp-reference")
+    run(TORCHRUN, root)
+    return root
+
+
+def test_a_torchrun_run_writes_one_replicated_state_and_a_part_per_rank(reference):
+    manifest = read_manifest(reference / "final.ckpt")
+    assert manifest["world_size"] == 2 and manifest["metadata"]["step"] == 14  # 100 samples a rank: 13 batches
+    replicated, rank0, _ = load_checkpoint_parts(reference / "final.ckpt", rank=0, world_size=2)
+    _, rank1, _ = load_checkpoint_parts(reference / "final.ckpt", rank=1, world_size=2)
+    assert "module" in replicated and "module" not in rank0
+    assert not torch.equal(rank0["rng"]["torch"], rank1["rng"]["torch"])  # each rank's own dropout stream
+    assert sorted(p.name for p in (reference / "logs").iterdir()) == ["version_0"]  # rank 0 logs, once
+    assert "val_loss" in (reference / "logs" / "version_0" / "metrics.csv").read_text()
+
+
+def test_plain_python_with_devices_2_launches_workers_and_matches_torchrun(reference, tmp_path):
+    run(PLAIN, tmp_path)
+    assert diff_checkpoints(reference / "final.ckpt", tmp_path / "final.ckpt") is None
+
+
+def test_the_trainer_shards_like_distributed_sampler():
+    data = TensorDataset(torch.arange(23))
+    loader = ResumableLoader(DataLoader(data, batch_size=4, shuffle=True), seed=7)
+    for rank in range(3):
+        ours = [batch[0].tolist() for batch in loader.shard(rank, 3)]
+        sampler = DistributedSampler(data, num_replicas=3, rank=rank, shuffle=True, seed=7)
+        theirs = [batch[0].tolist() for batch in DataLoader(data, batch_size=4, sampler=sampler)]
+        assert ours == theirs
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(point=kill_points(max_checkpoint=10))
+def test_the_whole_job_killed_anywhere_resumes_bit_identical(reference, tmp_path_factory, point):
+    workdir = tmp_path_factory.mktemp("ddp-killed")
+    assert_kill_resume_exact(TORCHRUN, workdir, *point, uninterrupted=reference)
+
+
+def _workers(agent: int) -> list[int]:
+    children = Path(f"/proc/{agent}/task/{agent}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def _wait_for_checkpoints(root: Path, count: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while len(list((root / "checkpoints").glob("*.ckpt"))) < count:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_one_rank_killed_ends_the_job_and_it_resumes_bit_identical(reference, tmp_path):
+    process = subprocess.Popen(TORCHRUN, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoints(tmp_path, 3, process)
+    os.kill(_workers(process.pid)[-1], signal.SIGKILL)  # one rank dies; the launcher stops the other
+    process.communicate(timeout=TIMEOUT)
+    assert process.returncode != 0
+    run([*TORCHRUN, "--resume", "latest"], tmp_path)
+    assert diff_checkpoints(reference / "final.ckpt", tmp_path / "final.ckpt") is None
+
+
+def test_sigterm_to_one_rank_preempts_both_at_one_boundary_and_exits_75(reference, tmp_path):
+    process = subprocess.Popen([*PLAIN, "--slow"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    _wait_for_checkpoints(tmp_path, 2, process)
+    os.kill(_workers(process.pid)[-1], signal.SIGTERM)  # only one rank (the agent runs in the parent)
+    _, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
+    (preempted,) = (tmp_path / "checkpoints").glob("preempted-*.ckpt")
+    assert read_manifest(preempted)["world_size"] == 2  # one checkpoint, both ranks' parts
+    run([*PLAIN, "--resume", str(preempted)], tmp_path)
+    assert diff_checkpoints(reference / "final.ckpt", tmp_path / "final.ckpt") is None
+
+
+def test_resuming_at_another_world_size_is_refused_naming_the_saved_one(reference, tmp_path):
+    done = run([sys.executable, SCRIPT, "--devices", "1", "--resume", str(reference / "final.ckpt")], tmp_path,
+               check=False)
+    assert done.returncode != 0
+    assert "world size 2" in done.stderr and "this run has world size 1" in done.stderr, done.stderr[-2000:]
