@@ -3,6 +3,8 @@
 Run:  python examples/digits.py [--epochs 20] [--seed 0] [--fast-dev-run] [--root runs/digits]
       python examples/digits.py --resume last      # continue from the last checkpoint of a previous run
       python examples/digits.py --resume latest    # ... or from the newest valid one (after a kill -9)
+      torchrun --nproc-per-node 2 examples/digits.py --strategy ddp   # two processes (DDP, gloo on CPU)
+      python examples/digits.py --strategy ddp --devices 2            # the same, launching its own workers
 
 What it shows: a TrainingModule with training/validation/test steps, a
 torchmetrics accuracy logged as a Metric object (computed and reset each
@@ -15,6 +17,7 @@ The data ships inside scikit-learn: nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -86,7 +89,11 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--root", default="runs/digits", help="where logs and checkpoints go")
     parser.add_argument("--resume", default=None,
                         help="a checkpoint path, 'last' (ROOT/checkpoints/last.ckpt) or 'latest' (the newest valid one)")
+    parser.add_argument("--strategy", default="auto", choices=("auto", "ddp"), help="'ddp': one process per device")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="processes with --strategy ddp (default: torchrun's --nproc-per-node, else 1)")
     args = parser.parse_args(argv)
+    devices = args.devices or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
     torch.set_num_threads(1)  # a tiny MLP: one thread beats two (no cross-thread sync per op)
     seed_everything(args.seed)  # model initialisation; the Trainer reseeds the run itself with seed=
@@ -94,14 +101,15 @@ def main(argv: list[str] | None = None) -> float:
     module = DigitsClassifier(epochs=args.epochs)
     best = ModelCheckpoint(dirpath=Path(args.root) / "checkpoints", monitor="val_acc", mode="max", save_last=True)
     trainer = Trainer(max_epochs=args.epochs, seed=args.seed, default_root_dir=args.root, callbacks=[best],
-                      fast_dev_run=2 if args.fast_dev_run else False)
+                      fast_dev_run=2 if args.fast_dev_run else False, strategy=args.strategy, devices=devices)
     resume = Path(args.root) / "checkpoints" / "last.ckpt" if args.resume == "last" else args.resume
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
 
     ckpt_path = None if args.fast_dev_run else "best"
     (result,) = trainer.validate(module, val_loader, ckpt_path=ckpt_path)
-    print(f"best checkpoint: {best.best_model_path or '(none in fast-dev-run)'}")
-    print(f"val_acc={result['val_acc']:.4f}")
+    if trainer.is_global_zero:  # every rank has the same (synced) result; one of them prints it
+        print(f"best checkpoint: {best.best_model_path or '(none in fast-dev-run)'}")
+        print(f"val_acc={result['val_acc']:.4f}")
     return result["val_acc"]
 
 

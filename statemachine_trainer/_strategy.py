@@ -149,6 +149,8 @@ class DDP(SingleProcess):
 
         from .distributed._group import collective
 
+        if self.world_size == 1:
+            return local  # nobody to agree with
         agreed = False
         with collective("agreeing on preemption"):
             if self._preempt_work is not None:

@@ -269,6 +269,11 @@ class Trainer:
         return 0 if source is None else source.num_batches
 
     @property
+    def is_global_zero(self) -> bool:
+        """Whether this process is rank 0 (always, without strategy="ddp"): the one that logs and prints."""
+        return self.strategy.is_rank_zero
+
+    @property
     def sanity_checking(self) -> bool:
         val_loop = getattr(getattr(self.fit_loop, "epoch_loop", None), "val_loop", None)
         return (val_loop is not None and self.state == "fit" and val_loop.fields.sanity

@@ -120,7 +120,7 @@ def _run_and_kill(command: Sequence[str], cwd: Path, checkpoints: Path, checkpoi
                 raise TimeoutError(f"no checkpoint {checkpoint} under {checkpoints} within {timeout} s")
             time.sleep(_POLL_SECONDS)
         time.sleep(delay)
-        os.killpg(process.pid, signal.SIGKILL)  # the job and its dataloader workers, as a scheduler kills it
+        _kill_tree(process.pid)  # the job, its workers and theirs, all at once: as a scheduler kills a job
         process.wait(timeout=timeout)
         return time.monotonic() - start
     finally:
@@ -128,6 +128,37 @@ def _run_and_kill(command: Sequence[str], cwd: Path, checkpoints: Path, checkpoi
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         process.stderr.close()
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s process group and every descendant, even those in sessions of their own.
+
+    torchrun starts each worker in a new session, so killing the launcher's
+    group alone would leave the ranks running on; a cluster scheduler kills
+    them all (a cgroup), and so does this.
+    """
+    tree, frontier = [pid], [pid]
+    while frontier:
+        children = []
+        for parent in frontier:
+            for task in Path(f"/proc/{parent}/task").glob("*"):
+                try:
+                    children += [int(c) for c in (task / "children").read_text().split()]
+                except OSError:
+                    continue  # exited meanwhile
+        tree += children
+        frontier = children
+    for target in tree:
+        try:
+            os.kill(target, signal.SIGSTOP)  # freeze the whole tree first, so nothing reacts to the others dying
+        except ProcessLookupError:
+            continue
+    os.killpg(pid, signal.SIGKILL)
+    for target in tree:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
 
 
 def _note_checkpoints(folder: Path, seen: set[Any]) -> set[Any]:
