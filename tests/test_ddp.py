@@ -121,3 +121,16 @@ def test_resuming_at_another_world_size_is_refused_naming_the_saved_one(referenc
                check=False)
     assert done.returncode != 0
     assert "world size 2" in done.stderr and "this run has world size 1" in done.stderr, done.stderr[-2000:]
+
+
+def test_the_digits_example_runs_under_torchrun_and_self_launched_alike(tmp_path):
+    digits = str(Path(__file__).parents[1] / "examples" / "digits.py")
+    args = ["--strategy", "ddp", "--epochs", "3", "--root", "run"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    torchrun = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", digits,
+                    *args], tmp_path / "a")
+    plain = run([sys.executable, digits, *args, "--devices", "2"], tmp_path / "b")
+    first, second = torchrun.stdout.splitlines()[-1], plain.stdout.splitlines()[-1]
+    assert first.startswith("val_acc=") and first == second  # printed once (rank 0), the same both ways
+    assert torchrun.stdout.count("val_acc=") == 1
