@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 from typing import Any
 
 import torch
@@ -89,23 +88,25 @@ class DDP(SingleProcess):
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self._preempt_flag: torch.Tensor | None = None
         self._preempt_work: Any = None
+        self._solo: Any = None  # the world-of-one environment, when no launcher started us
 
     @property
     def env(self) -> Any:
+        """The launcher's environment; without one (devices=1, plain python), a world of one on localhost."""
         from .distributed import DistributedEnv
 
-        return DistributedEnv.from_environ()
+        return DistributedEnv.from_environ() or self._solo
 
     def launch_if_needed(self) -> None:
         """In a plain ``python script.py`` parent: run the script in ``devices`` workers, then exit with their code."""
-        from .distributed import launch_workers, should_launch
+        from .distributed import DistributedEnv, launch_workers, should_launch
 
-        env = self.env
+        env = DistributedEnv.from_environ()
         if should_launch(self.devices, env):
             raise SystemExit(launch_workers(self.devices))
-        if env is None:  # devices=1 and no launcher: a world of one, still through DDP, so both paths are the same
-            os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+        if env is None and self._solo is None:  # devices=1, no launcher: a world of one, still through DDP
+            self._solo = DistributedEnv(rank=0, world_size=1, local_rank=0, local_world_size=1,
+                                        master_addr="127.0.0.1", master_port=_free_port())
 
     def setup(self, device: torch.device) -> torch.device:
         import atexit
@@ -182,10 +183,11 @@ def check_strategy_mode(module: Any, setup: Any, strategy: SingleProcess) -> Non
     """What DDP runs today: automatic optimization with one optimizer (say so at fit() start, not mid-run)."""
     if not isinstance(strategy, DDP):
         return
-    if not module.automatic_optimization or len(setup.optimizers) != 1:
+    uses = ("manual optimization" if not module.automatic_optimization
+            else f"{len(setup.optimizers)} optimizers" if len(setup.optimizers) != 1 else None)
+    if uses is not None:
         raise ConfigError(f"strategy='ddp' supports automatic optimization with one optimizer so far; "
-                          f"{type(module).__name__} uses {'manual optimization' if not module.automatic_optimization else f'{len(setup.optimizers)} optimizers'}. "
-                          "Run it with strategy='auto' (one process).")
+                          f"{type(module).__name__} uses {uses}. Run it with strategy='auto' (one process).")
     if inspect.isgeneratorfunction(type(module).training_step):
         raise ConfigError("strategy='ddp' does not run a generator (yield) training_step yet; return the loss, "
                           "or use strategy='auto'.")
