@@ -5,7 +5,7 @@ dropout, gradient accumulation over 3 batches, validation twice per epoch,
 ReduceLROnPlateau on the validation loss, a logged epoch mean, a CSV log, and
 a checkpoint after every optimizer step.  Usage::
 
-    python tests/_kill_classifier.py ROOT [--resume latest]
+    python tests/_kill_classifier.py ROOT [--resume latest] [--accelerator cuda] [--precision bf16-mixed]
 
 writes ROOT/checkpoints/*.ckpt while it runs and ROOT/final.ckpt at the end.
 """
@@ -63,6 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("root")
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--precision", default="32")
     args = parser.parse_args()
     root = Path(args.root)
     torch.set_num_threads(1)
@@ -70,7 +72,8 @@ def main() -> None:
                             seed=3)
     val = ResumableLoader(DataLoader(NoisyPoints(64, seed=2), batch_size=32, num_workers=2), seed=4)
     saver = ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=1, save_top_k=4)
-    trainer = Trainer(max_epochs=2, seed=5, accumulate_grad_batches=3, val_check_interval=0.5,
+    trainer = Trainer(accelerator=args.accelerator, precision=args.precision, deterministic=True,
+                      max_epochs=2, seed=5, accumulate_grad_batches=3, val_check_interval=0.5,
                       num_sanity_val_steps=0, enable_progress_bar=False, default_root_dir=root,
                       log_every_n_steps=2, callbacks=[saver])
     trainer.fit(Classifier(), train, val, ckpt_path=args.resume)

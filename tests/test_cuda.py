@@ -32,3 +32,50 @@ def test_deterministic_cuda_runs_are_bit_identical():
         t.fit(module, real_loader())
         results.append([p.detach().cpu() for p in module.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+# -- exact resume on one GPU (deterministic algorithms) -----------------------------------------------------
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_kill_9_anywhere_on_cuda_resumes_bit_identical(tmp_path, precision):
+    """The kill -9 run of tests/test_kill_resume.py (accumulation over 3 batches among its features) on a GPU."""
+    import sys
+    from pathlib import Path
+
+    from statemachine_trainer.testing import assert_kill_resume_exact
+
+    script = Path(__file__).parent / "_kill_classifier.py"
+    command = [sys.executable, str(script), ".", "--accelerator", "cuda", "--precision", precision]
+    for checkpoint in (4, 11):  # 4: inside the first accumulation window's aftermath; 11: past a mid-epoch validation
+        assert_kill_resume_exact(command, tmp_path / f"at-{checkpoint}", checkpoint, delay=0.005)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize(("hook", "call"), [("on_before_optimizer_step", 3), ("on_after_backward", 2)],
+                         ids=["between-two-optimizers", "mid-accumulation"])
+def test_resume_between_optimizers_and_mid_accumulation_on_cuda(tmp_path, precision, hook, call):
+    from statemachine_trainer import Trainer
+    from statemachine_trainer.data import ResumableLoader
+    from statemachine_trainer.testing import assert_resume_exact
+
+    def make_trainer(callbacks):
+        return Trainer(accelerator="cuda", precision=precision, deterministic=True, max_epochs=2, seed=3,
+                       accumulate_grad_batches=2 if hook == "on_after_backward" else 1, enable_progress_bar=False,
+                       logger=False, enable_checkpointing=False, callbacks=callbacks)
+
+    module = YieldGAN if hook == "on_before_optimizer_step" else Classifier
+    data = real_loader if module is YieldGAN else make_loader
+    assert_resume_exact(module, make_trainer, lambda: (ResumableLoader(data(), seed=1),), hook, call, tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices for NCCL")
+def test_ddp_on_two_gpus_runs_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    digits = Path(__file__).parents[1] / "examples" / "digits.py"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(digits), "--strategy", "ddp", "--epochs", "3", "--root", "run"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1].startswith("val_acc=")

@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 GAN_ARGS = ("--root", ".", "--epochs", "2", "--checkpoint-every", "4", "--seed", "1")
 RUNS = {
     "classifier": [sys.executable, str(ROOT / "tests" / "_kill_classifier.py"), "."],
+    "classifier_bf16": [sys.executable, str(ROOT / "tests" / "_kill_classifier.py"), ".", "--precision", "bf16-mixed"],
     "gan_yield": [sys.executable, str(ROOT / "examples" / "gan_yield.py"), *GAN_ARGS],
     "manual_gan": [sys.executable, str(ROOT / "examples" / "manual_gan.py"), *GAN_ARGS],
 }
-CHECKPOINTS = {"classifier": 20, "gan_yield": 32, "manual_gan": 24}  # how many each run writes
+CHECKPOINTS = {"classifier": 20, "classifier_bf16": 20, "gan_yield": 32, "manual_gan": 24}  # how many each run writes
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,15 @@ def test_classifier_killed_anywhere_resumes_bit_identical(references, tmp_path_f
     log = Path("logs") / "version_0" / "metrics.csv"
     assert (killed / log).read_text() == (references["classifier"] / log).read_text()
     assert not (killed / "logs" / "version_1").exists()
+
+
+@GAN_SETTINGS
+@given(point=kill_points(max_checkpoint=CHECKPOINTS["classifier_bf16"] - 2))
+def test_bf16_mixed_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, point):
+    """Autocast (bf16 on CPU here; tests/test_cuda.py repeats it on a GPU with 16-mixed's GradScaler too)."""
+    killed = _kill_and_resume(references, tmp_path_factory, "classifier_bf16", point)
+    assert _diff_cli(references["classifier_bf16"] / "final.ckpt", killed / "final.ckpt").returncode == 0
+    assert _diff_cli(references["classifier"] / "final.ckpt", killed / "final.ckpt").returncode == 1  # bf16 counts
 
 
 @GAN_SETTINGS
