@@ -195,6 +195,7 @@ class Trainer:
 
     def predict(self, module: TrainingModule, dataloaders: Any = None,
                 ckpt_path: str | os.PathLike[str] | None = None) -> list[Any]:
+        self.strategy.launch_if_needed()
         check_module(module, "predict_step", "predict")
         loader = self._loader(module, dataloaders, "predict", required=True)
         self._prepare("predict", module, {"predict": loader}, None)
@@ -207,6 +208,7 @@ class Trainer:
 
     def _evaluate(self, stage: str, module: TrainingModule, dataloaders: Any,
                   ckpt_path: str | os.PathLike[str] | None) -> dict[str, float]:
+        self.strategy.launch_if_needed()  # e.g. trainer.test(...) alone in a script run with devices=N
         step = "validation_step" if stage == "validate" else "test_step"
         check_module(module, step, stage)
         loader = self._loader(module, dataloaders, stage, required=True)
@@ -483,7 +485,7 @@ class Trainer:
             seed_everything(self.seed + self.strategy.rank)
         module.to(self.device)
         self.module, module._trainer, self.state = module, self, stage
-        self.results = Results()
+        self.results = Results(self.strategy.reduce)
         self._make_sources(stage, loaders)
         self.optimization = None if setup is None else Optimization(
             module, setup, self.precision, None, self.results, self.accumulate_grad_batches,
@@ -492,9 +494,10 @@ class Trainer:
             callback.setup(self, module, stage)
         # After setup, so a callback that switched itself off there (enabled = False) costs nothing.
         self.hooks = HookRelay(module, [cb for cb in self.callbacks if cb.enabled], self, self.results)
+        forward_step = self.strategy.wrap_step(module, self.device)  # DDP: also gives every rank rank 0's weights
         if self.optimization is not None:
             self.optimization.hooks = self.hooks
-            self.optimization.forward_step = self.strategy.wrap_step(module, self.device)
+            self.optimization.forward_step = forward_step
             self.optimization.no_sync = self.strategy.no_sync
             self.manual_optimizers = tuple(ManualOptimizer(opt, self.optimization, self._manual_progress)
                                            for opt in setup.optimizers)

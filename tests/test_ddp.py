@@ -134,3 +134,34 @@ def test_the_digits_example_runs_under_torchrun_and_self_launched_alike(tmp_path
     first, second = torchrun.stdout.splitlines()[-1], plain.stdout.splitlines()[-1]
     assert first.startswith("val_acc=") and first == second  # printed once (rank 0), the same both ways
     assert torchrun.stdout.count("val_acc=") == 1
+
+
+def test_a_loader_that_keeps_its_own_position_is_delegated_to_unsharded():
+    class Stateful:
+        """A loader with torchdata's StatefulDataLoader protocol, sharding itself (e.g. its own sampler)."""
+
+        def __iter__(self):
+            return iter([torch.zeros(1)])
+
+        def __len__(self):
+            return 1
+
+        def state_dict(self):
+            return {"position": 0}
+
+        def load_state_dict(self, state):
+            pass
+
+    loader = ResumableLoader(Stateful())
+    assert loader.shard(1, 2) is loader  # per rank, as it is: its own state_dict is saved in the rank's part
+
+
+def test_validate_alone_shares_rank_zeros_weights_and_sync_dist_reduces_over_ranks(tmp_path):
+    done = run([sys.executable, str(Path(__file__).parent / "_ddp_validate.py")], tmp_path)
+    rows = sorted(line.split() for line in done.stdout.splitlines() if line[:2] in ("0 ", "1 "))
+    assert [row[0] for row in rows] == ["0", "1"]
+    (_, checksum0, value0, local0), (_, checksum1, value1, local1) = rows
+    assert checksum0 == checksum1  # DDP gave rank 1 rank 0's (unseeded) weights
+    # Rows 0,2,4,6,8 on rank 0 and 1,3,5,7,9 on rank 1, each row three copies of its index:
+    assert (float(local0), float(local1)) == (60.0, 75.0)  # per-batch sums, not synced: each rank's own
+    assert float(value0) == float(value1) == 67.5  # sync_dist: the mean over both ranks' batches

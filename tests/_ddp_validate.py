@@ -1,0 +1,32 @@
+"""validate() alone under strategy="ddp" (tests/test_ddp.py): unseeded weights, a rank-dependent value logged
+with sync_dist; prints "rank weights-checksum value" per rank."""
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from statemachine_trainer import Trainer, TrainingModule
+
+
+class Module(TrainingModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(3, 1)  # not seeded: every process starts with different weights
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("value", batch[0].sum(), sync_dist=True)  # unshuffled shards: rank 0 gets rows 0,2,..; rank 1 1,3,..
+        self.log("local", batch[0].sum())  # not synced: stays this rank's own
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+trainer = Trainer(strategy="ddp", devices=2, accelerator="cpu", logger=False, enable_progress_bar=False)
+data = TensorDataset(torch.arange(10.0).repeat_interleave(3).view(10, 3))
+module = Module()
+(result,) = trainer.validate(module, DataLoader(data, batch_size=5))
+checksum = float(sum(p.detach().double().sum() for p in module.parameters()))
+print(trainer.strategy.rank, f"{checksum:.6f}", result["value"], result["local"], flush=True)
