@@ -1,5 +1,7 @@
 """validate() alone under strategy="ddp" (tests/test_ddp.py): unseeded weights, a rank-dependent value logged
-with sync_dist; prints "rank weights-checksum value" per rank."""
+with sync_dist; each rank writes "weights-checksum value local" to rank-<r>.txt in the working directory."""
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,4 +31,4 @@ data = TensorDataset(torch.arange(10.0).repeat_interleave(3).view(10, 3))
 module = Module()
 (result,) = trainer.validate(module, DataLoader(data, batch_size=5))
 checksum = float(sum(p.detach().double().sum() for p in module.parameters()))
-print(trainer.strategy.rank, f"{checksum:.6f}", result["value"], result["local"], flush=True)
+Path(f"rank-{trainer.strategy.rank}.txt").write_text(f"{checksum:.6f} {result['value']} {result['local']}\n")
