@@ -156,6 +156,8 @@ def parse_args(doc: str, epochs: int, extra: tuple[tuple[str, type, Any, str], .
                         "to ROOT/final.ckpt (default: write nothing)")
     parser.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints")
     parser.add_argument("--resume", default=None, help="a checkpoint to resume from, or 'latest' (needs --root)")
+    parser.add_argument("--strategy", default="auto", choices=("auto", "ddp"), help="'ddp': one process per device")
+    parser.add_argument("--devices", type=int, default=1, help="processes to start with --strategy ddp")
     for flag, kind, default, text in extra:
         parser.add_argument(flag, type=kind, default=default, help=text)
     return parser.parse_args()
@@ -169,14 +171,18 @@ def train_and_report(module: GAN, loader: ResumableLoader, args: argparse.Namesp
     if args.root is not None:  # without --root, a toy run: nothing is written to disk
         callbacks.append(ModelCheckpoint(dirpath=Path(args.root) / "checkpoints", save_top_k=3,
                                          every_n_train_steps=args.checkpoint_every))
+    # Under DDP each rank draws its own noise (the Trainer seeds seed + rank); one process keeps build()'s RNG.
     trainer = Trainer(max_epochs=args.epochs, fast_dev_run=2 if args.fast_dev_run else False, logger=False,
                       enable_checkpointing=args.root is not None, callbacks=callbacks,
-                      default_root_dir=args.root)
+                      default_root_dir=args.root, strategy=args.strategy, devices=args.devices,
+                      seed=args.seed if args.strategy == "ddp" else None)
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=args.resume)
     seconds = time.perf_counter() - start
     if args.root is not None:
         trainer.save_checkpoint(Path(args.root) / "final.ckpt")  # what `statemachine-trainer diff` compares
+    if not trainer.is_global_zero:
+        return  # under DDP every rank holds the same generator: one report
     after = mode_quality(module.sample(2000, seed=args.seed + 1))  # the same noise as `before`
     metrics = trainer.callback_metrics
     print(f"{trainer.global_step} optimizer steps in {seconds:.1f}s; last g_loss {float(metrics['g_loss']):.3f}, "

@@ -47,10 +47,18 @@ class Optimization:
         self.stepped = False  # whether any optimizer stepped on the current batch
         self._all = range(len(self.optimizers))
         self._active: Any = self._all
-        # The strategy's: training_step, called through DDP under strategy="ddp", and its no_sync() for the
-        # micro-batches of an accumulation window.
+        # The strategy's: training_step (called through DDP under strategy="ddp" when a step runs one backward),
+        # its gate for each loss (DDP, several backwards per step) and its no_sync() for the micro-batches of an
+        # accumulation window.
         self.forward_step: Callable[..., Any] = module.training_step
+        self.gate: Callable[[torch.Tensor], torch.Tensor] = _identity
         self.no_sync: Callable[[], Any] = contextlib.nullcontext
+
+    @property
+    def one_backward(self) -> bool:
+        """Whether every step runs exactly one backward: automatic, one optimizer, a step that returns its loss."""
+        return (self.module.automatic_optimization and len(self.optimizers) == 1
+                and not inspect.isgeneratorfunction(type(self.module).training_step))
 
     # -- per batch -----------------------------------------------------------------------
     def begin_batch(self, batch_idx: int, batch_number: int, is_last_batch: bool, resumed: bool = False) -> None:
@@ -144,6 +152,7 @@ class Optimization:
 
     # -- shared with manual optimization -------------------------------------------------
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        loss = self.gate(loss)
         self.hooks.on_before_backward(loss)
         self.precision.backward(loss, *args, **kwargs)
         self.hooks.on_after_backward()
@@ -196,6 +205,10 @@ class ManualOptimizer:
 
     def __repr__(self) -> str:
         return f"ManualOptimizer({self.optimizer!r})"
+
+
+def _identity(loss: torch.Tensor) -> torch.Tensor:
+    return loss
 
 
 def takes_optimizer_idx(step: Callable[..., Any]) -> bool:

@@ -7,11 +7,19 @@ process per device under ``torch.distributed``:
   are; from a plain ``python script.py`` with ``devices=N`` the process
   becomes torch's elastic agent, re-runs the script in N workers and exits
   with their status (it never trains itself);
-* **the step** -- ``training_step`` is called *through* DistributedDataParallel
-  (a thin ``nn.Module`` whose ``forward`` is the step), so DDP's reducer sees
-  the forward it needs and all-reduces gradients in backward; inside a
-  gradient-accumulation window ``no_sync()`` keeps the micro-batches local
-  and only the window's last backward all-reduces;
+* **the step** -- DDP's contract is one backward per forward through the
+  wrapper.  With automatic optimization and one optimizer, ``training_step``
+  *is* that forward (a thin ``nn.Module`` whose ``forward`` runs the step) and
+  DDP all-reduces the gradients in the backward.  Where a step runs several
+  backwards -- several optimizers, a generator step, manual optimization --
+  each loss passes through DDP's forward just before its backward (the
+  *loss gate*, :meth:`DDP.gate`): DDP then finds, from that loss's graph,
+  which parameters it reaches, all-reduces their gradients in that backward
+  and leaves the others' gradients alone (``find_unused_parameters``).  So
+  every optimizer steps on gradients averaged over the ranks, whatever order
+  the step runs its backwards in.  Inside a gradient-accumulation window
+  ``no_sync()`` keeps the micro-batches local and only the window's last
+  backward all-reduces;
 * **data** -- every training and validation loader is sharded (a
   :class:`~statemachine_trainer.data.ResumableLoader` with this rank's part of
   the seeded permutation, DistributedSampler's padding rule);
@@ -24,7 +32,7 @@ process per device under ``torch.distributed``:
 from __future__ import annotations
 
 import contextlib
-import inspect
+import functools
 from typing import Any
 
 import torch
@@ -47,8 +55,13 @@ class SingleProcess:
     def setup(self, device: torch.device) -> torch.device:
         return device
 
-    def wrap_step(self, module: torch.nn.Module, device: torch.device) -> Any:
+    def wrap_step(self, module: torch.nn.Module, device: torch.device, one_backward: bool = True) -> Any:
+        """The training_step to call; ``one_backward``: whether each step runs exactly one backward."""
         return module.training_step
+
+    def gate(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to backpropagate (the identity: nothing to synchronize)."""
+        return loss
 
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -66,15 +79,24 @@ class SingleProcess:
         """Nothing to leave."""
 
 
-class _StepForward(torch.nn.Module):
-    """The module with ``training_step`` as its ``forward``: what DDP wraps, so the step runs through DDP."""
+class _Forward(torch.nn.Module):
+    """What DDP wraps: the module, with a ``forward`` that runs whatever computes the loss to backpropagate.
+
+    That is ``training_step`` itself (one backward per step) or, for the loss
+    gate, the identity on a loss already computed: DDP needs its forward to
+    see the output that backward starts from, not to run the model.
+    """
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, *args: Any) -> Any:
-        return self.module.training_step(*args)
+    def forward(self, compute: Any, *args: Any) -> Any:
+        return compute(*args)
+
+
+def _identity(loss: torch.Tensor) -> torch.Tensor:
+    return loss
 
 
 class DDP(SingleProcess):
@@ -86,6 +108,7 @@ class DDP(SingleProcess):
     def __init__(self, devices: int, accelerator: str) -> None:
         self.devices, self.accelerator = devices, accelerator
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        self._gated = False  # whether losses pass the gate (several backwards per step)
         self._preempt_flag: torch.Tensor | None = None
         self._preempt_work: Any = None
         self._solo: Any = None  # the world-of-one environment, when no launcher started us
@@ -119,10 +142,28 @@ class DDP(SingleProcess):
         atexit.register(self.teardown)  # fit, validate and test share the group; leave it once, at exit
         return joined
 
-    def wrap_step(self, module: torch.nn.Module, device: torch.device) -> Any:
+    def wrap_step(self, module: torch.nn.Module, device: torch.device, one_backward: bool = True) -> Any:
+        """Wrap ``module`` in DDP (which gives every rank rank 0's weights); return the step to call.
+
+        One backward per step: the step runs through DDP's forward.  Several:
+        the step is called as it is and :meth:`gate` hands each loss to DDP;
+        a backward then reaches only some parameters (the others are frozen by
+        ``toggle_optimizer``, or belong to another loss), which is what
+        ``find_unused_parameters`` is for.
+        """
         device_ids = [device.index] if device.type == "cuda" else None
-        self.ddp = torch.nn.parallel.DistributedDataParallel(_StepForward(module), device_ids=device_ids)
-        return self.ddp
+        self._gated = not one_backward
+        self.ddp = torch.nn.parallel.DistributedDataParallel(_Forward(module), device_ids=device_ids,
+                                                             find_unused_parameters=self._gated)
+        if self._gated:
+            return module.training_step
+        return functools.partial(self.ddp, module.training_step)
+
+    def gate(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` through DDP's forward, so the backward that follows all-reduces the gradients it writes."""
+        if not self._gated or self.ddp is None:
+            return loss
+        return self.ddp(_identity, loss)
 
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
@@ -179,20 +220,6 @@ def launched_rank_zero(strategy: SingleProcess) -> bool:
     return env is None or env.rank == 0
 
 
-def check_strategy_mode(module: Any, setup: Any, strategy: SingleProcess) -> None:
-    """What DDP runs today: automatic optimization with one optimizer (say so at fit() start, not mid-run)."""
-    if not isinstance(strategy, DDP):
-        return
-    uses = ("manual optimization" if not module.automatic_optimization
-            else f"{len(setup.optimizers)} optimizers" if len(setup.optimizers) != 1 else None)
-    if uses is not None:
-        raise ConfigError(f"strategy='ddp' supports automatic optimization with one optimizer so far; "
-                          f"{type(module).__name__} uses {uses}. Run it with strategy='auto' (one process).")
-    if inspect.isgeneratorfunction(type(module).training_step):
-        raise ConfigError("strategy='ddp' does not run a generator (yield) training_step yet; return the loss, "
-                          "or use strategy='auto'.")
-
-
 def make_strategy(strategy: str | None, devices: int, accelerator: str) -> SingleProcess:
     if strategy in (None, "auto", "single"):
         if devices != 1:
@@ -203,7 +230,6 @@ def make_strategy(strategy: str | None, devices: int, accelerator: str) -> Singl
             raise ConfigError(f"devices={devices!r} must be an int >= 1: the number of processes on this machine.")
         return DDP(devices, accelerator)
     raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process) or 'ddp' (torch DistributedDataParallel).")
-
 
 
 def _free_port() -> int:

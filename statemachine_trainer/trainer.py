@@ -43,7 +43,7 @@ from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
 from ._preemption import Preempted, PreemptionGuard
 from ._results import Results
-from ._strategy import check_strategy_mode, launched_rank_zero, make_strategy
+from ._strategy import launched_rank_zero, make_strategy
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .loops._base import TrainerLoop
 from .loops._data import BatchSource, count_batches
@@ -170,7 +170,6 @@ class Trainer:
                               "validation_step; define it, or do not pass validation data.")
         setup = parse_optimizers(module.configure_optimizers())
         check_optimization_mode(module, setup, self)
-        check_strategy_mode(module, setup, self.strategy)
         self._prepare("fit", module, {"train": train, "validate": val}, setup)
         self._pending_saves = []  # nothing left over from an earlier, failed fit
         self.fit_loop.observe(self._at_boundary)  # checkpoint requests and preemption act at boundaries
@@ -494,10 +493,13 @@ class Trainer:
             callback.setup(self, module, stage)
         # After setup, so a callback that switched itself off there (enabled = False) costs nothing.
         self.hooks = HookRelay(module, [cb for cb in self.callbacks if cb.enabled], self, self.results)
-        forward_step = self.strategy.wrap_step(module, self.device)  # DDP: also gives every rank rank 0's weights
+        one_backward = self.optimization is None or self.optimization.one_backward
+        # DDP: also gives every rank rank 0's weights
+        forward_step = self.strategy.wrap_step(module, self.device, one_backward)
         if self.optimization is not None:
             self.optimization.hooks = self.hooks
             self.optimization.forward_step = forward_step
+            self.optimization.gate = self.strategy.gate
             self.optimization.no_sync = self.strategy.no_sync
             self.manual_optimizers = tuple(ManualOptimizer(opt, self.optimization, self._manual_progress)
                                            for opt in setup.optimizers)

@@ -164,3 +164,40 @@ def test_validate_alone_shares_rank_zeros_weights_and_sync_dist_reduces_over_ran
     # Rows 0,2,4,6,8 on rank 0 and 1,3,5,7,9 on rank 1, each row three copies of its index:
     assert (float(local0), float(local1)) == (60.0, 75.0)  # per-batch sums, not synced: each rank's own
     assert float(value0) == float(value1) == 67.5  # sync_dist: the mean over both ranks' batches
+
+
+# -- several backwards per step: every optimizer steps on gradients averaged over the ranks -------------------
+GAN_SCRIPT = str(Path(__file__).parent / "_ddp_gan.py")
+
+
+def _rank_digests(cwd: Path, *runs: tuple[str, ...]) -> list[list[tuple[str, str]]]:
+    """Start tests/_ddp_gan.py once per argument tuple, all at once; per run, each rank's (generator,
+    discriminator) parameter digests, rank 0 first."""
+    dirs = [cwd / f"run-{i}" for i in range(len(runs))]
+    started = []
+    for directory, args in zip(dirs, runs):
+        directory.mkdir()
+        started.append(subprocess.Popen([sys.executable, GAN_SCRIPT, *args], cwd=directory, text=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    for process in started:
+        _, err = process.communicate(timeout=TIMEOUT)
+        assert process.returncode == 0, err[-3000:]
+    return [[tuple(path.read_text().split()) for path in sorted(d.glob("rank-*.txt"))] for d in dirs]
+
+
+@pytest.mark.parametrize(("mode", "accumulate"), [("yield", "1"), ("manual", "1"), ("index", "3")],
+                         ids=["generator", "manual", "optimizer_idx-accumulate3"])
+def test_every_backward_of_a_step_is_averaged_over_the_ranks(tmp_path, mode, accumulate):
+    """A GAN step runs two backwards; DDP's loss gate all-reduces each.  The same data on both ranks must give
+    exactly one process's result (an average, not a sum, of both models' gradients); each rank its own shard
+    must still leave both ranks with the same weights (so the gradients were synced)."""
+    flags = (mode, "--accumulate", accumulate)
+    alone, same, sharded = _rank_digests(tmp_path, (*flags, "--devices", "1"), (*flags, "--same-data"), flags)
+    assert same == alone * 2
+    assert len(sharded) == 2 and sharded[0] == sharded[1] != alone[0]
+
+
+def test_without_the_loss_gate_the_ranks_drift_apart(tmp_path):
+    """The control for the test above: with the gate switched off, nothing syncs the two models' gradients."""
+    ((g0, d0), (g1, d1)), = _rank_digests(tmp_path, ("manual", "--ungated"))
+    assert g0 != g1 and d0 != d1

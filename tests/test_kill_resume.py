@@ -1,6 +1,6 @@
 """kill -9 a whole training process at a drawn moment, resume with ``--resume latest``: bit-identical.
 
-Three runs, each killed (SIGKILL to its process group: the trainer and its
+Each run is killed (SIGKILL to its process group: the trainer and its
 dataloader workers) at a moment Hypothesis draws -- some milliseconds after
 its n-th checkpoint, which lands kills inside steps, inside validation and
 inside the next checkpoint's write -- then resumed from the newest valid
@@ -11,7 +11,8 @@ diff`` finds bit-identical to an uninterrupted run's:
   processes, dropout, accumulate_grad_batches=3, mid-epoch validation,
   ReduceLROnPlateau, CSV log (whose rows must match too);
 * ``examples/gan_yield.py`` (generator ``training_step``) and
-  ``examples/manual_gan.py`` (manual optimization), as users run them.
+  ``examples/manual_gan.py`` (manual optimization), as users run them, in
+  one process and in two (``--strategy ddp --devices 2``).
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ from statemachine_trainer.testing import assert_kill_resume_exact, kill_points
 
 ROOT = Path(__file__).resolve().parents[1]
 GAN_ARGS = ("--root", ".", "--epochs", "2", "--checkpoint-every", "4", "--seed", "1")
+DDP_ARGS = ("--strategy", "ddp", "--devices", "2")
 RUNS = {
     "classifier": [sys.executable, str(ROOT / "tests" / "_kill_classifier.py"), "."],
     "classifier_bf16": [sys.executable, str(ROOT / "tests" / "_kill_classifier.py"), ".", "--precision", "bf16-mixed"],
     "gan_yield": [sys.executable, str(ROOT / "examples" / "gan_yield.py"), *GAN_ARGS],
     "manual_gan": [sys.executable, str(ROOT / "examples" / "manual_gan.py"), *GAN_ARGS],
+    # Two processes (self-launched): every backward of a step all-reduced through DDP's loss gate.
+    "gan_yield_ddp": [sys.executable, str(ROOT / "examples" / "gan_yield.py"), *GAN_ARGS, *DDP_ARGS],
+    "manual_gan_ddp": [sys.executable, str(ROOT / "examples" / "manual_gan.py"), *GAN_ARGS, *DDP_ARGS],
 }
-CHECKPOINTS = {"classifier": 20, "classifier_bf16": 20, "gan_yield": 32, "manual_gan": 24}  # how many each run writes
+CHECKPOINTS = {"classifier": 20, "classifier_bf16": 20, "gan_yield": 32, "manual_gan": 24,  # how many each writes
+               "gan_yield_ddp": 16, "manual_gan_ddp": 12}  # each rank has half the batches
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +109,20 @@ def test_gan_yield_killed_anywhere_resumes_bit_identical(references, tmp_path_fa
 def test_manual_gan_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, point):
     killed = _kill_and_resume(references, tmp_path_factory, "manual_gan", point)
     assert _diff_cli(references["manual_gan"] / "final.ckpt", killed / "final.ckpt").returncode == 0
+
+
+@GAN_SETTINGS
+@given(point=kill_points(max_checkpoint=CHECKPOINTS["gan_yield_ddp"] - 2))
+def test_gan_yield_under_ddp_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, point):
+    killed = _kill_and_resume(references, tmp_path_factory, "gan_yield_ddp", point)
+    assert _diff_cli(references["gan_yield_ddp"] / "final.ckpt", killed / "final.ckpt").returncode == 0
+
+
+@GAN_SETTINGS
+@given(point=kill_points(max_checkpoint=CHECKPOINTS["manual_gan_ddp"] - 2))
+def test_manual_gan_under_ddp_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, point):
+    killed = _kill_and_resume(references, tmp_path_factory, "manual_gan_ddp", point)
+    assert _diff_cli(references["manual_gan_ddp"] / "final.ckpt", killed / "final.ckpt").returncode == 0
 
 
 def test_diff_fails_on_runs_that_differ(references):

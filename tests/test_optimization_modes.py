@@ -337,3 +337,16 @@ def test_bf16_mixed_trains_on_cpu():
     fit(module, make_loader(), precision="bf16-mixed")
     assert sum(module.losses[-6:]) < sum(module.losses[:6])
     assert all(p.dtype == torch.float32 for p in module.parameters())  # autocast leaves the weights in fp32
+
+
+@pytest.mark.parametrize("cls", [YieldGAN, ManualGAN, IndexGAN], ids=["generator", "manual", "optimizer_idx"])
+def test_gan_modes_under_ddp_in_a_world_of_one_match_one_process(cls):
+    """DDP's loss gate (each backward's loss through DDP's forward) changes no number; tests/test_ddp.py shows
+    it averages over two ranks."""
+    from statemachine_trainer.data import ResumableLoader
+
+    alone, ddp = cls(), cls()
+    ddp.load_state_dict(alone.state_dict())
+    fit(alone, ResumableLoader(real_loader(), seed=5))
+    fit(ddp, ResumableLoader(real_loader(), seed=5), strategy="ddp", devices=1)
+    assert_same(alone, ddp)

@@ -182,17 +182,3 @@ def test_bad_log_calls_name_the_key():
 def test_bad_strategy_flags_fail_at_construction(flags, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         Trainer(**flags)
-
-
-@pytest.mark.parametrize(("module", "fragment"), [
-    ("manual", "uses manual optimization"), ("generator", "YieldGAN uses 2 optimizers"),
-])
-def test_ddp_refuses_what_it_does_not_run_yet_before_joining_a_group(module, fragment):
-    import torch.distributed as dist
-
-    from .test_optimization_modes import ManualGAN, YieldGAN, real_loader
-
-    trainer = Trainer(strategy="ddp", devices=1, enable_progress_bar=False, logger=False)
-    with pytest.raises(ConfigError, match=re.escape(fragment)):
-        trainer.fit(ManualGAN() if module == "manual" else YieldGAN(), real_loader())
-    assert not dist.is_initialized()
