@@ -3,6 +3,7 @@
 Run:  python examples/gan_yield.py [--seed N] [--epochs E] [--fast-dev-run]
       python examples/gan_yield.py --root runs/gan          # checkpoints; kill it any time, then
       python examples/gan_yield.py --root runs/gan --resume latest
+      python examples/gan_yield.py --strategy ddp --devices 2    # two processes (DDP), also with --root
 
 The target is a ring of eight 2-D Gaussians (the classic toy GAN benchmark).
 A generator maps noise to points; a discriminator tells real points from

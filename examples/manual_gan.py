@@ -2,6 +2,7 @@
 
 Run:  python examples/manual_gan.py [--seed N] [--epochs E] [--g-every K] [--fast-dev-run]
       python examples/manual_gan.py --root runs/manual_gan [--resume latest]   # checkpoints, exact resume
+      python examples/manual_gan.py --strategy ddp --devices 2    # two processes (DDP), also with --root
 
 With ``automatic_optimization = False`` the Trainer calls ``training_step`` once
 per batch (its ``ManualLoop``) and does nothing else: the step itself runs
