@@ -31,7 +31,7 @@ class IndexGAN(GAN):
 
     def training_step(self, batch, batch_idx, optimizer_idx):
         (real,) = batch
-        fake = self.generator(torch.randn(len(real), self.latent_dim))
+        fake = self.generator(torch.randn(len(real), self.latent_dim, device=real.device))
         if optimizer_idx == 0:
             return self.generator_loss(fake)
         return self.discriminator_loss(real, fake.detach())
@@ -43,7 +43,7 @@ MODULES = {"yield": GAN, "manual": ManualGAN, "index": IndexGAN}
 def digest(module: torch.nn.Module) -> str:
     hasher = hashlib.sha256()
     for tensor in module.state_dict().values():
-        hasher.update(tensor.detach().contiguous().numpy().tobytes())
+        hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return hasher.hexdigest()[:16]
 
 

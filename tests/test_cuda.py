@@ -79,3 +79,18 @@ def test_ddp_on_two_gpus_runs_under_torchrun(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1].startswith("val_acc=")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices for NCCL")
+def test_manual_gan_on_two_gpus_syncs_both_backwards(tmp_path):
+    """NCCL and DDP's loss gate: manual optimization, two backwards per step; both ranks end equal."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "_ddp_gan.py"
+    done = subprocess.run([sys.executable, str(script), "manual"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    digests = [path.read_text() for path in sorted(tmp_path.glob("rank-*.txt"))]
+    assert len(digests) == 2 and digests[0] == digests[1]
