@@ -86,9 +86,14 @@ def preempt(rank: int) -> None:
     """Wait for SIGTERM (forwarded by the parent's agent), agree on it with any_rank, exit 75 as the Trainer does."""
     requested = []
     signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signum))
-    print(f"ready {rank}", flush=True)
+    # One write() of the whole line: the workers share the parent's stdout, and print() writes the text and the
+    # newline separately (unbuffered under the agent), so two ranks' lines could interleave as "ready 1ready 0".
+    os.write(sys.stdout.fileno(), f"ready {rank}\n".encode())
     while not dist.any_rank(bool(requested)):
         time.sleep(0.05)
+    deadline = time.monotonic() + 10  # the agent signals its workers one after another: ours may be on its way
+    while not requested and time.monotonic() < deadline:
+        time.sleep(0.01)
     report(rank, signals=requested)
     sys.exit(75)
 

@@ -121,7 +121,11 @@ def test_preemption_signal_to_the_parent_reaches_workers_and_exits_75(tmp_path: 
                               stdout=subprocess.PIPE)
     try:
         assert set(read_lines(parent, 2, LIMIT)) == {"ready 0", "ready 1"}  # workers print to the parent's stdout
+    finally:
+        # Also when the assertion failed: the workers run in their own sessions and would outlive a killed agent,
+        # waiting for this signal (and holding the stdout pipe open) forever.
         parent.send_signal(signal.SIGTERM)
+    try:
         assert parent.wait(timeout=LIMIT) == 75
     finally:
         parent.kill()
