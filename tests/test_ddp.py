@@ -156,14 +156,15 @@ def test_a_loader_that_keeps_its_own_position_is_delegated_to_unsharded():
     assert loader.shard(1, 2) is loader  # per rank, as it is: its own state_dict is saved in the rank's part
 
 
-def test_validate_alone_shares_rank_zeros_weights_and_sync_dist_reduces_over_ranks(tmp_path):
+def test_validate_alone_shares_rank_zeros_weights_and_sync_dist_and_metrics_reduce_over_ranks(tmp_path):
     run([sys.executable, str(Path(__file__).parent / "_ddp_validate.py")], tmp_path)
-    (checksum0, value0, local0), (checksum1, value1, local1) = (
+    (checksum0, value0, local0, metric0), (checksum1, value1, local1, metric1) = (
         (tmp_path / f"rank-{rank}.txt").read_text().split() for rank in (0, 1))
     assert checksum0 == checksum1  # DDP gave rank 1 rank 0's (unseeded) weights
     # Rows 0,2,4,6,8 on rank 0 and 1,3,5,7,9 on rank 1, each row three copies of its index:
     assert (float(local0), float(local1)) == (60.0, 75.0)  # per-batch sums, not synced: each rank's own
     assert float(value0) == float(value1) == 67.5  # sync_dist: the mean over both ranks' batches
+    assert float(metric0) == float(metric1) == 4.5  # torchmetrics synced at compute: rank 0 alone would say 4.0
 
 
 # -- several backwards per step: every optimizer steps on gradients averaged over the ranks -------------------
