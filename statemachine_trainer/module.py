@@ -14,6 +14,7 @@ hands a loss to the next optimizer's backward and step.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -168,6 +169,16 @@ class TrainingModule(nn.Module):
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """``loss.backward()`` with the backward hooks and precision scaling; use it instead of ``backward``."""
         self._require_manual("manual_backward()").optimization.backward(loss, *args, **kwargs)
+
+    def no_backward_sync(self) -> contextlib.AbstractContextManager[None]:
+        """Inside it, ``manual_backward`` keeps the gradients on this rank: no all-reduce (strategy="ddp").
+
+        For gradient accumulation in manual optimization: run a window's first
+        backwards inside it and the last one outside; that backward's
+        all-reduce then averages the whole window's gradients, one all-reduce
+        instead of one per backward.  In one process it does nothing.
+        """
+        return self._require_manual("no_backward_sync()").strategy.no_sync()
 
     def toggle_optimizer(self, optimizer: Any) -> None:
         """Freeze every parameter not owned by ``optimizer`` (so one backward touches only its params)."""

@@ -8,6 +8,7 @@ every optimizer step and ``final.ckpt`` at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from statemachine_trainer import PREEMPTED_EXIT_CODE
+from statemachine_trainer import PREEMPTED_EXIT_CODE, Callback, Trainer, TrainingModule
 from statemachine_trainer.checkpoint import load_checkpoint_parts, read_manifest
 from statemachine_trainer.checkpoint._inspect import diff_checkpoints
 from statemachine_trainer.data import ResumableLoader
@@ -202,3 +203,61 @@ def test_without_the_loss_gate_the_ranks_drift_apart(tmp_path):
     """The control for the test above: with the gate switched off, nothing syncs the two models' gradients."""
     ((g0, d0), (g1, d1)), = _rank_digests(tmp_path, ("manual", "--ungated"))
     assert g0 != g1 and d0 != d1
+
+
+# -- manual accumulation: no_backward_sync() ------------------------------------------------------------------
+class _ManualAccumulation(TrainingModule):
+    """Manual optimization stepping every 2nd batch; with ``skip_sync`` the window's first backward stays local."""
+
+    automatic_optimization = False
+
+    def __init__(self, skip_sync: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net, self.skip_sync = torch.nn.Linear(3, 1), skip_sync
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        loss = self.net(batch[0]).pow(2).mean() / 2
+        closes = batch_idx % 2 == 1
+        with self.no_backward_sync() if self.skip_sync and not closes else contextlib.nullcontext():
+            self.manual_backward(loss)
+        if closes:
+            opt.step()
+            opt.zero_grad()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _CountAllReduces(Callback):
+    """Registers a DDP communication hook that counts the buckets all-reduced, then all-reduces them as usual."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_train_start(self, trainer, module):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def counting(state, bucket):
+            self.count += 1
+            return allreduce_hook(state, bucket)
+
+        trainer.strategy.ddp.register_comm_hook(None, counting)
+
+
+@pytest.mark.parametrize(("skip_sync", "all_reduces"), [(False, 8), (True, 4)])
+def test_no_backward_sync_keeps_a_manual_windows_first_backward_local(skip_sync, all_reduces):
+    """In a world of one (in this process): 8 batches, one backward each, a step every 2nd.  Inside
+    no_backward_sync() DDP all-reduces nothing; the window's last backward all-reduces what it accumulated."""
+    counter = _CountAllReduces()
+    module = _ManualAccumulation(skip_sync)
+    data = TensorDataset(torch.randn(32, 3, generator=torch.Generator().manual_seed(1)))
+    trainer = Trainer(strategy="ddp", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, callbacks=[counter])
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    assert counter.count == all_reduces
+    alone = _ManualAccumulation(skip_sync)
+    Trainer(max_epochs=1, logger=False, enable_progress_bar=False,
+            enable_checkpointing=False).fit(alone, ResumableLoader(DataLoader(data, batch_size=4)))
+    assert torch.equal(module.net.weight, alone.net.weight)  # the same numbers: only the communication differs
