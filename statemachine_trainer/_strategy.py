@@ -32,7 +32,6 @@ process per device under ``torch.distributed``:
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any
 
 import torch
@@ -109,6 +108,7 @@ class DDP(SingleProcess):
         self.devices, self.accelerator = devices, accelerator
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self._gated = False  # whether losses pass the gate (several backwards per step)
+        self._training_step: Any = None
         self._preempt_flag: torch.Tensor | None = None
         self._preempt_work: Any = None
         self._solo: Any = None  # the world-of-one environment, when no launcher started us
@@ -155,9 +155,12 @@ class DDP(SingleProcess):
         self._gated = not one_backward
         self.ddp = torch.nn.parallel.DistributedDataParallel(_Forward(module), device_ids=device_ids,
                                                              find_unused_parameters=self._gated)
-        if self._gated:
-            return module.training_step
-        return functools.partial(self.ddp, module.training_step)
+        self._training_step = module.training_step
+        # Not a partial over self.ddp: the strategy must hold the only reference to DDP, so teardown can free it.
+        return module.training_step if self._gated else self._step_through_ddp
+
+    def _step_through_ddp(self, *args: Any) -> Any:
+        return self.ddp(self._training_step, *args)
 
     def gate(self, loss: torch.Tensor) -> torch.Tensor:
         """``loss`` through DDP's forward, so the backward that follows all-reduces the gradients it writes."""
@@ -208,7 +211,7 @@ class DDP(SingleProcess):
         if self._preempt_work is not None:
             with contextlib.suppress(RuntimeError):
                 self._preempt_work.wait()
-        self._preempt_work = self.ddp = None
+        self._preempt_work = self.ddp = None  # the only reference: leave_process_group's collection frees DDP
         leave_process_group()
 
 

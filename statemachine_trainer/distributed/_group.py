@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Iterator, Mapping
 from typing import Literal
@@ -142,7 +143,13 @@ def leave_process_group() -> None:
     """
     global _joined_timeout
     if dist.is_available() and dist.is_initialized():
+        # What still holds the group -- a DistributedDataParallel's reducer, above all -- sits in reference cycles
+        # that only the garbage collector frees.  Free it now, while the group is whole, and the group itself right
+        # after: left to interpreter exit, a gloo group freed late (or never) now and then aborted the process
+        # ("terminate called without an active exception").
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
     _joined_timeout = None
 
 
