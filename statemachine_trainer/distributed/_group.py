@@ -143,10 +143,10 @@ def leave_process_group() -> None:
     """
     global _joined_timeout
     if dist.is_available() and dist.is_initialized():
-        # What still holds the group -- a DistributedDataParallel's reducer, above all -- sits in reference cycles
-        # that only the garbage collector frees.  Free it now, while the group is whole, and the group itself right
-        # after: left to interpreter exit, a gloo group freed late (or never) now and then aborted the process
-        # ("terminate called without an active exception").
+        # What still holds the group -- a DistributedDataParallel whose forward never ran, above all -- can sit in
+        # reference cycles that only the garbage collector frees.  Free it now, while the group is whole, and the
+        # group itself right after, instead of leaving both to interpreter exit.  (This did not cure the rare
+        # abort at exit of validate-only runs that README lists as a known bug.)
         gc.collect()
         dist.destroy_process_group()
         gc.collect()
