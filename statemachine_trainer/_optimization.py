@@ -23,6 +23,7 @@ from ._hooks import HookRelay
 from ._optim import ConfigError, OptimizerSetup
 from ._precision import Precision
 from ._results import Results
+from ._strategy import identity_gate
 from .state import OptimizationProgress
 
 __all__ = ["ManualOptimizer", "Optimization"]
@@ -51,7 +52,7 @@ class Optimization:
         # its gate for each loss (DDP, several backwards per step) and its no_sync() for the micro-batches of an
         # accumulation window.
         self.forward_step: Callable[..., Any] = module.training_step
-        self.gate: Callable[[torch.Tensor], torch.Tensor] = _identity
+        self.gate: Callable[[torch.Tensor], torch.Tensor] = identity_gate
         self.no_sync: Callable[[], Any] = contextlib.nullcontext
 
     @property
@@ -205,10 +206,6 @@ class ManualOptimizer:
 
     def __repr__(self) -> str:
         return f"ManualOptimizer({self.optimizer!r})"
-
-
-def _identity(loss: torch.Tensor) -> torch.Tensor:
-    return loss
 
 
 def takes_optimizer_idx(step: Callable[..., Any]) -> bool:

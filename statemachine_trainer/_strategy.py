@@ -60,7 +60,7 @@ class SingleProcess:
 
     def gate(self, loss: torch.Tensor) -> torch.Tensor:
         """The loss to backpropagate (the identity: nothing to synchronize)."""
-        return loss
+        return identity_gate(loss)
 
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -94,7 +94,8 @@ class _Forward(torch.nn.Module):
         return compute(*args)
 
 
-def _identity(loss: torch.Tensor) -> torch.Tensor:
+def identity_gate(loss: torch.Tensor) -> torch.Tensor:
+    """The loss as it is: the gate with nothing to synchronize (and DDP's forward for a finished loss)."""
     return loss
 
 
@@ -166,7 +167,7 @@ class DDP(SingleProcess):
         """``loss`` through DDP's forward, so the backward that follows all-reduces the gradients it writes."""
         if not self._gated or self.ddp is None:
             return loss
-        return self.ddp(_identity, loss)
+        return self.ddp(identity_gate, loss)
 
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()

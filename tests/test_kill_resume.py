@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from statemachine_trainer.testing import assert_kill_resume_exact, kill_points
 
@@ -97,32 +98,14 @@ def test_bf16_mixed_killed_anywhere_resumes_bit_identical(references, tmp_path_f
     assert _diff_cli(references["classifier"] / "final.ckpt", killed / "final.ckpt").returncode == 1  # bf16 counts
 
 
+@pytest.mark.parametrize("name", ["gan_yield", "manual_gan", "gan_yield_ddp", "manual_gan_ddp"])
 @GAN_SETTINGS
-@given(point=kill_points(max_checkpoint=CHECKPOINTS["gan_yield"] - 2))
-def test_gan_yield_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, point):
-    killed = _kill_and_resume(references, tmp_path_factory, "gan_yield", point)
-    assert _diff_cli(references["gan_yield"] / "final.ckpt", killed / "final.ckpt").returncode == 0
-
-
-@GAN_SETTINGS
-@given(point=kill_points(max_checkpoint=CHECKPOINTS["manual_gan"] - 2))
-def test_manual_gan_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, point):
-    killed = _kill_and_resume(references, tmp_path_factory, "manual_gan", point)
-    assert _diff_cli(references["manual_gan"] / "final.ckpt", killed / "final.ckpt").returncode == 0
-
-
-@GAN_SETTINGS
-@given(point=kill_points(max_checkpoint=CHECKPOINTS["gan_yield_ddp"] - 2))
-def test_gan_yield_under_ddp_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, point):
-    killed = _kill_and_resume(references, tmp_path_factory, "gan_yield_ddp", point)
-    assert _diff_cli(references["gan_yield_ddp"] / "final.ckpt", killed / "final.ckpt").returncode == 0
-
-
-@GAN_SETTINGS
-@given(point=kill_points(max_checkpoint=CHECKPOINTS["manual_gan_ddp"] - 2))
-def test_manual_gan_under_ddp_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, point):
-    killed = _kill_and_resume(references, tmp_path_factory, "manual_gan_ddp", point)
-    assert _diff_cli(references["manual_gan_ddp"] / "final.ckpt", killed / "final.ckpt").returncode == 0
+@given(data=st.data())
+def test_gan_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, name, data):
+    """Both GAN examples, in one process and in two: the kill point is drawn from the run's own checkpoints."""
+    point = data.draw(kill_points(max_checkpoint=CHECKPOINTS[name] - 2), label="point")
+    killed = _kill_and_resume(references, tmp_path_factory, name, point)
+    assert _diff_cli(references[name] / "final.ckpt", killed / "final.ckpt").returncode == 0
 
 
 def test_diff_fails_on_runs_that_differ(references):
