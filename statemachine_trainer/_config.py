@@ -1,9 +1,10 @@
-"""Configuration checks: every flag, the module and its optimizers, before anything trains.
+"""Configuration checks: the device, the module and its optimizers, callbacks and loggers, before anything trains.
 
 Each check raises :class:`ConfigError` with a full sentence that names the
-problem and the fix; the Trainer calls them from ``__init__`` (flags) and at
-the start of ``fit``/``validate``/``test``/``predict`` (module, data,
-optimizers), so a mistake never costs a partial run.
+problem and the fix; the Trainer calls them from ``__init__`` and at the
+start of ``fit``/``validate``/``test``/``predict`` (module, data,
+optimizers), so a mistake never costs a partial run.  The flags themselves
+are checked by :class:`~statemachine_trainer._flags.TrainerConfig`.
 """
 
 from __future__ import annotations
@@ -14,21 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._flags import check_int
 from ._optim import ConfigError, OptimizerSetup
 from ._optimization import takes_optimizer_idx
 from .module import TrainingModule
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from ._flags import TrainerConfig
 
 __all__ = ["check_int", "check_module", "check_optimization_mode", "default_callbacks", "default_loggers", "defines",
            "resolve_device", "val_check_batches"]
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return value
 
 
 def resolve_device(accelerator: str) -> torch.device:
@@ -70,10 +66,10 @@ def defines(module: TrainingModule, step: str) -> bool:
                                        if cls not in (TrainingModule, torch.nn.Module, object))
 
 
-def check_optimization_mode(module: TrainingModule, setup: OptimizerSetup, trainer: Trainer) -> None:
+def check_optimization_mode(module: TrainingModule, setup: OptimizerSetup, config: TrainerConfig) -> None:
     count = len(setup.optimizers)
     if not module.automatic_optimization:
-        if trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val is not None:
+        if config.accumulate_grad_batches != 1 or config.gradient_clip_val is not None:
             raise ConfigError("accumulate_grad_batches and gradient_clip_val apply to automatic optimization; with "
                               "automatic_optimization = False, accumulate and call self.clip_gradients() yourself.")
         return

@@ -1,12 +1,13 @@
 """``HookRelay``: the module's and callbacks' hooks, resolved once per run.
 
 Loops never look a user hook up by name at run time.  At the start of
-fit/validate/test/predict the relay works out, for every hook name, which of
-the module and callbacks override it, and stores one callable per name: a
-shared no-op when nobody does (the common case: zero cost beyond a call), the
-bound method itself when exactly one does, or a small fan-out otherwise.
-Order: the module first, then callbacks in the order given -- so a callback's
-``on_validation_epoch_end`` sees what the module logged in its own.
+fit/validate/test/predict the relay works out, for every relayed hook of the
+spec (:mod:`._hook_spec`), which of the module and callbacks override it, and
+stores one callable per name: a shared no-op when nobody does (the common
+case: zero cost beyond a call), the bound method itself when exactly one
+does, or a small fan-out otherwise.  Order: the module first, then callbacks
+in the order given -- so a callback's ``on_validation_epoch_end`` sees what
+the module logged in its own.
 
 While a module hook runs, ``results.fx`` names it, so ``self.log`` inside it
 gets that hook's defaults (per-step or per-epoch).
@@ -17,22 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._hook_spec import HOOK_NAMES, RELAYED, STAGE_HOOKS
 from ._results import Results
 
-__all__ = ["HOOK_NAMES", "HookRelay"]
-
-HOOK_NAMES = (
-    "on_fit_start", "on_fit_end", "on_train_start", "on_train_end", "on_train_epoch_start", "on_train_epoch_end",
-    "on_train_batch_start", "on_train_batch_end",
-    "on_validation_start", "on_validation_end", "on_validation_epoch_start", "on_validation_epoch_end",
-    "on_validation_batch_start", "on_validation_batch_end",
-    "on_test_start", "on_test_end", "on_test_epoch_start", "on_test_epoch_end", "on_test_batch_start",
-    "on_test_batch_end",
-    "on_predict_start", "on_predict_end", "on_predict_epoch_start", "on_predict_epoch_end",
-    "on_predict_batch_start", "on_predict_batch_end",
-    "on_sanity_check_start", "on_sanity_check_end",
-    "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
-)
+__all__ = ["HOOK_NAMES", "HookRelay", "StageRelay"]
 
 
 def _nothing(*args: Any, **kwargs: Any) -> None:
@@ -44,11 +33,23 @@ def _overrides(obj: Any, name: str) -> bool:
     return fn is not None and not getattr(fn, "__noop_hook__", False)
 
 
+class StageRelay:
+    """One evaluation/prediction stage's hooks under stage-free names (``start``, ``batch_end``...)."""
+
+    def __init__(self, relay: HookRelay, stage: str) -> None:
+        names = STAGE_HOOKS[stage]
+        self.step_name = names.step
+        self.start, self.end = getattr(relay, names.start), getattr(relay, names.end)
+        self.epoch_start, self.epoch_end = getattr(relay, names.epoch_start), getattr(relay, names.epoch_end)
+        self.batch_start, self.batch_end = getattr(relay, names.batch_start), getattr(relay, names.batch_end)
+
+
 class HookRelay:
-    """One attribute per hook name, each a callable taking the hook's own arguments."""
+    """One attribute per relayed hook, each a callable taking the hook's own arguments."""
 
     def __init__(self, module: Any, callbacks: Sequence[Any], trainer: Any, results: Results) -> None:
-        for name in HOOK_NAMES:
+        for hook in RELAYED:
+            name = hook.name
             targets: list[Callable[..., Any]] = []
             if _overrides(module, name):
                 targets.append(_module_hook(getattr(module, name), name, results))
@@ -56,6 +57,11 @@ class HookRelay:
                 if _overrides(callback, name):
                     targets.append(_callback_hook(getattr(callback, name), trainer, module))
             setattr(self, name, _fan_out(targets))
+        self._stages = {stage: StageRelay(self, stage) for stage in STAGE_HOOKS}
+
+    def stage(self, name: str) -> StageRelay:
+        """The hooks of evaluation/prediction stage ``name`` ("validate", "test", "predict")."""
+        return self._stages[name]
 
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"HookRelay has no hook {name!r}; hooks are: {', '.join(HOOK_NAMES)}.")

@@ -20,18 +20,16 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
+from ._hook_spec import HOOKS, PER_BATCH, STAGE_HOOKS
+
 __all__ = ["STEP_HOOKS", "LogError", "Results"]
 
 #: Hooks whose self.log() calls default to on_step=True, on_epoch=False.
-STEP_HOOKS = frozenset({
-    "training_step", "on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
-    "on_before_optimizer_step", "on_before_zero_grad",
-})
+STEP_HOOKS = frozenset({"training_step"} | PER_BATCH)
 #: Per-batch evaluation hooks: their values are accumulated over the epoch (on_epoch=True by default).
-EVAL_STEP_HOOKS = frozenset({
-    "validation_step", "test_step", "on_validation_batch_start", "on_validation_batch_end", "on_test_batch_start",
-    "on_test_batch_end",
-})
+EVAL_STEP_HOOKS = frozenset(
+    {STAGE_HOOKS[s].step for s in ("validate", "test")}
+    | {h.name for h in HOOKS if h.stage in ("validate", "test") and "batch" in h.params})
 _REDUCE_FX = ("mean", "sum", "max", "min")
 
 

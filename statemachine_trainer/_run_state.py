@@ -31,7 +31,8 @@ import torch
 from ._optim import ConfigError
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from ._run import Run
+    from .machine import Loop
 
 __all__ = ["capture", "check", "restore", "split"]
 
@@ -51,41 +52,41 @@ def split(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             {k: v for k, v in state.items() if k in RANK_LOCAL})
 
 
-def capture(trainer: Trainer) -> dict[str, Any]:
-    """The state set of ``trainer``'s current run (tensors are not copied: write or compare it right away)."""
+def capture(run: Run, root: Loop) -> dict[str, Any]:
+    """The state set of ``run`` with loop tree ``root`` (tensors are not copied: write or compare it right away)."""
     from .checkpoint import capture_rng
 
-    module = trainer.module
+    module = run.module
     state: dict[str, Any] = {
         "module": dict(module.state_dict()),
-        "loops": trainer.fit_loop.state_dict(),
-        "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
+        "loops": root.state_dict(),
+        "callbacks": {cb.state_key: cb.state_dict() for cb in run.callbacks},
         "rng": capture_rng(),
     }
-    optimization = trainer.optimization
+    optimization = run.optimization
     if optimization is not None:
         state["optimizers"] = [opt.state_dict() for opt in optimization.optimizers]
         state["schedulers"] = [c.scheduler.state_dict() for c in optimization.setup.schedulers]
-        state["precision"] = trainer.precision.state_dict()
+        state["precision"] = run.precision.state_dict()
         state["optimization"] = {"stepped": optimization.stepped}
     state["grads"] = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
     state["metrics"] = _metric_states(module)
-    state["results"] = trainer.results.state_dict()
-    state["data"] = {stage: source.state_dict() for stage, source in trainer.sources.items() if source.resumable}
-    state["loggers"] = {_logger_key(i, lg): lg.state_dict() for i, lg in enumerate(trainer.loggers)}
+    state["results"] = run.results.state_dict()
+    state["data"] = {stage: source.state_dict() for stage, source in run.sources.items() if source.resumable}
+    state["loggers"] = {_logger_key(i, lg): lg.state_dict() for i, lg in enumerate(run.loggers)}
     extra: dict[str, Any] = {}
     module.on_save_checkpoint(extra)
-    for callback in trainer.callbacks:
-        callback.on_save_checkpoint(trainer, module, extra)
+    for callback in run.callbacks:
+        callback.on_save_checkpoint(run, module, extra)
     state["extra"] = extra
     return state
 
 
-def check(trainer: Trainer, state: Any, path: Path, whole_run: bool) -> None:
+def check(run: Run, root: Loop, state: Any, path: Path, whole_run: bool) -> None:
     """Raise ConfigError naming the first key of ``state`` that does not fit this run; change nothing."""
     if not isinstance(state, dict) or "module" not in state:
         raise ConfigError(f"{path} holds no module state ($.module); it was not written by a Trainer.")
-    _check_module(trainer.module, state["module"], path)
+    _check_module(run.module, state["module"], path)
     if not whole_run:
         return
     missing = [key for key in RUN_KEYS if key not in state]
@@ -93,13 +94,13 @@ def check(trainer: Trainer, state: Any, path: Path, whole_run: bool) -> None:
         raise ConfigError(f"{path} cannot resume fit(): it has no {', '.join('$.' + k for k in missing)} "
                           "(it was written outside fit, so it holds weights only); pass it to "
                           "validate/test/predict, or resume from a checkpoint written during fit.")
-    _check_optimizers(trainer, state, path)
-    _check_grads(trainer.module, state["grads"], path)
+    _check_optimizers(run, state, path)
+    _check_grads(run.module, state["grads"], path)
     try:
-        trainer.fit_loop.check_state_dict(state["loops"])
+        root.check_state_dict(state["loops"])
     except ValueError as error:
         raise ConfigError(f"{path} does not match this loop tree: {error}") from None
-    if trainer.strategy.world_size > 1:
+    if run.strategy.world_size > 1:
         from .distributed import all_equal
 
         if not all_equal(state["loops"]):
@@ -107,42 +108,42 @@ def check(trainer: Trainer, state: Any, path: Path, whole_run: bool) -> None:
                               "checkpoint is inconsistent, resume from an earlier one.")
 
 
-def restore(trainer: Trainer, state: dict[str, Any], whole_run: bool) -> None:
+def restore(run: Run, root: Loop, state: dict[str, Any], whole_run: bool) -> None:
     """Put a checked state set back: weights only, or (``whole_run``) everything ``capture`` took."""
     from .checkpoint import restore_rng
 
-    module = trainer.module
+    module = run.module
     module.load_state_dict(state["module"])
     if whole_run:
-        _restore_optimization(trainer, state)
+        _restore_optimization(run, state)
         params = dict(module.named_parameters())
         for name, grad in state["grads"].items():
             params[name].grad = grad.to(params[name].device)
         _load_metric_states(module, state["metrics"])
-        trainer.results.load_state_dict(state["results"])
+        run.results.load_state_dict(state["results"])
         for stage, data_state in state["data"].items():
-            if stage in trainer.sources:
-                trainer.sources[stage].load_state_dict(data_state)
-        trainer.fit_loop.load_state_dict(state["loops"])
-        for callback in trainer.callbacks:
+            if stage in run.sources:
+                run.sources[stage].load_state_dict(data_state)
+        root.load_state_dict(state["loops"])
+        for callback in run.callbacks:
             if callback.state_key in state["callbacks"]:
                 callback.load_state_dict(state["callbacks"][callback.state_key])
-        for i, logger in enumerate(trainer.loggers):  # a logger added or removed since just starts afresh
+        for i, logger in enumerate(run.loggers):  # a logger added or removed since just starts afresh
             if _logger_key(i, logger) in state["loggers"]:
                 logger.load_state_dict(state["loggers"][_logger_key(i, logger)])
         restore_rng(state["rng"])
     module.on_load_checkpoint(state.get("extra", {}))
-    for callback in trainer.callbacks:
-        callback.on_load_checkpoint(trainer, module, state.get("extra", {}))
+    for callback in run.callbacks:
+        callback.on_load_checkpoint(run, module, state.get("extra", {}))
 
 
-def _restore_optimization(trainer: Trainer, state: dict[str, Any]) -> None:
-    optimization = trainer.optimization
+def _restore_optimization(run: Run, state: dict[str, Any]) -> None:
+    optimization = run.optimization
     for opt, opt_state in zip(optimization.optimizers, state["optimizers"]):
         opt.load_state_dict(opt_state)
     for config, sched_state in zip(optimization.setup.schedulers, state["schedulers"]):
         config.scheduler.load_state_dict(sched_state)
-    trainer.precision.load_state_dict(state["precision"])
+    run.precision.load_state_dict(state["precision"])
     optimization.stepped = state["optimization"]["stepped"]
 
 
@@ -169,8 +170,8 @@ def _check_module(module: torch.nn.Module, saved: Any, path: Path) -> None:
                               f"module; {_FIX}.")
 
 
-def _check_optimizers(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
-    optimizers, schedulers = trainer.optimization.optimizers, trainer.optimization.setup.schedulers
+def _check_optimizers(run: Run, state: dict[str, Any], path: Path) -> None:
+    optimizers, schedulers = run.optimization.optimizers, run.optimization.setup.schedulers
     if len(state["optimizers"]) != len(optimizers) or len(state["schedulers"]) != len(schedulers):
         raise ConfigError(f"{path} holds {len(state['optimizers'])} optimizer(s) and {len(state['schedulers'])} "
                           f"scheduler(s), but configure_optimizers() returned {len(optimizers)} and "

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .machine import noop_hook
+from ._hook_spec import install_stubs
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from ._run import Run
 
 __all__ = ["FunctionModule", "ManualOptimizationError", "TrainingModule"]
 
@@ -44,6 +44,7 @@ class HyperParameters(dict):
             raise AttributeError(f"no hyperparameter {name!r}; saved: {sorted(self)}") from None
 
 
+@install_stubs  # one no-op per hook of the spec (``_hook_spec.HOOKS``): the relay skips them until overridden
 class TrainingModule(nn.Module):
     """Subclass and override the steps you need.  Hooks you leave alone cost nothing."""
 
@@ -52,7 +53,7 @@ class TrainingModule(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._trainer: Trainer | None = None
+        self._run: Run | None = None  # the run this module takes part in (set through the `trainer` setter)
         self.hparams = HyperParameters()
 
     # -- steps ------------------------------------------------------------------------------
@@ -97,10 +98,10 @@ class TrainingModule(nn.Module):
         value is reduced over every rank's data; step values stay per rank (no
         collective per step).
         """
-        trainer = self._trainer
-        if trainer is None:
+        run = self._run
+        if run is None:
             self._require_trainer("log")  # raises the explanatory error
-        trainer.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size, sync_dist)
+        run.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size, sync_dist)
 
     def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in values.items():
@@ -129,16 +130,21 @@ class TrainingModule(nn.Module):
 
     # -- what the Trainer knows --------------------------------------------------------------------
     @property
-    def trainer(self) -> Trainer:
+    def trainer(self) -> Run:
+        """The run this module is part of: Lightning's ``trainer`` names (epoch, step, metrics, flags...)."""
         return self._require_trainer("trainer")
+
+    @trainer.setter
+    def trainer(self, run: Run | None) -> None:
+        self._run = run
 
     @property
     def current_epoch(self) -> int:
-        return self._trainer.current_epoch if self._trainer is not None else 0
+        return self._run.current_epoch if self._run is not None else 0
 
     @property
     def global_step(self) -> int:
-        return self._trainer.global_step if self._trainer is not None else 0
+        return self._run.global_step if self._run is not None else 0
 
     @property
     def device(self) -> torch.device:
@@ -146,11 +152,11 @@ class TrainingModule(nn.Module):
             return tensor.device
         return torch.device("cpu")
 
-    def _require_trainer(self, what: str) -> Trainer:
-        if self._trainer is None:
+    def _require_trainer(self, what: str) -> Run:
+        if self._run is None:
             raise RuntimeError(f"{type(self).__name__}.{what} needs a Trainer: call it from inside "
                                "trainer.fit/validate/test/predict.")
-        return self._trainer
+        return self._run
 
     # -- manual optimization -------------------------------------------------------------------------
     def optimizers(self) -> Any:
@@ -200,88 +206,18 @@ class TrainingModule(nn.Module):
     def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str = "norm") -> None:
         """Clip the gradients of ``optimizer``'s parameters by norm or value (unscaled first under 16-mixed)."""
-        trainer = self._require_trainer("clip_gradients()")
-        trainer.optimization.clip_gradients(getattr(optimizer, "optimizer", optimizer), gradient_clip_val,
+        run = self._require_trainer("clip_gradients()")
+        run.optimization.clip_gradients(getattr(optimizer, "optimizer", optimizer), gradient_clip_val,
                                             gradient_clip_algorithm)
 
-    def _require_manual(self, what: str) -> Trainer:
-        trainer = self._require_trainer(what)
+    def _require_manual(self, what: str) -> Run:
+        run = self._require_trainer(what)
         if self.automatic_optimization:
             raise ManualOptimizationError(
                 f"{type(self).__name__}.{what} is for manual optimization, but automatic_optimization is True. "
                 "Set `automatic_optimization = False` on the module and call backward/step yourself, or return "
                 "the loss from training_step and let the Trainer optimize.")
-        return trainer
-
-    # -- hooks: fired by the loops' transitions; the defaults do nothing and are skipped ------------
-    @noop_hook
-    def on_fit_start(self) -> None: ...
-    @noop_hook
-    def on_fit_end(self) -> None: ...
-    @noop_hook
-    def on_train_start(self) -> None: ...
-    @noop_hook
-    def on_train_end(self) -> None: ...
-    @noop_hook
-    def on_train_epoch_start(self) -> None: ...
-    @noop_hook
-    def on_train_epoch_end(self) -> None: ...
-    @noop_hook
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any: ...
-    @noop_hook
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
-    @noop_hook
-    def on_validation_start(self) -> None: ...
-    @noop_hook
-    def on_validation_end(self) -> None: ...
-    @noop_hook
-    def on_validation_epoch_start(self) -> None: ...
-    @noop_hook
-    def on_validation_epoch_end(self) -> None: ...
-    @noop_hook
-    def on_validation_batch_start(self, batch: Any, batch_idx: int) -> None: ...
-    @noop_hook
-    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
-    @noop_hook
-    def on_test_start(self) -> None: ...
-    @noop_hook
-    def on_test_end(self) -> None: ...
-    @noop_hook
-    def on_test_epoch_start(self) -> None: ...
-    @noop_hook
-    def on_test_epoch_end(self) -> None: ...
-    @noop_hook
-    def on_test_batch_start(self, batch: Any, batch_idx: int) -> None: ...
-    @noop_hook
-    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
-    @noop_hook
-    def on_predict_start(self) -> None: ...
-    @noop_hook
-    def on_predict_end(self) -> None: ...
-    @noop_hook
-    def on_predict_epoch_start(self) -> None: ...
-    @noop_hook
-    def on_predict_epoch_end(self) -> None: ...
-    @noop_hook
-    def on_predict_batch_start(self, batch: Any, batch_idx: int) -> None: ...
-    @noop_hook
-    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
-    @noop_hook
-    def on_sanity_check_start(self) -> None: ...
-    @noop_hook
-    def on_sanity_check_end(self) -> None: ...
-    @noop_hook
-    def on_before_backward(self, loss: torch.Tensor) -> None: ...
-    @noop_hook
-    def on_after_backward(self) -> None: ...
-    @noop_hook
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
-    @noop_hook
-    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
-    @noop_hook
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
-    @noop_hook
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+        return run
 
 
 class FunctionModule(TrainingModule):

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._optim import ConfigError
-from ..machine import noop_hook
 from ._base import Callback
 
 if TYPE_CHECKING:
     from ..module import TrainingModule
-    from ..trainer import Trainer
+    from .._run import Run
 
 __all__ = ["ModelCheckpoint"]
 
@@ -115,19 +114,15 @@ class ModelCheckpoint(Callback):
         self.last_model_path = state["last_model_path"]
 
     # -- hooks ----------------------------------------------------------------------------------
-    def setup(self, trainer: Trainer, module: TrainingModule, stage: str) -> None:
+    def setup(self, trainer: Run, module: TrainingModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = Path(trainer.default_root_dir) / "checkpoints"
         if self.save_on_train_epoch_end is not None:
             self._on_epoch_end = self.save_on_train_epoch_end
         else:
-            self._on_epoch_end = not trainer.val_enabled or _validation_ends_each_epoch(trainer)
-        if not self.every_n_train_steps and type(self).on_train_batch_end is ModelCheckpoint.on_train_batch_end:
-            # No step-based saving (and no subclass override): shadow the per-batch hook with a no-op,
-            # which the hook relay skips, so this callback costs nothing per training step.
-            self.on_train_batch_end = _unused_hook  # type: ignore[method-assign]
+            self._on_epoch_end = trainer.validation_ends_each_epoch
 
-    def on_train_batch_end(self, trainer: Trainer, module: TrainingModule, outputs: Any, batch: Any,
+    def on_train_batch_end(self, trainer: Run, module: TrainingModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         n = self.every_n_train_steps
         if not n:  # the common case: one comparison per batch
@@ -136,24 +131,24 @@ class ModelCheckpoint(Callback):
         if step > 0 and step % n == 0 and self._may_save(trainer):
             self._save(trainer)
 
-    def on_train_epoch_end(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_train_epoch_end(self, trainer: Run, module: TrainingModule) -> None:
         if self._on_epoch_end and self._epoch_due(trainer) and self._may_save(trainer):
             self._save(trainer)
 
-    def on_validation_end(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_validation_end(self, trainer: Run, module: TrainingModule) -> None:
         if (not self._on_epoch_end and trainer.state == "fit" and not trainer.sanity_checking
                 and self._epoch_due(trainer) and self._may_save(trainer)):
             self._save(trainer)
 
-    def _epoch_due(self, trainer: Trainer) -> bool:
+    def _epoch_due(self, trainer: Run) -> bool:
         return self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
-    def _may_save(self, trainer: Trainer) -> bool:
+    def _may_save(self, trainer: Run) -> bool:
         # (The sanity check is ruled out in on_validation_end: it is the only hook it reaches.)
         return trainer.state == "fit" and not trainer.fast_dev_run and trainer.global_step != self.last_global_step_saved
 
     # -- saving -----------------------------------------------------------------------------------
-    def _save(self, trainer: Trainer) -> None:
+    def _save(self, trainer: Run) -> None:
         """Write the top-k file (if it makes the cut) and last.ckpt, then delete what fell out."""
         self.last_global_step_saved = trainer.global_step
         if self.save_top_k != 0:
@@ -162,7 +157,7 @@ class ModelCheckpoint(Callback):
             self.last_model_path = str(self.dirpath / f"{_LAST_NAME}{_EXT}")
             trainer.request_checkpoint(self.last_model_path)
 
-    def _save_top_k(self, trainer: Trainer) -> None:
+    def _save_top_k(self, trainer: Run) -> None:
         if self.monitor is None:
             score = float(trainer.global_step)  # the latest is the "best": keep the newest k
         else:
@@ -198,7 +193,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path, self.kth_best_model_path = ranked[0], ranked[-1]
         self.best_model_score = None if self.monitor is None else self.best_k_models[ranked[0]]
 
-    def format_checkpoint_name(self, trainer: Trainer) -> str:
+    def format_checkpoint_name(self, trainer: Run) -> str:
         """The path for a save now: ``filename`` filled in with epoch, step and logged values."""
         values: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for _, field, _, _ in string.Formatter().parse(self.filename):
@@ -222,16 +217,6 @@ def _as_score(value: Any, mode: str) -> float:
     if math.isnan(score):
         return math.inf if mode == "min" else -math.inf
     return score
-
-
-def _validation_ends_each_epoch(trainer: Trainer) -> bool:
-    """Validation runs once per epoch, after its last batch: epoch-end hooks then see fresh values of both."""
-    return trainer.check_val_every_n_epoch == 1 and trainer.val_check_batches >= trainer.num_training_batches
-
-
-@noop_hook
-def _unused_hook(*args: Any, **kwargs: Any) -> None:
-    """Stands in for a hook this callback does not need in the current configuration."""
 
 
 def _remove(path: str) -> None:

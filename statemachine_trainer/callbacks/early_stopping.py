@@ -29,7 +29,7 @@ from ._base import Callback
 
 if TYPE_CHECKING:
     from ..module import TrainingModule
-    from ..trainer import Trainer
+    from .._run import Run
 
 __all__ = ["EarlyStopping"]
 
@@ -80,23 +80,22 @@ class EarlyStopping(Callback):
         self.patience = int(state["patience"])
 
     # -- hooks ----------------------------------------------------------------------------------
-    def setup(self, trainer: Trainer, module: TrainingModule, stage: str) -> None:
+    def setup(self, trainer: Run, module: TrainingModule, stage: str) -> None:
         if self.check_on_train_epoch_end is not None:
             self._on_epoch_end = self.check_on_train_epoch_end
         else:
-            self._on_epoch_end = not trainer.val_enabled or (
-                trainer.check_val_every_n_epoch == 1 and trainer.val_check_batches >= trainer.num_training_batches)
+            self._on_epoch_end = trainer.validation_ends_each_epoch
 
-    def on_train_epoch_end(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_train_epoch_end(self, trainer: Run, module: TrainingModule) -> None:
         if self._on_epoch_end:
             self._check(trainer)
 
-    def on_validation_end(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_validation_end(self, trainer: Run, module: TrainingModule) -> None:
         if not self._on_epoch_end and trainer.state == "fit" and not trainer.sanity_checking:
             self._check(trainer)
 
     # -- the check ---------------------------------------------------------------------------------
-    def _check(self, trainer: Trainer) -> None:
+    def _check(self, trainer: Run) -> None:
         if trainer.fast_dev_run or trainer.state != "fit":
             return
         value = self._current(trainer)
@@ -108,7 +107,7 @@ class EarlyStopping(Callback):
             self.stopped_epoch = trainer.current_epoch
             self.stop_reason = reason
 
-    def _current(self, trainer: Trainer) -> float | None:
+    def _current(self, trainer: Run) -> float | None:
         if self.strict or self.monitor in trainer.callback_metrics:
             return float(trainer.monitored(self.monitor, "EarlyStopping"))
         warnings.warn(f"EarlyStopping could not check: {self.monitor!r} was not logged. Log it, or set "

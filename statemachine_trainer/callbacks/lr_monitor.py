@@ -21,7 +21,7 @@ from ._base import Callback
 
 if TYPE_CHECKING:
     from ..module import TrainingModule
-    from ..trainer import Trainer
+    from .._run import Run
 
 __all__ = ["LearningRateMonitor"]
 
@@ -43,7 +43,7 @@ class LearningRateMonitor(Callback):
         settings = {"logging_interval": self.logging_interval}
         return f"LearningRateMonitor{settings!r}"
 
-    def setup(self, trainer: Trainer, module: TrainingModule, stage: str) -> None:
+    def setup(self, trainer: Run, module: TrainingModule, stage: str) -> None:
         if stage != "fit":
             return
         if not trainer.loggers:
@@ -54,17 +54,17 @@ class LearningRateMonitor(Callback):
         self._intervals = [self.logging_interval or _scheduler_interval(trainer, i) for i in range(len(optimizers))]
         self._last_step_logged = -1
 
-    def on_train_batch_start(self, trainer: Trainer, module: TrainingModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: Run, module: TrainingModule, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step == self._last_step_logged or step % trainer.log_every_n_steps:
             return
         self._last_step_logged = step
         self._log(trainer, "step")
 
-    def on_train_epoch_start(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_train_epoch_start(self, trainer: Run, module: TrainingModule) -> None:
         self._log(trainer, "epoch")
 
-    def _log(self, trainer: Trainer, interval: str) -> None:
+    def _log(self, trainer: Run, interval: str) -> None:
         values: dict[str, float] = {}
         for optimizer, names, when in zip(trainer.optimizers, self._names, self._intervals):
             if when == interval:
@@ -85,7 +85,7 @@ def _metric_names(optimizers: list[Any]) -> list[tuple[str, ...]]:
     return names
 
 
-def _scheduler_interval(trainer: Trainer, optimizer_index: int) -> str:
+def _scheduler_interval(trainer: Run, optimizer_index: int) -> str:
     for config in trainer.lr_scheduler_configs:
         if config.optimizer_index == optimizer_index:
             return config.interval

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from ..module import TrainingModule
-    from ..trainer import Trainer
+    from .._run import Run
 
 __all__ = ["ProgressBar"]
 
@@ -52,10 +52,10 @@ class ProgressBar(Callback):
         self._sanity = False
 
     # -- switching on and off ------------------------------------------------------------------
-    def setup(self, trainer: Trainer, module: TrainingModule, stage: str) -> None:
+    def setup(self, trainer: Run, module: TrainingModule, stage: str) -> None:
         self.enabled = self.refresh_rate > 0 and _is_terminal(self._console)
 
-    def teardown(self, trainer: Trainer, module: TrainingModule, stage: str) -> None:
+    def teardown(self, trainer: Run, module: TrainingModule, stage: str) -> None:
         if self._progress is not None:
             self._progress.stop()
         self._progress = self._train_task = self._eval_task = None
@@ -74,7 +74,7 @@ class ProgressBar(Callback):
         return self._progress
 
     # -- training ----------------------------------------------------------------------------------
-    def on_train_epoch_start(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_train_epoch_start(self, trainer: Run, module: TrainingModule) -> None:
         if not self.enabled:
             return
         display, title = self._display(), f"Epoch {trainer.current_epoch}"
@@ -85,7 +85,7 @@ class ProgressBar(Callback):
             display.reset(self._train_task, total=total, description=title, metrics="")
         display.refresh()
 
-    def on_train_batch_end(self, trainer: Trainer, module: TrainingModule, outputs: Any, batch: Any,
+    def on_train_batch_end(self, trainer: Run, module: TrainingModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if not self.enabled:
             return
@@ -96,49 +96,49 @@ class ProgressBar(Callback):
         display.update(self._train_task, completed=done, metrics=self._metrics_text(trainer, outputs))
         display.refresh()
 
-    def on_train_epoch_end(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_train_epoch_end(self, trainer: Run, module: TrainingModule) -> None:
         if self.enabled and self._train_task is not None:
             self._display().update(self._train_task, metrics=self._metrics_text(trainer, None))
             self._progress.refresh()
 
     # -- evaluation: one transient bar under the training bar ---------------------------------------
-    def on_sanity_check_start(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_sanity_check_start(self, trainer: Run, module: TrainingModule) -> None:
         self._sanity = True
 
-    def on_sanity_check_end(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_sanity_check_end(self, trainer: Run, module: TrainingModule) -> None:
         self._sanity = False
 
-    def on_validation_start(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_validation_start(self, trainer: Run, module: TrainingModule) -> None:
         self._eval_start(trainer, "sanity" if self._sanity else "validate")
 
-    def on_validation_batch_end(self, trainer: Trainer, module: TrainingModule, outputs: Any, batch: Any,
+    def on_validation_batch_end(self, trainer: Run, module: TrainingModule, outputs: Any, batch: Any,
                                 batch_idx: int) -> None:
         self._eval_batch_end(batch_idx)
 
-    def on_validation_end(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_validation_end(self, trainer: Run, module: TrainingModule) -> None:
         self._eval_end(trainer)
 
-    def on_test_start(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_test_start(self, trainer: Run, module: TrainingModule) -> None:
         self._eval_start(trainer, "test")
 
-    def on_test_batch_end(self, trainer: Trainer, module: TrainingModule, outputs: Any, batch: Any,
+    def on_test_batch_end(self, trainer: Run, module: TrainingModule, outputs: Any, batch: Any,
                           batch_idx: int) -> None:
         self._eval_batch_end(batch_idx)
 
-    def on_test_end(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_test_end(self, trainer: Run, module: TrainingModule) -> None:
         self._eval_end(trainer)
 
-    def on_predict_start(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_predict_start(self, trainer: Run, module: TrainingModule) -> None:
         self._eval_start(trainer, "predict")
 
-    def on_predict_batch_end(self, trainer: Trainer, module: TrainingModule, outputs: Any, batch: Any,
+    def on_predict_batch_end(self, trainer: Run, module: TrainingModule, outputs: Any, batch: Any,
                              batch_idx: int) -> None:
         self._eval_batch_end(batch_idx)
 
-    def on_predict_end(self, trainer: Trainer, module: TrainingModule) -> None:
+    def on_predict_end(self, trainer: Run, module: TrainingModule) -> None:
         self._eval_end(trainer)
 
-    def _eval_start(self, trainer: Trainer, kind: str) -> None:
+    def _eval_start(self, trainer: Run, kind: str) -> None:
         if not self.enabled:
             return
         self._eval_total = _eval_batches(trainer, kind)
@@ -153,7 +153,7 @@ class ProgressBar(Callback):
             self._progress.update(self._eval_task, completed=done)
             self._progress.refresh()
 
-    def _eval_end(self, trainer: Trainer) -> None:
+    def _eval_end(self, trainer: Run) -> None:
         if not self.enabled or self._eval_task is None:
             return
         self._progress.remove_task(self._eval_task)
@@ -166,7 +166,7 @@ class ProgressBar(Callback):
 
     # -- what the bar says ------------------------------------------------------------------------------
     @staticmethod
-    def _metrics_text(trainer: Trainer, outputs: Any) -> str:
+    def _metrics_text(trainer: Run, outputs: Any) -> str:
         """``loss=0.123 acc=0.9 ...``; the one place the bar turns tensors into numbers."""
         values: dict[str, Any] = {}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -188,7 +188,7 @@ def _is_terminal(console: Console | None) -> bool:
     return bool(isatty and isatty())
 
 
-def _eval_batches(trainer: Trainer, kind: str) -> int:
+def _eval_batches(trainer: Run, kind: str) -> int:
     stage = "validate" if kind == "sanity" else kind
     source = trainer.sources.get(stage)
     total = 0 if source is None else source.num_batches

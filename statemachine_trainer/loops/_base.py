@@ -1,10 +1,11 @@
-"""What every built-in loop shares: a way to reach the run it belongs to.
+"""What every built-in loop shares: the run it takes part in.
 
 Built-in loops are created without arguments (so ``trainer.fit_loop =
-MyLoop()`` works as in Lightning 1.5) and are attached to a trainer at the
-start of each fit/validate/test/predict: ``Trainer`` sets ``_trainer`` on
-every loop of the tree it is about to run.  The attribute is private, so it is
-not a sub-loop and not part of the state set.
+MyLoop()`` works as in Lightning 1.5) and are attached to a run at the start
+of each fit/validate/test/predict: the Trainer sets ``context`` (a
+:class:`~statemachine_trainer._run.Run`) on every loop of its trees.  A
+``Run`` is not a ``Loop``, so it is not a sub-loop and not part of the state
+set.
 """
 
 from __future__ import annotations
@@ -14,29 +15,25 @@ from typing import TYPE_CHECKING, Any
 from ..machine import Loop
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer
+    from .._run import Run
 
 __all__ = ["TrainerLoop", "move_to_device"]
 
 
 class TrainerLoop(Loop, abstract=True):
-    #: Set by the Trainer before a run.  The per-batch loops read ``self._trainer`` directly (a
-    #: property call per access adds up on the hot path); everything else uses ``self.trainer``.
-    _trainer: Trainer | None = None
+    #: Set before a run: the module, data sources, hook relay, results, optimization and services.
+    context: Run | None = None
 
     @property
-    def trainer(self) -> Trainer:
-        if self._trainer is None:
-            raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer: assign it to a trainer "
+    def trainer(self) -> Run:
+        """The run (Lightning's ``trainer`` names); the same object as ``self.context`` once attached."""
+        if self.context is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a run: assign it to a trainer "
                                "(trainer.fit_loop = loop) and run trainer.fit(...), or run it from a loop that is.")
-        return self._trainer
-
-    @trainer.setter
-    def trainer(self, trainer: Trainer) -> None:
-        self._trainer = trainer
+        return self.context
 
     def on_attach(self) -> None:
-        """Called when a trainer is about to run this loop: resolve per-run choices here, once."""
+        """Called when a run is about to run this loop: resolve per-run choices here, once."""
 
     @property
     def checkpointable(self) -> bool:

@@ -56,7 +56,7 @@ class BatchLoop(TrainerLoop):
 
     def select_optimization_loop(self) -> Loop:
         """The sub-loop this module's optimization mode uses."""
-        module = self._trainer.module
+        module = self.context.module
         if not module.automatic_optimization:
             return self.manual_loop
         if inspect.isgeneratorfunction(type(module).training_step):
@@ -77,10 +77,10 @@ class BatchLoop(TrainerLoop):
         self.fields.skipped = False
 
     def on_run_start(self, batch: Any, batch_idx: int) -> None:
-        if self._trainer.hooks.on_train_batch_start(batch, batch_idx) == -1:
+        if self.context.hooks.on_train_batch_start(batch, batch_idx) == -1:
             self.fields.skipped = True
 
     def advance(self, batch: Any, batch_idx: int) -> Any:
         outputs = self._chosen.run(batch, batch_idx)
-        self._trainer.hooks.on_train_batch_end(outputs, batch, batch_idx)
+        self.context.hooks.on_train_batch_end(outputs, batch, batch_idx)
         return outputs

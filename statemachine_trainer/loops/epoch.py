@@ -52,22 +52,23 @@ class TrainingEpochLoop(TrainerLoop):
     # -- conditions ------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        trainer = self._trainer
-        if self.progress.current.completed >= trainer.sources["train"].num_batches:
+        run = self.context
+        if self.progress.current.completed >= run.sources["train"].num_batches:
             return True
         if self.batch_loop.fields.skipped:
             return True
-        if trainer.max_steps != -1 and self.global_step >= trainer.max_steps:
+        config = run.config
+        if config.max_steps != -1 and self.global_step >= config.max_steps:
             return True
-        return trainer.should_stop and trainer.current_epoch + 1 >= trainer.min_epochs
+        return run.should_stop and run.current_epoch + 1 >= config.min_epochs
 
     @property
     def val_due(self) -> bool:
-        trainer = self._trainer
-        if not trainer.val_enabled or (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch:
+        run = self.context
+        if not run.val_enabled or (run.current_epoch + 1) % run.config.check_val_every_n_epoch:
             return False
         number = self.progress.current.ready + 1  # the batch about to run, counted from 1
-        return number % trainer.val_check_batches == 0 or number == trainer.sources["train"].num_batches
+        return number % run.val_check_batches == 0 or number == run.sources["train"].num_batches
 
     @property
     def global_step(self) -> int:
@@ -79,11 +80,11 @@ class TrainingEpochLoop(TrainerLoop):
         self.progress.is_last_batch = False
 
     def on_run_start(self) -> None:
-        self._trainer.sources["train"].start_epoch(self._trainer.current_epoch)
+        self.context.sources["train"].start_epoch(self.context.current_epoch)
 
     def on_restart(self) -> None:
         done = self.progress.current.completed
-        source = self._trainer.sources["train"]
+        source = self.context.sources["train"]
         if done and not source.resumable:
             # Without the loader's position a mid-epoch resume cannot be exact: say so.
             warnings.warn(f"Resuming in the middle of an epoch ({done} of {source.num_batches} batches done) with a "
@@ -92,8 +93,8 @@ class TrainingEpochLoop(TrainerLoop):
                           "statemachine_trainer.data.ResumableLoader for an exact resume.", stacklevel=2)
 
     def advance(self) -> Any:
-        trainer, progress = self._trainer, self.progress
-        source = trainer.sources["train"]
+        run, progress = self.context, self.progress
+        source = run.sources["train"]
         if self.restarting:
             # Re-entered on resume: the checkpoint was taken while batch `ready - 1` was being processed,
             # and its counters were already moved.  Fetch that batch again instead of the next one.
@@ -103,22 +104,22 @@ class TrainingEpochLoop(TrainerLoop):
             batch_idx = progress.current.ready
             progress.increment_ready()
         batch = source.next_batch()
-        trainer.results.new_batch(batch)
+        run.results.new_batch(batch)
         progress.is_last_batch = batch_idx + 1 >= source.num_batches
-        trainer.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch,
+        run.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch,
                                          resumed=self.restarting)
         if not self.restarting:
             progress.increment_started()
         self.batch_loop.run(batch, batch_idx)
         progress.increment_processed()
-        if trainer.optimization.stepped:
-            trainer.step_schedulers("step")
+        if run.optimization.stepped:
+            run.step_schedulers("step")
         progress.increment_completed()
-        if progress.total.completed % trainer.log_every_n_steps == 0:
-            trainer.log_step_metrics()
+        if progress.total.completed % run.config.log_every_n_steps == 0:
+            run.log_step_metrics()
 
     def run_validation(self) -> None:
         self.val_loop.run()
 
     def on_run_end(self) -> None:
-        self._trainer.sources["train"].end_epoch()
+        self.context.sources["train"].end_epoch()

@@ -15,14 +15,18 @@ the test ones.  ``run(sanity=True)`` is the sanity check: at most
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
+from .._hook_spec import STAGE_HOOKS
 from ..machine import ADVANCE, END, START, Row, Table
 from ..state import BatchProgress
 from ._base import TrainerLoop
+
+if TYPE_CHECKING:
+    from .._hooks import StageRelay
 
 __all__ = ["EVALUATION_TABLE", "EvaluationFields", "EvaluationLoop"]
 
@@ -36,8 +40,6 @@ EVALUATION_TABLE = Table(
         Row("advance", ADVANCE, ADVANCE, hooks="advance"),
     ),
 )
-
-_STAGE_NAMES = {"validate": "validation", "test": "test"}
 
 
 @attrs.define
@@ -54,19 +56,20 @@ class EvaluationLoop(TrainerLoop):
 
     def __init__(self, stage: str = "validate") -> None:
         super().__init__()
-        if stage not in _STAGE_NAMES:
+        if stage not in ("validate", "test"):
             raise ValueError(f"EvaluationLoop(stage={stage!r}): use 'validate' or 'test'.")
         self.stage = stage
         self.name = f"{stage}_loop"
-        prefix = _STAGE_NAMES[stage]
-        self._step_name = f"{prefix}_step"
-        self._hook_names = {part: f"on_{prefix}_{part}" for part in
-                            ("start", "end", "epoch_start", "epoch_end", "batch_start", "batch_end")}
+        self._step_name = STAGE_HOOKS[stage].step
+        self._hooks: StageRelay | None = None  # this stage's hooks, resolved when a run attaches
+
+    def on_attach(self) -> None:
+        self._hooks = self.context.hooks.stage(self.stage)
 
     # -- conditions ------------------------------------------------------------------------
     @property
     def skip(self) -> bool:
-        source = self.trainer.sources.get(self.stage)
+        source = self.context.sources.get(self.stage)
         return source is None or source.num_batches == 0
 
     @property
@@ -74,8 +77,8 @@ class EvaluationLoop(TrainerLoop):
         return self.progress.current.completed >= self._num_batches()
 
     def _num_batches(self) -> int:
-        total = self.trainer.sources[self.stage].num_batches
-        sanity = self.trainer.num_sanity_val_steps
+        total = self.context.sources[self.stage].num_batches
+        sanity = self.context.config.num_sanity_val_steps
         return min(total, sanity) if self.fields.sanity and sanity != -1 else total  # -1: the whole loader
 
     # -- hooks -----------------------------------------------------------------------------
@@ -87,25 +90,25 @@ class EvaluationLoop(TrainerLoop):
         self.fields.sanity = sanity
 
     def on_run_start(self, sanity: bool = False) -> None:
-        trainer = self.trainer
-        self.fields.was_training = trainer.module.training
+        run = self.context
+        self.fields.was_training = run.module.training
         self._enter()
-        trainer.results.reset_stage(self.stage)
-        trainer.sources[self.stage].start_epoch(self.fields.runs)
+        run.results.reset_stage(self.stage)
+        run.sources[self.stage].start_epoch(self.fields.runs)
         self.fields.runs += 1
-        self._hook("start")()
-        self._hook("epoch_start")()
+        self._hooks.start()
+        self._hooks.epoch_start()
 
     def on_restart(self) -> None:
         self._enter()
 
     def _enter(self) -> None:
-        self.trainer.module.eval()
-        self.trainer.results.stage = self.stage
+        self.context.module.eval()
+        self.context.results.stage = self.stage
 
     def advance(self, sanity: bool = False) -> None:
-        trainer, progress = self.trainer, self.progress
-        source = trainer.sources[self.stage]
+        run, progress = self.context, self.progress
+        source = run.sources[self.stage]
         if self.restarting:  # resumed while this batch was in flight: fetch it again, counters already moved
             batch_idx = progress.current.ready - 1
             source.refetch()
@@ -113,33 +116,30 @@ class EvaluationLoop(TrainerLoop):
             batch_idx = progress.current.ready
             progress.increment_ready()
         batch = source.next_batch()
-        trainer.results.new_batch(batch)
+        run.results.new_batch(batch)
         progress.is_last_batch = batch_idx + 1 >= self._num_batches()
-        self._hook("batch_start")(batch, batch_idx)
+        self._hooks.batch_start(batch, batch_idx)
         if not self.restarting:
             progress.increment_started()
-        trainer.results.fx = self._step_name
-        with torch.no_grad(), trainer.precision.autocast():
-            outputs = getattr(trainer.module, self._step_name)(batch, batch_idx)
+        run.results.fx = self._step_name
+        with torch.no_grad(), run.precision.autocast():
+            outputs = getattr(run.module, self._step_name)(batch, batch_idx)
         progress.increment_processed()
-        self._hook("batch_end")(outputs, batch, batch_idx)
+        self._hooks.batch_end(outputs, batch, batch_idx)
         progress.increment_completed()
 
     def on_run_end(self, sanity: bool = False) -> dict[str, float]:
-        trainer = self.trainer
-        trainer.sources[self.stage].end_epoch()
-        metrics = trainer.results.epoch_end(self.stage)
-        self._hook("epoch_end")()
-        self._hook("end")()
-        metrics.update(trainer.results.take_pending())
+        run = self.context
+        run.sources[self.stage].end_epoch()
+        metrics = run.results.epoch_end(self.stage)
+        self._hooks.epoch_end()
+        self._hooks.end()
+        metrics.update(run.results.take_pending())
         if self.fields.was_training:
-            trainer.module.train()
-        trainer.results.stage = "train"
+            run.module.train()
+        run.results.stage = "train"
         if sanity:
-            trainer.results.forget(metrics)  # sanity-check values must not steer callbacks or schedulers
+            run.results.forget(metrics)  # sanity-check values must not steer callbacks or schedulers
             return {}
-        trainer.log_metrics(metrics)
+        run.log_metrics(metrics)
         return {key: float(value) for key, value in metrics.items()}
-
-    def _hook(self, part: str) -> Any:
-        return getattr(self.trainer.hooks, self._hook_names[part])

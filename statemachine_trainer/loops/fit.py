@@ -51,11 +51,33 @@ class FitLoop(TrainerLoop):
         super().__init__()
         self.epoch_loop: Loop = TrainingEpochLoop()
 
+    # -- the counters a run reads (Lightning's trainer.current_epoch, global_step, ...) -------
+    @property
+    def current_epoch(self) -> int:
+        return self.progress.total.completed
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch_loop.global_step
+
+    @property
+    def should_stop(self) -> bool:
+        return self.fields.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.fields.should_stop = bool(value)
+
+    @property
+    def sanity_checking(self) -> bool:
+        val_loop = self.epoch_loop.val_loop
+        return val_loop.fields.sanity and val_loop.state != "START"
+
     # -- conditions ------------------------------------------------------------------------
     @property
     def skip(self) -> bool:
-        trainer = self.trainer
-        return trainer.max_epochs == 0 or trainer.max_steps == 0 or trainer.sources["train"].num_batches == 0
+        config = self.context.config
+        return config.max_epochs == 0 or config.max_steps == 0 or self.context.sources["train"].num_batches == 0
 
     @property
     def done(self) -> bool:
@@ -63,44 +85,44 @@ class FitLoop(TrainerLoop):
 
     def stop_reason(self) -> str | None:
         """Why the fit stops now (None while it goes on): the torchtnt-style twin of ``done``."""
-        trainer = self.trainer
+        config = self.context.config
         epoch = self.progress.total.completed
-        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
-            return f"max_steps={trainer.max_steps} reached"
-        if trainer.max_epochs != -1 and epoch >= trainer.max_epochs:
-            return f"max_epochs={trainer.max_epochs} reached"
-        if self.fields.should_stop and epoch >= trainer.min_epochs:
+        if config.max_steps != -1 and self.global_step >= config.max_steps:
+            return f"max_steps={config.max_steps} reached"
+        if config.max_epochs != -1 and epoch >= config.max_epochs:
+            return f"max_epochs={config.max_epochs} reached"
+        if self.fields.should_stop and epoch >= config.min_epochs:
             return "should_stop was set (e.g. by EarlyStopping)"
         return None
 
     # -- hooks -----------------------------------------------------------------------------
     def on_skip(self) -> None:
-        self.trainer.hooks.on_fit_start()
-        self.trainer.hooks.on_fit_end()
+        self.context.hooks.on_fit_start()
+        self.context.hooks.on_fit_end()
 
     def reset(self) -> None:
         self.fields.should_stop = False
 
     def on_fit_start(self) -> None:
-        self.trainer.hooks.on_fit_start()
+        self.context.hooks.on_fit_start()
 
     def sanity_check(self) -> None:
-        trainer = self.trainer
-        if trainer.num_sanity_val_steps == 0 or not trainer.val_enabled:
+        run = self.context
+        if run.config.num_sanity_val_steps == 0 or not run.val_enabled:
             return
-        trainer.hooks.on_sanity_check_start()
+        run.hooks.on_sanity_check_start()
         self.epoch_loop.val_loop.run(sanity=True)
-        trainer.hooks.on_sanity_check_end()
+        run.hooks.on_sanity_check_end()
 
     def on_train_start(self) -> None:
-        self.trainer.hooks.on_train_start()
+        self.context.hooks.on_train_start()
 
     def on_advance_start(self) -> None:
-        trainer = self.trainer
+        run = self.context
         self.progress.increment_ready()
-        trainer.module.train()
-        trainer.results.stage = "train"
-        trainer.hooks.on_train_epoch_start()
+        run.module.train()
+        run.results.stage = "train"
+        run.hooks.on_train_epoch_start()
         self.progress.increment_started()
 
     def advance(self) -> None:
@@ -108,15 +130,15 @@ class FitLoop(TrainerLoop):
         self.progress.increment_processed()
 
     def on_advance_end(self) -> None:
-        trainer = self.trainer
-        metrics = trainer.results.epoch_end("train")
-        trainer.hooks.on_train_epoch_end()
-        trainer.step_schedulers("epoch")
-        trainer.log_metrics({**metrics, **trainer.results.take_pending()})
+        run = self.context
+        metrics = run.results.epoch_end("train")
+        run.hooks.on_train_epoch_end()
+        run.step_schedulers("epoch")
+        run.log_metrics({**metrics, **run.results.take_pending()})
         self.progress.increment_completed()
 
     def on_train_end(self) -> None:
-        self.trainer.hooks.on_train_end()
+        self.context.hooks.on_train_end()
 
     def on_fit_end(self) -> None:
-        self.trainer.hooks.on_fit_end()
+        self.context.hooks.on_fit_end()

@@ -91,17 +91,17 @@ class OptimizerLoop(TrainerLoop):
 
     def advance(self, batch: Any, batch_idx: int) -> None:
         index = self._active()[self.progress.optimizer_position]
-        self._trainer.optimization.optimizer_step(index, lambda: self._loss(batch, batch_idx, index), self.progress)
+        self.context.optimization.optimizer_step(index, lambda: self._loss(batch, batch_idx, index), self.progress)
         self.progress.optimizer_position += 1
 
     def on_run_end(self) -> Any:
         return self._outputs
 
     def _active(self) -> Any:
-        return self._trainer.optimization.active_optimizers()
+        return self.context.optimization.active_optimizers()
 
     def _loss(self, batch: Any, batch_idx: int, index: int) -> torch.Tensor | None:
-        output = self._trainer.optimization.call_training_step(batch, batch_idx, index)
+        output = self.context.optimization.call_training_step(batch, batch_idx, index)
         self._outputs = output
         return _loss_of(output)
 
@@ -116,7 +116,7 @@ class GeneratorLoop(OptimizerLoop):
         self._generator: Any = None
 
     def on_run_start(self, batch: Any, batch_idx: int) -> None:
-        self._generator = self._trainer.optimization.call_training_step(batch, batch_idx, None)
+        self._generator = self.context.optimization.call_training_step(batch, batch_idx, None)
 
     @property
     def checkpointable(self) -> bool:
@@ -152,7 +152,7 @@ class GeneratorLoop(OptimizerLoop):
         return _loss_of(output)
 
     def _replay(self, batch: Any, batch_idx: int) -> None:
-        self._generator = self._trainer.optimization.call_training_step(batch, batch_idx, None)
+        self._generator = self.context.optimization.call_training_step(batch, batch_idx, None)
         for _ in range(self.progress.optimizer_position):
             next(self._generator)
 
@@ -170,4 +170,4 @@ class ManualLoop(TrainerLoop):
         self.progress.optimizer_position = 0
 
     def advance(self, batch: Any, batch_idx: int) -> Any:
-        return self._trainer.optimization.call_training_step(batch, batch_idx, None)
+        return self.context.optimization.call_training_step(batch, batch_idx, None)

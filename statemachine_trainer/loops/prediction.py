@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from ..machine import Table
 from ..state import BatchProgress
 from ._base import TrainerLoop
 from .evaluation import EVALUATION_TABLE
+
+if TYPE_CHECKING:
+    from .._hooks import StageRelay
 
 __all__ = ["PREDICTION_TABLE", "PredictionLoop"]
 
@@ -32,15 +35,19 @@ class PredictionLoop(TrainerLoop):
     def __init__(self) -> None:
         super().__init__()
         self._predictions: list[Any] = []
+        self._hooks: StageRelay | None = None  # the predict hooks, resolved when a run attaches
+
+    def on_attach(self) -> None:
+        self._hooks = self.context.hooks.stage("predict")
 
     @property
     def skip(self) -> bool:
-        source = self.trainer.sources.get("predict")
+        source = self.context.sources.get("predict")
         return source is None or source.num_batches == 0
 
     @property
     def done(self) -> bool:
-        return self.progress.current.completed >= self.trainer.sources["predict"].num_batches
+        return self.progress.current.completed >= self.context.sources["predict"].num_batches
 
     def on_skip(self) -> list[Any]:
         return []
@@ -50,34 +57,33 @@ class PredictionLoop(TrainerLoop):
         self._predictions = []
 
     def on_run_start(self) -> None:
-        trainer = self.trainer
-        trainer.module.eval()
-        trainer.results.stage = "predict"
-        trainer.sources["predict"].start_epoch(0)
-        trainer.hooks.on_predict_start()
-        trainer.hooks.on_predict_epoch_start()
+        run = self.context
+        run.module.eval()
+        run.results.stage = "predict"
+        run.sources["predict"].start_epoch(0)
+        self._hooks.start()
+        self._hooks.epoch_start()
 
     def on_restart(self) -> None:
-        self.trainer.module.eval()
+        self.context.module.eval()
 
     def advance(self) -> None:
-        trainer, progress = self.trainer, self.progress
+        run, progress = self.context, self.progress
         batch_idx = progress.current.ready
         progress.increment_ready()
-        batch = trainer.sources["predict"].next_batch()
-        trainer.hooks.on_predict_batch_start(batch, batch_idx)
+        batch = run.sources["predict"].next_batch()
+        self._hooks.batch_start(batch, batch_idx)
         progress.increment_started()
-        with torch.no_grad(), trainer.precision.autocast():
-            outputs = trainer.module.predict_step(batch, batch_idx)
+        with torch.no_grad(), run.precision.autocast():
+            outputs = run.module.predict_step(batch, batch_idx)
         progress.increment_processed()
-        trainer.hooks.on_predict_batch_end(outputs, batch, batch_idx)
+        self._hooks.batch_end(outputs, batch, batch_idx)
         self._predictions.append(outputs)
         progress.increment_completed()
 
     def on_run_end(self) -> list[Any]:
-        trainer = self.trainer
-        trainer.sources["predict"].end_epoch()
-        trainer.hooks.on_predict_epoch_end()
-        trainer.hooks.on_predict_end()
+        self.context.sources["predict"].end_epoch()
+        self._hooks.epoch_end()
+        self._hooks.end()
         predictions, self._predictions = self._predictions, []
         return predictions

@@ -76,5 +76,5 @@ def assert_resume_exact(make_module: Callable[[], Any], make_trainer: Callable[[
 
 
 def _final_state(trainer: Any) -> dict[str, Any]:
-    state = trainer._checkpoint_state()
+    state = trainer.capture_state()
     return {key: state[key] for key in _COMPARED if key in state}

@@ -1,0 +1,93 @@
+"""``BoundaryWriter``: checkpoint requests and preemption, acted on at transition boundaries.
+
+A checkpoint is exact only at a transition boundary of the running tree
+(between two transitions, or two hooks of one): there every loop's
+position says precisely what is done.  So nothing writes from inside a
+hook; hooks *request* a checkpoint, and this object, installed as the tree's
+observer for the length of a fit, writes the pending requests at the next
+boundary where every loop is ``checkpointable`` (not, e.g., between the
+yields of a generator step).  A preemption signal (SIGTERM / SIGUSR1) is a
+request too, followed by :class:`Preempted` (exit 75).  Under DDP the ranks
+agree on preemption once per batch, so they all stop at the same boundary.
+
+The observer runs at every boundary (several per training step), so when
+nothing is pending it returns after two attribute reads.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ._preemption import Preempted, PreemptionGuard
+from .machine import Loop
+
+__all__ = ["BoundaryWriter"]
+
+
+class BoundaryWriter:
+    """Holds checkpoint requests until a boundary; turns a preemption signal into a checkpoint and exit 75."""
+
+    def __init__(self, write: Callable[[Path], Path], preemption_path: Callable[[], Path], strategy: Any) -> None:
+        self._write = write  # writes the run's state to a path now; returns the path written
+        self._preemption_path = preemption_path  # where a preemption checkpoint goes
+        self._strategy = strategy
+        self._pending: list[tuple[Path, Callable[[Path], None] | None]] = []
+        self._guard = PreemptionGuard()
+        self._root: Loop | None = None  # the tree being watched; None outside watch()
+        self._epoch_loop: Loop | None = None  # the loop whose batch ends are where ranks agree on preemption
+
+    def request(self, path: Path, on_written: Callable[[Path], None] | None = None) -> None:
+        """Write ``path`` at the next checkpointable boundary; outside ``watch`` (no tree running) now."""
+        if self._root is None:
+            self._write_one(path, on_written)
+        else:
+            self._pending.append((path, on_written))
+
+    @contextmanager
+    def watch(self, root: Loop, epoch_loop: Loop | None) -> Iterator[None]:
+        """Observe ``root``'s boundaries and catch preemption signals while the block runs."""
+        self._pending, self._root, self._epoch_loop = [], root, epoch_loop
+        root.observe(self._at_boundary)
+        try:
+            with self._guard:
+                yield
+        finally:
+            root.observe(None)
+            self._root = self._epoch_loop = None
+
+    def _at_boundary(self, loop: Loop) -> None:
+        distributed = self._strategy.world_size > 1
+        if distributed and loop is self._epoch_loop and _between_batches(loop):
+            self._agree_on_preemption()
+        if not self._pending and self._guard.signum is None:
+            return
+        if not all(getattr(node, "checkpointable", True) for _, node in self._root.walk()):
+            return  # e.g. between the yields of a generator step: wait for the step to end
+        pending, self._pending = self._pending, []
+        for path, on_written in pending:
+            self._write_one(path, on_written)
+        if self._guard.signum is not None and not distributed:
+            self._preempt(self._guard.signum)
+
+    def _agree_on_preemption(self) -> None:
+        """Preempt on every rank at once if any rank was signalled (reduced one batch late, never blocking)."""
+        if self._strategy.agreed_preemption(self._guard.signum is not None):
+            self._preempt(self._guard.signum or signal.SIGTERM)
+
+    def _preempt(self, signum: int) -> None:
+        raise Preempted(signum, self._write(self._preemption_path()))
+
+    def _write_one(self, path: Path, on_written: Callable[[Path], None] | None) -> None:
+        written = self._write(path)
+        if on_written is not None:
+            on_written(written)
+
+
+def _between_batches(loop: Loop) -> bool:
+    """The epoch loop just finished a batch: the one boundary per step where ranks agree on preemption."""
+    position = loop.position
+    return position.row is None and position.state == "ADVANCE"

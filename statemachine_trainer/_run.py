@@ -1,0 +1,226 @@
+"""``Run``: the narrow context a loop tree, its callbacks and the module share during one run.
+
+The ``Trainer`` checks flags and assembles a run; it does not take part in
+one.  What the parts of a running tree need from each other is collected
+here, in one object built per ``fit``/``validate``/``test``/``predict``:
+
+* the parts: ``config`` (the checked flags), ``module``, ``sources`` (one
+  ``BatchSource`` per dataloader), ``hooks`` (the relay), ``results`` (logged
+  values), ``optimization``, ``precision``, ``strategy``, ``callbacks``,
+  ``loggers``, and ``fit_loop`` (the tree's fit loop, which owns the epoch and
+  step counters);
+* the services: ``step_schedulers``, ``monitored``, ``log_metrics``,
+  ``request_checkpoint`` (a write at the next transition boundary) and
+  ``save_checkpoint`` (a write now);
+* Lightning's read-only names over those (``current_epoch``,
+  ``global_step``, ``callback_metrics``, ``should_stop``, flags such as
+  ``max_epochs``), because this is also what user code sees as
+  ``module.trainer`` and as the ``trainer`` argument of callback hooks.
+
+It sits below the loops, callbacks and module (it imports none of them, nor
+the Trainer), so dependencies point one way.  Loops reach it as
+``loop.context``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._flags import FLAG_NAMES, TrainerConfig
+from ._optim import ConfigError
+from ._results import Results
+
+if TYPE_CHECKING:
+    import torch
+
+    from ._hooks import HookRelay
+    from ._optimization import Optimization
+    from ._precision import Precision
+
+__all__ = ["FitCounters", "Run"]
+
+
+class FitCounters(Protocol):
+    """What the run reads from the fit loop: the counters Lightning users know as ``trainer.*``."""
+
+    @property
+    def current_epoch(self) -> int: ...
+
+    @property
+    def global_step(self) -> int: ...
+
+    should_stop: bool
+
+    @property
+    def sanity_checking(self) -> bool: ...
+
+
+class Run:
+    """One run's parts and services; see the module docstring.  Built by the Trainer, read by everything else."""
+
+    def __init__(self, config: TrainerConfig, stage: str, strategy: Any, precision: Precision, device: Any,
+                 callbacks: list[Any], loggers: list[Any],
+                 request_checkpoint: Callable[[Path, Callable[[Path], None] | None], None] | None = None,
+                 save_checkpoint: Callable[[Path], Path] | None = None) -> None:
+        self.config = config
+        self.state = stage  # "fit", "validate", "test", "predict"; "idle" once the run has finished
+        self.strategy, self.precision, self.device = strategy, precision, device
+        self.callbacks, self.loggers = callbacks, loggers
+        self.module: Any = None
+        self.sources: dict[str, Any] = {}  # stage name -> BatchSource
+        self.results = Results(strategy.reduce)
+        self.hooks: HookRelay | None = None
+        self.optimization: Optimization | None = None
+        self.manual_optimizers: tuple[Any, ...] = ()  # what self.optimizers() returns in manual mode
+        self.val_enabled = False  # fit with validation data that has batches
+        self.val_check_batches = 1  # validation follows every this many training batches (and the epoch's last)
+        self.fit_loop: FitCounters | None = None
+        self._request, self._save = request_checkpoint, save_checkpoint
+
+    # -- Lightning's read-only names --------------------------------------------------------
+    @property
+    def current_epoch(self) -> int:
+        return 0 if self.fit_loop is None else self.fit_loop.current_epoch
+
+    @property
+    def global_step(self) -> int:
+        return 0 if self.fit_loop is None else self.fit_loop.global_step
+
+    @property
+    def should_stop(self) -> bool:
+        return self.fit_loop is not None and self.fit_loop.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        if self.fit_loop is None:
+            raise RuntimeError("trainer.should_stop can only be set while a fit loop is part of the run.")
+        self.fit_loop.should_stop = bool(value)
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self.state == "fit" and self.fit_loop is not None and self.fit_loop.sanity_checking
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        self.results.refresh_step_views()
+        return self.results.callback_metrics
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, torch.Tensor]:
+        self.results.refresh_step_views()
+        return self.results.progress_bar_metrics
+
+    @property
+    def logged_metrics(self) -> dict[str, torch.Tensor]:
+        return self.results.logged_metrics
+
+    @property
+    def optimizers(self) -> list[Any]:
+        return [] if self.optimization is None else list(self.optimization.optimizers)
+
+    @property
+    def lr_scheduler_configs(self) -> list[Any]:
+        return [] if self.optimization is None else list(self.optimization.setup.schedulers)
+
+    @property
+    def logger(self) -> Any:
+        return self.loggers[0] if self.loggers else None
+
+    @property
+    def num_training_batches(self) -> int:
+        source = self.sources.get("train")
+        return 0 if source is None else source.num_batches
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process is rank 0 (always, without strategy="ddp"): the one that logs and prints."""
+        return self.strategy.is_rank_zero
+
+    @property
+    def default_root_dir(self) -> Path:
+        return self.config.default_root_dir
+
+    @property
+    def validation_ends_each_epoch(self) -> bool:
+        """Validation runs at most once per epoch, after its last batch, so epoch-end hooks see fresh values.
+
+        The rule ModelCheckpoint and EarlyStopping use to pick where they act
+        (``on_train_epoch_end`` or ``on_validation_end``), as in Lightning.
+        """
+        return not self.val_enabled or (self.config.check_val_every_n_epoch == 1
+                                        and self.val_check_batches >= self.num_training_batches)
+
+    def callback(self, cls: type) -> Any:
+        """The first callback that is an instance of ``cls``, or None."""
+        return next((cb for cb in self.callbacks if isinstance(cb, cls)), None)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names not found normally: the flags (run.max_epochs) and a clear error otherwise.
+        if name in FLAG_NAMES:
+            return getattr(self.config, name)
+        raise AttributeError(f"The run has no attribute {name!r}. Inside hooks, `trainer` is the run: its parts "
+                             "(module, sources, hooks, results, optimization, precision, strategy, callbacks, "
+                             "loggers, config), Lightning's counters and the flags; the Trainer's entry points "
+                             "are not reachable from inside a run.")
+
+    # -- services -------------------------------------------------------------------------------
+    def step_schedulers(self, interval: str) -> None:
+        """Step the schedulers of ``interval`` ("step" or "epoch") that are due; automatic mode only."""
+        optimization = self.optimization
+        if optimization is None or not optimization.setup.schedulers or not self.module.automatic_optimization:
+            return  # the common case, decided before global_step (a sum over loops) is computed
+        count = self.global_step if interval == "step" else self.current_epoch + 1
+        for config in optimization.setup.schedulers:
+            if config.interval != interval or count % config.frequency:
+                continue
+            if config.reduce_on_plateau:
+                config.scheduler.step(self.monitored(config.monitor, "ReduceLROnPlateau"))
+            else:
+                config.scheduler.step()
+
+    def monitored(self, key: str, who: str) -> torch.Tensor:
+        """``callback_metrics[key]``, or a clear error listing what was logged."""
+        metrics = self.callback_metrics
+        if key not in metrics:
+            logged = ", ".join(sorted(metrics)) or "nothing yet"
+            raise ConfigError(f"{who} monitors {key!r}, but no value named {key!r} was logged (logged: {logged}). "
+                              f"Log it with self.log({key!r}, value) in the module, or monitor one of those keys.")
+        # Decisions made on it (checkpoints kept, early stopping, plateau) must agree across ranks: the mean.
+        return self.strategy.reduce(metrics[key]) if self.strategy.world_size > 1 else metrics[key]
+
+    def log_step_metrics(self) -> None:
+        if self.loggers:
+            self.log_metrics(self.results.step_metrics())
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        """Send metrics to every logger at the current global step (``.item()`` happens here, not per step)."""
+        if not self.loggers or not metrics:
+            return
+        values = {k: float(v) for k, v in metrics.items()}
+        values.setdefault("epoch", float(self.current_epoch))
+        for logger in self.loggers:
+            logger.log_metrics(values, self.global_step)
+
+    def request_checkpoint(self, path: str | os.PathLike[str],
+                           on_written: Callable[[Path], None] | None = None) -> None:
+        """Write a checkpoint to ``path`` at the next transition boundary of the running tree.
+
+        Hooks and callbacks call this instead of ``save_checkpoint``: a file
+        written *inside* a hook would record "in the middle of this hook", and a
+        resume would run the hook's first half twice.  At a boundary, every
+        loop's position is exact.  ``on_written(path)`` runs after the write
+        (e.g. to delete a checkpoint that fell out of the top k only once its
+        replacement is safely on disk).  Outside ``fit`` the write happens now.
+        """
+        if self._request is None:
+            raise RuntimeError("This run cannot write checkpoints: it was built without a checkpoint service.")
+        self._request(Path(path), on_written)
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        """Write the run's state to ``path`` now (prefer ``request_checkpoint`` inside hooks)."""
+        if self._save is None:
+            raise RuntimeError("This run cannot write checkpoints: it was built without a checkpoint service.")
+        return self._save(Path(path))
