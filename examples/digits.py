@@ -1,6 +1,6 @@
 """Handwritten digits (scikit-learn's bundled 8x8 images) with an MLP: the README's main example.
 
-Run:  python examples/digits.py [--epochs 20] [--seed 0] [--fast-dev-run] [--root runs/digits]
+Run:  python examples/digits.py [--epochs 20] [--seed 0] [--fast-dev-run] [--root runs/digits] [--max-steps N]
       python examples/digits.py --resume last      # continue from the last checkpoint of a previous run
       python examples/digits.py --resume latest    # ... or from the newest valid one (after a kill -9)
       torchrun --nproc-per-node 2 examples/digits.py --strategy ddp   # two processes (DDP, gloo on CPU)
@@ -29,6 +29,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Trainer, TrainingModule, seed_everything
 from statemachine_trainer.callbacks import ModelCheckpoint
+from statemachine_trainer.data import ResumableLoader
+from statemachine_trainer.script import add_run_flags, save_final, trainer_kwargs
 
 
 class DigitsClassifier(TrainingModule):
@@ -70,7 +72,7 @@ class DigitsClassifier(TrainingModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
 
-def digits_loaders(seed: int, batch_size: int = 64) -> tuple[DataLoader, DataLoader]:
+def digits_loaders(seed: int, batch_size: int = 64) -> tuple[ResumableLoader, DataLoader]:
     """80/20 stratified split, standardised with the training split's statistics."""
     x, y = load_digits(return_X_y=True)
     x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=0.2, stratify=y, random_state=seed)
@@ -78,17 +80,15 @@ def digits_loaders(seed: int, batch_size: int = 64) -> tuple[DataLoader, DataLoa
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6  # some border pixels are always 0: avoid dividing by 0
     train = TensorDataset((x_train - mean) / std, torch.tensor(y_train))
     val = TensorDataset((x_val - mean) / std, torch.tensor(y_val))
-    return DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(val, batch_size=256)
+    # ResumableLoader: a seeded shuffle whose position is in every checkpoint, so a mid-epoch resume is exact.
+    return ResumableLoader(DataLoader(train, batch_size=batch_size, shuffle=True), seed=seed), \
+        DataLoader(val, batch_size=256)
 
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fast-dev-run", action="store_true", help="two batches of every loop, then exit")
-    parser.add_argument("--root", default="runs/digits", help="where logs and checkpoints go")
-    parser.add_argument("--resume", default=None,
-                        help="a checkpoint path, 'last' (ROOT/checkpoints/last.ckpt) or 'latest' (the newest valid one)")
+    add_run_flags(parser, root="runs/digits", checkpoint_every=100)  # also: --resume last (ROOT/checkpoints/last.ckpt)
     parser.add_argument("--strategy", default="auto", choices=("auto", "ddp"), help="'ddp': one process per device")
     parser.add_argument("--devices", type=int, default=None,
                         help="processes with --strategy ddp (default: torchrun's --nproc-per-node, else 1)")
@@ -100,10 +100,12 @@ def main(argv: list[str] | None = None) -> float:
     train_loader, val_loader = digits_loaders(args.seed)
     module = DigitsClassifier(epochs=args.epochs)
     best = ModelCheckpoint(dirpath=Path(args.root) / "checkpoints", monitor="val_acc", mode="max", save_last=True)
-    trainer = Trainer(max_epochs=args.epochs, seed=args.seed, default_root_dir=args.root, callbacks=[best],
-                      fast_dev_run=2 if args.fast_dev_run else False, strategy=args.strategy, devices=devices)
+    # The common flags' checkpoints every --checkpoint-every steps, plus the best epoch by val_acc and last.ckpt.
+    trainer = Trainer(max_epochs=args.epochs, strategy=args.strategy, devices=devices,
+                      **trainer_kwargs(args, callbacks=[best], logger=True, enable_progress_bar=True))
     resume = Path(args.root) / "checkpoints" / "last.ckpt" if args.resume == "last" else args.resume
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+    save_final(trainer, args)
 
     ckpt_path = None if args.fast_dev_run else "best"
     (result,) = trainer.validate(module, val_loader, ckpt_path=ckpt_path)

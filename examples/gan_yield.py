@@ -40,8 +40,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Trainer, TrainingModule
-from statemachine_trainer.callbacks import ModelCheckpoint
 from statemachine_trainer.data import ResumableLoader
+from statemachine_trainer.script import add_run_flags, save_final, trainer_kwargs
 from statemachine_trainer.trainer import seed_everything
 
 NUM_MODES, RADIUS, MODE_STD = 8, 2.0, 0.05
@@ -150,13 +150,8 @@ def whole_batch(items: list[tuple[torch.Tensor]]) -> tuple[torch.Tensor]:
 def parse_args(doc: str, epochs: int, extra: tuple[tuple[str, type, Any, str], ...] = ()) -> argparse.Namespace:
     """The flags every GAN example takes, plus ``extra`` ones given as (flag, type, default, help)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=epochs, help=f"epochs of 32 batches (default {epochs})")
-    parser.add_argument("--fast-dev-run", action="store_true", help="run 2 batches of every loop and exit")
-    parser.add_argument("--root", default=None, help="write checkpoints under ROOT/checkpoints and the final state "
-                        "to ROOT/final.ckpt (default: write nothing)")
-    parser.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints")
-    parser.add_argument("--resume", default=None, help="a checkpoint to resume from, or 'latest' (needs --root)")
+    add_run_flags(parser)
     parser.add_argument("--strategy", default="auto", choices=("auto", "ddp"), help="'ddp': one process per device")
     parser.add_argument("--devices", type=int, default=1, help="processes to start with --strategy ddp")
     for flag, kind, default, text in extra:
@@ -168,20 +163,14 @@ def train_and_report(module: GAN, loader: ResumableLoader, args: argparse.Namesp
     """Fit, then print the quality of the generator before and after (shared with manual_gan.py)."""
     torch.set_num_threads(1)  # tiny models: a second thread costs more in sync than it gains
     before = mode_quality(module.sample(2000, seed=args.seed + 1))
-    callbacks = []
-    if args.root is not None:  # without --root, a toy run: nothing is written to disk
-        callbacks.append(ModelCheckpoint(dirpath=Path(args.root) / "checkpoints", save_top_k=3,
-                                         every_n_train_steps=args.checkpoint_every))
     # Under DDP each rank draws its own noise (the Trainer seeds seed + rank); one process keeps build()'s RNG.
-    trainer = Trainer(max_epochs=args.epochs, fast_dev_run=2 if args.fast_dev_run else False, logger=False,
-                      enable_checkpointing=args.root is not None, callbacks=callbacks,
-                      default_root_dir=args.root, strategy=args.strategy, devices=args.devices,
-                      seed=args.seed if args.strategy == "ddp" else None)
+    # Without --root, a toy run: nothing is written to disk.
+    trainer = Trainer(max_epochs=args.epochs, strategy=args.strategy, devices=args.devices,
+                      **trainer_kwargs(args, seed=args.seed if args.strategy == "ddp" else None))
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=args.resume)
     seconds = time.perf_counter() - start
-    if args.root is not None:
-        trainer.save_checkpoint(Path(args.root) / "final.ckpt")  # what `statemachine-trainer diff` compares
+    save_final(trainer, args)  # ROOT/final.ckpt: what `statemachine-trainer diff` compares
     if not trainer.is_global_zero:
         return  # under DDP every rank holds the same generator: one report
     after = mode_quality(module.sample(2000, seed=args.seed + 1))  # the same noise as `before`

@@ -1,6 +1,8 @@
 """A custom optimization loop, as a table: scale each step by how a held-out "guide" split responds.
 
 Run:  python examples/val_guided.py [--seed N] [--epochs E] [--probe-every K] [--fast-dev-run] [--diagram]
+      python examples/val_guided.py --root runs/vg          # checkpoints; kill it any time, then
+      python examples/val_guided.py --root runs/vg --resume latest
 
 The task is scikit-learn's bundled 8x8 digits (no download), split three ways:
 train (gradients), guide (steers the step size) and validation (reported,
@@ -45,8 +47,10 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import END, START, ConfigError, Row, Table, Trainer, TrainingModule
+from statemachine_trainer.data import ResumableLoader
 from statemachine_trainer.loops import TrainerLoop
 from statemachine_trainer.machine.diagram import to_mermaid
+from statemachine_trainer.script import add_run_flags, save_final, trainer_kwargs
 from statemachine_trainer.state import OptimizationProgress
 from statemachine_trainer.trainer import seed_everything
 
@@ -89,11 +93,11 @@ class ValGuidedStep(TrainerLoop):
 
     def on_attach(self) -> None:
         # Checked once per fit, before the first batch, instead of failing somewhere inside the step.
-        trainer = self.trainer
-        if not trainer.module.automatic_optimization or len(trainer.optimization.optimizers) != 1:
+        run = self.context
+        if not run.module.automatic_optimization or len(run.optimization.optimizers) != 1:
             raise ConfigError("ValGuidedStep steps exactly one optimizer in automatic optimization; return one "
                               "optimizer from configure_optimizers() and keep automatic_optimization = True.")
-        if trainer.accumulate_grad_batches != 1:
+        if run.config.accumulate_grad_batches != 1:
             raise ConfigError("ValGuidedStep steps on every batch; use accumulate_grad_batches=1.")
 
     # -- conditions ------------------------------------------------------------------------
@@ -106,7 +110,7 @@ class ValGuidedStep(TrainerLoop):
         self._outputs = None  # per batch only: trust and last_probe carry over from step to step
 
     def backward(self, batch: Any, batch_idx: int) -> None:
-        optimization = self.trainer.optimization
+        optimization = self.context.optimization
         with optimization.precision.autocast():
             self._outputs = optimization.call_training_step(batch, batch_idx, None)
         loss = self._outputs["loss"] if isinstance(self._outputs, dict) else self._outputs
@@ -116,7 +120,7 @@ class ValGuidedStep(TrainerLoop):
         optimization.backward(loss)  # on_before_backward, loss.backward(), on_after_backward
 
     def probe_val(self) -> None:
-        module = self.trainer.module
+        module = self.context.module
         was_training = module.training
         module.eval()  # the guide loss must not depend on dropout's random mask (nor use up RNG)
         with torch.no_grad():  # a probe, not a training signal: no graph, no gradients
@@ -132,12 +136,12 @@ class ValGuidedStep(TrainerLoop):
 
     def scale_gradients(self) -> None:
         trust = self.fields.trust
-        for param in self.trainer.module.parameters():
+        for param in self.context.module.parameters():
             if param.grad is not None:
                 param.grad.mul_(trust)
 
     def step(self) -> None:
-        optimization = self.trainer.optimization
+        optimization = self.context.optimization
         # on_before_optimizer_step, clipping (after our scaling, so gradient_clip_val bounds the step
         # actually taken), optimizer.step(), on_before_zero_grad, zero_grad -- and the step counters.
         optimization.step_optimizer(optimization.optimizers[0], self.progress)
@@ -190,16 +194,18 @@ def digit_splits(seed: int, guide: int = 300, val: int = 400) -> dict[str, tuple
 
 
 def build(seed: int, epochs: int, probe_every: int = 1, fast_dev_run: bool = False,
-          ) -> tuple[Trainer, DigitsClassifier, DataLoader, DataLoader]:
+          trainer_args: dict[str, Any] | None = None) -> tuple[Trainer, DigitsClassifier, ResumableLoader, DataLoader]:
     """Seed, then make the data, the module and a Trainer whose optimization loop is ValGuidedStep."""
     seed_everything(seed)
     splits = digit_splits(seed)
     module = DigitsClassifier()
-    train = DataLoader(TensorDataset(*splits["train"]), batch_size=64, shuffle=True)
+    # ResumableLoader: a seeded shuffle whose position is in every checkpoint, so a mid-epoch resume is exact.
+    train = ResumableLoader(DataLoader(TensorDataset(*splits["train"]), batch_size=64, shuffle=True), seed=seed)
     val = DataLoader(TensorDataset(*splits["val"]), batch_size=200)
-    # A toy run: no logs or checkpoints to keep, so nothing is written to disk.
-    trainer = Trainer(max_epochs=epochs, fast_dev_run=2 if fast_dev_run else False, logger=False,
-                      enable_checkpointing=False)
+    # Without --root a toy run: no logs or checkpoints to keep, so nothing is written to disk.
+    trainer_args = {"fast_dev_run": 2 if fast_dev_run else False, "logger": False, "enable_checkpointing": False,
+                    **(trainer_args or {})}
+    trainer = Trainer(max_epochs=epochs, **trainer_args)
     trainer.fit_loop.epoch_loop.batch_loop.connect(
         optimizer_loop=ValGuidedStep(splits["guide"], cross_entropy, probe_every=probe_every))
     return trainer, module, train, val
@@ -207,22 +213,24 @@ def build(seed: int, epochs: int, probe_every: int = 1, fast_dev_run: bool = Fal
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--probe-every", type=int, default=1, help="probe the guide split every K steps")
-    parser.add_argument("--fast-dev-run", action="store_true", help="run 2 batches of every loop and exit")
     parser.add_argument("--diagram", action="store_true", help="print the loop tree as Mermaid and exit")
+    add_run_flags(parser, checkpoint_every=20)
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny model: a second thread costs more in sync than it gains
 
-    trainer, module, train, val = build(args.seed, args.epochs, args.probe_every, args.fast_dev_run)
+    # seed=None: build() seeds once, before the model exists; the Trainer keeps that stream going.
+    trainer, module, train, val = build(args.seed, args.epochs, args.probe_every, args.fast_dev_run,
+                                        trainer_kwargs(args, seed=None))
     if args.diagram:
         print(to_mermaid(trainer.fit_loop))
         return
     before = trainer.validate(module, val)[0]
     start = time.perf_counter()
-    trainer.fit(module, train, val)
+    trainer.fit(module, train, val, ckpt_path=args.resume)
     seconds = time.perf_counter() - start
+    save_final(trainer, args)
     after = trainer.validate(module, val)[0]
     guide = trainer.fit_loop.epoch_loop.batch_loop.optimizer_loop.fields
     print(f"{trainer.global_step} steps in {seconds:.1f}s; {guide.probes} guide probes, final trust factor "

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ._flags import TrainerConfig
 
 __all__ = ["check_int", "check_module", "check_optimization_mode", "default_callbacks", "default_loggers", "defines",
-           "resolve_device", "val_check_batches"]
+           "resolve_device"]
 
 
 def resolve_device(accelerator: str) -> torch.device:
@@ -38,16 +38,6 @@ def resolve_device(accelerator: str) -> torch.device:
                               "or 'auto'.")
         return torch.device("cuda", torch.cuda.current_device())
     raise ConfigError(f"accelerator={accelerator!r}: use 'cpu', 'cuda' or 'auto'.")
-
-
-def val_check_batches(interval: float | None, num_batches: int) -> int:
-    if interval is None:
-        return max(num_batches, 1)
-    if isinstance(interval, float):
-        if not 0.0 < interval <= 1.0:
-            raise ConfigError(f"val_check_interval={interval} must be a fraction in (0, 1] or an int of batches.")
-        return max(1, int(num_batches * interval))
-    return check_int("val_check_interval", interval, 1)
 
 
 def check_module(module: Any, step: str, entry: str) -> None:

@@ -92,5 +92,18 @@ class TrainerConfig:
                    logger=logger, enable_progress_bar=enable_progress_bar, enable_checkpointing=enable_checkpointing)
 
 
+    def val_check_batches(self, num_batches: int) -> int:
+        """Validation follows every this many training batches (and the epoch's last), from val_check_interval."""
+        interval = self.val_check_interval
+        if interval is None:
+            return max(num_batches, 1)
+        if isinstance(interval, float):
+            if not 0.0 < interval <= 1.0:
+                raise ConfigError(f"val_check_interval={interval} must be a fraction in (0, 1] or an int of "
+                                  "batches.")
+            return max(1, int(num_batches * interval))
+        return check_int("val_check_interval", interval, 1)
+
+
 #: The flag names readable as ``trainer.<name>`` / ``run.<name>`` (Lightning code reads e.g. ``trainer.max_epochs``).
 FLAG_NAMES = frozenset(field.name for field in attrs.fields(TrainerConfig))

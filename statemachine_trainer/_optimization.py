@@ -58,8 +58,12 @@ class Optimization:
     @property
     def one_backward(self) -> bool:
         """Whether every step runs exactly one backward: automatic, one optimizer, a step that returns its loss."""
-        return (self.module.automatic_optimization and len(self.optimizers) == 1
-                and not inspect.isgeneratorfunction(type(self.module).training_step))
+        return self.runs_one_backward(self.module, self.setup)
+
+    @staticmethod
+    def runs_one_backward(module: Any, setup: OptimizerSetup) -> bool:
+        return (module.automatic_optimization and len(setup.optimizers) == 1
+                and not inspect.isgeneratorfunction(type(module).training_step))
 
     # -- per batch -----------------------------------------------------------------------
     def begin_batch(self, batch_idx: int, batch_number: int, is_last_batch: bool, resumed: bool = False) -> None:

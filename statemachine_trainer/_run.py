@@ -12,6 +12,10 @@ here, in one object built per ``fit``/``validate``/``test``/``predict``:
 * the services: ``step_schedulers``, ``monitored``, ``log_metrics``,
   ``request_checkpoint`` (a write at the next transition boundary) and
   ``save_checkpoint`` (a write now);
+* what a loop wrapping the fit loop needs between rounds (K-fold, active
+  learning): ``use_data`` (a new fold's split, a grown labelled set),
+  ``reset_parameters`` (fresh weights) and ``reset_optimizers`` (fresh
+  optimizers and schedulers from ``configure_optimizers``);
 * Lightning's read-only names over those (``current_epoch``,
   ``global_step``, ``callback_metrics``, ``should_stop``, flags such as
   ``max_epochs``), because this is also what user code sees as
@@ -24,18 +28,20 @@ the Trainer), so dependencies point one way.  Loops reach it as
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
+
 from ._flags import FLAG_NAMES, TrainerConfig
 from ._optim import ConfigError
 from ._results import Results
+from .data._source import BatchSource, count_batches
 
 if TYPE_CHECKING:
-    import torch
-
     from ._hooks import HookRelay
     from ._optimization import Optimization
     from ._precision import Precision
@@ -52,6 +58,12 @@ class FitCounters(Protocol):
     @property
     def global_step(self) -> int: ...
 
+    @property
+    def epochs_this_run(self) -> int: ...
+
+    @property
+    def steps_this_run(self) -> int: ...
+
     should_stop: bool
 
     @property
@@ -64,7 +76,8 @@ class Run:
     def __init__(self, config: TrainerConfig, stage: str, strategy: Any, precision: Precision, device: Any,
                  callbacks: list[Any], loggers: list[Any],
                  request_checkpoint: Callable[[Path, Callable[[Path], None] | None], None] | None = None,
-                 save_checkpoint: Callable[[Path], Path] | None = None) -> None:
+                 save_checkpoint: Callable[[Path], Path] | None = None,
+                 configure_optimization: Callable[[Run], None] | None = None) -> None:
         self.config = config
         self.state = stage  # "fit", "validate", "test", "predict"; "idle" once the run has finished
         self.strategy, self.precision, self.device = strategy, precision, device
@@ -79,6 +92,8 @@ class Run:
         self.val_check_batches = 1  # validation follows every this many training batches (and the epoch's last)
         self.fit_loop: FitCounters | None = None
         self._request, self._save = request_checkpoint, save_checkpoint
+        self._configure_optimization = configure_optimization  # builds self.optimization from the module
+        self._restored_data: dict[str, Any] = {}  # data positions of a mid-fit checkpoint, for use_data
 
     # -- Lightning's read-only names --------------------------------------------------------
     @property
@@ -224,3 +239,87 @@ class Run:
         if self._save is None:
             raise RuntimeError("This run cannot write checkpoints: it was built without a checkpoint service.")
         return self._save(Path(path))
+
+    # -- data, weights and optimizers: set up a run, or a new round of an outer loop -------------
+    def use_data(self, **loaders: Any) -> None:
+        """Take batches from these loaders from now on: ``use_data(train=..., validate=...)``.
+
+        The Trainer calls it with the loaders given to ``fit``; a loop that
+        wraps the fit loop calls it to switch data between rounds (a new
+        fold's split, a grown labelled set), and again in its ``on_restart``:
+        the data is not in a checkpoint (its position is), so a resumed outer
+        loop rebuilds it from its own fields.  The checkpoint's positions are
+        applied later, by the loop that reads each source, when that loop
+        resumes mid-run (see :meth:`resume_source`).
+        """
+        for stage, loader in loaders.items():
+            if stage not in _LIMIT_NAMES:
+                raise ConfigError(f"use_data({stage}=...): the stages are {', '.join(_LIMIT_NAMES)}.")
+            if loader is None:
+                self.sources.pop(stage, None)
+            else:
+                self.sources[stage] = self._source(stage, loader)
+        validate = self.sources.get("validate")
+        self.val_enabled = self.state == "fit" and validate is not None and validate.num_batches > 0
+        if "train" in self.sources:
+            self.val_check_batches = self.config.val_check_batches(self.sources["train"].num_batches)
+
+    def _source(self, stage: str, loader: Any) -> BatchSource:
+        loader = self.strategy.shard(loader)  # strategy="ddp": this rank's part of the data
+        limit = self.config.limits[stage]
+        count = count_batches(loader, limit, _LIMIT_NAMES[stage])
+        if count == 0 and limit is None:
+            raise ConfigError(f"The {stage} dataloader is empty (len 0): check the dataset size, batch_size "
+                              "and drop_last.")
+        return BatchSource(loader, count, self.device)
+
+    def restore_data(self, positions: dict[str, Any]) -> None:
+        """Keep a checkpoint's data positions until the loops that read those sources resume."""
+        self._restored_data = dict(positions)
+
+    def resume_source(self, stage: str) -> None:
+        """Put ``stage``'s source at the checkpoint's position: called by the loop reading it, as it resumes.
+
+        Deferred to that moment, not done at load, because a loop wrapping the
+        fit loop rebuilds its data in its own ``on_restart`` (before the inner
+        loops resume), and because a position only means something to a loop
+        that was interrupted mid-run: between two rounds the next round's
+        loader starts afresh.  Each position is used once.
+        """
+        position = self._restored_data.pop(stage, None)
+        if position is not None and stage in self.sources:
+            self.sources[stage].load_state_dict(position)
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Fresh weights: ``reset_parameters()`` on every submodule that has one (torch's own initialisation).
+
+        With ``seed``, the initialisation draws from a generator seeded with it
+        (the global RNG streams are left as they were), so round *k* of an
+        outer loop can start from the same weights on every run and resume.
+        Partial gradients are dropped and torchmetrics metrics reset too.
+        """
+        from torchmetrics import Metric
+
+        with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
+            if seed is not None:
+                torch.manual_seed(seed)
+            for submodule in self.module.modules():
+                if isinstance(submodule, Metric):
+                    submodule.reset()
+                elif submodule is not self.module and callable(getattr(submodule, "reset_parameters", None)):
+                    submodule.reset_parameters()
+        for param in self.module.parameters():
+            param.grad = None
+
+    def reset_optimizers(self) -> None:
+        """Fresh optimizers and schedulers: ``configure_optimizers()`` again, checked and wired like at fit start."""
+        if self._configure_optimization is None:
+            raise RuntimeError("reset_optimizers() is for a fit run: this run has no optimization to reset.")
+        self._configure_optimization(self)
+        if self.hooks is not None and self.optimization is not None:
+            self.optimization.hooks = self.hooks
+
+
+#: Stage name -> the name its limit flag uses (limit_val_batches for "validate").
+_LIMIT_NAMES = {"train": "train", "validate": "val", "test": "test", "predict": "predict"}
+

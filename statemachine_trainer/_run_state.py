@@ -121,9 +121,7 @@ def restore(run: Run, root: Loop, state: dict[str, Any], whole_run: bool) -> Non
             params[name].grad = grad.to(params[name].device)
         _load_metric_states(module, state["metrics"])
         run.results.load_state_dict(state["results"])
-        for stage, data_state in state["data"].items():
-            if stage in run.sources:
-                run.sources[stage].load_state_dict(data_state)
+        run.restore_data(state["data"])
         root.load_state_dict(state["loops"])
         for callback in run.callbacks:
             if callback.state_key in state["callbacks"]:

@@ -41,7 +41,6 @@ from ._config import (
     default_loggers,
     defines,
     resolve_device,
-    val_check_batches,
 )
 from ._flags import FLAG_NAMES, TrainerConfig
 from ._hooks import HookRelay
@@ -52,7 +51,6 @@ from ._run import Run
 from ._strategy import launched_rank_zero, make_strategy
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .loops._base import TrainerLoop
-from .loops._data import BatchSource, count_batches
 from .machine import Loop
 from .module import TrainingModule
 
@@ -148,10 +146,16 @@ class Trainer:
     # -- the four entry points -------------------------------------------------------------
     def fit(self, module: TrainingModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
             ckpt_path: str | os.PathLike[str] | None = None) -> None:
-        """Train ``module``; ``ckpt_path`` resumes from a checkpoint written by ``save_checkpoint``."""
+        """Train ``module``; ``ckpt_path`` resumes from a checkpoint written by ``save_checkpoint``.
+
+        When ``fit_loop`` is a user's loop wrapping the fit loop (K-fold, active
+        learning), the training data may come from that loop instead
+        (``self.context.use_data(train=...)`` in its transitions).
+        """
         self.strategy.launch_if_needed()  # strategy="ddp" from a plain `python script.py`: run N workers, exit
         check_module(module, "training_step", "fit")
-        train = self._loader(module, train_dataloaders, "train", required=True)
+        wrapped = not isinstance(self.fit_loop, FitLoop)
+        train = self._loader(module, train_dataloaders, "train", required=not wrapped)
         val = self._loader(module, val_dataloaders, "validate", required=False)
         if val is not None and not defines(module, "validation_step") and val_dataloaders is not None:
             raise ConfigError(f"fit() was given val_dataloaders, but {type(module).__name__} defines no "
@@ -349,7 +353,8 @@ class Trainer:
 
     def _new_run(self, stage: str) -> Run:
         run = Run(self.config, stage, self.strategy, self.precision, self.device, self.callbacks, self.loggers,
-                  request_checkpoint=self._boundaries.request, save_checkpoint=self.save_checkpoint)
+                  request_checkpoint=self._boundaries.request, save_checkpoint=self.save_checkpoint,
+                  configure_optimization=self._reconfigure_optimization)
         run.fit_loop = next((node for _, node in self.fit_loop.walk() if isinstance(node, FitLoop)), None)
         return run
 
@@ -366,58 +371,59 @@ class Trainer:
         run = self.run = self._new_run(stage)
         run.module = module
         module.trainer = run
-        self._make_sources(run, stage, loaders)
+        run.use_data(**{name: loader for name, loader in loaders.items() if loader is not None})
+        one_backward = setup is None or Optimization.runs_one_backward(module, setup)
+        # DDP: also gives every rank rank 0's weights
+        forward_step = self.strategy.wrap_step(module, self.device, one_backward)
         if setup is not None:
-            run.optimization = Optimization(module, setup, self.precision, None, run.results,
-                                            config.accumulate_grad_batches, config.gradient_clip_val,
-                                            config.gradient_clip_algorithm)
+            self._configure_optimization(run, setup, forward_step)
         for callback in self.callbacks:
             callback.setup(run, module, stage)
         # After setup, so a callback that switched itself off there (enabled = False) costs nothing.
         run.hooks = HookRelay(module, [cb for cb in self.callbacks if cb.enabled], run, run.results)
-        optimization = run.optimization
-        one_backward = optimization is None or optimization.one_backward
-        # DDP: also gives every rank rank 0's weights
-        forward_step = self.strategy.wrap_step(module, self.device, one_backward)
-        if optimization is not None:
-            optimization.hooks = run.hooks
-            optimization.forward_step = forward_step
-            optimization.gate = self.strategy.gate
-            optimization.no_sync = self.strategy.no_sync
-            run.manual_optimizers = tuple(ManualOptimizer(opt, optimization, _manual_progress(run))
-                                          for opt in setup.optimizers)
-        self._attach(run, stage)
+        if run.optimization is not None:
+            run.optimization.hooks = run.hooks
+        self._attach(run, self._roots()[stage])
         return run
 
-    def _make_sources(self, run: Run, stage: str, loaders: dict[str, Any]) -> None:
-        for name, loader in loaders.items():
-            if loader is None:
-                continue
-            loader = self.strategy.shard(loader)  # strategy="ddp": this rank's part of the data
-            limit = self.config.limits[name]
-            count = count_batches(loader, limit, _LIMIT_NAMES[name])
-            if count == 0 and limit is None:
-                raise ConfigError(f"The {name} dataloader is empty (len 0): check the dataset size, batch_size "
-                                  "and drop_last.")
-            run.sources[name] = BatchSource(loader, count, self.device)
-        validate = run.sources.get("validate")
-        run.val_enabled = stage == "fit" and validate is not None and validate.num_batches > 0
-        if "train" in run.sources:
-            run.val_check_batches = val_check_batches(self.config.val_check_interval,
-                                                      run.sources["train"].num_batches)
+    def _configure_optimization(self, run: Run, setup: Any, forward_step: Any) -> None:
+        """The run's Optimization for what ``configure_optimizers`` returned, with the strategy's step parts."""
+        config = self.config
+        optimization = Optimization(run.module, setup, self.precision, run.hooks, run.results,
+                                    config.accumulate_grad_batches, config.gradient_clip_val,
+                                    config.gradient_clip_algorithm)
+        optimization.forward_step = forward_step
+        optimization.gate = self.strategy.gate
+        optimization.no_sync = self.strategy.no_sync
+        run.optimization = optimization
+        run.manual_optimizers = tuple(ManualOptimizer(opt, optimization, _manual_progress(run))
+                                      for opt in setup.optimizers)
+
+    def _reconfigure_optimization(self, run: Run) -> None:
+        """``run.reset_optimizers()``: configure_optimizers() again, checked, keeping the strategy's step."""
+        setup = parse_optimizers(run.module.configure_optimizers())
+        check_optimization_mode(run.module, setup, self.config)
+        if len(setup.optimizers) != len(run.optimization.optimizers):
+            raise ConfigError(f"reset_optimizers(): configure_optimizers() returned {len(setup.optimizers)} "
+                              f"optimizer(s) this time but {len(run.optimization.optimizers)} at fit start; "
+                              "return the same number every time.")
+        self._configure_optimization(run, setup, run.optimization.forward_step)
 
     def _roots(self) -> dict[str, Loop]:
         return {"fit": self.fit_loop, "validate": self.validate_loop, "test": self.test_loop,
                 "predict": self.predict_loop}
 
-    def _attach(self, run: Run, stage: str) -> None:
-        """Point every loop at the run; only the tree about to run resolves its per-run choices."""
-        roots = self._roots()
-        for root in roots.values():
-            for _, node in root.walk():
+    def _attach(self, run: Run, root: Loop) -> None:
+        """Point every loop of every tree at the run; the tree about to run resolves its per-run choices.
+
+        A loop that wraps the fit loop runs evaluation or prediction as its own
+        sub-loops (so their state is in its checkpoints): they are in ``root``.
+        """
+        for tree in self._roots().values():
+            for _, node in tree.walk():
                 if isinstance(node, TrainerLoop):
                     node.context = run
-        for _, node in roots[stage].walk():
+        for _, node in root.walk():
             if isinstance(node, TrainerLoop):
                 node.on_attach()
 
@@ -429,8 +435,6 @@ class Trainer:
         root.teardown()
         run.state = "idle"
 
-
-_LIMIT_NAMES = {"train": "train", "validate": "val", "test": "test", "predict": "predict"}
 
 
 def _entry(stage: str) -> str:

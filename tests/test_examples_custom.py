@@ -1,11 +1,12 @@
-"""The custom-table examples: ``examples/kfold.py`` and ``examples/active_learning.py``.
+"""The outer-loop examples: ``examples/kfold.py`` and ``examples/active_learning.py``.
 
-Each runs from a shell with ``--fast-dev-run``; each table holds its own
-states; k-fold resumes exactly from any boundary (and from a crash inside a
-fold's ``Trainer.fit``); active learning keeps its pool and labelled set
-consistent and its state set JSON-able.  In-process runs use a small slice of
-the digits data and a few optimizer steps, so every run takes well under a
-second.
+Each wraps the Trainer's fit loop (``loop.connect(fit_loop=trainer.fit_loop);
+trainer.fit_loop = loop``), so the Trainer checkpoints the whole tree.  Each
+runs from a shell with ``--fast-dev-run``; each table holds its own states;
+each resumes exactly from a checkpoint taken mid-epoch, mid-evaluation,
+between rounds and (active learning) while scoring the pool.  In-process runs
+use a small slice of the digits data and a few optimizer steps.  The SIGKILL
+tests of both scripts are in ``tests/test_kill_resume.py``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from types import ModuleType
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from statemachine_trainer import END, Table
+from statemachine_trainer import END, Table, Trainer
 from statemachine_trainer.machine.diagram import to_mermaid
+from statemachine_trainer.testing import assert_resume_exact
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,10 +38,6 @@ def _example(name: str) -> ModuleType:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
     return sys.modules[module_name]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -64,8 +60,6 @@ def test_example_runs_with_fast_dev_run(script: str, final: str) -> None:
     assert 0.0 <= float(lines[-1].removeprefix(final)) <= 1.0
     if script == "kfold.py":
         assert [line.split()[0] for line in lines if line.startswith("fold=")] == ["fold=0", "fold=1"]
-        assert "crashed during fold 1's training" in result.stdout
-        assert "matches an uninterrupted run fold for fold: True" in result.stdout
     else:
         rounds = [line for line in lines if line.startswith("round=")]
         assert [line.split()[1] for line in rounds] == ["labelled=20", "labelled=40", "labelled=60"]
@@ -73,8 +67,7 @@ def test_example_runs_with_fast_dev_run(script: str, final: str) -> None:
 
 # -- the tables -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "cls", "states", "edge"), [
-    ("kfold", "KFoldCV", ("START", "FOLD", "TRAIN", "EVALUATE", "END"),
-     "EVALUATE --> FOLD: next / evaluate_fold"),
+    ("kfold", "KFold", ("START", "FOLD", "TRAIN", "EVALUATE", "END"), "EVALUATE --> FOLD: next / evaluate_fold"),
     ("active_learning", "ActiveLearning", ("START", "TRAIN", "SCORE", "LABEL", "END"),
      "SCORE --> END: next [finished]"),
 ])
@@ -90,73 +83,61 @@ def test_table_is_valid_and_has_its_own_states(name: str, cls: str, states: tupl
         assert f"{row.source} --> {row.dest}: {row.label()}" in diagram
 
 
-# -- k-fold: resume from any boundary, and from a crash inside a fold's fit ---------------------------
-KFOLD_CONFIG = {"folds": 3, "epochs": 1, "seed": 7}
-
-
+# -- k-fold: the Trainer checkpoints the whole tree; resume from anywhere is exact ---------------------
 @cache
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _example("kfold").load_data()
-    return x[:600], y[:600]  # a slice: 3 folds x 1 epoch x 7 batches per run
+    return x[:450], y[:450]  # a slice: 3 folds of 300 training examples, 5 batches an epoch
 
 
-def _kfold(seed_offset: int = 0, **trainer_kwargs):
+def _kfold_trainer(callbacks=()) -> Trainer:
     kfold = _example("kfold")
-    config = {**KFOLD_CONFIG, "seed": KFOLD_CONFIG["seed"] + seed_offset}
-    return kfold.KFoldCV(*_digits(), **config, trainer_kwargs=trainer_kwargs, log=_quiet)
+    trainer = Trainer(max_epochs=2, seed=3, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, callbacks=list(callbacks))
+    loop = kfold.KFold(*_digits(), folds=3, seed=3)
+    loop.connect(fit_loop=trainer.fit_loop)
+    trainer.fit_loop = loop
+    return trainer
 
 
-@cache
-def _kfold_reference() -> tuple[list[float], dict[str, torch.Tensor], int]:
-    """Scores and final weights of an uninterrupted run, and how many boundaries it passes."""
-    loop, count = _kfold(), [0]
-    loop.observe(lambda _: count.__setitem__(0, count[0] + 1))
-    loop.run()
-    assert loop.state == END and len(loop.fields.scores) == KFOLD_CONFIG["folds"]
-    return list(loop.fields.scores), loop.model.state_dict(), count[0]
+def test_kfold_tree_is_one_state_set_and_scores_every_fold() -> None:
+    trainer = _kfold_trainer()
+    trainer.fit(_example("kfold").Classifier())
+    loop = trainer.fit_loop
+    assert loop.state == END and loop.fields.fold == 3 and len(loop.fields.scores) == 3
+    state = trainer.capture_state()
+    assert set(state["loops"]["loops"]) >= {"kfold", "kfold.fit_loop", "kfold.fit_loop.epoch_loop", "kfold.test_loop"}
+    assert state["loops"]["loops"]["kfold"]["fields"]["scores"] == loop.fields.scores
+    assert trainer.current_epoch == 6 and trainer.global_step == 3 * 2 * 5  # monotonic over the folds
+    assert all(0.5 < score <= 1.0 for score in loop.fields.scores)
 
 
-def _resume_kfold(saved: dict):
+@pytest.mark.parametrize(("hook", "call"), [
+    ("on_train_batch_end", 3),  # mid-epoch in fold 0
+    ("on_train_epoch_end", 3),  # between two epochs of fold 1
+    ("on_fit_end", 2),  # fold 1 trained, not yet scored (the outer loop between TRAIN and EVALUATE)
+    ("on_test_batch_end", 2),  # mid-evaluation of fold 0 (the test loop resumes at its next batch)
+    ("on_test_end", 2),  # between fold 1 and fold 2
+])
+def test_kfold_resumes_exactly_from_anywhere_in_the_tree(hook: str, call: int, tmp_path: Path) -> None:
     kfold = _example("kfold")
-    resumed = _kfold(seed_offset=1)  # another seed: everything that matters must come from the snapshot
-    kfold.restore(resumed, saved)
-    resumed.run()
-    return resumed
+    assert_resume_exact(kfold.Classifier, _kfold_trainer, tuple, hook, call, workdir=tmp_path)
 
 
-def _assert_same_as_reference(resumed) -> None:
-    scores, weights, _ = _kfold_reference()
-    assert resumed.state == END
-    assert resumed.fields.scores == scores  # exact float equality, fold for fold
-    assert all(torch.equal(weights[k], v) for k, v in resumed.model.state_dict().items())
-
-
-def test_kfold_boundary_count_is_what_the_table_implies() -> None:
-    # START->FOLD, then FOLD->TRAIN->EVALUATE->FOLD per fold, then FOLD->END; one hook per row, so no inner boundaries.
-    assert _kfold_reference()[2] == 1 + 3 * KFOLD_CONFIG["folds"] + 1
-
-
-@settings(max_examples=12)
-@given(data=st.data())
-def test_kfold_interrupted_at_any_boundary_resumes_to_the_same_scores(data: st.DataObject) -> None:
+def test_kfold_resume_is_not_vacuous(tmp_path: Path) -> None:
+    """A checkpoint from one configuration does not reproduce another: the check can fail."""
     kfold = _example("kfold")
-    boundary = data.draw(st.integers(1, _kfold_reference()[2]), label="boundary")
-    crashed = _kfold()
-    saved = kfold.run_with_snapshots(crashed, crash_at_boundary=boundary)
-    assert (crashed.state == END) == (boundary == _kfold_reference()[2])  # the crash really happened
-    _assert_same_as_reference(_resume_kfold(saved))
+    path = assert_resume_exact(kfold.Classifier, _kfold_trainer, tuple, "on_test_end", 1, workdir=tmp_path)
+    other = _kfold_trainer()
+    other.fit_loop.seed = 4  # another split from the same checkpoint onwards
+    other.fit_loop.splits = list(reversed(other.fit_loop.splits))
+    other.fit(kfold.Classifier(), ckpt_path=path)
+    reference = _kfold_trainer()
+    reference.fit(kfold.Classifier())
+    assert other.fit_loop.fields.scores != reference.fit_loop.fields.scores
 
 
-def test_kfold_crash_inside_a_folds_fit_restarts_that_fold_exactly() -> None:
-    kfold = _example("kfold")
-    crashed = _kfold(callbacks=[kfold.CrashMidFold(fold=1, epoch=0)])
-    saved = kfold.run_with_snapshots(crashed)
-    assert crashed.state == "TRAIN" and crashed.fields.fold == 1 and len(crashed.fields.scores) == 1
-    assert saved["loops"]["loops"][crashed.name]["position"] == {"state": "TRAIN", "row": None, "hook": 0, "queue": []}
-    _assert_same_as_reference(_resume_kfold(saved))
-
-
-# -- active learning: pool bookkeeping, uncertainty picks, JSON state ---------------------------------
+# -- active learning: pool bookkeeping, uncertainty picks, resume while scoring -----------------------
 @cache
 def _pool_data(n_train: int = 60) -> dict[str, torch.Tensor]:
     data = _example("active_learning").load_data(seed=0)
@@ -164,64 +145,72 @@ def _pool_data(n_train: int = 60) -> dict[str, torch.Tensor]:
             "y_test": data["y_test"][:100]}
 
 
-def test_active_learning_labels_k_most_uncertain_per_round_and_state_round_trips_json() -> None:
+def _al_trainer(callbacks=(), n_train: int = 60, k: int = 5, budget: int = 25, loop_class=None) -> Trainer:
     al = _example("active_learning")
-    k, initial, budget = 5, 5, 25
-    loop = al.ActiveLearning(_pool_data(), k=k, initial=initial, budget=budget, seed=3,
-                             trainer_kwargs={"max_steps": 5}, log=_quiet)
-    everything = set(range(60))
-    sizes, states, checks = [], [], {"picks": 0}
+    trainer = Trainer(max_steps=5, seed=2, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, callbacks=list(callbacks))
+    loop = (loop_class or al.ActiveLearning)(_pool_data(n_train), k=k, initial=5, budget=budget, seed=3)
+    loop.connect(fit_loop=trainer.fit_loop)
+    trainer.fit_loop = loop
+    return trainer
 
-    def observer(_) -> None:
-        fields = loop.fields
-        states.append(loop.state)
-        assert not set(fields.labelled) & set(fields.pool), "an item is both labelled and in the pool"
-        assert len(set(fields.labelled)) == len(fields.labelled)
-        assert set(fields.labelled) | set(fields.pool) == everything
-        if loop.state == "TRAIN":
-            sizes.append(len(fields.labelled))
-        if loop.state == "LABEL":  # picked, not yet labelled: the picks are the pool's most uncertain items
+
+def test_active_learning_labels_the_k_most_uncertain_each_round() -> None:
+    al = _example("active_learning")
+    checks = {"picks": 0}
+
+    class Checked(al.ActiveLearning):
+        def label(self) -> None:  # picked, not yet labelled: the picks are the pool's most uncertain items
+            fields = self.fields
             picked = set(fields.picked)
-            assert len(picked) == k and picked <= set(fields.pool)
-            probs = loop.predict(loop.data["x"]).softmax(dim=1)
-            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
+            assert len(picked) == self.k and picked <= set(fields.pool)
+            assert not set(fields.labelled) & set(fields.pool)
+            assert set(fields.labelled) | set(fields.pool) == set(range(60))
+            module = self.context.module
+            with torch.no_grad():
+                probs = module(self.data["x"][fields.pool]).softmax(dim=1)
+            entropy = dict(zip(fields.pool, (-(probs * probs.clamp_min(1e-12).log()).sum(dim=1)).tolist()))
             rest = [i for i in fields.pool if i not in picked]
             assert min(entropy[i] for i in picked) >= max(entropy[i] for i in rest)
             checks["picks"] += 1
-        else:
-            assert fields.picked == []
-        saved = loop.state_dict()
-        fresh = al.ActiveLearning(_pool_data(), log=_quiet)
-        fresh.load_state_dict(json.loads(json.dumps(saved)))  # through text, as a checkpoint file would
-        assert fresh.fields == loop.fields and fresh.state_dict() == saved
+            super().label()
 
-    loop.observe(observer)
-    loop.run()
-    assert sizes == list(range(initial, budget + 1, k))  # grows by exactly k per round, up to the budget
-    assert checks["picks"] == (budget - initial) // k
-    assert loop.state == END and states[-1] == END
-    assert loop.fields.round == len(loop.fields.history) == len(sizes)
+    trainer = _al_trainer(loop_class=Checked)
+    trainer.fit(al.Classifier())
+    loop = trainer.fit_loop
+    assert checks["picks"] == (25 - 5) // 5
+    assert loop.state == END and len(loop.fields.labelled) == 25
+    assert loop.fields.round == len(loop.fields.history) == 5
+    assert json.loads(json.dumps(trainer.capture_state()["loops"]))["loops"][loop.name]["fields"] == \
+        json.loads(json.dumps({"labelled": loop.fields.labelled, "pool": loop.fields.pool, "picked": [],
+                               "round": 5, "history": loop.fields.history}))
 
 
 def test_active_learning_stops_when_the_pool_is_empty() -> None:
     al = _example("active_learning")
-    loop = al.ActiveLearning(_pool_data(n_train=23), k=10, initial=5, budget=1000, trainer_kwargs={"max_steps": 2},
-                             log=_quiet)
-    loop.run()
+    trainer = _al_trainer(n_train=23, k=10, budget=1000)
+    trainer.fit(al.Classifier())
+    loop = trainer.fit_loop
     assert loop.state == END and loop.fields.pool == []
     assert sorted(loop.fields.labelled) == list(range(23))  # 5, then 10, then the last 8
     assert loop.fields.round == 3
 
 
+@pytest.mark.parametrize(("hook", "call"), [
+    ("on_train_batch_end", 7),  # mid-round (round 1's fit)
+    ("on_predict_batch_end", 1),  # while scoring the pool: written once the scores are in (after SCORE)
+    ("on_test_end", 3),  # round 3 evaluated, before scoring
+    ("on_fit_start", 4),  # a new round's fit just started
+])
+def test_active_learning_resumes_exactly_from_anywhere_in_the_tree(hook: str, call: int, tmp_path: Path) -> None:
+    al = _example("active_learning")
+    assert_resume_exact(al.Classifier, _al_trainer, tuple, hook, call, workdir=tmp_path)
+
+
 @pytest.mark.slow
 def test_uncertainty_picks_beat_random_picks_on_the_default_budget() -> None:
     al = _example("active_learning")
-    data = al.load_data(seed=0)
     finals = {}
-    for strategy in ("entropy", "random"):
-        loop = al.ActiveLearning(data, strategy=strategy, seed=0, log=_quiet)
-        loop.run()
-        finals[strategy] = loop.fields.history
-    history = finals["entropy"]
-    assert history[-1] > history[0] + 0.2  # more labels, better model
-    assert history[-1] > finals["random"][-1] + 0.02  # and the uncertain ones help more than random ones
+    for picks in ("entropy", "random"):
+        finals[picks] = al.main(["--picks", picks, "--seed", "0"])
+    assert finals["entropy"] > finals["random"] + 0.02  # the uncertain examples help more than random ones

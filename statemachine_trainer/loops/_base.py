@@ -10,14 +10,14 @@ set.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..machine import Loop
 
 if TYPE_CHECKING:
     from .._run import Run
 
-__all__ = ["TrainerLoop", "move_to_device"]
+__all__ = ["TrainerLoop"]
 
 
 class TrainerLoop(Loop, abstract=True):
@@ -39,15 +39,3 @@ class TrainerLoop(Loop, abstract=True):
     def checkpointable(self) -> bool:
         """Whether a checkpoint written now could be resumed exactly; requests wait for a point where it can."""
         return True
-
-
-def move_to_device(batch: Any, device: Any) -> Any:
-    """Move every tensor in a (nested) batch to ``device``; other values pass through."""
-    if hasattr(batch, "to") and callable(batch.to):
-        return batch.to(device)
-    if isinstance(batch, (list, tuple)):
-        moved = [move_to_device(x, device) for x in batch]
-        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
-    if isinstance(batch, dict):
-        return {k: move_to_device(v, device) for k, v in batch.items()}
-    return batch

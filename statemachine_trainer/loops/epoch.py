@@ -58,9 +58,10 @@ class TrainingEpochLoop(TrainerLoop):
         if self.batch_loop.fields.skipped:
             return True
         config = run.config
-        if config.max_steps != -1 and self.global_step >= config.max_steps:
+        fit = run.fit_loop
+        if config.max_steps != -1 and fit.steps_this_run >= config.max_steps:
             return True
-        return run.should_stop and run.current_epoch + 1 >= config.min_epochs
+        return run.should_stop and fit.epochs_this_run + 1 >= config.min_epochs
 
     @property
     def val_due(self) -> bool:
@@ -83,6 +84,7 @@ class TrainingEpochLoop(TrainerLoop):
         self.context.sources["train"].start_epoch(self.context.current_epoch)
 
     def on_restart(self) -> None:
+        self.context.resume_source("train")
         done = self.progress.current.completed
         source = self.context.sources["train"]
         if done and not source.resumable:

@@ -100,6 +100,7 @@ class EvaluationLoop(TrainerLoop):
         self._hooks.epoch_start()
 
     def on_restart(self) -> None:
+        self.context.resume_source(self.stage)
         self._enter()
 
     def _enter(self) -> None:

@@ -11,12 +11,20 @@
 ``done`` is a pure predicate (max_epochs, max_steps, should_stop after
 min_epochs) and ``stop_reason`` says which one fired.  Override ``advance`` and
 ``done`` to change what an epoch is, as with Lightning 1.5's loops.
+
+The limits count *this run* of the loop (``progress.current`` epochs, steps
+since ``fields.first_step``); the counters users read (``current_epoch``,
+``global_step``) count every run.  A loop that wraps this one (K-fold, active
+learning) runs it once per round: each round gets ``max_epochs`` epochs,
+while the step count -- and so checkpoint names and ``latest`` -- keeps
+increasing over the whole job.
 """
 
 from __future__ import annotations
 
 import attrs
 
+from .._optim import ConfigError
 from ..machine import ADVANCE, END, START, Loop, Row, Table
 from ..state import Progress
 from ._base import TrainerLoop
@@ -40,6 +48,7 @@ FIT_TABLE = Table(
 @attrs.define
 class FitFields:
     should_stop: bool = False  # a callback or the module asked to stop; honoured once min_epochs are done
+    first_step: int = 0  # global_step when this run of the loop started: max_steps counts from here
 
 
 class FitLoop(TrainerLoop):
@@ -61,6 +70,16 @@ class FitLoop(TrainerLoop):
         return self.epoch_loop.global_step
 
     @property
+    def epochs_this_run(self) -> int:
+        """Epochs completed since this run of the loop started (one round, under an outer loop)."""
+        return self.progress.current.completed
+
+    @property
+    def steps_this_run(self) -> int:
+        """Optimizer steps since this run of the loop started: what ``max_steps`` limits."""
+        return self.global_step - self.fields.first_step
+
+    @property
     def should_stop(self) -> bool:
         return self.fields.should_stop
 
@@ -76,8 +95,13 @@ class FitLoop(TrainerLoop):
     # -- conditions ------------------------------------------------------------------------
     @property
     def skip(self) -> bool:
-        config = self.context.config
-        return config.max_epochs == 0 or config.max_steps == 0 or self.context.sources["train"].num_batches == 0
+        run = self.context
+        if "train" not in run.sources:
+            raise ConfigError("The fit loop has no training data. Pass a dataloader to trainer.fit(), or, from a "
+                              "loop that wraps the fit loop, call self.context.use_data(train=loader) before "
+                              "running it.")
+        config = run.config
+        return config.max_epochs == 0 or config.max_steps == 0 or run.sources["train"].num_batches == 0
 
     @property
     def done(self) -> bool:
@@ -86,8 +110,8 @@ class FitLoop(TrainerLoop):
     def stop_reason(self) -> str | None:
         """Why the fit stops now (None while it goes on): the torchtnt-style twin of ``done``."""
         config = self.context.config
-        epoch = self.progress.total.completed
-        if config.max_steps != -1 and self.global_step >= config.max_steps:
+        epoch = self.epochs_this_run
+        if config.max_steps != -1 and self.steps_this_run >= config.max_steps:
             return f"max_steps={config.max_steps} reached"
         if config.max_epochs != -1 and epoch >= config.max_epochs:
             return f"max_epochs={config.max_epochs} reached"
@@ -101,7 +125,9 @@ class FitLoop(TrainerLoop):
         self.context.hooks.on_fit_end()
 
     def reset(self) -> None:
+        self.progress.reset_on_run()
         self.fields.should_stop = False
+        self.fields.first_step = self.global_step
 
     def on_fit_start(self) -> None:
         self.context.hooks.on_fit_start()

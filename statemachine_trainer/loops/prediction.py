@@ -49,6 +49,12 @@ class PredictionLoop(TrainerLoop):
     def done(self) -> bool:
         return self.progress.current.completed >= self.context.sources["predict"].num_batches
 
+    @property
+    def checkpointable(self) -> bool:
+        # The predictions collected so far are tensors in memory, not state: a checkpoint taken mid-run could
+        # not give them back, so requests wait until the run has returned them.
+        return self.state != "ADVANCE"
+
     def on_skip(self) -> list[Any]:
         return []
 
@@ -65,6 +71,7 @@ class PredictionLoop(TrainerLoop):
         self._hooks.epoch_start()
 
     def on_restart(self) -> None:
+        self.context.resume_source("predict")
         self.context.module.eval()
 
     def advance(self) -> None:

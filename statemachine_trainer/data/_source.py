@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._optim import ConfigError
-from ._base import move_to_device
 
-__all__ = ["BatchSource", "count_batches"]
+__all__ = ["BatchSource", "count_batches", "move_to_device"]
 
 
 def count_batches(loader: Any, limit: float | None, what: str) -> int:
@@ -36,6 +35,18 @@ def count_batches(loader: Any, limit: float | None, what: str) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ConfigError(f"limit_{what}_batches must be an int >= 0 or a float in [0, 1], got {limit!r}.")
     return limit if length is None else min(length, limit)
+
+
+def move_to_device(batch: Any, device: Any) -> Any:
+    """Move every tensor in a (nested) batch to ``device``; other values pass through."""
+    if hasattr(batch, "to") and callable(batch.to):
+        return batch.to(device)
+    if isinstance(batch, (list, tuple)):
+        moved = [move_to_device(x, device) for x in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    return batch
 
 
 class BatchSource:
