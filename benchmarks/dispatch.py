@@ -22,7 +22,7 @@ script measures that number, in one run, for every way of firing a hook:
 4. :class:`~statemachine_trainer.machine.DirectDispatcher` -- our default
    engine (``engine="direct"``), the same table compiled to dict lookups.
 
-Two cases are measured:
+Three cases are measured:
 
 * **one hook**: ``Row("step", "A", "A", hooks="hook")``; one ``fire("step")``
   runs the hook once, so the ratio to a method call *is* the cost of
@@ -35,7 +35,15 @@ Two cases are measured:
 
   compared with its plain-Python equivalent
   ``if not obj.done: obj.h1(); obj.h2(); obj.h3()`` (``done`` is a property,
-  as loop conditions usually are).
+  as loop conditions usually are);
+* **a whole run()**: the same step driven by ``run()`` -- what a loop does
+  every time its parent runs it -- ``RUN_STEPS`` times between a START row
+  (hook ``reset``) and the guarded row into END, compared with
+  ``obj.reset()`` and a ``while not obj.done`` loop.  ``fire()`` and ``run()``
+  are the two ways into the direct engine, so both are timed; the direct
+  engine is timed once more with an observer set (a no-op function), as the
+  Trainer sets one for the whole fit.  There is no bare ``transitions.Machine``
+  row in this case (it has no ``run()``).
 
 Every hook does the same tiny amount of work (``self.n += 1``), so the ratios
 measure dispatch, not the hooks.  Each engine's counters are checked after
@@ -97,6 +105,10 @@ PLAIN_3 = "plain Python"
 MACHINE = "transitions.Machine"
 TRANSITIONS = "TransitionsDispatcher"
 DIRECT = "DirectDispatcher"
+DIRECT_OBSERVED = "DirectDispatcher+observer"
+
+#: Advance steps per run() in the run() case; one run() is RUN_STEPS + 2 transitions.
+RUN_STEPS = 8
 
 ONE_HOOK_TABLE = Table(
     name="bench_one_hook",
@@ -116,6 +128,17 @@ REALISTIC_TABLE = Table(
         # A guarded row must come before the unconditional row with the same trigger and source.
         Row("step", "A", END, conditions="done"),
         Row("step", "A", "A", hooks=("h1", "h2", "h3")),  # the transition being timed
+    ),
+)
+
+
+RUN_TABLE = Table(
+    name="bench_run",
+    states=(START, "A", END),
+    rows=(
+        Row("run", START, "A", hooks="reset"),
+        Row("step", "A", END, conditions="done"),
+        Row("step", "A", "A", hooks=("h1", "h2", "h3")),
     ),
 )
 
@@ -149,6 +172,30 @@ class ThreeHooks:
 
     def h3(self) -> None:
         self.n3 += 1
+
+
+class Steps(ThreeHooks):
+    """The owner of the run() case: ``reset`` starts a run, ``done`` after RUN_STEPS steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = self.i = 0
+
+    @property
+    def done(self) -> bool:
+        return self.i >= RUN_STEPS
+
+    def reset(self) -> None:
+        self.runs += 1
+        self.i = 0
+
+    def h3(self) -> None:
+        self.n3 += 1
+        self.i += 1
+
+
+def _no_op_observer(_owner: Any) -> None:
+    pass
 
 
 @dataclass
@@ -285,6 +332,38 @@ def realistic_case() -> Case:
     )
 
 
+def run_case() -> Case:
+    plain = Steps()
+    reference_owner, direct_owner, observed_owner = Steps(), Steps(), Steps()
+    reference = TransitionsDispatcher(RUN_TABLE, reference_owner, "bench")
+    direct = DirectDispatcher(RUN_TABLE, direct_owner, "bench")
+    observed = DirectDispatcher(RUN_TABLE, observed_owner, "bench")
+    observed.observer = _no_op_observer
+    counters = {PLAIN_3: plain, TRANSITIONS: reference_owner, DIRECT: direct_owner, DIRECT_OBSERVED: observed_owner}
+
+    def check(case: Case) -> None:
+        for label, owner in counters.items():
+            runs = case.bench(label).executed
+            if owner.runs != runs or not owner.n1 == owner.n2 == owner.n3 == runs * RUN_STEPS:
+                raise AssertionError(f"{label}: {owner.runs} runs and hooks ran {owner.n1}/{owner.n2}/{owner.n3} "
+                                     f"times for {runs} operations of {RUN_STEPS} steps")
+        for label, dispatcher in ((TRANSITIONS, reference), (DIRECT, direct), (DIRECT_OBSERVED, observed)):
+            if dispatcher.state != END:
+                raise AssertionError(f"{label} did not finish its run: {dispatcher.state}")
+
+    return Case(
+        title=f"a whole run(): START row, {RUN_STEPS} steps of 3 hooks, END row ({RUN_STEPS + 2} transitions)",
+        baseline=PLAIN_3,
+        benches=[
+            Bench(PLAIN_3, "obj.reset()\nwhile not obj.done:\n    obj.h1(); obj.h2(); obj.h3()", plain),
+            Bench(TRANSITIONS, "obj.run((), {})", reference),
+            Bench(DIRECT, "obj.run((), {})", direct),
+            Bench(DIRECT_OBSERVED, "obj.run((), {})", observed),
+        ],
+        check=check,
+    )
+
+
 # -- measuring ----------------------------------------------------------------------------
 def measure(benches: list[Bench], repeat: int, number: int | None, target: float) -> None:
     """Calibrate, then take ``repeat`` measurements of every bench, round-robin."""
@@ -317,16 +396,17 @@ def stats(bench: Bench, overhead: float) -> tuple[float, float]:
 def report(case: Case, overhead: float, baseline_title: str) -> dict[str, float]:
     """Print one case's table; return each engine's min seconds per operation."""
     mins = {b.label: stats(b, overhead)[0] for b in case.benches}
-    base, machine = mins[case.baseline], mins[MACHINE]
-    header = (f"{'engine':<24}{'N/measurement':>14}{'min ns/op':>12}{'median ns/op':>14}"
+    base, machine = mins[case.baseline], mins.get(MACHINE)
+    header = (f"{'engine':<26}{'N/measurement':>12}{'min ns/op':>12}{'median ns/op':>14}"
               f"{baseline_title:>16}{'x ' + MACHINE:>24}")
     print(case.title)
     print(header)
     print("-" * len(header))
     for bench in case.benches:
         low, mid = stats(bench, overhead)
-        print(f"{bench.label:<24}{bench.number:>14,}{ns(low):>12.1f}{ns(mid):>14.1f}"
-              f"{low / base:>16.2f}{low / machine:>24.3f}")
+        versus_machine = f"{low / machine:>24.3f}" if machine is not None else f"{'-':>24}"
+        print(f"{bench.label:<26}{bench.number:>12,}{ns(low):>12.1f}{ns(mid):>14.1f}"
+              f"{low / base:>16.2f}{versus_machine}")
     print()
     return mins
 
@@ -360,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--repeat and --number must be >= 1 and --target-time > 0")
 
     empty = Bench("empty loop", "pass", None)
-    cases = [one_hook_case(), realistic_case()]
+    cases = [one_hook_case(), realistic_case(), run_case()]
     measure([empty] + [b for case in cases for b in case.benches], args.repeat, args.number, args.target_time)
     for case in cases:
         case.check(case)
@@ -376,11 +456,17 @@ def main(argv: list[str] | None = None) -> None:
     print()
     one = report(cases[0], overhead, "x method call")
     three = report(cases[1], overhead, "x plain Python")
+    whole = report(cases[2], overhead, "x plain Python")
 
     direct, reference = one[DIRECT] / one[PLAIN], one[TRANSITIONS] / one[PLAIN]
     print(f"realistic step (1 condition + 3 hooks): direct={three[DIRECT] / three[PLAIN_3]:.1f}x plain Python, "
           f"transitions={three[TRANSITIONS] / three[PLAIN_3]:.1f}x; direct dispatch costs "
           f"{ns(three[DIRECT] - three[PLAIN_3]):.0f} ns per step on top of the hooks")
+    per_run = RUN_STEPS + 2  # transitions
+    print(f"whole run() ({per_run} transitions): direct={whole[DIRECT] / whole[PLAIN_3]:.1f}x plain Python, "
+          f"observed={whole[DIRECT_OBSERVED] / whole[PLAIN_3]:.1f}x; direct dispatch costs "
+          f"{ns(whole[DIRECT] - whole[PLAIN_3]) / per_run:.0f} ns per transition on top of the hooks "
+          f"({ns(whole[DIRECT_OBSERVED] - whole[PLAIN_3]) / per_run:.0f} ns observed)")
     verdict = "within" if direct <= BUDGET else f"over, by {direct / BUDGET:.1f}x"
     print(f"issue budget: firing a hook through the dispatcher <= {BUDGET:g}x a plain method call; "
           f"direct engine is {verdict}")

@@ -31,6 +31,8 @@ _LAZY = {
     "PREEMPTED_EXIT_CODE": "_preemption",
     "Preempted": "_preemption",
     "Callback": "callbacks",
+    "save_loop_checkpoint": "_loop_checkpoint",
+    "load_loop_checkpoint": "_loop_checkpoint",
 }
 
 
@@ -66,5 +68,7 @@ __all__ = [
     "Trainer",
     "TrainingModule",
     "__version__",
+    "load_loop_checkpoint",
+    "save_loop_checkpoint",
     "seed_everything",
 ]

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ._run import Run
     from .machine import Loop
 
-__all__ = ["capture", "check", "restore", "split"]
+__all__ = ["capture", "check", "check_module_state", "check_optimizer_states", "restore", "split"]
 
 #: The keys a checkpoint written during ``fit`` has (one written outside fit holds weights only).
 RUN_KEYS = ("module", "loops", "callbacks", "rng", "optimizers", "schedulers", "precision", "optimization",
@@ -149,6 +149,29 @@ def _restore_optimization(run: Run, state: dict[str, Any]) -> None:
 _FIX = "resume with the module (and configure_optimizers) that wrote the checkpoint"
 
 
+def check_module_state(module: torch.nn.Module, saved: Any, path: Path, grads: Any = None) -> None:
+    """ConfigError naming the first key of ``saved`` (a state_dict, and partial ``grads``) that misfits ``module``."""
+    _check_module(module, saved, path)
+    if grads is not None:
+        _check_grads(module, grads, path)
+
+
+def check_optimizer_states(path: Path, optimizers: Any, saved: Any, schedulers: Any, saved_schedulers: Any) -> None:
+    """ConfigError when the saved optimizers/schedulers are not as many as these, or hold other param groups."""
+    if len(saved) != len(optimizers) or len(saved_schedulers) != len(schedulers):
+        raise ConfigError(f"{path} holds {len(saved)} optimizer(s) and {len(saved_schedulers)} "
+                          f"scheduler(s), but {len(optimizers)} and {len(schedulers)} were given "
+                          f"(configure_optimizers() returns them in a Trainer run); {_FIX}.")
+    for i, (opt, opt_state) in enumerate(zip(optimizers, saved)):
+        groups = opt_state.get("param_groups", []) if isinstance(opt_state, dict) else []
+        sizes = [len(g.get("params", [])) for g in groups]
+        ours = [len(g["params"]) for g in opt.param_groups]
+        if sizes != ours:
+            raise ConfigError(f"{path} does not match optimizer {i} ({type(opt).__name__}): "
+                              f"$.optimizers[{i}].param_groups hold {sizes} parameters per group in the checkpoint "
+                              f"but {ours} here; {_FIX}.")
+
+
 def _check_module(module: torch.nn.Module, saved: Any, path: Path) -> None:
     """Missing, unexpected and differently-shaped keys, named -- torch's own message lists them all at once."""
     ours = module.state_dict()
@@ -169,19 +192,8 @@ def _check_module(module: torch.nn.Module, saved: Any, path: Path) -> None:
 
 
 def _check_optimizers(run: Run, state: dict[str, Any], path: Path) -> None:
-    optimizers, schedulers = run.optimization.optimizers, run.optimization.setup.schedulers
-    if len(state["optimizers"]) != len(optimizers) or len(state["schedulers"]) != len(schedulers):
-        raise ConfigError(f"{path} holds {len(state['optimizers'])} optimizer(s) and {len(state['schedulers'])} "
-                          f"scheduler(s), but configure_optimizers() returned {len(optimizers)} and "
-                          f"{len(schedulers)}; {_FIX}.")
-    for i, (opt, saved) in enumerate(zip(optimizers, state["optimizers"])):
-        groups = saved.get("param_groups", []) if isinstance(saved, dict) else []
-        sizes = [len(g.get("params", [])) for g in groups]
-        ours = [len(g["params"]) for g in opt.param_groups]
-        if sizes != ours:
-            raise ConfigError(f"{path} does not match optimizer {i} ({type(opt).__name__}): "
-                              f"$.optimizers[{i}].param_groups hold {sizes} parameters per group in the checkpoint "
-                              f"but {ours} here; {_FIX}.")
+    check_optimizer_states(path, run.optimization.optimizers, state["optimizers"],
+                           [c.scheduler for c in run.optimization.setup.schedulers], state["schedulers"])
 
 
 def _check_grads(module: torch.nn.Module, grads: Any, path: Path) -> None:

@@ -247,3 +247,35 @@ def test_stuck_loop_is_reported():
 
     with pytest.raises(LoopStuckError, match="stuck in state START"):
         DirectDispatcher(table, Owner2(), "stuck").run((), {})
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_run_is_one_unit_so_a_trigger_fired_by_a_condition_waits_its_turn(engine):
+    table = Table(states=(START, "A", END), rows=(
+        Row("run", START, "A", conditions="ready", hooks="first"),
+        Row("go", "A", END, hooks="last"),
+        Row("stop", "A", END, hooks="stopped"),
+    ))
+
+    class Owner3:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+            self.dispatcher = engine(table, self, "unit")
+
+        @property
+        def ready(self) -> bool:
+            self.dispatcher.fire("stop")  # no row leaves START on "stop": it must wait for the transition
+            return True
+
+        def first(self) -> None:
+            self.calls.append(f"first@{self.dispatcher.state}")
+
+        def last(self) -> None:
+            self.calls.append("last")
+
+        def stopped(self) -> None:
+            self.calls.append(f"stopped@{self.dispatcher.state}")
+
+    owner = Owner3()
+    owner.dispatcher.run((), {})
+    assert owner.calls == ["first@START", "stopped@A"] and owner.dispatcher.state == END

@@ -214,6 +214,63 @@ def test_walk_children_and_active_path():
     assert ("outer.ADVANCE(row 3, hook 1)", "outer.inner.ADVANCE") in seen
 
 
+def observed(root: Loop) -> list[str]:
+    """Observe ``root``'s tree; the list fills with ``name.position`` at every boundary."""
+    seen: list[str] = []
+    root.observe(lambda loop: seen.append(f"{loop.name}.{loop.position}"))
+    return seen
+
+
+@pytest.mark.parametrize("engine", ["direct", "transitions"])
+def test_the_end_of_a_run_is_a_boundary_of_the_observed_root_only(engine):
+    Outer.engine = Inner.engine = engine
+    try:
+        alone, outer = Inner(2), Outer(n=1, inner=2)
+    finally:
+        Outer.engine = Inner.engine = "direct"
+    seen = observed(alone)
+    alone.run(0)
+    assert seen == ["inner.ADVANCE"] * 3 + ["inner.END"]  # the root of its own tree: its END is a boundary
+    seen = observed(outer)
+    outer.run()
+    assert seen == [
+        "outer.ADVANCE", "outer.ADVANCE(row 3, hook 1)",
+        "inner.ADVANCE", "inner.ADVANCE", "inner.ADVANCE",  # the same class as a child: no END boundary, since
+        "outer.ADVANCE(row 3, hook 2)",  # a resume from there would re-enter outer's advance and rerun the child
+        "outer.ADVANCE", "outer.END",
+    ]
+
+
+class Host(Loop):
+    """Runs a loop that is not its sub-loop (``_guest``) in its hook, as a loop that calls Trainer.fit does."""
+
+    table = Table(states=(START, END), rows=(Row("run", START, END, hooks="advance"),))
+
+    def __init__(self, guest: Loop) -> None:
+        super().__init__()
+        self._guest = guest  # private: not a sub-loop, so not part of this loop's tree
+
+    def advance(self) -> None:
+        self._guest.run(0)
+
+
+def test_nesting_follows_the_observed_tree_not_the_call_stack():
+    outer = Outer(n=1, inner=2)
+    seen = observed(outer)
+    outer.connect(inner=Inner(1))  # connected into an observed tree: a sub-loop like the one it replaced
+    outer.run()
+    assert "inner.ADVANCE" in seen and "inner.END" not in seen and seen[-1] == "outer.END"
+    seen = observed(outer.inner)  # the same instance, now the root of the observed tree
+    outer.inner.run(0)
+    assert seen[-1] == "inner.END"
+    guest = Inner(1)
+    host, guest_seen = Host(guest), observed(guest)
+    host_seen = observed(host)
+    host.run()  # guest runs inside host's hook, but it is the root of its own observed tree
+    assert guest_seen == ["inner.ADVANCE", "inner.ADVANCE", "inner.END"]
+    assert host_seen == ["host.END"]
+
+
 def test_connect_swaps_a_sub_loop_and_rejects_unknown_names():
     outer = Outer()
     new = Inner(5)

@@ -19,8 +19,9 @@ in state *S*:
 3. The row's hooks run in order, with the loop still in *S*.  Hooks declared
    with parameters receive the arguments given to ``run()``.
 4. Only when every hook has returned does the state become the row's dest.
-5. Triggers fired from inside hooks are queued and processed afterwards, in
-   order (run-to-completion: a transition is never interleaved with another).
+5. Triggers fired from inside hooks (or conditions, or the observer) are
+   queued and processed afterwards, in order (run-to-completion: a transition
+   is never interleaved with another; a whole ``run()`` is one such unit).
 
 This is the ``transitions`` package's callback order (prepare -> conditions ->
 before -> exit -> enter -> after) with the hooks in ``before``; the
@@ -39,7 +40,11 @@ hook that runs a child loop is "under way" for as long as the child runs, so
 the whole tree's place -- the *state set* -- is every loop's position plus its
 progress and fields.  A *transition boundary* is a point between two
 transitions or between two hooks of one; an observer set with
-``Loop.observe`` is called at each, and that is where checkpoints are taken.
+``Loop.observe`` on a tree's root is called at each, and that is where
+checkpoints are taken.  The end of a sub-loop's run is not one: its parent's
+hook is still running, and a resume from there would re-enter that hook and
+start the child over.  Which loops are sub-loops is a fact about the observed
+tree, not about the call stack.
 
 **Resume.**  ``load_state_dict`` puts a loop saved mid-run into RESTARTING (the
 history pseudostate); ``run()`` then fires the built-in ``restart`` transition

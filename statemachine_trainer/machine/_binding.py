@@ -53,7 +53,8 @@ class BoundRow:
     dest: str = attrs.field(init=False)
     check: Callable[[], Any] | None = attrs.field(init=False)  # all guards as one call; None if unguarded
     enters_end: bool = attrs.field(init=False)
-    steps: tuple[tuple[Callable[..., Any], bool, int, bool], ...] = attrs.field(init=False)  # (fn, takes_args, index, is_last)
+    # (fn, takes_args, table index, is_last) per kept hook: what DirectDispatcher._take iterates
+    steps: tuple[tuple[Callable[..., Any], bool, int, bool], ...] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         last = len(self.hooks) - 1
@@ -62,6 +63,17 @@ class BoundRow:
         object.__setattr__(self, "enters_end", self.row.dest == END)
         object.__setattr__(self, "steps", tuple((fn, takes, self.hook_index[k], k == last)
                                                 for k, (fn, takes) in enumerate(self.hooks)))
+
+    def resumed(self, hook: int) -> BoundRow:
+        """The row as a resume finishes it: no guards (it was taken before the save), hooks from table index ``hook``.
+
+        Positions count hooks by table index, so a saved ``hook`` may name a
+        no-op hook that was never bound; the rest of the row runs all the same.
+        """
+        kept = [k for k, index in enumerate(self.hook_index) if index >= hook]
+        return BoundRow(index=self.index, row=self.row, conditions=(), unless=(),
+                        hooks=tuple(self.hooks[k] for k in kept), hook_index=tuple(self.hook_index[k] for k in kept),
+                        returns_last=self.returns_last)
 
 
 def _combine(conditions: tuple[Callable[[], Any], ...],

@@ -1,22 +1,25 @@
 """The dispatcher: the one place hooks are fired from.
 
-Two engines share every rule except "which row does this trigger take?":
+Two engines differ only in how a transition is taken:
 
+* :class:`DirectDispatcher` compiles the table into a dict from
+  ``(state, trigger)`` to candidate rows and takes a transition in one Python
+  frame (:meth:`DirectDispatcher._take`), whichever way it was asked for.  It
+  is the default because the hot path of training fires several transitions
+  per step.
 * :class:`TransitionsDispatcher` hands each trigger to a ``transitions.Machine``
   built from the table -- conditions and ``unless`` become its guards, a row's
   hooks its ``before`` callback (so the state changes only after every hook
   returned), the bookkeeping its ``after`` callback.  It is the reference
-  definition of behaviour.
-* :class:`DirectDispatcher` compiles the same table into a dict from
-  ``(state, trigger)`` to candidate rows.  It is the default because the hot
-  path of training fires several transitions per step; the property tests
-  check that both engines fire the same hooks in the same order.
+  definition of behaviour: a plain composition of the same rules, which the
+  property tests hold the direct engine to.
 
-Rules common to both (the theory of operation in ``machine/__init__`` says why):
-run-to-completion via our own FIFO queue (so the queue is data a checkpoint
-can hold), positions tracked per hook, an observer called at every transition
-boundary, and exceptions that leave the loop in the failed transition's
-source state.
+Everything else is shared and written once in :class:`Dispatcher` (the theory
+of operation in ``machine/__init__`` says why): ``run()`` and ``fire()`` as
+run-to-completion units over our own FIFO queue (so the queue is data a
+checkpoint can hold), an exception that leaves the loop in the failed
+transition's source state with nothing queued, and resume from a saved
+position.
 """
 
 from __future__ import annotations
@@ -56,17 +59,21 @@ class LoopStuckError(RuntimeError):
                          "(last among its rows), or make the conditions cover every case.")
 
 
-#: How many loop runs are on the call stack right now.  A run that starts while
-#: another is active is *nested*: it runs inside a parent's hook.
-_active_runs = [0]
-
-
 class Dispatcher:
     """Runs one loop's table against the loop's methods.
 
     ``owner`` is the object whose methods the table names (the loop).  Every
     attribute the hot path touches is a plain attribute, bound once here.
+
+    The engine-independent rules live here, each once: :meth:`run` and
+    :meth:`fire` (each one run-to-completion unit that ends in :meth:`_abort`
+    if anything raises), :meth:`_drain` (the queue) and :meth:`_restart`.  An
+    engine supplies how a transition is taken: :meth:`_take_planned` (the row
+    ``run()`` takes in a state, from ``_plan``), :meth:`_process` (a trigger
+    fired by name) and :meth:`_take_row` (a row chosen before: a resume's).
     """
+
+    state: str
 
     def __init__(self, table: Table, owner: Any, name: str) -> None:
         self.table = table
@@ -77,13 +84,15 @@ class Dispatcher:
         self.hook = 0
         self.queue: deque[str] = deque()
         self.observer: Callable[[Any], None] | None = None  # called at every transition boundary
+        # A sub-loop of the tree ``observer`` watches: it runs inside a parent's hook, so the end of its run is
+        # not a boundary.  Loop.observe sets it on every loop of the tree but the root, Loop.connect on new ones.
+        self.nested = False
         self.output: Any = None  # what the last hook of the transition into END returned
         self.args: tuple[Any, ...] = ()
         self.kwargs: dict[str, Any] = {}
         self.restarting = False
         self._resume: Position | None = None
-        self._busy = False
-        self._nested = False
+        self._busy = False  # a run-to-completion unit (run() or fire()) is under way: new triggers queue
         self._finished_on_load = False
         self._driving = {s: table.driving_trigger(s) for s in table.states}
         self._allowed = {s: tuple(dict.fromkeys(r.trigger for r in table.rows if r.source == s))
@@ -91,6 +100,7 @@ class Dispatcher:
         self._allowed[RESTARTING] = (RESTART_TRIGGER,)
         restart = getattr(owner, "on_restart", None)
         self._on_restart = None if restart is None or getattr(restart, "__noop_hook__", False) else restart
+        self._plan: dict[str, Any] = {}  # state -> what run() takes there, in the engine's terms (_take_planned)
 
     # -- the position, as data ----------------------------------------------------------
     @property
@@ -120,9 +130,13 @@ class Dispatcher:
             self._resume, self.restarting = position, True
             self.state = RESTARTING
 
-    # -- running ------------------------------------------------------------------------
+    # -- the two ways in: each one run-to-completion unit --------------------------------
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Fire each state's driving trigger until END; return the END transition's output."""
+        """Take each state's driving trigger until END; return the END transition's output.
+
+        The whole run is one unit: a trigger fired inside it (by a hook, a
+        condition or the observer) is queued and drained after the transition.
+        """
         if self._busy:
             raise RuntimeError(f"Loop {self.name!r}: run() was called from one of its own hooks; "
                                "fire a trigger with loop.fire(name) instead.")
@@ -130,27 +144,29 @@ class Dispatcher:
             self._finished_on_load = False
             return None
         self.args, self.kwargs = args, kwargs
-        self._nested = _active_runs[0] > 0
-        _active_runs[0] += 1
+        if self.state == END:
+            self.state = START  # a finished loop runs again from the top, like Lightning's run()
+        self._busy = True
         try:
-            if self.state == END:
-                self.state = START  # a finished loop runs again from the top, like Lightning's run()
             if self.state == RESTARTING:
-                self._guarded(self._restart)
-            driving = self._driving
+                self._restart()
+            plan, take, queue = self._plan, self._take_planned, self.queue
             while self.state != END:
-                trigger = driving[self.state]
-                if not self.fire(trigger):
-                    raise LoopStuckError(self.name, self.state, trigger)
+                if not take(plan[self.state]):
+                    raise LoopStuckError(self.name, self.state, self._driving[self.state])
+                if queue:
+                    self._drain()
             return self.output
+        except BaseException:
+            self._abort()
+            raise
         finally:
-            _active_runs[0] -= 1
+            self._busy = False
 
     def fire(self, trigger: str) -> bool | None:
         """Process ``trigger`` now, or queue it if a transition is under way (run-to-completion).
 
-        Returns whether a row was taken, or None when queued.  This and
-        ``_process``/``_run_hooks`` are the hot path: flat code, no helpers.
+        Returns whether a row was taken, or None when queued.
         """
         if self._busy:
             self.queue.append(trigger)
@@ -167,17 +183,7 @@ class Dispatcher:
         finally:
             self._busy = False
 
-    def _guarded(self, step: Callable[[], Any]) -> None:
-        """Run ``step`` as one run-to-completion unit, with fire()'s failure rule."""
-        self._busy = True
-        try:
-            step()
-        except BaseException:
-            self._abort()
-            raise
-        finally:
-            self._busy = False
-
+    # -- rules shared by both engines ---------------------------------------------------
     def _abort(self) -> None:
         # The failed transition never happened as far as the machine knows: its
         # state is still the source, and nothing is pending.
@@ -190,49 +196,31 @@ class Dispatcher:
             self._process(queue.popleft())  # a queued trigger that no row accepts is dropped
 
     def _restart(self) -> None:
+        """Back to the saved state (hook ``on_restart``), finish the saved transition from its hook, drain."""
         resume = self._resume
         assert resume is not None
         self._enter_restart(resume.state)
         self._resume = None
         self.queue.extend(resume.queue)
         if resume.row is not None:
-            bound = self.rows[resume.row]
-            result = self._run_hooks(bound, resume.hook)
-            self.state = bound.dest
-            self._finish_row(bound, result)
+            self._take_row(self.rows[resume.row].resumed(resume.hook))
         self.restarting = False
         self._drain()
 
     def _illegal(self, trigger: str) -> IllegalTriggerError:
         return IllegalTriggerError(self.name, self.state, trigger, self._allowed.get(self.state, ()))
 
-    # -- the pieces of one transition ---------------------------------------------------
-    def _run_hooks(self, bound: BoundRow, start: int) -> Any:
-        """Run the row's hooks whose table index is >= start, keeping the position exact."""
-        self.row = bound.index
-        args, kwargs, observer = self.args, self.kwargs, self.observer
-        result = None
-        for fn, takes_args, index, is_last in bound.steps:
-            if index < start:
-                continue
-            self.hook = index
-            result = fn(*args, **kwargs) if takes_args else fn()
-            self.hook = index + 1
-            if observer is not None and not is_last:
-                observer(self.owner)  # a boundary between two hooks of one transition
-        return result if bound.returns_last else None
-
-    def _finish_row(self, bound: BoundRow, result: Any) -> None:
-        self.row, self.hook = None, 0
-        if bound.enters_end:
-            self.output = result
-        # A nested loop that just finished is not a boundary: its parent's hook is still
-        # running, and a resume would re-enter that hook and start the child over.  The
-        # parent's next boundary comes as soon as the hook returns.
-        if self.observer is not None and not (self._nested and bound.enters_end):
-            self.observer(self.owner)  # a boundary between two transitions
+    # -- what an engine supplies ----------------------------------------------------------
+    def _take_planned(self, planned: Any) -> bool:  # pragma: no cover - engines override
+        """Take the driving trigger's row, ``planned = self._plan[state]``; False if no guards passed."""
+        raise NotImplementedError
 
     def _process(self, trigger: str) -> bool:  # pragma: no cover - engines override
+        """Take the row ``trigger`` selects; False if no guards passed, IllegalTriggerError if it has no row here."""
+        raise NotImplementedError
+
+    def _take_row(self, bound: BoundRow) -> None:  # pragma: no cover - engines override
+        """Take ``bound`` without its guards: a resume finishing the row that was under way."""
         raise NotImplementedError
 
     def _enter_restart(self, state: str) -> None:  # pragma: no cover - engines override
@@ -240,7 +228,12 @@ class Dispatcher:
 
 
 class DirectDispatcher(Dispatcher):
-    """The table compiled to dict lookups: the hot-path engine."""
+    """The table compiled to dict lookups: the hot-path engine.
+
+    Every transition, however it was asked for (``run()``, ``fire()``, the
+    queue, a resume), is taken by :meth:`_take` in one Python frame, so
+    ``run()`` costs one call per transition and each rule is written once.
+    """
 
     def __init__(self, table: Table, owner: Any, name: str) -> None:
         self.state = START
@@ -255,76 +248,54 @@ class DirectDispatcher(Dispatcher):
         self._plan = {state: self._lookup[state].get(trigger, ()) for state, trigger in self._driving.items()
                       if trigger is not None}
 
-    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The shared ``run()`` rules with fire/_process/_run_hooks/_finish_row inlined.
+    def _take(self, candidates: tuple[BoundRow, ...]) -> bool:
+        """Take the first candidate row whose guards pass; False, with nothing changed, if none does.
 
-        A training step runs several loops, so this loop is the hot path: one
-        Python frame per ``run()`` instead of four per transition.  Restarts,
-        re-entrant calls and finished-on-load runs take the general path.  The
-        property tests hold both paths (and the transitions engine) to one oracle.
+        The hooks run in order in the source state, ``row``/``hook`` always
+        naming the hook under way (``hook`` is past it once it returned); the
+        observer is called between two hooks and after the state change.
         """
-        if self._busy or self._finished_on_load or self.state == RESTARTING:
-            return super().run(args, kwargs)
-        self.args, self.kwargs = args, kwargs
-        nested = self._nested = _active_runs[0] > 0
-        _active_runs[0] += 1
-        try:
-            if self.state == END:
-                self.state = START
-            plan, owner, queue = self._plan, self.owner, self.queue
-            while self.state != END:
-                bound = self._take(plan[self.state])
-                self._busy = True
-                try:
-                    self.row = bound.index
-                    observer = self.observer
-                    result = None
-                    for fn, takes_args, index, is_last in bound.steps:
-                        self.hook = index
-                        result = fn(*args, **kwargs) if takes_args else fn()
-                        self.hook = index + 1
-                        if observer is not None and not is_last:
-                            observer(owner)
-                    self.state = bound.dest
-                    self.row, self.hook = None, 0
-                    if bound.enters_end:
-                        self.output = result if bound.returns_last else None
-                    if observer is not None and not (nested and bound.enters_end):
-                        observer(owner)
-                    if queue:
-                        self._drain()
-                except BaseException:
-                    self._abort()
-                    raise
-                finally:
-                    self._busy = False
-            return self.output
-        finally:
-            _active_runs[0] -= 1
-
-    def _take(self, candidates: tuple[BoundRow, ...]) -> BoundRow:
-        """The first row whose guards pass, or LoopStuckError (nothing has changed yet)."""
         for bound in candidates:
             check = bound.check
             if check is None or check():
-                return bound
-        state = self.state
-        raise LoopStuckError(self.name, state, self._driving[state])
+                break
+        else:
+            return False
+        self.row = bound.index
+        observer = self.observer
+        result = None
+        for fn, takes_args, index, is_last in bound.steps:
+            self.hook = index
+            result = fn(*self.args, **self.kwargs) if takes_args else fn()
+            self.hook = index + 1
+            if observer is not None and not is_last:
+                observer(self.owner)  # a boundary between two hooks of one transition
+        self.state = bound.dest
+        self.row = None
+        self.hook = 0
+        if bound.enters_end:
+            self.output = result if bound.returns_last else None
+            # A nested loop that just finished is not a boundary: its parent's hook is still
+            # running, and a resume would re-enter that hook and start the child over.  The
+            # parent's next boundary comes as soon as the hook returns.
+            if self.nested:
+                return True
+        observer = self.observer  # again: a hook may have changed it
+        if observer is not None:
+            observer(self.owner)  # a boundary between two transitions
+        return True
+
+    _take_planned = _take
 
     def _process(self, trigger: str) -> bool:
         by_trigger = self._lookup.get(self.state)
         candidates = by_trigger.get(trigger) if by_trigger is not None else None
         if candidates is None:
             raise self._illegal(trigger)
-        for bound in candidates:
-            check = bound.check
-            if check is not None and not check():
-                continue
-            result = self._run_hooks(bound, 0)
-            self.state = bound.dest
-            self._finish_row(bound, result)
-            return True
-        return False
+        return self._take(candidates)
+
+    def _take_row(self, bound: BoundRow) -> None:
+        self._take((bound,))  # a resumed row has no guards
 
     def _enter_restart(self, state: str) -> None:
         if self._on_restart is not None:
@@ -339,15 +310,18 @@ class _Model:
 
 
 class TransitionsDispatcher(Dispatcher):
-    """The reference engine: every transition goes through a ``transitions.Machine``."""
+    """The reference engine: every transition goes through a ``transitions.Machine``.
+
+    The Machine checks legality and guards and changes the state; a row's hooks
+    are its ``before`` callback and our bookkeeping its ``after`` callback.
+    """
 
     def __init__(self, table: Table, owner: Any, name: str) -> None:
         self._model = _Model()
         self._machine = Machine(model=self._model, states=[*table.states, RESTARTING], initial=START,
                                 auto_transitions=False, send_event=False, queued=False, name=name)
         super().__init__(table, owner, name)
-        self._result: Any = None
-        self._start = 0
+        self._result: Any = None  # what _before's hooks returned, for _after
         for bound in self.rows:
             row = bound.row
             self._machine.add_transition(row.trigger, row.source, row.dest,
@@ -358,6 +332,7 @@ class TransitionsDispatcher(Dispatcher):
                 self._machine.add_transition(RESTART_TRIGGER, RESTARTING, state,
                                              conditions=partial(self._resumes_to, state),
                                              before=self._before_restart)
+        self._plan = {state: trigger for state, trigger in self._driving.items() if trigger is not None}
 
     @property  # type: ignore[override]
     def state(self) -> str:
@@ -368,16 +343,44 @@ class TransitionsDispatcher(Dispatcher):
         self._machine.set_state(value, model=self._model)
 
     def _before(self, bound: BoundRow) -> None:
-        self._result = self._run_hooks(bound, 0)
+        self._result = self._run_hooks(bound)
 
     def _after(self, bound: BoundRow) -> None:
         self._finish_row(bound, self._result)
+
+    def _take_row(self, bound: BoundRow) -> None:
+        # The saved row of a resume: its guards passed before the save, so it skips the Machine.
+        result = self._run_hooks(bound)
+        self.state = bound.dest
+        self._finish_row(bound, result)
+
+    # The rules of DirectDispatcher._take, split where the Machine changes the state.
+    def _run_hooks(self, bound: BoundRow) -> Any:
+        self.row = bound.index
+        observer = self.observer
+        result = None
+        for fn, takes_args, index, is_last in bound.steps:
+            self.hook = index
+            result = fn(*self.args, **self.kwargs) if takes_args else fn()
+            self.hook = index + 1
+            if observer is not None and not is_last:
+                observer(self.owner)
+        return result if bound.returns_last else None
+
+    def _finish_row(self, bound: BoundRow, result: Any) -> None:
+        self.row, self.hook = None, 0
+        if bound.enters_end:
+            self.output = result
+        if self.observer is not None and not (self.nested and bound.enters_end):
+            self.observer(self.owner)
 
     def _process(self, trigger: str) -> bool:
         event = self._machine.events.get(trigger)
         if event is None or not event.transitions.get(self.state):
             raise self._illegal(trigger)
         return bool(event.trigger(self._model))
+
+    _take_planned = _process
 
     def _resumes_to(self, state: str) -> bool:
         return self._resume is not None and self._resume.state == state

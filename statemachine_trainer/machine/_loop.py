@@ -132,10 +132,17 @@ class Loop:
         """Call ``observer(loop)`` at every transition boundary of this loop and its sub-loops.
 
         A boundary is a point between two transitions, or between two hooks of
-        one transition: the points a checkpoint may capture.
+        one transition: the points a checkpoint may capture.  This loop is the
+        root of the observed tree; the end of a sub-loop's run is not a
+        boundary, because its parent's hook is still running then.
         """
+        self._observe(observer, nested=False)
+
+    def _observe(self, observer: Callable[[Loop], None] | None, nested: bool) -> None:
+        """Observe this subtree; ``nested`` says whether this loop is itself a sub-loop of the observed tree."""
         for _, loop in self.walk():
             loop._machine.observer = observer
+            loop._machine.nested = nested or loop is not self  # every loop below the root runs in a hook
 
     # -- hooks (no-ops unless overridden; the dispatcher skips the no-ops) -----------------
     @property
@@ -237,7 +244,7 @@ class Loop:
         observer = self._machine.observer
         for name, loop in loops.items():
             setattr(self, name, loop)
-            loop.observe(observer)
+            loop._observe(observer, nested=True)  # a sub-loop now, watched like the rest of the tree
 
     def replace(self, **loops: Loop | type[Loop]) -> None:
         """Swap sub-loops for instances or classes; classes are built with the old loop's arguments.
@@ -281,10 +288,6 @@ class Loop:
         state_set = structure_state_set(state, self.state_schema())
         self._check_state_set(state_set)
         return state_set
-
-    def load_state_set(self, state_set: StateSet) -> None:
-        self._check_state_set(state_set)
-        self._apply_state_set(state_set)
 
     def _check_state_set(self, state_set: StateSet) -> None:
         loops = dict(self.walk())

@@ -142,9 +142,6 @@ class Table:
         _validate_structure(self)
 
     # -- derived views (cheap; tables are small and built once) -------------------------
-    def rows_from(self, state: str) -> tuple[tuple[int, Row], ...]:
-        return tuple((i, r) for i, r in enumerate(self.rows) if r.source == state)
-
     def driving_trigger(self, state: str) -> str | None:
         """The trigger ``run()`` fires in ``state``: that of the state's first row."""
         for row in self.rows:
