@@ -1,9 +1,14 @@
-"""``Optimization``: the one place that calls training_step, backward, step and zero_grad.
+"""``Optimization``: the actions of an optimization step, one method each, with the flags resolved once per fit.
 
-The optimization loops decide *which* optimizer acts and *when*; this object
-does the acting, with the flags resolved once per fit (accumulation, clipping,
-precision, several optimizers or one).  Keeping it out of the loops means a
-custom optimization loop gets exactly the same step as the built-in one.
+The optimization loops' tables decide *which* action runs *when* -- their rows
+name ``training_step``, ``backward``, ``optimizer_step``, ``zero_grad`` and the
+hooks around them (see ``loops/optimization.py``) -- and each row hook calls
+one method here.  This object does the acting: precision (autocast, loss
+scaling), the DDP parts the strategy lends it (``forward_step``, the loss
+``gate``, ``no_sync``), clipping, and the step counters of the loop that asks.
+It holds no state that outlives one hook, so a custom optimization loop gets
+exactly the built-in step by calling the same methods (or ``step_optimizer``
+for the whole STEP row at once), and a checkpoint never needs anything from it.
 
 The epoch loop announces each batch with :meth:`begin_batch` (its index, its
 number in the fit, whether it is the epoch's last), so the accumulation window
@@ -26,10 +31,20 @@ from ._results import Results
 from ._strategy import identity_gate
 from .state import OptimizationProgress
 
-__all__ = ["ManualOptimizer", "Optimization"]
+__all__ = ["ManualOptimizer", "Optimization", "loss_of"]
 
 #: Optimizers whose step() evaluates the loss itself, possibly several times.
 _NEEDS_CLOSURE = (torch.optim.LBFGS,)
+
+
+def loss_of(output: Any) -> torch.Tensor | None:
+    """The loss in what ``training_step`` returned (or yielded): the tensor, ``output["loss"]``, or None (skip)."""
+    if output is None or isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) and "loss" in output:
+        return output["loss"]
+    raise TypeError(f"training_step returned {type(output).__name__}; return the loss tensor, a dict with a "
+                    "'loss' key, or None to skip the step.")
 
 
 class Optimization:
@@ -42,10 +57,12 @@ class Optimization:
         self.optimizers = setup.optimizers
         self.toggle = len(self.optimizers) > 1 and module.automatic_optimization
         self.pass_index = len(self.optimizers) > 1 and takes_optimizer_idx(module.training_step)
+        #: Per optimizer: whether its step() must get a closure that computes the loss (LBFGS).
+        self.needs_closure = tuple(isinstance(opt, _NEEDS_CLOSURE) for opt in self.optimizers)
+        self.any_closure = any(self.needs_closure)
         self.batch_idx = 0
         self.batch_number = 0
         self.is_last_batch = False
-        self.stepped = False  # whether any optimizer stepped on the current batch
         self._all = range(len(self.optimizers))
         self._active: Any = self._all
         # The strategy's: training_step (called through DDP under strategy="ddp" when a step runs one backward),
@@ -66,14 +83,13 @@ class Optimization:
                 and not inspect.isgeneratorfunction(type(module).training_step))
 
     # -- per batch -----------------------------------------------------------------------
-    def begin_batch(self, batch_idx: int, batch_number: int, is_last_batch: bool, resumed: bool = False) -> None:
-        """Announce a batch; ``resumed``: the same batch again after a resume, so ``stepped`` (restored) stays."""
+    def begin_batch(self, batch_idx: int, batch_number: int, is_last_batch: bool) -> None:
+        """Announce a batch: its index in the epoch, its number in the fit, whether it is the epoch's last."""
         self.batch_idx, self.batch_number, self.is_last_batch = batch_idx, batch_number, is_last_batch
-        if not resumed:
-            self.stepped = False
         self._active = self._all if self.setup.frequencies is None else self.setup.active_optimizers(batch_number)
 
     def active_optimizers(self) -> Any:
+        """Indices of the optimizers that step on this batch, in order (all of them without frequencies)."""
         return self._active
 
     @property
@@ -81,85 +97,77 @@ class Optimization:
         """Whether this batch ends a gradient-accumulation window (so the optimizers step)."""
         return (self.batch_idx + 1) % self.accumulate == 0 or self.is_last_batch
 
-    # -- the step ------------------------------------------------------------------------
+    # -- the step's actions, in the order the automatic tables run them -------------------------
     def call_training_step(self, batch: Any, batch_idx: int, optimizer_idx: int | None) -> Any:
-        results = self.results
-        results.fx = "training_step"
+        """``training_step`` (through DDP's forward where the strategy says so); manual mode under autocast."""
+        self.results.fx = "training_step"
         if self.module.automatic_optimization:
-            # the generator loop's next() runs under optimizer_step's autocast instead
+            # the automatic loops run this (or a generator's next()) under autocast themselves
             if optimizer_idx is not None and self.pass_index:
                 return self.module.training_step(batch, batch_idx, optimizer_idx)
             return self.forward_step(batch, batch_idx)
         with self.precision.autocast():
             return self.module.training_step(batch, batch_idx)
 
-    def optimizer_step(self, index: int, loss_fn: Callable[[], torch.Tensor | None],
-                       progress: OptimizationProgress) -> None:
-        """Forward, backward and (when the accumulation window closes) step optimizer ``index``."""
-        optimizer = self.optimizers[index]
-        if self.toggle:
-            self.module.toggle_optimizer(optimizer)
-        try:
-            if self.window_closes:
-                self._step(optimizer, lambda: self._forward_backward(loss_fn), progress)
-            else:
-                with self.no_sync():  # DDP: keep this micro-batch's gradients local; the window's last syncs
-                    self._forward_backward(loss_fn)
-        finally:
-            if self.toggle:
-                self.module.untoggle_optimizer(optimizer)
-
-    def _forward_backward(self, loss_fn: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
-        with self.precision.autocast():
-            loss = loss_fn()
-        if loss is None:
-            return None  # documented: a training_step that returns None skips this optimizer's step
-        if self.accumulate > 1:
+    def loss_to_backward(self, output: Any) -> torch.Tensor | None:
+        """The loss to backpropagate from a step's output; None: the step returned None, skip this optimizer."""
+        loss = loss_of(output)
+        if loss is not None and self.accumulate > 1:
             loss = loss / self.accumulate  # the window's gradient is the mean of its micro-batches'
-        self.backward(loss)
         return loss
 
-    def _step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor | None],
-              progress: OptimizationProgress) -> None:
-        if isinstance(optimizer, _NEEDS_CLOSURE):
-            progress.optimizer.step.increment_ready()
-            self.precision.step(optimizer, lambda: self._before_step(optimizer, closure()))
-            self._after_step(optimizer, progress)
-        elif closure() is not None:  # evaluated here, not inside step(): a None loss skips the step
-            self.step_optimizer(optimizer, progress)
+    def run_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()`` with precision scaling -- the loss passing DDP's forward first (the gate).
 
-    def step_optimizer(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
-        """Step ``optimizer`` on the gradients it has, then zero them -- with the hooks, clipping and counters.
-
-        Public so a custom optimization loop that computes its gradients its own
-        way (see ``examples/val_guided.py``) steps exactly like the built-in one.
+        The one place a loss meets the gate: the automatic loops' ``backward``
+        row and ``manual_backward`` both come here.
         """
+        self.precision.backward(self.gate(loss), *args, **kwargs)
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         progress.optimizer.step.increment_ready()
-        self._before_step(optimizer, True)
-        self.precision.step(optimizer)
-        self._after_step(optimizer, progress)
+        self.hooks.on_before_optimizer_step(optimizer)
 
-    def _before_step(self, optimizer: torch.optim.Optimizer, loss: Any) -> Any:
-        if loss is not None:
-            self.hooks.on_before_optimizer_step(optimizer)
-            if self.clip_val is not None:
-                self.clip_gradients(optimizer, self.clip_val, self.clip_algorithm)
-        return loss
+    def clip(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip ``optimizer``'s gradients as the flags say (``gradient_clip_val``; nothing when it is None)."""
+        if self.clip_val is not None:
+            self.clip_gradients(optimizer, self.clip_val, self.clip_algorithm)
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
-        self.stepped = True  # tells the epoch loop that step-interval schedulers are due
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress,
+                       closure: Callable[[], Any] | None = None) -> Any:
+        result = self.precision.step(optimizer, closure)
         progress.optimizer.step.increment_completed()
+        return result
+
+    def before_zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         progress.optimizer.zero_grad.increment_ready()
         self.hooks.on_before_zero_grad(optimizer)
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress,
+                  set_to_none: bool = True) -> None:
         progress.optimizer.zero_grad.increment_started()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=set_to_none)
         progress.optimizer.zero_grad.increment_completed()
+
+    def step_optimizer(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
+        """Step ``optimizer`` on the gradients it has, then zero them: the automatic tables' STEP row in one call.
+
+        For a custom optimization loop that computes its gradients its own way
+        (see ``examples/val_guided.py``): it steps exactly like the built-in
+        loops, hooks, clipping and counters included (a test holds this order
+        to the STEP row's).
+        """
+        self.before_optimizer_step(optimizer, progress)
+        self.clip(optimizer)
+        self.optimizer_step(optimizer, progress)
+        self.before_zero_grad(optimizer, progress)
+        self.zero_grad(optimizer, progress)
 
     # -- shared with manual optimization -------------------------------------------------
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        loss = self.gate(loss)
+        """``manual_backward`` (and custom loops): the BACKWARD row's three actions in one call."""
         self.hooks.on_before_backward(loss)
-        self.precision.backward(loss, *args, **kwargs)
+        self.run_backward(loss, *args, **kwargs)
         self.hooks.on_after_backward()
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, value: float | None, algorithm: str) -> None:
@@ -186,20 +194,13 @@ class ManualOptimizer:
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         optimization, progress = self._optimization, self._progress()
-        progress.optimizer.step.increment_ready()
-        optimization.hooks.on_before_optimizer_step(self.optimizer)
-        result = optimization.precision.step(self.optimizer, closure)
-        optimization.stepped = True
-        progress.optimizer.step.increment_completed()
-        return result
+        optimization.before_optimizer_step(self.optimizer, progress)
+        return optimization.optimizer_step(self.optimizer, progress, closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        progress = self._progress()
-        progress.optimizer.zero_grad.increment_ready()
-        self._optimization.hooks.on_before_zero_grad(self.optimizer)
-        progress.optimizer.zero_grad.increment_started()
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-        progress.optimizer.zero_grad.increment_completed()
+        optimization, progress = self._optimization, self._progress()
+        optimization.before_zero_grad(self.optimizer, progress)
+        optimization.zero_grad(self.optimizer, progress, set_to_none)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:

@@ -93,7 +93,8 @@ class Run:
         self.fit_loop: FitCounters | None = None
         self._request, self._save = request_checkpoint, save_checkpoint
         self._configure_optimization = configure_optimization  # builds self.optimization from the module
-        self._restored_data: dict[str, Any] = {}  # data positions of a mid-fit checkpoint, for use_data
+        self._restored_data: dict[str, Any] = {}  # a checkpoint's data positions, until the reading loop resumes
+        self._restored_into: dict[str, Any] = {}  # the sources they were loaded into at restore
 
     # -- Lightning's read-only names --------------------------------------------------------
     @property
@@ -248,8 +249,8 @@ class Run:
         wraps the fit loop calls it to switch data between rounds (a new
         fold's split, a grown labelled set), and again in its ``on_restart``:
         the data is not in a checkpoint (its position is), so a resumed outer
-        loop rebuilds it from its own fields.  The checkpoint's positions are
-        applied later, by the loop that reads each source, when that loop
+        loop rebuilds it from its own fields.  The checkpoint's position is
+        given to such a new source by the loop that reads it, when that loop
         resumes mid-run (see :meth:`resume_source`).
         """
         for stage, loader in loaders.items():
@@ -274,21 +275,29 @@ class Run:
         return BatchSource(loader, count, self.device)
 
     def restore_data(self, positions: dict[str, Any]) -> None:
-        """Keep a checkpoint's data positions until the loops that read those sources resume."""
+        """Put the sources at a checkpoint's positions now, and keep them for sources replaced during the resume."""
         self._restored_data = dict(positions)
+        self._restored_into = {}
+        for stage, position in positions.items():
+            if stage in self.sources:
+                self.sources[stage].load_state_dict(position)
+                self._restored_into[stage] = self.sources[stage]
 
     def resume_source(self, stage: str) -> None:
-        """Put ``stage``'s source at the checkpoint's position: called by the loop reading it, as it resumes.
+        """Called by the loop reading ``stage``'s source as it resumes mid-run: put a *new* source at the position.
 
-        Deferred to that moment, not done at load, because a loop wrapping the
-        fit loop rebuilds its data in its own ``on_restart`` (before the inner
-        loops resume), and because a position only means something to a loop
-        that was interrupted mid-run: between two rounds the next round's
-        loader starts afresh.  Each position is used once.
+        A loop that wraps the fit loop rebuilds its data in its own
+        ``on_restart`` (``use_data``), after the checkpoint was loaded and
+        before the inner loops resume: the source the interrupted epoch reads
+        is then a new object, and takes the checkpoint's position here.  A
+        position only means something to a loop interrupted mid-run, so
+        between two rounds the next round's loader starts afresh.  Each
+        position is used once.
         """
         position = self._restored_data.pop(stage, None)
-        if position is not None and stage in self.sources:
-            self.sources[stage].load_state_dict(position)
+        source = self.sources.get(stage)
+        if position is not None and source is not None and source is not self._restored_into.get(stage):
+            source.load_state_dict(position)
 
     def reset_parameters(self, seed: int | None = None) -> None:
         """Fresh weights: ``reset_parameters()`` on every submodule that has one (torch's own initialisation).

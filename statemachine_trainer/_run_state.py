@@ -7,8 +7,10 @@ uninterrupted one.  The parts, by top-level key:
 * ``module`` -- parameters and buffers; ``grads`` -- partial ``.grad``
   tensors inside a gradient-accumulation window;
 * ``optimizers``, ``schedulers`` (ReduceLROnPlateau included), ``precision``
-  (the GradScaler), ``optimization`` (whether this batch already stepped);
-* ``loops`` -- every loop's FSM position, progress and fields;
+  (the GradScaler);
+* ``loops`` -- every loop's FSM position, progress and fields (the state of a
+  step under way too, e.g. whether this batch already stepped: the batch
+  loop's fields);
 * ``metrics`` (torchmetrics states, which ``state_dict()`` leaves out) and
   ``results`` (the epoch's accumulated logged values);
 * ``rng`` (Python, NumPy, torch CPU and every CUDA device) and ``data``
@@ -37,8 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["capture", "check", "check_module_state", "check_optimizer_states", "restore", "split"]
 
 #: The keys a checkpoint written during ``fit`` has (one written outside fit holds weights only).
-RUN_KEYS = ("module", "loops", "callbacks", "rng", "optimizers", "schedulers", "precision", "optimization",
-            "grads", "metrics", "results", "data", "loggers", "extra")
+RUN_KEYS = ("module", "loops", "callbacks", "rng", "optimizers", "schedulers", "precision", "grads", "metrics",
+            "results", "data", "loggers", "extra")
 
 
 #: Parts that differ between the ranks of a DDP run: each rank saves and loads its own.  The rest is
@@ -68,7 +70,6 @@ def capture(run: Run, root: Loop) -> dict[str, Any]:
         state["optimizers"] = [opt.state_dict() for opt in optimization.optimizers]
         state["schedulers"] = [c.scheduler.state_dict() for c in optimization.setup.schedulers]
         state["precision"] = run.precision.state_dict()
-        state["optimization"] = {"stepped": optimization.stepped}
     state["grads"] = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
     state["metrics"] = _metric_states(module)
     state["results"] = run.results.state_dict()
@@ -142,7 +143,6 @@ def _restore_optimization(run: Run, state: dict[str, Any]) -> None:
     for config, sched_state in zip(optimization.setup.schedulers, state["schedulers"]):
         config.scheduler.load_state_dict(sched_state)
     run.precision.load_state_dict(state["precision"])
-    optimization.stepped = state["optimization"]["stepped"]
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def _metric_states(module: torch.nn.Module) -> dict[str, Any]:
     """Every torchmetrics Metric's accumulated state (not in ``state_dict()``: its states are non-persistent)."""
     from torchmetrics import Metric
 
-    return {name: {"state": dict(metric.metric_state), "update_count": metric._update_count}
+    return {name: {"state": dict(metric.metric_state), "update_count": metric.update_count}
             for name, metric in module.named_modules() if isinstance(metric, Metric)}
 
 
@@ -218,10 +218,13 @@ def _load_metric_states(module: torch.nn.Module, states: dict[str, Any]) -> None
 
     for name, metric in module.named_modules():
         if isinstance(metric, Metric) and name in states:
-            for key, value in states[name]["state"].items():
-                setattr(metric, key, list(value) if isinstance(value, (list, tuple)) else value)
+            metric.reset()  # drops any cached compute() result
+            values = {key: list(value) if isinstance(value, (list, tuple)) else value
+                      for key, value in states[name]["state"].items()}
+            # A Metric's load_state_dict takes its states whether or not they are persistent.
+            metric.load_state_dict(values, strict=False)
+            # torchmetrics has no public way to set the update count (compute() warns when it is 0).
             metric._update_count = states[name]["update_count"]
-            metric._computed = None
 
 
 def _logger_key(index: int, logger: Any) -> str:

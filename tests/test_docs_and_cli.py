@@ -121,4 +121,4 @@ def test_readme_states_each_custom_loops_line_count(name):
     block = (ROOT / "examples" / f"{name}.py").read_text().split("# --- loop ---\n")[1]
     count = sum(1 for line in block.splitlines() if line.strip())
     row = next(line for line in README.splitlines() if line.startswith(f"| `{name}.py` |"))
-    assert f"| {count} lines |" in row, (count, row)
+    assert f"| {count} lines" in row, (count, row)

@@ -8,7 +8,13 @@ the module asks for (resolved when the trainer attaches, not per batch)::
     ADVANCE --advance-->          END     / advance                 # optimize, then on_train_batch_end
 
 ``advance`` runs the optimization loop and the end hook in one hook, so the
-step's outputs never have to cross a checkpoint boundary.
+step's outputs never have to cross a checkpoint boundary (the optimization
+loops refuse checkpoints while they hold them).
+
+Whether an optimizer stepped on this batch (step-interval schedulers are due
+then) is state like any other: ``fields.steps_before`` records the step
+counter as the batch begins, so after a resume mid-batch the batch loop still
+knows, whichever optimization loop -- built-in or custom -- did the stepping.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ BATCH_TABLE = Table(
 @attrs.define
 class BatchFields:
     skipped: bool = False  # on_train_batch_start returned -1 for this batch: the epoch ends after it
+    # The optimization loop's optimizer-step count when this batch began; an optimizer stepped on this batch
+    # iff the count is higher now (see BatchLoop.stepped).  <= that loop's progress.optimizer_steps.
+    steps_before: int = 0
 
 
 class BatchLoop(TrainerLoop):
@@ -73,8 +82,14 @@ class BatchLoop(TrainerLoop):
     def skipped(self) -> bool:
         return self.fields.skipped
 
+    @property
+    def stepped(self) -> bool:
+        """Whether an optimizer stepped on the current batch (so far)."""
+        return self._chosen.progress.optimizer_steps > self.fields.steps_before
+
     def reset(self) -> None:
         self.fields.skipped = False
+        self.fields.steps_before = self._chosen.progress.optimizer_steps
 
     def on_run_start(self, batch: Any, batch_idx: int) -> None:
         if self.context.hooks.on_train_batch_start(batch, batch_idx) == -1:

@@ -108,13 +108,12 @@ class TrainingEpochLoop(TrainerLoop):
         batch = source.next_batch()
         run.results.new_batch(batch)
         progress.is_last_batch = batch_idx + 1 >= source.num_batches
-        run.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch,
-                                         resumed=self.restarting)
+        run.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch)
         if not self.restarting:
             progress.increment_started()
         self.batch_loop.run(batch, batch_idx)
         progress.increment_processed()
-        if run.optimization.stepped:
+        if self.batch_loop.stepped:  # the batch loop's fields say so, also after a resume mid-batch
             run.step_schedulers("step")
         progress.increment_completed()
         if progress.total.completed % run.config.log_every_n_steps == 0:

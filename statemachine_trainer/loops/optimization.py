@@ -1,56 +1,121 @@
 """The optimization loops: what happens to one batch between ``on_train_batch_start`` and ``_end``.
 
 Three modes, three tables; the batch loop runs the one the module asks for.
+The step's actions are the rows' hooks, so each table *is* the step's hook
+order, and ``statemachine-trainer diagram`` shows where backward and
+``optimizer.step`` happen.
 
-``OptimizerLoop`` (automatic).  One ADVANCE per optimizer that steps on this
-batch (all of them, or one chosen by ``frequency``).  Per optimizer::
+``OptimizerLoop`` (automatic).  One pass through BACKWARD (and STEP) per
+optimizer that steps on this batch -- all of them, or the one ``frequency``
+picks::
 
-    training_step(batch, batch_idx[, optimizer_idx])   # loss; None skips the step
-    on_before_backward(loss); backward(loss / accumulate_grad_batches); on_after_backward()
-    -- only when the accumulation window closes: --
-    on_before_optimizer_step(optimizer); clip gradients; optimizer.step()
-    on_before_zero_grad(optimizer); optimizer.zero_grad()
+    START    --run-->                                   ADVANCE  / reset, on_run_start
+    ADVANCE  --advance [done]-->                        END      / on_run_end
+    ADVANCE  --advance [needs_closure and not window_open]-->
+                                                        ADVANCE  / toggle, closure_step, on_before_zero_grad,
+                                                                   zero_grad, untoggle, next_optimizer
+    ADVANCE  --advance-->                               BACKWARD / toggle, training_step
+    BACKWARD --backward [no_loss]-->                    ADVANCE  / untoggle, next_optimizer
+    BACKWARD --backward [window_open]-->                ADVANCE  / on_before_backward, backward, on_after_backward,
+                                                                   untoggle, next_optimizer
+    BACKWARD --backward-->                              STEP     / on_before_backward, backward, on_after_backward
+    STEP     --step-->                                  ADVANCE  / on_before_optimizer_step, clip_gradients,
+                                                                   optimizer_step, on_before_zero_grad, zero_grad,
+                                                                   untoggle, next_optimizer
 
-Optimizers that re-evaluate the loss (LBFGS) get the first half as a closure.
+* ``toggle`` picks the optimizer and, with several, freezes the other
+  optimizers' parameters (``toggle_optimizer``) so this loss's backward never
+  writes gradients another optimizer will step on; ``untoggle`` undoes it.
+* ``training_step`` returning None (``no_loss``) skips this optimizer: no
+  backward, no step.
+* ``window_open``: the batch is inside a gradient-accumulation window, so the
+  gradients accumulate and nobody steps.  Under DDP its ``training_step`` and
+  ``backward`` run under ``no_sync()`` (the window's last backward all-reduces).
+* ``needs_closure``: LBFGS and the like evaluate the loss themselves, possibly
+  several times: ``closure_step`` is ``optimizer.step(closure)``, the closure
+  being this table's training_step, on_before_backward, backward,
+  on_after_backward, on_before_optimizer_step and clip_gradients.
 
-``GeneratorLoop`` (automatic, ``training_step`` is a generator).  The same,
-except that each optimizer's loss is the generator's next ``yield``: shared
-work before the first ``yield`` runs once per batch.
+``GeneratorLoop`` (automatic, ``training_step`` is a generator).  The same
+BACKWARD and STEP rows (one copy: :data:`STEP_ROWS`); ``on_run_start`` makes
+the generator and each ``training_step`` hook takes its next ``yield``, so
+shared work before the first ``yield`` runs once per batch.  No closure row:
+a yielded loss cannot be evaluated again.
 
 ``ManualLoop`` (``automatic_optimization = False``).  One transition that calls
 ``training_step``; the step calls ``manual_backward`` and ``opt.step()``
 itself, and those calls fire the backward / optimizer-step hooks.
 
-With several optimizers, each optimizer's part runs with the other optimizers'
-parameters frozen (``toggle_optimizer``), so one loss's backward never writes
-gradients another optimizer will step on.
+Checkpoints and resume
+----------------------
+A boundary falls between every two hooks of these rows, but a checkpoint can
+only hold what the state set holds.  So ``checkpointable`` is False while the
+loop holds something no state set can: the loss with its autograd graph
+(BACKWARD), parameters frozen by ``toggle``, the generator's frame between two
+yields, and the step's output that ``on_train_batch_end`` will receive.  It is
+True before the batch's first ``training_step`` and between two optimizers'
+parts (the earlier output is dead then: the next ``training_step`` replaces
+it).  A request made inside a step is written at the next such boundary --
+at the latest when the batch ends -- and what crosses a boundary lives in the
+loop's progress (``optimizer_position``, the step counters) and the batch
+loop's fields, with partial gradients in the checkpoint's ``grads``.
+
+If a hook raises, :meth:`OptimizerLoop.run` untoggles before the exception
+leaves the loop, so the module's ``requires_grad`` flags stay balanced.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ..machine import ADVANCE, END, START, Row, Table, noop_hook
 from ..state import OptimizationProgress
 from ._base import TrainerLoop
 
-__all__ = ["GENERATOR_TABLE", "MANUAL_TABLE", "OPTIMIZER_TABLE", "GeneratorLoop", "ManualLoop", "OptimizerLoop"]
+__all__ = ["GENERATOR_TABLE", "MANUAL_TABLE", "OPTIMIZER_TABLE", "STEP_ROWS", "GeneratorLoop", "GeneratorStepError",
+           "ManualLoop", "OptimizerLoop"]
 
-#: One ADVANCE per optimizer that steps on the batch; the generator loop takes the same path.
-_PER_OPTIMIZER_ROWS = (
-    Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
-    Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
-    Row("advance", ADVANCE, ADVANCE, hooks="advance"),
+BACKWARD, STEP = "BACKWARD", "STEP"
+
+#: The hooks of one backward: the loss from ``training_step`` into gradients.
+_BACKWARD_HOOKS = ("on_before_backward", "backward", "on_after_backward")
+#: The hooks of one optimizer step, with its hooks and counters (``Optimization.step_optimizer`` in one call).
+_STEP_HOOKS = ("on_before_optimizer_step", "clip_gradients", "optimizer_step", "on_before_zero_grad", "zero_grad")
+#: Every per-optimizer part ends here: the parameters thawed, the next optimizer's turn.
+_NEXT = ("untoggle", "next_optimizer")
+
+#: From the loss to the next optimizer's turn: shared by the automatic tables (one copy, two tables).
+STEP_ROWS = (
+    Row("backward", BACKWARD, ADVANCE, conditions="no_loss", hooks=_NEXT),
+    Row("backward", BACKWARD, ADVANCE, conditions="window_open", hooks=(*_BACKWARD_HOOKS, *_NEXT)),
+    Row("backward", BACKWARD, STEP, hooks=_BACKWARD_HOOKS),
+    Row("step", STEP, ADVANCE, hooks=(*_STEP_HOOKS, *_NEXT)),
 )
-OPTIMIZER_TABLE = Table(name="OptimizerLoop", states=(START, ADVANCE, END), rows=_PER_OPTIMIZER_ROWS)
-GENERATOR_TABLE = Table(name="GeneratorLoop", states=(START, ADVANCE, END), rows=_PER_OPTIMIZER_ROWS)
+
+_RUN_ROW = Row("run", START, ADVANCE, hooks=("reset", "on_run_start"))
+_DONE_ROW = Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end")
+_TRAINING_STEP_ROW = Row("advance", ADVANCE, BACKWARD, hooks=("toggle", "training_step"))
+_AUTOMATIC_STATES = (START, ADVANCE, BACKWARD, STEP, END)
+
+OPTIMIZER_TABLE = Table(
+    name="OptimizerLoop",
+    states=_AUTOMATIC_STATES,
+    rows=(
+        _RUN_ROW,
+        _DONE_ROW,
+        Row("advance", ADVANCE, ADVANCE, conditions="needs_closure", unless="window_open",
+            hooks=("toggle", "closure_step", "on_before_zero_grad", "zero_grad", *_NEXT)),
+        _TRAINING_STEP_ROW,
+        *STEP_ROWS,
+    ),
+)
+GENERATOR_TABLE = Table(name="GeneratorLoop", states=_AUTOMATIC_STATES,
+                        rows=(_RUN_ROW, _DONE_ROW, _TRAINING_STEP_ROW, *STEP_ROWS))
 
 MANUAL_TABLE = Table(
     name="ManualLoop",
     states=(START, END),
-    rows=(Row("run", START, END, hooks=("reset", "advance")),),
+    rows=(Row("run", START, END, hooks=("reset", "training_step")),),
 )
 
 
@@ -58,52 +123,173 @@ class GeneratorStepError(RuntimeError):
     """A generator ``training_step`` yielded a different number of losses than there are optimizers."""
 
 
-def _loss_of(output: Any) -> torch.Tensor | None:
-    if output is None or isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict) and "loss" in output:
-        return output["loss"]
-    raise TypeError(f"training_step returned {type(output).__name__}; return the loss tensor, a dict with a "
-                    "'loss' key, or None to skip the step.")
-
-
 class OptimizerLoop(TrainerLoop):
-    """Automatic optimization: backward and step for each optimizer in turn."""
+    """Automatic optimization: training_step, backward and step for each optimizer in turn (table above)."""
 
     table = OPTIMIZER_TABLE
     progress_class = OptimizationProgress
 
     def __init__(self) -> None:
         super().__init__()
-        self._outputs: Any = None
+        # None of this is state.  The first three are looked up again as each batch starts and on resume; the rest
+        # lives only between toggle and next_optimizer (and the output until on_run_end), where checkpointable is
+        # False, so no checkpoint ever needs them.
+        self._opt: Any = None  # the run's Optimization, per batch (reset_optimizers may replace it between rounds)
+        self._active: Any = ()  # indices of the optimizers that step on this batch
+        self._window_open = False  # this batch accumulates without stepping
+        self._index = 0  # the optimizer whose turn it is (set by toggle)
+        self._optimizer: Any = None
+        self._toggled: Any = None  # the optimizer toggle_optimizer was called for, until untoggle
+        self._loss: Any = None  # training_step's loss, with its graph until backward
+        self._outputs: Any = None  # training_step's output: run()'s return value, for on_train_batch_end
 
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().run(*args, **kwargs)
+        except BaseException:
+            self._release()  # a hook raised between toggle and untoggle: thaw the parameters before it leaves
+            raise
+
+    # -- conditions ------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        return self.progress.optimizer_position >= len(self._active())
+        return self.progress.optimizer_position >= len(self._active)
 
+    @property
+    def needs_closure(self) -> bool:
+        opt = self._opt
+        return opt.any_closure and opt.needs_closure[self._active[self.progress.optimizer_position]]
+
+    @property
+    def window_open(self) -> bool:
+        return self._window_open
+
+    @property
+    def no_loss(self) -> bool:
+        return self._loss is None
+
+    @property
+    def checkpointable(self) -> bool:
+        position = self.position
+        if position.state in (START, END):
+            return True
+        if position.state != ADVANCE or position.row is not None:
+            return False  # mid-step: a loss with its graph, frozen parameters, or a step's output in hand
+        # Between two optimizers' parts: the output is dead if another training_step will replace it.
+        return self._outputs is None or self.progress.optimizer_position < len(self._active)
+
+    # -- hooks, in table order -------------------------------------------------------------------
     def reset(self) -> None:
         self.progress.optimizer_position = 0
-        self._outputs = None
+        self._outputs = self._loss = None
+        self._begin()
 
     @noop_hook
     def on_run_start(self, batch: Any, batch_idx: int) -> None:
-        """Nothing to prepare for a plain step (so it is not dispatched); the generator loop starts its generator here."""
+        """Nothing to prepare for a plain step (so it is not dispatched); the generator loop makes its generator."""
 
-    def advance(self, batch: Any, batch_idx: int) -> None:
-        index = self._active()[self.progress.optimizer_position]
-        self.context.optimization.optimizer_step(index, lambda: self._loss(batch, batch_idx, index), self.progress)
+    def on_restart(self) -> None:
+        self._begin()
+        self._outputs = self._loss = None
+        if self.position.state in (BACKWARD, STEP):
+            # Only a checkpoint written regardless of `checkpointable` (save_checkpoint called inside a hook) stops
+            # here: toggle again, so that the rest of the row's untoggle stays balanced.
+            self.toggle()
+
+    def toggle(self) -> None:
+        opt = self._opt
+        self._index = index = self._active[self.progress.optimizer_position]
+        self._optimizer = optimizer = opt.optimizers[index]
+        if opt.toggle:
+            opt.module.toggle_optimizer(optimizer)
+            self._toggled = optimizer
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        if self._window_open:
+            with self._opt.no_sync():  # DDP: when the step is DDP's forward, it must not prepare an all-reduce
+                output = self._produce(batch, batch_idx)
+        else:
+            output = self._produce(batch, batch_idx)
+        self._outputs = output
+        self._loss = self._opt.loss_to_backward(output)
+
+    def on_before_backward(self) -> None:
+        self._opt.hooks.on_before_backward(self._loss)
+
+    def backward(self) -> None:
+        if self._window_open:
+            with self._opt.no_sync():  # DDP: keep this micro-batch's gradients local; the window's last syncs
+                self._opt.run_backward(self._loss)
+        else:
+            self._opt.run_backward(self._loss)
+
+    def on_after_backward(self) -> None:
+        self._opt.hooks.on_after_backward()
+
+    def on_before_optimizer_step(self) -> None:
+        self._opt.before_optimizer_step(self._optimizer, self.progress)
+
+    def clip_gradients(self) -> None:
+        opt = self._opt
+        if opt.clip_val is not None:  # Optimization.clip, without a call when there is nothing to clip
+            opt.clip(self._optimizer)
+
+    def optimizer_step(self) -> None:
+        self._opt.optimizer_step(self._optimizer, self.progress)
+
+    def on_before_zero_grad(self) -> None:
+        self._opt.before_zero_grad(self._optimizer, self.progress)
+
+    def zero_grad(self) -> None:
+        self._opt.zero_grad(self._optimizer, self.progress)
+
+    def untoggle(self) -> None:
+        toggled, self._toggled = self._toggled, None
+        if toggled is not None:
+            self._opt.module.untoggle_optimizer(toggled)
+
+    def next_optimizer(self) -> None:
+        self._loss = self._optimizer = None
         self.progress.optimizer_position += 1
 
+    def closure_step(self, batch: Any, batch_idx: int) -> None:
+        """``optimizer.step(closure)``: the closure runs the BACKWARD row's work and the step's first hooks."""
+        opt, optimizer = self._opt, self._optimizer
+
+        def closure() -> Any:
+            self.training_step(batch, batch_idx)
+            loss = self._loss
+            if loss is not None:
+                self.on_before_backward()
+                self.backward()
+                self.on_after_backward()
+                opt.hooks.on_before_optimizer_step(optimizer)
+                self.clip_gradients()
+            return loss
+
+        self.progress.optimizer.step.increment_ready()
+        self._opt.optimizer_step(optimizer, self.progress, closure)
+
     def on_run_end(self) -> Any:
-        return self._outputs
+        outputs, self._outputs = self._outputs, None
+        return outputs
 
-    def _active(self) -> Any:
-        return self.context.optimization.active_optimizers()
+    # -- helpers ---------------------------------------------------------------------------------
+    def _begin(self) -> None:
+        """What the batch's hooks read, looked up once per batch (and again on resume: none of it is state)."""
+        self._opt = opt = self.context.optimization
+        self._active = opt.active_optimizers()
+        self._window_open = not opt.window_closes
 
-    def _loss(self, batch: Any, batch_idx: int, index: int) -> torch.Tensor | None:
-        output = self.context.optimization.call_training_step(batch, batch_idx, index)
-        self._outputs = output
-        return _loss_of(output)
+    def _produce(self, batch: Any, batch_idx: int) -> Any:
+        """This optimizer's training_step output (the generator loop: the generator's next yield)."""
+        opt = self._opt
+        with opt.precision.autocast():
+            return opt.call_training_step(batch, batch_idx, self._index)
+
+    def _release(self) -> None:
+        self.untoggle()
+        self._loss = self._outputs = self._optimizer = None
 
 
 class GeneratorLoop(OptimizerLoop):
@@ -115,19 +301,32 @@ class GeneratorLoop(OptimizerLoop):
         super().__init__()
         self._generator: Any = None
 
-    def on_run_start(self, batch: Any, batch_idx: int) -> None:
-        self._generator = self.context.optimization.call_training_step(batch, batch_idx, None)
+    def reset(self) -> None:
+        super().reset()
+        opt = self._opt
+        if opt.any_closure:
+            names = ", ".join(type(o).__name__ for o, c in zip(opt.optimizers, opt.needs_closure) if c)
+            raise GeneratorStepError(f"{names} evaluates the loss several times per step (through a closure), but "
+                                     "a generator training_step yields each loss once; return the loss from a "
+                                     "plain training_step for such optimizers.")
 
     @property
     def checkpointable(self) -> bool:
         # Between two yields the generator's frame holds the shared work (e.g. a GAN's fake batch, made
         # with the weights from before the first optimizer stepped): no state set can hold it.  So a
         # checkpoint requested mid-step is written right after the step, when this loop is idle again.
-        return self.state != ADVANCE or self.progress.optimizer_position == 0
+        position = self.position
+        if position.state in (START, END):
+            return True
+        return position.state == ADVANCE and position.row is None and self.progress.optimizer_position == 0
+
+    def on_run_start(self, batch: Any, batch_idx: int) -> None:
+        self._generator = self._opt.call_training_step(batch, batch_idx, None)
 
     def on_restart(self) -> None:
         # Resumed at the start of a step (the only point a checkpoint can hold): the generator is re-created.
         self._generator = None
+        super().on_restart()
 
     def on_run_end(self) -> Any:
         generator, self._generator = self._generator, None
@@ -136,25 +335,31 @@ class GeneratorLoop(OptimizerLoop):
             if extra is not _EXHAUSTED:
                 raise GeneratorStepError(
                     f"training_step yielded more losses than there are optimizers "
-                    f"({len(self._active())}); yield exactly one loss per optimizer, in the order "
+                    f"({len(self._active)}); yield exactly one loss per optimizer, in the order "
                     "configure_optimizers returns them.")
-        return self._outputs
+        return super().on_run_end()
 
-    def _loss(self, batch: Any, batch_idx: int, index: int) -> torch.Tensor | None:
+    def _produce(self, batch: Any, batch_idx: int) -> Any:
+        opt = self._opt
         if self._generator is None:
             self._replay(batch, batch_idx)
-        output = next(self._generator, _EXHAUSTED)
+        opt.results.fx = "training_step"  # self.log between two yields logs from training_step
+        with opt.precision.autocast():
+            output = next(self._generator, _EXHAUSTED)
         if output is _EXHAUSTED:
             raise GeneratorStepError(
                 f"training_step yielded {self.progress.optimizer_position} loss(es), but there are "
-                f"{len(self._active())} optimizers; yield one loss per optimizer.")
-        self._outputs = output
-        return _loss_of(output)
+                f"{len(self._active)} optimizers; yield one loss per optimizer.")
+        return output
 
     def _replay(self, batch: Any, batch_idx: int) -> None:
-        self._generator = self.context.optimization.call_training_step(batch, batch_idx, None)
+        self._generator = self._opt.call_training_step(batch, batch_idx, None)
         for _ in range(self.progress.optimizer_position):
             next(self._generator)
+
+    def _release(self) -> None:
+        super()._release()
+        self._generator = None
 
 
 _EXHAUSTED = object()
@@ -169,5 +374,5 @@ class ManualLoop(TrainerLoop):
     def reset(self) -> None:
         self.progress.optimizer_position = 0
 
-    def advance(self, batch: Any, batch_idx: int) -> Any:
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
         return self.context.optimization.call_training_step(batch, batch_idx, None)
