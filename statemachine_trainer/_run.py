@@ -71,7 +71,16 @@ class FitCounters(Protocol):
 
 
 class Run:
-    """One run's parts and services; see the module docstring.  Built by the Trainer, read by everything else."""
+    """One run's parts and services; see the module docstring.  Built by the Trainer, read by everything else.
+
+    Its attributes are fixed (``__slots__``): user code may read them and set
+    ``should_stop``, but a typo such as ``trainer.shuld_stop = True`` raises
+    instead of silently adding an attribute nobody reads.
+    """
+
+    __slots__ = ("config", "state", "strategy", "precision", "device", "callbacks", "loggers", "module", "sources",
+                 "results", "hooks", "optimization", "manual_optimizers", "val_enabled", "val_check_batches",
+                 "fit_loop", "_request", "_save", "_configure_optimization", "_restored_data", "_restored_into")
 
     def __init__(self, config: TrainerConfig, stage: str, strategy: Any, precision: Precision, device: Any,
                  callbacks: list[Any], loggers: list[Any],
@@ -95,6 +104,14 @@ class Run:
         self._configure_optimization = configure_optimization  # builds self.optimization from the module
         self._restored_data: dict[str, Any] = {}  # a checkpoint's data positions, until the reading loop resumes
         self._restored_into: dict[str, Any] = {}  # the sources they were loaded into at restore
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            object.__setattr__(self, name, value)
+        except AttributeError:
+            raise AttributeError(f"trainer.{name} cannot be set: inside a run, `trainer` is the run context, whose "
+                                 "attributes are fixed. Set trainer.should_stop = True to stop; keep your own values "
+                                 "on the module or the callback.") from None
 
     # -- Lightning's read-only names --------------------------------------------------------
     @property

@@ -1,0 +1,124 @@
+"""The run context (``Run``): what loops, callbacks and the module see of a run, and its checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from statemachine_trainer import Callback, ConfigError, Trainer, TrainingModule
+from statemachine_trainer._run import Run
+
+
+class Tiny(TrainingModule):
+    def __init__(self, optimizers: int = 1) -> None:
+        super().__init__()
+        self.net = nn.Linear(3, 2)
+        self.count = optimizers
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(16, 3, generator=g), torch.randint(0, 2, (16,), generator=g)),
+                      batch_size=4)
+
+
+def quiet(**kwargs) -> Trainer:
+    return Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False, **kwargs)
+
+
+def test_callbacks_and_the_module_see_the_same_run_with_lightnings_names():
+    seen = {}
+
+    class Look(Callback):
+        def on_train_epoch_end(self, trainer, module):
+            seen["run"], seen["module_trainer"] = trainer, module.trainer
+            seen["values"] = (trainer.current_epoch, trainer.global_step, trainer.max_epochs, trainer.num_training_batches)
+
+    trainer = quiet(max_epochs=2, callbacks=[Look()])
+    module = Tiny()
+    trainer.fit(module, loader())
+    assert isinstance(seen["run"], Run) and seen["run"] is seen["module_trainer"] is trainer.run
+    assert seen["values"] == (1, 8, 2, 4)  # read at the second epoch's end: epoch 1, 8 steps so far
+    assert trainer.global_step == 8 and trainer.max_epochs == 2 and trainer.config.max_epochs == 2
+
+
+def test_the_run_refuses_new_attributes_and_names_the_fix():
+    trainer = quiet(max_epochs=1)
+    module = Tiny()
+    trainer.fit(module, loader())
+    run = module.trainer
+    run.should_stop = True  # the one thing user code sets
+    assert trainer.should_stop
+    with pytest.raises(AttributeError, match=r"trainer.shuld_stop cannot be set.*should_stop = True"):
+        run.shuld_stop = True
+    with pytest.raises(AttributeError, match="The run has no attribute 'fit_looop'"):
+        run.fit_looop  # noqa: B018
+
+
+def test_use_data_names_the_stages_and_fit_without_data_says_where_to_give_it():
+    trainer = quiet(max_epochs=1)
+    module = Tiny()
+    trainer.fit(module, loader())
+    with pytest.raises(ConfigError, match="the stages are train, validate, test, predict"):
+        module.trainer.use_data(training=loader())
+    with pytest.raises(ConfigError, match="No train data"):
+        quiet(max_epochs=1).fit(Tiny())
+
+
+def test_reset_optimizers_builds_fresh_ones_and_refuses_another_count():
+    trainer = quiet(max_epochs=1)
+    module = Tiny()
+    trainer.fit(module, loader())
+    run = module.trainer
+    before = run.optimizers[0]
+    run.reset_optimizers()
+    assert run.optimizers[0] is not before and not run.optimizers[0].state  # fresh: no momentum buffers
+    module.configure_optimizers = lambda: [torch.optim.SGD(module.parameters(), lr=0.1)] * 2
+    with pytest.raises(ConfigError, match="returned 2 optimizer"):
+        run.reset_optimizers()
+
+
+def test_reset_parameters_is_seeded_and_leaves_the_global_stream_alone():
+    trainer = quiet(max_epochs=1)
+    module = Tiny()
+    trainer.fit(module, loader())
+    run = module.trainer
+    state = torch.get_rng_state()
+    run.reset_parameters(seed=3)
+    first = module.net.weight.clone()
+    run.reset_parameters(seed=3)
+    assert torch.equal(first, module.net.weight) and torch.equal(state, torch.get_rng_state())
+    run.reset_parameters(seed=4)
+    assert not torch.equal(first, module.net.weight)
+
+
+def test_an_outer_loop_that_brings_no_data_is_told_how():
+    from statemachine_trainer import END, START, Row, Table
+    from statemachine_trainer.loops import FitLoop, TrainerLoop
+
+    class Forgetful(TrainerLoop):
+        table = Table(name="Forgetful", states=(START, "TRAIN", END),
+                      rows=(Row("run", START, "TRAIN"), Row("next", "TRAIN", END, hooks="train")))
+
+        def __init__(self):
+            super().__init__()
+            self.fit_loop = FitLoop()
+
+        def train(self):
+            self.fit_loop.run()
+
+    trainer = quiet(max_epochs=1)
+    outer = Forgetful()
+    outer.connect(fit_loop=trainer.fit_loop)
+    trainer.fit_loop = outer
+    with pytest.raises(ConfigError, match=r"use_data\(train=loader\)"):
+        trainer.fit(Tiny())
