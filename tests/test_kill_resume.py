@@ -111,11 +111,12 @@ def test_bf16_mixed_killed_anywhere_resumes_bit_identical(references, tmp_path_f
     assert _diff_cli(references["classifier"] / "final.ckpt", killed / "final.ckpt").returncode == 1  # bf16 counts
 
 
-@pytest.mark.parametrize("name", ["gan_yield", "manual_gan", "gan_yield_ddp", "manual_gan_ddp"])
+@pytest.mark.parametrize("name", ["gan_yield", "manual_gan", "gan_yield_ddp", "manual_gan_ddp", "digits", "val_guided",
+                                  "kfold", "active_learning"])
 @GAN_SETTINGS
 @given(data=st.data())
-def test_gan_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, name, data):
-    """Both GAN examples, in one process and in two: the kill point is drawn from the run's own checkpoints."""
+def test_example_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, name, data):
+    """Every example (both GANs in one process and in two): the kill point is drawn from the run's own checkpoints."""
     point = data.draw(kill_points(max_checkpoint=CHECKPOINTS[name] - 2), label="point")
     killed = _kill_and_resume(references, tmp_path_factory, name, point)
     assert _diff_cli(references[name] / "final.ckpt", killed / "final.ckpt").returncode == 0
@@ -126,12 +127,3 @@ def test_diff_fails_on_runs_that_differ(references):
     done = _diff_cli(references["gan_yield"] / "final.ckpt", references["manual_gan"] / "final.ckpt")
     assert done.returncode == 1 and "$." in done.stdout + done.stderr
 
-
-@pytest.mark.parametrize("name", ["digits", "val_guided", "kfold", "active_learning"])
-@GAN_SETTINGS
-@given(data=st.data())
-def test_every_example_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, name, data):
-    """The other four examples, killed with SIGKILL at a drawn moment and resumed with --resume latest."""
-    point = data.draw(kill_points(max_checkpoint=CHECKPOINTS[name] - 2), label="point")
-    killed = _kill_and_resume(references, tmp_path_factory, name, point)
-    assert _diff_cli(references[name] / "final.ckpt", killed / "final.ckpt").returncode == 0
