@@ -288,12 +288,6 @@ class Results:
             for view in (self.callback_metrics, self.progress_bar_metrics, self.logged_metrics):
                 view.pop(key, None)
 
-    def logged_keys(self) -> set[str]:
-        keys = set()
-        for slot in self._slots.values():
-            keys.update((slot.name, slot.step_key, slot.epoch_key))
-        return keys
-
 
 def _infer_batch_size(batch: Any) -> int:
     """Size of the first dimension of the first tensor in the batch (1 if there is none)."""
