@@ -122,3 +122,19 @@ def test_an_outer_loop_that_brings_no_data_is_told_how():
     trainer.fit_loop = outer
     with pytest.raises(ConfigError, match=r"use_data\(train=loader\)"):
         trainer.fit(Tiny())
+
+
+def test_the_trainer_tears_down_the_tree_it_ran():
+    from statemachine_trainer.loops import FitLoop
+
+    torn = []
+
+    class Tracked(FitLoop):
+        def teardown(self):
+            torn.append(self.context.state)  # still the run's stage: the run is torn down before it goes idle
+            super().teardown()
+
+    trainer = quiet(max_epochs=1)
+    trainer.fit_loop = Tracked()
+    trainer.fit(Tiny(), loader())
+    assert torn == ["fit"]
