@@ -51,7 +51,8 @@ class BoundaryWriter:
     def watch(self, root: Loop, epoch_loop: Loop | None) -> Iterator[None]:
         """Observe ``root``'s boundaries and catch preemption signals while the block runs."""
         self._pending, self._root, self._epoch_loop = [], root, epoch_loop
-        root.observe(self._at_boundary)
+        # One process: the observer only looks for work; several: it also agrees on preemption once per batch.
+        root.observe(self._at_boundary_ranks if self._strategy.world_size > 1 else self._at_boundary)
         try:
             with self._guard:
                 yield
@@ -60,17 +61,22 @@ class BoundaryWriter:
             self._root = self._epoch_loop = None
 
     def _at_boundary(self, loop: Loop) -> None:
-        distributed = self._strategy.world_size > 1
-        if distributed and loop is self._epoch_loop and _between_batches(loop):
-            self._agree_on_preemption()
-        if not self._pending and self._guard.signum is None:
-            return
+        if self._pending or self._guard.signum is not None:  # the common case, a dozen times a step: neither
+            self._act(preempt_here=True)
+
+    def _at_boundary_ranks(self, loop: Loop) -> None:
+        if loop is self._epoch_loop and _between_batches(loop):
+            self._agree_on_preemption()  # raises Preempted on every rank at once
+        if self._pending or self._guard.signum is not None:
+            self._act(preempt_here=False)  # a signal on one rank waits for the agreement above
+
+    def _act(self, preempt_here: bool) -> None:
         if not all(getattr(node, "checkpointable", True) for _, node in self._root.walk()):
             return  # e.g. between the yields of a generator step: wait for the step to end
         pending, self._pending = self._pending, []
         for path, on_written in pending:
             self._write_one(path, on_written)
-        if self._guard.signum is not None and not distributed:
+        if preempt_here and self._guard.signum is not None:
             self._preempt(self._guard.signum)
 
     def _agree_on_preemption(self) -> None:
