@@ -10,8 +10,12 @@ yields of a generator step).  A preemption signal (SIGTERM / SIGUSR1) is a
 request too, followed by :class:`Preempted` (exit 75).  Under DDP the ranks
 agree on preemption once per batch, so they all stop at the same boundary.
 
-The observer runs at every boundary (several per training step), so when
-nothing is pending it returns after two attribute reads.
+A boundary comes a dozen times per training step, so in one process the
+writer observes the tree only while it has work: a request or a signal
+installs the observer (the dispatcher reads it afresh at every boundary, so
+one installed inside a hook acts at that hook's end), and it takes itself
+off once everything is written.  Under DDP it observes all the time, since
+the ranks agree on preemption at every batch end.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class BoundaryWriter:
         self._guard = PreemptionGuard()
         self._root: Loop | None = None  # the tree being watched; None outside watch()
         self._epoch_loop: Loop | None = None  # the loop whose batch ends are where ranks agree on preemption
+        self._observing = False  # whether the tree's boundaries call us now
 
     def request(self, path: Path, on_written: Callable[[Path], None] | None = None) -> None:
         """Write ``path`` at the next checkpointable boundary; outside ``watch`` (no tree running) now."""
@@ -46,23 +51,38 @@ class BoundaryWriter:
             self._write_one(path, on_written)
         else:
             self._pending.append((path, on_written))
+            self._observe()
 
     @contextmanager
     def watch(self, root: Loop, epoch_loop: Loop | None) -> Iterator[None]:
         """Observe ``root``'s boundaries and catch preemption signals while the block runs."""
         self._pending, self._root, self._epoch_loop = [], root, epoch_loop
-        # One process: the observer only looks for work; several: it also agrees on preemption once per batch.
-        root.observe(self._at_boundary_ranks if self._strategy.world_size > 1 else self._at_boundary)
+        self._guard.on_signal = self._observe
+        if self._strategy.world_size > 1:  # the ranks agree on preemption at every batch end
+            root.observe(self._at_boundary_ranks)
+            self._observing = True
         try:
             with self._guard:
                 yield
         finally:
             root.observe(None)
-            self._root = self._epoch_loop = None
+            self._root = self._epoch_loop = self._guard.on_signal = None
+            self._observing = False
+
+    def _observe(self) -> None:
+        """Start observing the tree's boundaries (one process: only while there is something to do)."""
+        if self._root is not None and not self._observing:
+            self._root.observe(self._at_boundary)
+            self._observing = True
 
     def _at_boundary(self, loop: Loop) -> None:
-        if self._pending or self._guard.signum is not None:  # the common case, a dozen times a step: neither
-            self._act(preempt_here=True)
+        self._act(preempt_here=True)
+        if self._pending or self._guard.signum is not None or self._root is None:
+            return  # not written yet (not checkpointable here): keep observing
+        self._root.observe(None)  # all written: stop observing until the next request
+        self._observing = False
+        if self._guard.signum is not None:  # a signal arrived while we were stepping back: watch again
+            self._observe()
 
     def _at_boundary_ranks(self, loop: Loop) -> None:
         if loop is self._epoch_loop and _between_batches(loop):

@@ -59,6 +59,10 @@ class HookRelay:
             setattr(self, name, _fan_out(targets))
         self._stages = {stage: StageRelay(self, stage) for stage in STAGE_HOOKS}
 
+    def overrides(self, name: str) -> bool:
+        """Whether the module or a callback overrides hook ``name`` (so calling it does something)."""
+        return getattr(self, name) is not _nothing
+
     def stage(self, name: str) -> StageRelay:
         """The hooks of evaluation/prediction stage ``name`` ("validate", "test", "predict")."""
         return self._stages[name]

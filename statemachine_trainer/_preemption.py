@@ -40,6 +40,7 @@ class PreemptionGuard:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.on_signal: Any = None  # called (no arguments) when the first signal arrives, e.g. to start observing
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> PreemptionGuard:  # noqa: PYI034 - final class, no subclass Self needed
@@ -57,3 +58,5 @@ class PreemptionGuard:
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
+            if self.on_signal is not None:
+                self.on_signal()

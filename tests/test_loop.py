@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statemachine_trainer import END, START, Loop, Row, StateError, Table
+from statemachine_trainer import ADVANCE, END, START, Loop, Row, StateError, Table
 from statemachine_trainer.machine import RESTARTING
 
 
@@ -477,3 +477,55 @@ def test_teardown_reaches_every_sub_loop():
     outer.inner = Tracked(4)
     outer.teardown()
     assert torn == [4]
+
+
+@pytest.mark.parametrize("engine", ["direct", "transitions"])
+def test_skip_hooks_leaves_hooks_out_between_runs_and_positions_keep_table_indices(engine):
+    calls = []
+
+    class Three(Loop):
+        table = Table(states=(START, ADVANCE, END), rows=(
+            Row("run", START, ADVANCE, hooks="reset"),
+            Row("advance", ADVANCE, END, conditions="done"),
+            Row("advance", ADVANCE, ADVANCE, hooks=("first", "second", "third")),
+        ))
+
+        def reset(self):
+            self.progress.reset_on_run()
+
+        @property
+        def done(self):
+            return self.progress.current.completed == 1
+
+        def first(self):
+            calls.append("first")
+
+        def second(self):
+            calls.append("second")
+
+        def third(self):
+            calls.append("third")
+            self.progress.increment_completed()
+
+    Three.engine = engine
+    loop = Three()
+    positions = []
+    loop.observe(lambda _: positions.append(loop.position))
+    loop.skip_hooks({"second"})
+    loop.run()
+    assert calls == ["first", "third"]
+    assert [p.hook for p in positions if p.row == 2] == [1]  # the boundary after `first`: table index 1 is next
+    loop.skip_hooks(())
+    calls.clear()
+    loop.run()
+    assert calls == ["first", "second", "third"]
+    with pytest.raises(ValueError, match="'fourth'"):
+        loop.skip_hooks({"fourth"})
+
+    def skip_while_running():
+        loop.skip_hooks({"first"})
+
+    loop.second = skip_while_running
+    loop.skip_hooks(())  # rebinds to the instance attribute
+    with pytest.raises(RuntimeError, match="between runs"):
+        loop.run()

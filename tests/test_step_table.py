@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,7 @@ def request_at_every_boundary(monkeypatch, folder: Path) -> list[tuple[int, int,
 
     Returns ``(asked at, written at, path)`` per checkpoint, counting every boundary of the tree.
     """
-    original = BoundaryWriter._at_boundary
+    original, original_watch = BoundaryWriter._at_boundary, BoundaryWriter.watch
     written: list[tuple[int, int, Path]] = []
     count, pending = [0], [None]
 
@@ -153,8 +154,16 @@ def request_at_every_boundary(monkeypatch, folder: Path) -> list[tuple[int, int,
             self.request(path, lambda p, asked=asked: (written.append((asked, count[0], p)),
                                                        pending.__setitem__(0, None)))
         original(self, loop)
+        self._observe()  # the writer stops observing once idle: keep it on, to count every boundary
+
+    @contextmanager
+    def watch(self, root, epoch_loop):
+        with original_watch(self, root, epoch_loop):
+            self._observe()  # from the first boundary on, not only once something is requested
+            yield
 
     monkeypatch.setattr(BoundaryWriter, "_at_boundary", at_boundary)
+    monkeypatch.setattr(BoundaryWriter, "watch", watch)
     return written
 
 

@@ -23,9 +23,14 @@ picks::
                                                                    optimizer_step, on_before_zero_grad, zero_grad,
                                                                    untoggle, next_optimizer
 
-* ``toggle`` picks the optimizer and, with several, freezes the other
-  optimizers' parameters (``toggle_optimizer``) so this loss's backward never
-  writes gradients another optimizer will step on; ``untoggle`` undoes it.
+* ``toggle``, with several optimizers, freezes the other optimizers'
+  parameters (``toggle_optimizer``) so this loss's backward never writes
+  gradients another optimizer will step on; ``untoggle`` undoes it.
+* Hooks that would do nothing in a run are left out of the rows for that
+  run (``Loop.skip_hooks``, worked out in ``on_attach``): ``toggle`` and
+  ``untoggle`` with one optimizer, ``clip_gradients`` without
+  ``gradient_clip_val``, ``on_before_backward`` / ``on_after_backward`` when
+  neither the module nor a callback overrides them.
 * ``training_step`` returning None (``no_loss``) skips this optimizer: no
   backward, no step.
 * ``window_open``: the batch is inside a gradient-accumulation window, so the
@@ -150,6 +155,20 @@ class OptimizerLoop(TrainerLoop):
             self._release()  # a hook raised between toggle and untoggle: thaw the parameters before it leaves
             raise
 
+    def on_attach(self) -> None:
+        """Leave out, for this run, the step's hooks that would do nothing (worked out once, not per batch)."""
+        run = self.context
+        opt = run.optimization
+        if opt is None:
+            self.skip_hooks(())
+            return
+        idle = {name for name in ("on_before_backward", "on_after_backward") if not run.hooks.overrides(name)}
+        if opt.clip_val is None:
+            idle.add("clip_gradients")
+        if not opt.toggle:  # one optimizer (or manual mode): nothing to freeze
+            idle |= {"toggle", "untoggle"}
+        self.skip_hooks(idle)
+
     # -- conditions ------------------------------------------------------------------------
     @property
     def done(self) -> bool:
@@ -198,11 +217,9 @@ class OptimizerLoop(TrainerLoop):
 
     def toggle(self) -> None:
         opt = self._opt
-        self._index = index = self._active[self.progress.optimizer_position]
-        self._optimizer = optimizer = opt.optimizers[index]
-        if opt.toggle:
-            opt.module.toggle_optimizer(optimizer)
-            self._toggled = optimizer
+        if opt.toggle:  # several optimizers: freeze the others' parameters for this one's part
+            opt.module.toggle_optimizer(self._optimizer)
+            self._toggled = self._optimizer
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         if self._window_open:
@@ -249,8 +266,9 @@ class OptimizerLoop(TrainerLoop):
             self._opt.module.untoggle_optimizer(toggled)
 
     def next_optimizer(self) -> None:
-        self._loss = self._optimizer = None
+        self._loss = None
         self.progress.optimizer_position += 1
+        self._select()
 
     def closure_step(self, batch: Any, batch_idx: int) -> None:
         """``optimizer.step(closure)``: the closure runs the BACKWARD row's work and the step's first hooks."""
@@ -280,6 +298,16 @@ class OptimizerLoop(TrainerLoop):
         self._opt = opt = self.context.optimization
         self._active = opt.active_optimizers()
         self._window_open = not opt.window_closes
+        self._select()
+
+    def _select(self) -> None:
+        """The optimizer whose turn it is (``optimizer_position``), if any is left."""
+        position = self.progress.optimizer_position
+        if position < len(self._active):
+            self._index = index = self._active[position]
+            self._optimizer = self._opt.optimizers[index]
+        else:
+            self._optimizer = None
 
     def _produce(self, batch: Any, batch_idx: int) -> Any:
         """This optimizer's training_step output (the generator loop: the generator's next yield)."""

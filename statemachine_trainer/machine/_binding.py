@@ -146,14 +146,17 @@ def _takes_args(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def bind_rows(table: Table, owner: Any) -> tuple[BoundRow, ...]:
-    """Resolve every row of ``table`` against ``owner``; run once per loop instance."""
+def bind_rows(table: Table, owner: Any, skip: frozenset[str] = frozenset()) -> tuple[BoundRow, ...]:
+    """Resolve every row of ``table`` against ``owner``; once per loop instance, and again per ``skip`` set.
+
+    Library no-ops and the hooks named in ``skip`` are left out (see ``Loop.skip_hooks``).
+    """
     bound = []
     for i, row in enumerate(table.rows):
         hooks, kept = [], []
         for j, name in enumerate(row.hooks):
             fn = getattr(owner, name)
-            if getattr(fn, _NOOP, False):
+            if name in skip or getattr(fn, _NOOP, False):
                 continue
             hooks.append((fn, _takes_args(fn)))
             kept.append(j)

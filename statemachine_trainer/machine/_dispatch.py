@@ -102,6 +102,17 @@ class Dispatcher:
         self._on_restart = None if restart is None or getattr(restart, "__noop_hook__", False) else restart
         self._plan: dict[str, Any] = {}  # state -> what run() takes there, in the engine's terms (_take_planned)
 
+    def rebind(self, skip: frozenset[str]) -> None:
+        """Bind the rows again, leaving out the hooks in ``skip``; only between runs."""
+        if self._busy or self.state not in (START, END):
+            raise RuntimeError(f"Loop {self.name!r} can only change which hooks it skips between runs "
+                               f"(it is in {self.state}).")
+        self.rows = bind_rows(self.table, self.owner, skip)
+        self._index_rows()
+
+    def _index_rows(self) -> None:
+        """Build the engine's lookups from ``self.rows`` (after binding, and again after ``rebind``)."""
+
     # -- the position, as data ----------------------------------------------------------
     @property
     def position(self) -> Position:
@@ -238,7 +249,10 @@ class DirectDispatcher(Dispatcher):
     def __init__(self, table: Table, owner: Any, name: str) -> None:
         self.state = START
         super().__init__(table, owner, name)
-        lookup: dict[str, dict[str, list[BoundRow]]] = {state: {} for state in table.states}
+        self._index_rows()
+
+    def _index_rows(self) -> None:
+        lookup: dict[str, dict[str, list[BoundRow]]] = {state: {} for state in self.table.states}
         for bound in self.rows:
             lookup[bound.row.source].setdefault(bound.row.trigger, []).append(bound)
         # state -> trigger -> candidate rows, in table order
@@ -262,14 +276,15 @@ class DirectDispatcher(Dispatcher):
         else:
             return False
         self.row = bound.index
-        observer = self.observer
         result = None
         for fn, takes_args, index, is_last in bound.steps:
             self.hook = index
             result = fn(*self.args, **self.kwargs) if takes_args else fn()
             self.hook = index + 1
-            if observer is not None and not is_last:
-                observer(self.owner)  # a boundary between two hooks of one transition
+            if not is_last:
+                observer = self.observer  # read at each boundary: a hook may have just installed one
+                if observer is not None:
+                    observer(self.owner)  # a boundary between two hooks of one transition
         self.state = bound.dest
         self.row = None
         self.hook = 0
@@ -326,7 +341,9 @@ class TransitionsDispatcher(Dispatcher):
             row = bound.row
             self._machine.add_transition(row.trigger, row.source, row.dest,
                                          conditions=list(bound.conditions), unless=list(bound.unless),
-                                         before=partial(self._before, bound), after=partial(self._after, bound))
+                                         # by index: rebind() may replace the bound rows
+                                         before=partial(self._before, bound.index),
+                                         after=partial(self._after, bound.index))
         for state in table.states:
             if state != END:
                 self._machine.add_transition(RESTART_TRIGGER, RESTARTING, state,
@@ -342,11 +359,11 @@ class TransitionsDispatcher(Dispatcher):
     def state(self, value: str) -> None:
         self._machine.set_state(value, model=self._model)
 
-    def _before(self, bound: BoundRow) -> None:
-        self._result = self._run_hooks(bound)
+    def _before(self, index: int) -> None:
+        self._result = self._run_hooks(self.rows[index])
 
-    def _after(self, bound: BoundRow) -> None:
-        self._finish_row(bound, self._result)
+    def _after(self, index: int) -> None:
+        self._finish_row(self.rows[index], self._result)
 
     def _take_row(self, bound: BoundRow) -> None:
         # The saved row of a resume: its guards passed before the save, so it skips the Machine.
@@ -357,14 +374,15 @@ class TransitionsDispatcher(Dispatcher):
     # The rules of DirectDispatcher._take, split where the Machine changes the state.
     def _run_hooks(self, bound: BoundRow) -> Any:
         self.row = bound.index
-        observer = self.observer
         result = None
         for fn, takes_args, index, is_last in bound.steps:
             self.hook = index
             result = fn(*self.args, **self.kwargs) if takes_args else fn()
             self.hook = index + 1
-            if observer is not None and not is_last:
-                observer(self.owner)
+            if not is_last:
+                observer = self.observer
+                if observer is not None:
+                    observer(self.owner)
         return result if bound.returns_last else None
 
     def _finish_row(self, bound: BoundRow, result: Any) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -127,6 +127,20 @@ class Loop:
     def restarting(self) -> bool:
         """True from a mid-run ``load_state_dict`` until the resumed transition has completed."""
         return self._machine.restarting
+
+    def skip_hooks(self, names: Iterable[str]) -> None:
+        """Leave the hooks ``names`` out of this loop's rows until the next call: work out once what a run needs.
+
+        For a hook that does nothing in the coming run -- e.g. one that
+        forwards to a user hook nobody overrides -- so the hot path does not
+        call it.  Positions keep counting hooks by table index, so checkpoints
+        are the same either way.  Only between runs; ``skip_hooks(())`` binds
+        every hook again.
+        """
+        unknown = sorted(set(names) - {hook for row in self.table.rows for hook in row.hooks})
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.skip_hooks: {unknown} are not hooks of its table.")
+        self._machine.rebind(frozenset(names))
 
     def observe(self, observer: Callable[[Loop], None] | None) -> None:
         """Call ``observer(loop)`` at every transition boundary of this loop and its sub-loops.
