@@ -78,9 +78,29 @@ class Run:
     instead of silently adding an attribute nobody reads.
     """
 
-    __slots__ = ("config", "state", "strategy", "precision", "device", "callbacks", "loggers", "module", "sources",
-                 "results", "hooks", "optimization", "manual_optimizers", "val_enabled", "val_check_batches",
-                 "fit_loop", "_request", "_save", "_configure_optimization", "_restored_data", "_restored_into")
+    __slots__ = (
+        "_configure_optimization",
+        "_request",
+        "_restored_data",
+        "_restored_into",
+        "_save",
+        "callbacks",
+        "config",
+        "device",
+        "fit_loop",
+        "hooks",
+        "loggers",
+        "manual_optimizers",
+        "module",
+        "optimization",
+        "precision",
+        "results",
+        "sources",
+        "state",
+        "strategy",
+        "val_check_batches",
+        "val_enabled",
+    )
 
     def __init__(self, config: TrainerConfig, stage: str, strategy: Any, precision: Precision, device: Any,
                  callbacks: list[Any], loggers: list[Any],

@@ -10,7 +10,7 @@ import pytest
 
 import statemachine_trainer
 from statemachine_trainer import Callback, TrainingModule
-from statemachine_trainer._hook_spec import HOOKS, HOOK_NAMES, STAGE_HOOKS
+from statemachine_trainer._hook_spec import HOOK_NAMES, HOOKS, STAGE_HOOKS
 from statemachine_trainer._hooks import HookRelay
 from statemachine_trainer._results import Results
 

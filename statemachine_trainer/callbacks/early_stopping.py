@@ -28,8 +28,8 @@ from .._optim import ConfigError
 from ._base import Callback
 
 if TYPE_CHECKING:
-    from ..module import TrainingModule
     from .._run import Run
+    from ..module import TrainingModule
 
 __all__ = ["EarlyStopping"]
 

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from ..module import TrainingModule
     from .._run import Run
+    from ..module import TrainingModule
 
 __all__ = ["ProgressBar"]
 

@@ -15,7 +15,7 @@ the test ones.  ``run(sanity=True)`` is the sanity check: at most
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
