@@ -72,13 +72,9 @@ class Optimization:
         self.gate: Callable[[torch.Tensor], torch.Tensor] = identity_gate
         self.no_sync: Callable[[], Any] = contextlib.nullcontext
 
-    @property
-    def one_backward(self) -> bool:
-        """Whether every step runs exactly one backward: automatic, one optimizer, a step that returns its loss."""
-        return self.runs_one_backward(self.module, self.setup)
-
     @staticmethod
     def runs_one_backward(module: Any, setup: OptimizerSetup) -> bool:
+        """Whether every step runs exactly one backward: automatic, one optimizer, a step that returns its loss."""
         return (module.automatic_optimization and len(setup.optimizers) == 1
                 and not inspect.isgeneratorfunction(type(module).training_step))
 

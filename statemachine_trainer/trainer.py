@@ -237,7 +237,7 @@ class Trainer:
 
     def callback(self, cls: type) -> Any:
         """The first callback that is an instance of ``cls``, or None."""
-        return next((cb for cb in self.callbacks if isinstance(cb, cls)), None)
+        return self.run.callback(cls)  # the run holds this trainer's callbacks
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not found normally: the flags, read from the checked config.
