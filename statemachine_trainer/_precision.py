@@ -20,16 +20,19 @@ from ._optim import ConfigError
 __all__ = ["PRECISIONS", "Precision"]
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+#: Lightning's other spellings of the same three (``precision=16`` is ``"16-mixed"`` there too).
+ALIASES = {"32-true": "32", "16": "16-mixed", "bf16": "bf16-mixed"}
 _NO_AUTOCAST = contextlib.nullcontext()  # reusable and stateless: one for every full-precision step
 
 
 class Precision:
     def __init__(self, precision: str | int, device: torch.device) -> None:
+        given = precision
         precision = str(precision)
-        if precision == "32-true":
-            precision = "32"
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision={precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
+        precision = ALIASES.get(precision, precision)
+        if isinstance(given, bool) or precision not in PRECISIONS:
+            raise ConfigError(f"precision={given!r} is not supported; use one of {', '.join(PRECISIONS)} (or "
+                              f"Lightning's aliases {', '.join(map(repr, ALIASES))}, 16 and 32).")
         if precision == "16-mixed" and device.type != "cuda":
             raise ConfigError("precision='16-mixed' needs a CUDA device (float16 autocast with a GradScaler); on CPU "
                               "use precision='bf16-mixed' or '32'.")

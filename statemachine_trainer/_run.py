@@ -220,6 +220,13 @@ class Run:
                              "are not reachable from inside a run.")
 
     # -- services -------------------------------------------------------------------------------
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0, above a progress bar that is drawing (so the bar is not torn)."""
+        if not self.is_global_zero:
+            return
+        bar = next((cb for cb in self.callbacks if cb.enabled and callable(getattr(cb, "print", None))), None)
+        (bar.print if bar is not None else print)(*args, **kwargs)
+
     def step_schedulers(self, interval: str) -> None:
         """Step the schedulers of ``interval`` ("step" or "epoch") that are due; automatic mode only."""
         optimization = self.optimization

@@ -15,6 +15,8 @@ uninterrupted one.  The parts, by top-level key:
   ``results`` (the epoch's accumulated logged values);
 * ``rng`` (Python, NumPy, torch CPU and every CUDA device) and ``data``
   (each resumable loader's position);
+* ``hparams`` -- what ``save_hyperparameters`` recorded, for ``load_from_checkpoint``
+  (values that are not JSON-able are named under ``omitted``, not stored);
 * ``callbacks`` and ``loggers`` (e.g. ModelCheckpoint's best scores, the CSV
   rows logged so far), and ``extra`` from the user's ``on_save_checkpoint``.
 
@@ -64,6 +66,7 @@ def capture(run: Run, root: Loop) -> dict[str, Any]:
         "loops": root.state_dict(),
         "callbacks": {cb.state_key: cb.state_dict() for cb in run.callbacks},
         "rng": capture_rng(),
+        "hparams": _storable_hparams(module),
     }
     optimization = run.optimization
     if optimization is not None:
@@ -202,6 +205,26 @@ def _check_grads(module: torch.nn.Module, grads: Any, path: Path) -> None:
         if name not in params or tuple(grad.shape) != tuple(params[name].shape):
             raise ConfigError(f"{path} does not match {type(module).__name__}: $.grads[{name!r}] has no parameter "
                               f"of that name and shape; {_FIX}.")
+
+
+# -- hyperparameters ---------------------------------------------------------------------------------
+def _storable_hparams(module: torch.nn.Module) -> dict[str, Any]:
+    """The module's ``hparams`` that a checkpoint can hold, and the names of those it cannot (for
+    ``load_from_checkpoint``, which asks for them)."""
+    hparams = dict(getattr(module, "hparams", None) or {})
+    values = {name: value for name, value in hparams.items() if _is_plain(value)}
+    return {"values": values, "omitted": sorted(set(hparams) - set(values))}
+
+
+def _is_plain(value: Any) -> bool:
+    """Numbers, strings, None, tensors, and lists/tuples/str-keyed dicts of them: what JSON + tensors can say."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
+    return False
 
 
 # -- torchmetrics and loggers -----------------------------------------------------------------------

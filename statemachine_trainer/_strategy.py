@@ -71,6 +71,10 @@ class SingleProcess:
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
         return tensor
 
+    def all_gather(self, tensor: torch.Tensor, group: Any = None, sync_grads: bool = False) -> torch.Tensor:
+        """One process: the tensor itself (Lightning adds no world dimension either)."""
+        return tensor
+
     def agreed_preemption(self, local: bool) -> bool:
         return local
 
@@ -188,6 +192,11 @@ class DDP(SingleProcess):
         from .distributed import reduce_tensor
 
         return reduce_tensor(tensor, op)
+
+    def all_gather(self, tensor: torch.Tensor, group: Any = None, sync_grads: bool = False) -> torch.Tensor:
+        from .distributed import all_gather_tensor
+
+        return all_gather_tensor(tensor, group, sync_grads)
 
     def agreed_preemption(self, local: bool) -> bool:
         """Whether any rank was signalled by the *previous* call; starts this call's reduction without waiting."""

@@ -14,15 +14,20 @@ hands a loss to the next optimizer's backward and step.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import copy
 import inspect
-from collections.abc import Mapping
+import os
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ._hook_spec import install_stubs
+from ._results import LogError
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -55,6 +60,7 @@ class TrainingModule(nn.Module):
         super().__init__()
         self._run: Run | None = None  # the run this module takes part in (set through the `trainer` setter)
         self.hparams = HyperParameters()
+        self._log_hyperparams = True  # save_hyperparameters(logger=False) turns it off
 
     # -- steps ------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Any:
@@ -87,7 +93,7 @@ class TrainingModule(nn.Module):
     # -- logging ----------------------------------------------------------------------------------
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True, on_step: bool | None = None,
             on_epoch: bool | None = None, reduce_fx: str = "mean", sync_dist: bool = False,
-            batch_size: int | None = None) -> None:
+            batch_size: int | None = None, rank_zero_only: bool = False) -> None:
         """Record a scalar (tensor, number or torchmetrics ``Metric``) under ``name``.
 
         ``on_step``/``on_epoch`` default to per-step in training steps and
@@ -96,37 +102,82 @@ class TrainingModule(nn.Module):
         ``Metric`` is computed and reset at epoch end (torchmetrics syncs it
         across ranks itself).  ``sync_dist``: under ``strategy="ddp"`` the epoch
         value is reduced over every rank's data; step values stay per rank (no
-        collective per step).
+        collective per step).  ``rank_zero_only``: you call ``self.log`` on
+        rank 0 only (e.g. under ``if self.trainer.is_global_zero``), so the value
+        is never reduced across ranks -- the other ranks would wait forever --
+        and callbacks on other ranks cannot monitor it, as in Lightning.
         """
         run = self._run
         if run is None:
             self._require_trainer("log")  # raises the explanatory error
+        if rank_zero_only and sync_dist:
+            raise LogError(f"self.log({name!r}, ..., sync_dist=True, rank_zero_only=True): a value logged on rank 0 "
+                           "only cannot be reduced across ranks (the other ranks never join the reduction); drop "
+                           "sync_dist, or log it on every rank without rank_zero_only.")
         run.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size, sync_dist)
 
     def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in values.items():
             self.log(name, value, **kwargs)
 
-    def save_hyperparameters(self, *names: str) -> None:
-        """Record the calling ``__init__``'s arguments (all, or ``names``) in ``self.hparams``.
+    def save_hyperparameters(self, *args: Any, ignore: str | Sequence[str] | None = None, frame: Any = None,
+                             logger: bool = True) -> None:
+        """Record the ``__init__`` arguments in ``self.hparams`` (read back as ``self.hparams.lr``).
 
-        Loggers write them at ``fit()`` start; read them back as ``self.hparams.lr``.
+        As in Lightning: with no ``args``, every argument of the ``__init__``
+        that calls this (and of the subclasses' ``__init__`` that called it
+        through ``super().__init__``); with names, those arguments; with one
+        dict or ``argparse.Namespace``, its items.  ``ignore`` leaves names
+        out (pass sub-modules here: their weights are in the checkpoint
+        anyway).  Loggers write them at ``fit()`` start unless ``logger=False``;
+        checkpoints store the JSON-able ones, so ``load_from_checkpoint`` can
+        build the module again.
         """
-        frame = inspect.currentframe()
-        caller = frame.f_back if frame is not None else None
-        if caller is None:  # pragma: no cover - CPython always has frames
-            raise RuntimeError("save_hyperparameters() could not see its caller's arguments.")
-        info = inspect.getargvalues(caller)
-        values = {name: info.locals[name] for name in info.args[1:]}
-        if info.keywords:
-            values.update(info.locals[info.keywords])
-        if names:
-            unknown = sorted(set(names) - set(values))
-            if unknown:
-                raise ValueError(f"save_hyperparameters({', '.join(map(repr, names))}): {unknown} are not arguments "
-                                 f"of {type(self).__name__}.__init__ (it has {sorted(values)}).")
-            values = {name: values[name] for name in names}
+        if frame is None:
+            current = inspect.currentframe()
+            frame = current.f_back if current is not None else None
+        values = _hparams_from(self, args, frame)
+        ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
+        values = {name: value for name, value in values.items() if name not in ignored}
+        modules = sorted(name for name, value in values.items() if isinstance(value, nn.Module))
+        if modules:
+            warnings.warn(f"save_hyperparameters(): {modules} are nn.Modules; their weights are saved with the "
+                          f"module anyway. Leave them out with save_hyperparameters(ignore={modules}) and pass them "
+                          "to load_from_checkpoint(path, name=...) when loading.", stacklevel=2)
         self.hparams = HyperParameters(values)
+        self._log_hyperparams = logger
+
+    def hyperparameters_to_log(self) -> dict[str, Any]:
+        """What the loggers receive at ``fit()`` start: ``hparams``, or nothing after ``save_hyperparameters(logger=False)``."""
+        return dict(self.hparams) if self._log_hyperparams else {}
+
+    @property
+    def hparams_initial(self) -> HyperParameters:
+        """A copy of the hyperparameters as ``save_hyperparameters`` recorded them."""
+        return HyperParameters(copy.deepcopy(dict(self.hparams)))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], map_location: Any = None,
+                             strict: bool = True, **overrides: Any) -> Any:
+        """A new module built from the hyperparameters stored in a checkpoint, with its weights loaded.
+
+        ``cls(**hparams, **overrides)``: ``overrides`` replace stored values and
+        supply the ones a checkpoint cannot store (sub-modules, objects that
+        are not JSON-able), which are named in the error when missing.  Works
+        with every checkpoint directory we write (single- or multi-process).
+        The weights alone, for inference: ``statemachine_trainer.checkpoint.load_module_state(path)``.
+        """
+        from .checkpoint import load_module_state
+
+        weights, stored = load_module_state(checkpoint_path, map_location=map_location, with_hparams=True)
+        missing = [name for name in stored["omitted"] if name not in overrides]
+        if missing:
+            raise TypeError(f"{cls.__name__}.load_from_checkpoint({str(checkpoint_path)!r}): hyperparameter(s) "
+                            f"{missing} could not be stored in the checkpoint (not JSON-able); pass them: "
+                            f"{cls.__name__}.load_from_checkpoint(path, {missing[0]}=...).")
+        module = cls(**{**stored["values"], **overrides})
+        module.load_state_dict(weights, strict=strict)
+        return module.to(map_location) if isinstance(map_location, (str, torch.device)) else module
 
     # -- what the Trainer knows --------------------------------------------------------------------
     @property
@@ -151,6 +202,44 @@ class TrainingModule(nn.Module):
         for tensor in self.parameters():
             return tensor.device
         return torch.device("cpu")
+
+    @property
+    def logger(self) -> Any:
+        """The run's first logger (None outside a run or without loggers), as Lightning's ``self.logger``."""
+        return self._run.logger if self._run is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        """Every logger of the run ([] outside a run)."""
+        return list(self._run.loggers) if self._run is not None else []
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0 only, through the progress bar when it is drawing (so it is not torn)."""
+        if self._run is None:
+            print(*args, **kwargs)
+        else:
+            self._run.print(*args, **kwargs)
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Every rank's ``data`` (tensors, numbers, or dicts/lists of them), stacked on a new first dimension.
+
+        In one process the data comes back as tensors, unstacked, as in
+        Lightning.  ``sync_grads``: gradients flow back through the gather.
+        """
+        run = self._require_trainer("all_gather()")
+        return _map_tensors(data, lambda t: run.strategy.all_gather(t, group, sync_grads), self.device)
+
+    def freeze(self) -> None:
+        """No gradients for any parameter, and eval mode: for inference or a frozen backbone."""
+        for param in self.parameters():
+            param.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Undo ``freeze``: every parameter trainable, train mode."""
+        for param in self.parameters():
+            param.requires_grad = True
+        self.train()
 
     def _require_trainer(self, what: str) -> Run:
         if self._run is None:
@@ -269,3 +358,56 @@ class FunctionModule(TrainingModule):
         if value is not None:
             self.log(key, value, prog_bar=True)
         return value
+
+
+def _hparams_from(module: TrainingModule, args: tuple[Any, ...], frame: Any) -> dict[str, Any]:
+    """What ``save_hyperparameters(*args)`` records, from the calling ``__init__`` frames."""
+    if len(args) == 1 and not isinstance(args[0], str):
+        given = args[0]
+        items = vars(given) if isinstance(given, argparse.Namespace) else given
+        if not isinstance(items, Mapping):
+            raise TypeError(f"save_hyperparameters({given!r}): pass argument names, or one dict or "
+                            "argparse.Namespace of hyperparameters.")
+        return dict(items)
+    values = _init_arguments(module, frame)
+    if not args:
+        return values
+    unknown = sorted(set(args) - set(values))
+    if unknown:
+        raise ValueError(f"save_hyperparameters({', '.join(map(repr, args))}): {unknown} are not arguments "
+                         f"of {type(module).__name__}.__init__ (it has {sorted(values)}).")
+    return {name: values[name] for name in args}
+
+
+def _init_arguments(module: TrainingModule, frame: Any) -> dict[str, Any]:
+    """The arguments of every ``__init__`` of ``module`` on the stack (the outermost, the subclass's, wins, as in
+    Lightning); called from elsewhere, the calling function's arguments."""
+    if frame is None:  # pragma: no cover - CPython always has frames
+        raise RuntimeError("save_hyperparameters() could not see its caller's arguments; pass frame=.")
+    frames, caller = [], frame
+    while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is module:
+        frames.append(frame)
+        frame = frame.f_back
+    frames = frames or [caller]
+    values: dict[str, Any] = {}
+    for init in frames:
+        info = inspect.getargvalues(init)
+        found = {name: info.locals[name] for name in info.args[1:]}
+        if info.keywords:
+            found.update(info.locals[info.keywords])
+        values.update(found)
+    return values
+
+
+def _map_tensors(data: Any, fn: Any, device: torch.device) -> Any:
+    """``fn`` applied to every tensor (numbers become tensors on ``device`` first) of nested dicts/lists/tuples."""
+    if isinstance(data, Mapping):
+        return type(data)({key: _map_tensors(value, fn, device) for key, value in data.items()})
+    if isinstance(data, (list, tuple)):
+        return type(data)(_map_tensors(value, fn, device) for value in data)
+    if isinstance(data, (int, float, bool)):
+        data = torch.tensor(data, device=device)
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"all_gather() gathers tensors and numbers (also in dicts and lists), not "
+                        f"{type(data).__name__}.")
+    return fn(data)

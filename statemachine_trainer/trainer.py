@@ -34,6 +34,7 @@ import torch
 
 from . import _run_state
 from ._boundary import BoundaryWriter
+from ._compile import from_compiled
 from ._config import (
     check_module,
     check_optimization_mode,
@@ -53,6 +54,7 @@ from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .loops._base import TrainerLoop
 from .machine import Loop
 from .module import TrainingModule
+from .utilities import rank_zero_only
 
 __all__ = ["Trainer", "TrainerConfig", "seed_everything"]
 
@@ -153,6 +155,7 @@ class Trainer:
         (``self.context.use_data(train=...)`` in its transitions).
         """
         self.strategy.launch_if_needed()  # strategy="ddp" from a plain `python script.py`: run N workers, exit
+        module = from_compiled(module)
         check_module(module, "training_step", "fit")
         wrapped = not isinstance(self.fit_loop, FitLoop)
         train = self._loader(module, train_dataloaders, "train", required=not wrapped)
@@ -169,7 +172,7 @@ class Trainer:
                 if ckpt_path is not None:
                     self._restore(ckpt_path, whole_run=True)
                 for logger in self.loggers:  # after a restore: a resumed run logs into the run's own version
-                    logger.log_hyperparams(dict(getattr(module, "hparams", None) or {}))
+                    logger.log_hyperparams(module.hyperparameters_to_log())
                 self.fit_loop.run()
         finally:
             self._finish(run, self.fit_loop)
@@ -185,6 +188,7 @@ class Trainer:
     def predict(self, module: TrainingModule, dataloaders: Any = None,
                 ckpt_path: str | os.PathLike[str] | None = None) -> list[Any]:
         self.strategy.launch_if_needed()
+        module = from_compiled(module)
         check_module(module, "predict_step", "predict")
         loader = self._loader(module, dataloaders, "predict", required=True)
         run = self._prepare("predict", module, {"predict": loader}, None)
@@ -199,6 +203,7 @@ class Trainer:
                   ckpt_path: str | os.PathLike[str] | None) -> dict[str, float]:
         self.strategy.launch_if_needed()  # e.g. trainer.test(...) alone in a script run with devices=N
         step = "validation_step" if stage == "validate" else "test_step"
+        module = from_compiled(module)
         check_module(module, step, stage)
         loader = self._loader(module, dataloaders, stage, required=True)
         run = self._prepare(stage, module, {stage: loader}, None)
@@ -365,6 +370,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         self.device = self.strategy.setup(self.device)
+        rank_zero_only.rank = self.strategy.rank  # ported @rank_zero_only code sees this process's rank
         if config.seed is not None:  # + rank: each rank draws its own dropout masks (its data shard differs anyway)
             seed_everything(config.seed + self.strategy.rank)
         module.to(self.device)

@@ -42,9 +42,18 @@ def collectives(rank: int) -> None:
         broadcast_src1=dist.broadcast_object(rank, src=1),
         reduced={op: dist.reduce_tensor(mine, op).tolist() for op in ("mean", "sum", "max", "min")},
         mine_untouched=mine.tolist(),
+        all_gathered=dist.all_gather_tensor(mine).tolist(),
+        gather_grad=_gather_grad(mine),
         omp_threads=os.environ.get("OMP_NUM_THREADS"),
     )
     dist.barrier()
+
+
+def _gather_grad(mine: torch.Tensor) -> list[float]:
+    """The gradient that reaches this rank's input through all_gather(sync_grads=True) of every rank's sum."""
+    leaf = mine.clone().requires_grad_()
+    dist.all_gather_tensor(leaf, sync_grads=True).sum().backward()
+    return leaf.grad.tolist()
 
 
 def exit_code(rank: int) -> None:

@@ -93,19 +93,19 @@ SCORES = [5.0, 3.0, 4.0, 1.0, 2.0]
 def test_top_k_min_keeps_the_k_lowest_and_deletes_the_rest(tmp_path):
     ckpt = ModelCheckpoint(monitor="score", save_top_k=2, filename="{epoch}-{score:.1f}")
     fit(tmp_path, Scripted(SCORES), [ckpt])
-    assert ckpt_names(tmp_path / "checkpoints") == {"3-1.0.ckpt", "4-2.0.ckpt"}
-    assert Path(ckpt.best_model_path).name == "3-1.0.ckpt"
+    assert ckpt_names(tmp_path / "checkpoints") == {"epoch=3-score=1.0.ckpt", "epoch=4-score=2.0.ckpt"}
+    assert Path(ckpt.best_model_path).name == "epoch=3-score=1.0.ckpt"
     assert ckpt.best_model_score == 1.0
-    assert Path(ckpt.kth_best_model_path).name == "4-2.0.ckpt"
-    assert {Path(p).name: s for p, s in ckpt.best_k_models.items()} == {"3-1.0.ckpt": 1.0, "4-2.0.ckpt": 2.0}
+    assert Path(ckpt.kth_best_model_path).name == "epoch=4-score=2.0.ckpt"
+    assert {Path(p).name: s for p, s in ckpt.best_k_models.items()} == {"epoch=3-score=1.0.ckpt": 1.0, "epoch=4-score=2.0.ckpt": 2.0}
 
 
 def test_top_k_max_keeps_the_k_highest(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "best", monitor="score", mode="max", save_top_k=2,
                            filename="{epoch}-{score:.1f}")
     fit(tmp_path, Scripted(SCORES), [ckpt])
-    assert ckpt_names(tmp_path / "best") == {"0-5.0.ckpt", "2-4.0.ckpt"}
-    assert ckpt.best_model_score == 5.0 and Path(ckpt.best_model_path).name == "0-5.0.ckpt"
+    assert ckpt_names(tmp_path / "best") == {"epoch=0-score=5.0.ckpt", "epoch=2-score=4.0.ckpt"}
+    assert ckpt.best_model_score == 5.0 and Path(ckpt.best_model_path).name == "epoch=0-score=5.0.ckpt"
 
 
 def test_without_monitor_keeps_the_latest_plus_last(tmp_path):
@@ -147,7 +147,7 @@ def test_every_n_epochs_without_validation(tmp_path):
 def test_monitor_of_a_training_epoch_value_without_validation(tmp_path):
     ckpt = ModelCheckpoint(monitor="score", filename="{epoch}")
     fit(tmp_path, TrainScored(SCORES), [ckpt], val=False)
-    assert ckpt_names(tmp_path / "checkpoints") == {"3.ckpt"} and ckpt.best_model_score == 1.0
+    assert ckpt_names(tmp_path / "checkpoints") == {"epoch=3.ckpt"} and ckpt.best_model_score == 1.0
 
 
 def test_same_filename_gets_a_version_suffix(tmp_path):
@@ -179,13 +179,13 @@ def test_fast_dev_run_never_saves(tmp_path):
 def test_resumed_run_keeps_pruning_the_same_files(tmp_path):
     ckpt = ModelCheckpoint(monitor="score", save_top_k=2, filename="{epoch}-{score:.1f}", save_last=True)
     fit(tmp_path, Scripted(SCORES), [ckpt], max_epochs=3)
-    assert ckpt_names(tmp_path / "checkpoints") == {"1-3.0.ckpt", "2-4.0.ckpt", "last.ckpt"}
+    assert ckpt_names(tmp_path / "checkpoints") == {"epoch=1-score=3.0.ckpt", "epoch=2-score=4.0.ckpt", "last.ckpt"}
     again = ModelCheckpoint(monitor="score", save_top_k=2, filename="{epoch}-{score:.1f}", save_last=True)
     trainer = Trainer(default_root_dir=tmp_path, callbacks=[again], max_epochs=5, logger=False,
                       enable_progress_bar=False)
     trainer.fit(Scripted(SCORES), loader(), loader(1), ckpt_path=ckpt.last_model_path)
     assert trainer.current_epoch == 5
-    assert ckpt_names(tmp_path / "checkpoints") == {"3-1.0.ckpt", "4-2.0.ckpt", "last.ckpt"}
+    assert ckpt_names(tmp_path / "checkpoints") == {"epoch=3-score=1.0.ckpt", "epoch=4-score=2.0.ckpt", "last.ckpt"}
 
 
 def test_checkpoint_settings_are_checked():

@@ -59,6 +59,8 @@ def check_collectives(out: Path) -> None:
         assert seen["broadcast"] == {"from": 0} and seen["broadcast_src1"] == 1
         assert seen["reduced"] == {"mean": [1.5], "sum": [3.0], "max": [2.0], "min": [1.0]}
         assert seen["mine_untouched"] == [rank + 1.0]
+        assert seen["all_gathered"] == [[1.0], [2.0]]  # self.all_gather: stacked on a new first dimension
+        assert seen["gather_grad"] == [2.0]  # sync_grads: both ranks' sums reach this rank's input
         assert seen["omp_threads"] == os.environ.get("OMP_NUM_THREADS", "1")  # as torchrun sets it
 
 

@@ -87,7 +87,7 @@ def assert_same_run(a: Trainer, b: Trainer) -> None:
 def test_resume_from_an_epoch_end_checkpoint_is_bit_identical(tmp_path, validate, epoch):
     full = fit(tmp_path / "full", Net(init_seed=0), validate)
     after_full = torch.get_rng_state()
-    saved = tmp_path / "full" / f"{epoch}.ckpt"
+    saved = tmp_path / "full" / f"epoch={epoch}.ckpt"
     state, manifest = load_checkpoint_dir(saved)
     assert manifest["metadata"]["epoch"] == epoch + 1  # written after the epoch completed
     assert state["loops"]["loops"]["fit_loop"]["position"]["row"] is None  # at a boundary, not inside a hook
@@ -95,8 +95,8 @@ def test_resume_from_an_epoch_end_checkpoint_is_bit_identical(tmp_path, validate
     assert_same_run(full, resumed)
     assert torch.equal(torch.get_rng_state(), after_full)  # the RNG stream continued exactly
     # the resumed run kept writing checkpoints, and its last one equals the uninterrupted run's
-    last_full, _ = load_checkpoint_dir(tmp_path / "full" / f"{EPOCHS - 1}.ckpt")
-    last_resumed, _ = load_checkpoint_dir(tmp_path / "resumed" / f"{EPOCHS - 1}.ckpt")
+    last_full, _ = load_checkpoint_dir(tmp_path / "full" / f"epoch={EPOCHS - 1}.ckpt")
+    last_resumed, _ = load_checkpoint_dir(tmp_path / "resumed" / f"epoch={EPOCHS - 1}.ckpt")
     for name, tensor in last_full["module"].items():
         assert torch.equal(tensor, last_resumed["module"][name])
 

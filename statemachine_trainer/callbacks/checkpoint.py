@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
-import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelCheckpoint"]
 
-_DEFAULT_FILENAME = "epoch={epoch}-step={step}"
+_DEFAULT_FILENAME = "{epoch}-{step}"
+#: A ``{name}`` or ``{name:spec}`` placeholder of ``filename`` (names may hold ``/`` and ``.``, as logged keys do).
+_PLACEHOLDER = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
 _LAST_NAME = "last"
 _EXT = ".ckpt"
 
@@ -43,15 +45,17 @@ _EXT = ".ckpt"
 class ModelCheckpoint(Callback):
     """Save checkpoints while fitting; ``best_model_path`` feeds ``trainer.validate(ckpt_path="best")``.
 
-    ``filename`` is a ``str.format`` template: ``{epoch}``, ``{step}`` and any
-    logged value by name, with a format spec if you like
-    (``"{epoch}-{val_loss:.3f}"``).  ``.ckpt`` is appended.
+    ``filename`` is a template of ``{epoch}``, ``{step}`` and any logged
+    value by name, with a format spec if you like: as in Lightning,
+    ``"{epoch}-{val_loss:.2f}"`` writes ``epoch=1-val_loss=0.68.ckpt``
+    (``auto_insert_metric_name=False`` leaves the ``name=`` out: ``1-0.68``).
+    The default is ``"{epoch}-{step}"``.  ``.ckpt`` is appended.
     """
 
     def __init__(self, dirpath: str | os.PathLike[str] | None = None, filename: str | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1, save_last: bool = False,
                  every_n_train_steps: int | None = None, every_n_epochs: int | None = None,
-                 save_on_train_epoch_end: bool | None = None) -> None:
+                 save_on_train_epoch_end: bool | None = None, auto_insert_metric_name: bool = True) -> None:
         if mode not in ("min", "max"):
             raise ConfigError(f"ModelCheckpoint(mode={mode!r}): use 'min' or 'max'.")
         if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
@@ -64,6 +68,7 @@ class ModelCheckpoint(Callback):
             raise ConfigError(f"ModelCheckpoint(monitor={monitor!r}) must be the name of a logged value, or None.")
         self.dirpath = Path(dirpath) if dirpath is not None else None  # None: <default_root_dir>/checkpoints
         self.filename = filename if filename is not None else _DEFAULT_FILENAME
+        self.auto_insert_metric_name = auto_insert_metric_name
         self.monitor, self.mode, self.save_top_k, self.save_last = monitor, mode, save_top_k, save_last
         self.every_n_train_steps = every_n_train_steps or 0  # 0: no step-based saving
         # Lightning: epochs default to 1 unless only a step interval was asked for.
@@ -196,10 +201,15 @@ class ModelCheckpoint(Callback):
     def format_checkpoint_name(self, trainer: Run) -> str:
         """The path for a save now: ``filename`` filled in with epoch, step and logged values."""
         values: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        for _, field, _, _ in string.Formatter().parse(self.filename):
-            if field and field not in values:
-                values[field] = float(trainer.monitored(field, f"ModelCheckpoint(filename={self.filename!r})"))
-        return str(self.dirpath / f"{self.filename.format_map(values)}{_EXT}")
+
+        def fill(match: re.Match[str]) -> str:
+            name, spec = match.group(1), match.group(2) or ""
+            if name not in values:
+                values[name] = float(trainer.monitored(name, f"ModelCheckpoint(filename={self.filename!r})"))
+            text = format(values[name], spec)
+            return f"{name}={text}" if self.auto_insert_metric_name else text
+
+        return str(self.dirpath / f"{_PLACEHOLDER.sub(fill, self.filename)}{_EXT}")
 
     def _unique_path(self, path: str, dropped: str) -> str:
         """``path``, or ``path`` with ``-v1``, ``-v2``... when a kept file already has that name."""

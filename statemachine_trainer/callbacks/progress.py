@@ -60,6 +60,13 @@ class ProgressBar(Callback):
             self._progress.stop()
         self._progress = self._train_task = self._eval_task = None
 
+    def print(self, *args: Any, sep: str = " ", end: str = "\n", **kwargs: Any) -> None:
+        """``print``, above the bar while it is drawing (so the text does not tear it): ``module.print`` uses it."""
+        if self._progress is None or kwargs.get("file") is not None:
+            print(*args, sep=sep, end=end, **kwargs)
+            return
+        self._progress.console.print(*args, sep=sep, end=end, markup=False, highlight=False)
+
     def _display(self) -> Progress:
         if self._progress is None:
             from rich.console import Console

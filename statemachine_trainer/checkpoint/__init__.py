@@ -25,6 +25,7 @@ from ._hashing import DEFAULT_HASH, HASHES
 from ._inspect import diff_checkpoints, first_difference, summarize
 from ._latest import find_latest, load_latest, prune
 from ._manifest import FORMAT, FORMAT_VERSION, PARTS_FORMAT_VERSION, read_manifest
+from ._module_state import load_module_state
 from ._parts import load_checkpoint_parts, load_latest_parts, save_checkpoint_parts
 from ._read import load_checkpoint_dir, verify_checkpoint
 from ._rng import capture_rng, restore_rng
@@ -48,6 +49,7 @@ __all__ = [
     "load_checkpoint_parts",
     "load_latest",
     "load_latest_parts",
+    "load_module_state",
     "prune",
     "read_manifest",
     "restore_rng",

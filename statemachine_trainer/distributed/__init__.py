@@ -39,6 +39,7 @@ same world size):
 
 from ._collectives import (
     all_equal,
+    all_gather_tensor,
     any_rank,
     barrier,
     broadcast_object,
@@ -67,6 +68,7 @@ __all__ = [
     "DistributedEnv",
     "RankFailure",
     "all_equal",
+    "all_gather_tensor",
     "any_rank",
     "barrier",
     "broadcast_object",

@@ -22,6 +22,7 @@ from ._group import collective
 
 __all__ = [
     "all_equal",
+    "all_gather_tensor",
     "any_rank",
     "barrier",
     "broadcast_object",
@@ -133,3 +134,23 @@ def reduce_tensor(tensor: torch.Tensor, op: ReduceOp = "mean") -> torch.Tensor:
     if op == "mean":
         value = value / world_size()
     return value.to(tensor.device)
+
+
+def all_gather_tensor(tensor: torch.Tensor, group: Any = None, sync_grads: bool = False) -> torch.Tensor:
+    """Every rank's ``tensor`` stacked on a new first dimension (``self.all_gather``); ``tensor`` without a group.
+
+    ``sync_grads`` uses the autograd-aware gather, so a loss computed from the
+    result sends gradients back to every rank's input.
+    """
+    if not _active():
+        return tensor
+    tensor = tensor.contiguous()
+    with collective("all_gather"):
+        if sync_grads:
+            from torch.distributed.nn.functional import all_gather as gather_with_grads
+
+            parts = gather_with_grads(tensor, group=group or dist.group.WORLD)
+        else:
+            parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+            dist.all_gather(parts, tensor, group=group)
+    return torch.stack(parts)

@@ -33,23 +33,31 @@ class Logger:
 
 
 class VersionedLogger(Logger):
-    """A logger writing under ``<root>/<name>/version_<n>/``: each run gets the next free ``n``, chosen lazily."""
+    """A logger writing under ``<save_dir>/<name>/version_<n>/``: each run gets the next free ``n``, chosen lazily.
 
-    def __init__(self, root_dir: str | os.PathLike[str], name: str, version: int | str | None) -> None:
-        self.root_dir = Path(root_dir)
+    The names are Lightning's: ``save_dir`` as given, ``root_dir`` is
+    ``save_dir/name``, ``log_dir`` the version's folder.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike[str], name: str, version: int | str | None) -> None:
+        self.save_dir = Path(save_dir)
         self.name = name
         self._version = version
 
     @property
+    def root_dir(self) -> Path:
+        return self.save_dir / self.name
+
+    @property
     def version(self) -> int | str:
         if self._version is None:
-            self._version = _next_version(self.root_dir / self.name)
+            self._version = _next_version(self.root_dir)
         return self._version
 
     @property
     def log_dir(self) -> Path:
         version = self.version
-        return self.root_dir / self.name / (version if isinstance(version, str) else f"version_{version}")
+        return self.root_dir / (version if isinstance(version, str) else f"version_{version}")
 
 
 def _next_version(folder: Path) -> int:

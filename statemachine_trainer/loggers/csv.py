@@ -14,14 +14,24 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ._base import VersionedLogger
 
 __all__ = ["CSVLogger"]
 
 
 class CSVLogger(VersionedLogger):
-    def __init__(self, root_dir: str | os.PathLike[str], name: str = "logs", version: int | str | None = None) -> None:
-        super().__init__(root_dir, name, version)
+    """``metrics.csv`` and ``hparams.json`` in ``<save_dir>/<name>/version_<n>/``.
+
+    ``experiment`` is the logger itself, which has what Lightning's CSV
+    experiment writer has (``log_metrics(metrics, step=None)``,
+    ``log_hparams``, ``save``, ``metrics_file_path``), so ported code that
+    writes through ``self.logger.experiment`` keeps working.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike[str], name: str = "logs", version: int | str | None = None) -> None:
+        super().__init__(save_dir, name, version)
         self._rows: list[dict[str, float]] = []
         self._keys: list[str] = []
 
@@ -29,16 +39,32 @@ class CSVLogger(VersionedLogger):
     def metrics_file(self) -> Path:
         return self.log_dir / "metrics.csv"
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        row = {"step": step, **metrics}
+    @property
+    def experiment(self) -> CSVLogger:
+        return self
+
+    @property
+    def metrics_file_path(self) -> str:
+        return str(self.metrics_file)
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """One row; ``step`` defaults to the number of rows so far, tensors become numbers (as Lightning's writer)."""
+        values = {key: value.item() if isinstance(value, torch.Tensor) else value for key, value in metrics.items()}
+        row = {"step": len(self._rows) if step is None else step, **values}
         for key in row:
             if key not in self._keys:
                 self._keys.append(key)
         self._rows.append(row)
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
+        if not params:  # nothing recorded, or save_hyperparameters(logger=False): no file, as in Lightning
+            return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / "hparams.json").write_text(json.dumps(dict(params), indent=2, default=str) + "\n")
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """Lightning's experiment-writer name for ``log_hyperparams``."""
+        self.log_hyperparams(params)
 
     def save(self) -> None:
         if not self._rows:

@@ -30,9 +30,9 @@ def _summary_writer_class() -> Any:
 class TensorBoardLogger(VersionedLogger):
     """Scalars go to ``add_scalar`` (one tag per metric key); hyperparameters to a text summary."""
 
-    def __init__(self, root_dir: str | os.PathLike[str], name: str = "tb_logs", version: int | str | None = None) -> None:
+    def __init__(self, save_dir: str | os.PathLike[str], name: str = "tb_logs", version: int | str | None = None) -> None:
         self._writer_class = _summary_writer_class()  # fail now, not at the first log in the middle of a run
-        super().__init__(root_dir, name, version)
+        super().__init__(save_dir, name, version)
         self._writer: Any = None
 
     @property
