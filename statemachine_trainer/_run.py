@@ -193,6 +193,18 @@ class Run:
         return self.strategy.is_rank_zero
 
     @property
+    def global_rank(self) -> int:
+        return self.strategy.rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
     def default_root_dir(self) -> Path:
         return self.config.default_root_dir
 

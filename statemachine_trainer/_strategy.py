@@ -47,6 +47,7 @@ class SingleProcess:
     name = "single"
     distributed = False  # True: a torch.distributed run, whose checkpoints have one part per rank
     rank, world_size, is_rank_zero = 0, 1, True
+    local_rank = 0  # the rank on this node (picks the CUDA device)
 
     def launch_if_needed(self) -> None:
         """Nothing to launch."""
@@ -143,6 +144,7 @@ class DDP(SingleProcess):
 
         env = self.env
         self.rank, self.world_size, self.is_rank_zero = env.rank, env.world_size, env.rank == 0
+        self.local_rank = env.local_rank
         joined = join_process_group(env, "cuda" if device.type == "cuda" else "cpu")
         atexit.register(self.teardown)  # fit, validate and test share the group; leave it once, at exit
         return joined

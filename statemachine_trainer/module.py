@@ -20,7 +20,7 @@ import copy
 import inspect
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,7 +32,7 @@ from ._results import LogError
 if TYPE_CHECKING:
     from ._run import Run
 
-__all__ = ["FunctionModule", "ManualOptimizationError", "TrainingModule"]
+__all__ = ["LIGHTNING_ONLY", "FunctionModule", "ManualOptimizationError", "TrainingModule", "UnsupportedError"]
 
 
 class ManualOptimizationError(RuntimeError):
@@ -55,6 +55,10 @@ class TrainingModule(nn.Module):
 
     #: False: the Trainer calls training_step once per batch and you call backward/step yourself.
     automatic_optimization: bool = True
+    #: An input for ``forward`` (a tensor, tuple or dict), for summaries and exporting, as in Lightning.
+    example_input_array: Any = None
+    #: ``load_from_checkpoint``'s default ``strict``: False tolerates missing and unexpected weight keys.
+    strict_loading: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -158,7 +162,7 @@ class TrainingModule(nn.Module):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], map_location: Any = None,
-                             strict: bool = True, **overrides: Any) -> Any:
+                             strict: bool | None = None, **overrides: Any) -> Any:
         """A new module built from the hyperparameters stored in a checkpoint, with its weights loaded.
 
         ``cls(**hparams, **overrides)``: ``overrides`` replace stored values and
@@ -176,7 +180,7 @@ class TrainingModule(nn.Module):
                             f"{missing} could not be stored in the checkpoint (not JSON-able); pass them: "
                             f"{cls.__name__}.load_from_checkpoint(path, {missing[0]}=...).")
         module = cls(**{**stored["values"], **overrides})
-        module.load_state_dict(weights, strict=strict)
+        module.load_state_dict(weights, strict=module.strict_loading if strict is None else strict)
         return module.to(map_location) if isinstance(map_location, (str, torch.device)) else module
 
     # -- what the Trainer knows --------------------------------------------------------------------
@@ -204,6 +208,25 @@ class TrainingModule(nn.Module):
         return torch.device("cpu")
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the parameters (float32 until ``.double()`` or ``.half()``)."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def global_rank(self) -> int:
+        """This process's rank among all processes (0 outside a run and in one process)."""
+        return self._run.global_rank if self._run is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        """This process's rank on its node."""
+        return self._run.local_rank if self._run is not None else 0
+
+    @property
     def logger(self) -> Any:
         """The run's first logger (None outside a run or without loggers), as Lightning's ``self.logger``."""
         return self._run.logger if self._run is not None else None
@@ -229,17 +252,17 @@ class TrainingModule(nn.Module):
         run = self._require_trainer("all_gather()")
         return _map_tensors(data, lambda t: run.strategy.all_gather(t, group, sync_grads), self.device)
 
-    def freeze(self) -> None:
+    def freeze(self) -> TrainingModule:
         """No gradients for any parameter, and eval mode: for inference or a frozen backbone."""
         for param in self.parameters():
             param.requires_grad = False
-        self.eval()
+        return self.eval()
 
-    def unfreeze(self) -> None:
+    def unfreeze(self) -> TrainingModule:
         """Undo ``freeze``: every parameter trainable, train mode."""
         for param in self.parameters():
             param.requires_grad = True
-        self.train()
+        return self.train()
 
     def _require_trainer(self, what: str) -> Run:
         if self._run is None:
@@ -292,6 +315,15 @@ class TrainingModule(nn.Module):
             param.requires_grad_(requires_grad)
         self._toggled = {}
 
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Iterator[None]:
+        """``toggle_optimizer`` for the ``with`` block, undone even when the block raises."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
+
     def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str = "norm") -> None:
         """Clip the gradients of ``optimizer``'s parameters by norm or value (unscaled first under 16-mixed)."""
@@ -307,6 +339,36 @@ class TrainingModule(nn.Module):
                 "Set `automatic_optimization = False` on the module and call backward/step yourself, or return "
                 "the loss from training_step and let the Trainer optimize.")
         return run
+
+
+#: LightningModule names this module does not have, and what to do instead (a call or read raises
+#: :class:`UnsupportedError` with the advice, never a bare AttributeError).
+LIGHTNING_ONLY: dict[str, str] = {
+    "to_onnx": "export with torch.onnx.export(model.eval(), example_input, path) directly (needs the onnx package)",
+    "to_torchscript": "TorchScript is deprecated in PyTorch (and to_torchscript in Lightning 2.7); export with "
+                      "torch.export.export(model.eval(), (example_input,))",
+    "to_tensorrt": "compile with torch_tensorrt.compile(model, ...) directly",
+    "fabric": "there is no Fabric here; self.trainer is the run (counters, loggers, strategy)",
+    "device_mesh": "FSDP2 and tensor parallelism are not supported yet; train with strategy='ddp'",
+    "configure_sharded_model": "Lightning 2 renamed it configure_model; sharded training is not supported yet",
+}
+
+
+class UnsupportedError(NotImplementedError):
+    """A Lightning API this library does not have; the message says what to use instead."""
+
+
+def _unsupported(name: str, advice: str, is_property: bool) -> Any:
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise UnsupportedError(f"{type(self).__name__}.{name} is Lightning API that statemachine_trainer does not "
+                               f"have: {advice}.")
+
+    refuse.__name__, refuse.__doc__ = name, f"Not supported: {advice}."
+    return property(refuse) if is_property else refuse
+
+
+for _name, _advice in LIGHTNING_ONLY.items():
+    setattr(TrainingModule, _name, _unsupported(_name, _advice, is_property=_name in ("fabric", "device_mesh")))
 
 
 class FunctionModule(TrainingModule):

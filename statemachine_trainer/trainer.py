@@ -231,6 +231,9 @@ class Trainer:
     module = _FromRun()
     optimization = _FromRun()
     default_root_dir = _FromRun()
+    global_rank = _FromRun()
+    local_rank = _FromRun()
+    world_size = _FromRun()
 
     @property
     def should_stop(self) -> bool:

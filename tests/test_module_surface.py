@@ -19,6 +19,7 @@ from statemachine_trainer._results import LogError
 from statemachine_trainer.callbacks import ModelCheckpoint
 from statemachine_trainer.checkpoint import CheckpointError, load_module_state
 from statemachine_trainer.loggers import CSVLogger
+from statemachine_trainer.module import LIGHTNING_ONLY, UnsupportedError
 from statemachine_trainer.utilities import rank_zero_only
 from statemachine_trainer.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
@@ -342,3 +343,52 @@ def test_the_trainer_sets_the_rank_for_ported_rank_zero_only_code(tmp_path, monk
     monkeypatch.setattr(rank_zero_only, "rank", 3)  # stale, e.g. from an earlier run
     trainer(tmp_path, max_epochs=1, logger=False, enable_checkpointing=False).fit(Net(), data())
     assert rank_zero_only.rank == 0
+
+
+# -- the rest of LightningModule's surface --------------------------------------------------------------------
+def test_ranks_dtype_and_device_outside_and_inside_a_run(tmp_path):
+    module, seen = Net(), {}
+    assert (module.global_rank, module.local_rank, module.on_gpu, module.dtype) == (0, 0, False, torch.float32)
+
+    class Probe(Net):
+        def on_train_start(self) -> None:
+            seen["ranks"] = (self.global_rank, self.local_rank, self.trainer.world_size)
+
+    run = trainer(tmp_path, max_epochs=1, logger=False, enable_checkpointing=False)
+    run.fit(Probe(), data())
+    assert seen["ranks"] == (0, 0, 1) and (run.global_rank, run.local_rank, run.world_size) == (0, 0, 1)
+    assert module.double().dtype == torch.float64
+
+
+def test_toggled_optimizer_restores_requires_grad_even_when_the_block_raises():
+    module = Net()
+    only_first = torch.optim.SGD(module.net[0].parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="inside"), module.toggled_optimizer(only_first):
+        assert [p.requires_grad for p in module.parameters()] == [True, True, False, False]
+        raise RuntimeError("inside")
+    assert all(p.requires_grad for p in module.parameters())
+
+
+def test_strict_loading_is_load_from_checkpoints_default(tmp_path):
+    run = trainer(tmp_path, max_epochs=1, logger=False, enable_checkpointing=False)
+    run.fit(Net(), data())
+    path = run.save_checkpoint(tmp_path / "net.ckpt")
+
+    class Wider(Net):
+        strict_loading = False
+
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.extra = nn.Linear(1, 1)  # not in the checkpoint
+
+    assert torch.equal(Wider.load_from_checkpoint(path).net[0].weight, run.module.net[0].weight)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        Wider.load_from_checkpoint(path, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(LIGHTNING_ONLY))
+def test_lightning_names_we_lack_are_refused_with_the_alternative(name):
+    module = Net()
+    with pytest.raises(UnsupportedError, match=f"Net.{name} is Lightning API .*: {LIGHTNING_ONLY[name][:20]}"):
+        attribute = getattr(module, name)
+        attribute()
