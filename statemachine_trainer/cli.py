@@ -5,6 +5,7 @@
     statemachine-trainer inspect CKPT [--json]
     statemachine-trainer verify CKPT
     statemachine-trainer diff A B
+    statemachine-trainer port FILE.py [--write]
 
 ``MODULE`` is an importable module (``my_pkg.loops``) or a path to a ``.py``
 file; ``OBJECT`` names a ``Table``, a ``Loop`` subclass (its table is drawn),
@@ -130,6 +131,21 @@ def _diff(args: argparse.Namespace) -> int:
     return 0 if difference is None else 1
 
 
+def _port(args: argparse.Namespace) -> int:
+    from .porting import port_source
+
+    path: Path = args.file
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    ported = port_source(path.read_text())
+    if args.write:
+        path.write_text(ported)
+        print(f"ported {path}")
+    else:
+        sys.stdout.write(ported)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statemachine-trainer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("a", metavar="A", type=Path)
     diff.add_argument("b", metavar="B", type=Path)
     diff.set_defaults(func=_diff)
+    port = sub.add_parser("port", help="rename a Lightning program's imports and base classes to ours (print it, or "
+                          "--write it back)")
+    port.add_argument("file", metavar="FILE.py", type=Path)
+    port.add_argument("--write", action="store_true", help="rewrite the file in place instead of printing it")
+    port.set_defaults(func=_port)
     return parser
 
 
