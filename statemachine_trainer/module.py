@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ._hook_spec import install_stubs
+from ._optim import ConfigError
 from ._results import LogError
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ class TrainingModule(nn.Module):
         weights, stored = load_module_state(checkpoint_path, map_location=map_location, with_hparams=True)
         missing = [name for name in stored["omitted"] if name not in overrides]
         if missing:
-            raise TypeError(f"{cls.__name__}.load_from_checkpoint({str(checkpoint_path)!r}): hyperparameter(s) "
+            raise ConfigError(f"{cls.__name__}.load_from_checkpoint({str(checkpoint_path)!r}): hyperparameter(s) "
                             f"{missing} could not be stored in the checkpoint (not JSON-able); pass them: "
                             f"{cls.__name__}.load_from_checkpoint(path, {missing[0]}=...).")
         module = cls(**{**stored["values"], **overrides})

@@ -246,7 +246,7 @@ def test_load_from_checkpoint_asks_for_what_could_not_be_stored(tmp_path):
     run = trainer(tmp_path, max_epochs=1, logger=False, enable_checkpointing=False)
     run.fit(Keeps(nn.Linear(3, 3)), data())
     path = run.save_checkpoint(tmp_path / "keeps.ckpt")
-    with pytest.raises(TypeError, match=r"\['backbone'\] could not be stored.*load_from_checkpoint\(path, backbone="):
+    with pytest.raises(ConfigError, match=r"\['backbone'\] could not be stored.*load_from_checkpoint\(path, backbone="):
         Keeps.load_from_checkpoint(path)
     loaded = Keeps.load_from_checkpoint(path, backbone=nn.Linear(3, 3))
     assert torch.equal(loaded.head.weight, run.module.head.weight)
