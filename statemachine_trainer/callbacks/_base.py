@@ -19,7 +19,7 @@ from .._hook_spec import install_stubs
 __all__ = ["Callback"]
 
 
-@install_stubs(for_callbacks=True)  # one no-op per hook of the spec, taking (trainer, module, *args)
+@install_stubs(owner="callback")  # one no-op per hook of the spec, taking (trainer, module, *args)
 class Callback:
     #: Set to False (e.g. in ``setup``) to take no part in a run: none of its hooks is called then.
     enabled: bool = True
