@@ -8,9 +8,13 @@ The hook order is compared with Lightning 2's own expectation
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,6 +22,7 @@ import statemachine_trainer
 from statemachine_trainer import ConfigError, DataModule, Trainer, TrainingModule
 from statemachine_trainer.callbacks import ModelCheckpoint
 from statemachine_trainer.checkpoint import CheckpointError, load_checkpoint_dir
+from statemachine_trainer.testing import ResumeMismatch, assert_kill_resume_exact, kill_points
 
 
 def points(n: int, seed: int) -> TensorDataset:
@@ -280,3 +285,29 @@ def test_validate_after_fit_restores_the_datamodule_state_from_the_checkpoint_to
     later = Points()
     trainer.validate(Net(), datamodule=later, ckpt_path="best", verbose=False)
     assert later.served == 1 and ("load_state_dict",) in later.calls
+
+
+# -- kill -9 and resume: the data module's state comes back --------------------------------------------
+KILL_SCRIPT = [sys.executable, str(Path(__file__).parent / "_kill_datamodule.py"), "."]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("datamodule-reference")
+    subprocess.run(KILL_SCRIPT, cwd=root, check=True, capture_output=True, timeout=300)
+    return root
+
+
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(point=kill_points(max_checkpoint=20))  # 24 steps, a checkpoint after each
+def test_a_fit_with_a_datamodule_killed_anywhere_resumes_bit_identical(uninterrupted, tmp_path_factory, point):
+    workdir = tmp_path_factory.mktemp("datamodule-killed")
+    assert_kill_resume_exact(KILL_SCRIPT, workdir, *point, uninterrupted=uninterrupted)
+    state, _ = load_checkpoint_dir(workdir / "killed" / "final.ckpt")
+    assert state["datamodule"] == {"class": "Drifting", "state": {"seen": 24}}
+
+
+def test_the_kill_test_fails_when_the_datamodule_forgets_its_state(uninterrupted, tmp_path):
+    with pytest.raises(ResumeMismatch):
+        assert_kill_resume_exact(KILL_SCRIPT, tmp_path, 6, 0.0, resume_args=("--resume", "latest", "--forget-state"),
+                                 uninterrupted=uninterrupted)
