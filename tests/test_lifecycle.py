@@ -14,6 +14,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -447,3 +448,16 @@ def test_two_runs_of_one_script_with_trainer_seed_end_with_identical_weights(tmp
     outputs = [subprocess.run([sys.executable, str(script), str(noise)], capture_output=True, text=True,
                               timeout=120, check=True).stdout for noise in (1, 2)]
     assert outputs[0] == outputs[1] and outputs[0].strip()
+
+
+# -- under strategy="ddp": prepare_data once per machine --------------------------------------------------
+def test_under_ddp_prepare_data_runs_on_local_rank_zero_and_setup_on_every_rank(tmp_path):
+    script = Path(__file__).parent / "_ddp_datamodule.py"
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = sorted((tmp_path / "calls.txt").read_text().splitlines())
+    assert calls == sorted([
+        "DataModule.prepare_data rank=0", "prepare_data rank=0",
+        "DataModule.setup:fit rank=0", "DataModule.setup:fit rank=1",
+        "configure_optimizers steps=4 rank=0", "configure_optimizers steps=4 rank=1",  # 40 samples / 2 ranks / 5
+        "DataModule.teardown:fit rank=0", "DataModule.teardown:fit rank=1"])
