@@ -55,6 +55,24 @@ class DataModule:
     #: Records the calling ``__init__``'s arguments in ``self.hparams``, as ``TrainingModule``'s does.
     save_hyperparameters = TrainingModule.save_hyperparameters
 
+    @classmethod
+    def from_datasets(cls, train_dataset: Any = None, val_dataset: Any = None, test_dataset: Any = None,
+                      predict_dataset: Any = None, batch_size: int = 1, num_workers: int = 0) -> DataModule:
+        """A data module serving these datasets, as Lightning's ``LightningDataModule.from_datasets``.
+
+        The training loader shuffles, the others do not; a dataset left out
+        gives no dataloader for its stage.
+        """
+        from torch.utils.data import DataLoader
+
+        datamodule = cls()
+        for stage, dataset, shuffle in (("train", train_dataset, True), ("val", val_dataset, False),
+                                        ("test", test_dataset, False), ("predict", predict_dataset, False)):
+            if dataset is not None:
+                setattr(datamodule, f"{stage}_dataloader", _loader_factory(dataset, batch_size, shuffle, num_workers,
+                                                                           DataLoader))
+        return datamodule
+
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What to save in a checkpoint: a dict of numbers, strings, lists, dicts and tensors (empty by default)."""
@@ -62,3 +80,9 @@ class DataModule:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take back what ``state_dict`` returned, when ``fit`` resumes from a checkpoint."""
+
+
+def _loader_factory(dataset: Any, batch_size: int, shuffle: bool, num_workers: int, loader_class: type) -> Any:
+    def dataloader() -> Any:
+        return loader_class(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+    return dataloader

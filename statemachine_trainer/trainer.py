@@ -185,8 +185,9 @@ class Trainer:
             with self._boundaries.watch(self.fit_loop, getattr(run.fit_loop, "epoch_loop", None)):
                 if saved is not None:
                     self._restore(saved, whole_run=True)
+                hparams = _hyperparameters(model, datamodule)
                 for logger in self.loggers:  # after a restore: a resumed run logs into the run's own version
-                    logger.log_hyperparams(dict(getattr(model, "hparams", None) or {}))
+                    logger.log_hyperparams(hparams)
                 self.fit_loop.run()
         finally:
             self._finish(run, self.fit_loop)
@@ -546,6 +547,18 @@ def _check_data_args(entry: str, datamodule: Any, **loaders: Any) -> None:
     if given:
         raise ConfigError(f"trainer.{entry}() was given {' and '.join(given)} and a datamodule; pass the "
                           "dataloaders or the datamodule, not both.")
+
+
+def _hyperparameters(model: TrainingModule, datamodule: DataModule | None) -> dict[str, Any]:
+    """The module's and the data module's saved hyperparameters, for the loggers (Lightning merges them too)."""
+    merged = dict(getattr(model, "hparams", None) or {})
+    for name, value in (getattr(datamodule, "hparams", None) or {}).items():
+        if name in merged and merged[name] != value:
+            raise ConfigError(f"The hyperparameter {name!r} is {merged[name]!r} in {type(model).__name__} but "
+                              f"{value!r} in {type(datamodule).__name__}; the loggers record one set, so rename "
+                              "one of them.")
+        merged[name] = value
+    return merged
 
 
 def _check_one_loader(loader: Any, stage: str) -> None:

@@ -311,3 +311,35 @@ def test_the_kill_test_fails_when_the_datamodule_forgets_its_state(uninterrupted
     with pytest.raises(ResumeMismatch):
         assert_kill_resume_exact(KILL_SCRIPT, tmp_path, 6, 0.0, resume_args=("--resume", "latest", "--forget-state"),
                                  uninterrupted=uninterrupted)
+
+
+def test_the_loggers_record_the_module_and_datamodule_hyperparameters(tmp_path):
+    class WithRate(Net):
+        def __init__(self, lr=0.1):
+            super().__init__()
+            self.save_hyperparameters()
+
+    Trainer(max_epochs=1, enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path).fit(
+        WithRate(), datamodule=Points(batch_size=4))
+    assert json.loads((tmp_path / "logs" / "version_0" / "hparams.json").read_text()) == {"lr": 0.1, "batch_size": 4}
+
+
+def test_a_hyperparameter_the_module_and_datamodule_disagree_on_is_refused(tmp_path):
+    class WithBatchSize(Net):
+        def __init__(self, batch_size=16):
+            super().__init__()
+            self.save_hyperparameters()
+
+    with pytest.raises(ConfigError, match="'batch_size' is 16 in WithBatchSize but 4 in Points"):
+        Trainer(max_epochs=1, enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path).fit(
+            WithBatchSize(), datamodule=Points(batch_size=4))
+
+
+def test_from_datasets_serves_the_given_datasets(tmp_path):
+    dm = DataModule.from_datasets(train_dataset=points(32, 0), test_dataset=points(8, 1), batch_size=8)
+    assert dm.val_dataloader is None and dm.train_dataloader().batch_size == 8
+    trainer = quiet(tmp_path)
+    trainer.fit(Net(), datamodule=dm)
+    assert trainer.global_step == 4
+    (result,) = trainer.test(Net(), datamodule=dm, verbose=False)
+    assert "test_loss" in result
