@@ -263,9 +263,9 @@ class Run:
         if name in FLAG_NAMES:
             return getattr(self.config, name)
         raise AttributeError(f"The run has no attribute {name!r}. Inside hooks, `trainer` is the run: its parts "
-                             "(module, sources, hooks, results, optimization, precision, strategy, callbacks, "
-                             "loggers, config), Lightning's counters and the flags; the Trainer's entry points "
-                             "are not reachable from inside a run.")
+                             "(module, datamodule, sources, hooks, results, optimization, precision, strategy, "
+                             "callbacks, loggers, config), Lightning's counters and the flags; the Trainer's entry "
+                             "points are not reachable from inside a run.")
 
     # -- services -------------------------------------------------------------------------------
     def step_schedulers(self, interval: str) -> None:

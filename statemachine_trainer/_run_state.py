@@ -166,6 +166,10 @@ def check_datamodule(run: Run, state: dict[str, Any], path: Path) -> None:
 
     saved, datamodule = state.get("datamodule"), run.datamodule
     if saved is None:
+        if datamodule is not None and not getattr(datamodule.load_state_dict, "__noop_hook__", False):
+            warnings.warn(f"{path} holds no data module state (it was written without one); "
+                          f"{type(datamodule).__name__}.load_state_dict is not called and the data module keeps "
+                          "its own state.", stacklevel=4)
         return
     if not (isinstance(saved, dict) and set(saved) == {"class", "state"} and isinstance(saved["state"], dict)):
         raise ConfigError(f"{path}: $.datamodule is not a data module's saved state ({{'class', 'state'}}); the "

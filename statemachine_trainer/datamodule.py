@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._hook_spec import install_stubs
+from .machine import noop_hook
 from .module import HyperParameters, TrainingModule
 
 __all__ = ["DataModule"]
@@ -78,6 +79,7 @@ class DataModule:
         """What to save in a checkpoint: a dict of numbers, strings, lists, dicts and tensors (empty by default)."""
         return {}
 
+    @noop_hook  # marked, so a resume can tell a data module that keeps state from one that keeps none
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take back what ``state_dict`` returned, when ``fit`` resumes from a checkpoint."""
 

@@ -343,3 +343,13 @@ def test_from_datasets_serves_the_given_datasets(tmp_path):
     assert trainer.global_step == 4
     (result,) = trainer.test(Net(), datamodule=dm, verbose=False)
     assert "test_loss" in result
+
+
+def test_resuming_a_stateful_datamodule_from_a_checkpoint_without_its_state_warns(tmp_path):
+    trainer = quiet(tmp_path)
+    trainer.fit(Net(), DataLoader(points(32, 0), batch_size=8))
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    dm = Points()
+    with pytest.warns(UserWarning, match="holds no data module state .* Points.load_state_dict is not called"):
+        quiet(tmp_path, max_epochs=2).fit(Net(), datamodule=dm, ckpt_path=tmp_path / "plain.ckpt")
+    assert ("load_state_dict",) not in dm.calls
