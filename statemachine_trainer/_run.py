@@ -4,7 +4,8 @@ The ``Trainer`` checks flags and assembles a run; it does not take part in
 one.  What the parts of a running tree need from each other is collected
 here, in one object built per ``fit``/``validate``/``test``/``predict``:
 
-* the parts: ``config`` (the checked flags), ``module``, ``sources`` (one
+* the parts: ``config`` (the checked flags), ``module``, ``datamodule`` (the
+  ``DataModule`` given to the entry point, or None), ``sources`` (one
   ``BatchSource`` per dataloader), ``hooks`` (the relay), ``results`` (logged
   values), ``optimization``, ``precision``, ``strategy``, ``callbacks``,
   ``loggers``, and ``fit_loop`` (the tree's fit loop, which owns the epoch and
