@@ -171,14 +171,7 @@ class Trainer:
         _lifecycle.prepare_data(run)
         try:
             saved = self._set_up(run, ckpt_path)
-            wrapped = not isinstance(self.fit_loop, FitLoop)
-            val = self._loader(run, val_dataloaders, "validate", required=False)  # Lightning's order: val first
-            train = self._loader(run, train_dataloaders, "train", required=not wrapped)
-            if val is not None and not defines(model, "validation_step") and val_dataloaders is not None:
-                raise ConfigError(f"fit() was given val_dataloaders, but {type(model).__name__} defines no "
-                                  "validation_step; define it, or do not pass validation data.")
-            run.use_data(**{name: loader for name, loader in (("train", train), ("validate", val))
-                            if loader is not None})
+            self._use_fit_data(run, train_dataloaders, val_dataloaders)
             setup = parse_optimizers(model.configure_optimizers())  # self.trainer and the data are ready
             check_optimization_mode(model, setup, self.config)
             self._assemble(run, setup)
@@ -212,6 +205,24 @@ class Trainer:
             raise ConfigError(f"return_predictions={return_predictions!r} must be True, False or None.")
         predictions = self._run_entry("predict", model, dataloaders, ckpt_path, datamodule)
         return None if return_predictions is False else predictions
+
+    def _use_fit_data(self, run: Run, train_dataloaders: Any, val_dataloaders: Any) -> None:
+        """The fit's data: the loaders given, else the data module's, else the module's own methods.
+
+        As in Lightning, validation data is read first, and only when the
+        module has a ``validation_step`` to run on it (a data module's
+        ``val_dataloader`` is not called otherwise; loaders passed explicitly
+        without one are refused).
+        """
+        model = run.module
+        has_step = defines(model, "validation_step")
+        if val_dataloaders is not None and not has_step:
+            raise ConfigError(f"fit() was given val_dataloaders, but {type(model).__name__} defines no "
+                              "validation_step; define it, or do not pass validation data.")
+        val = self._loader(run, val_dataloaders, "validate", required=False) if has_step else None
+        wrapped = not isinstance(self.fit_loop, FitLoop)  # a user's loop around it may bring its own data
+        train = self._loader(run, train_dataloaders, "train", required=not wrapped)
+        run.use_data(**{name: loader for name, loader in (("train", train), ("validate", val)) if loader is not None})
 
     def _evaluate(self, stage: str, model: TrainingModule | None, dataloaders: Any,
                   ckpt_path: str | os.PathLike[str] | None, datamodule: DataModule | None,

@@ -353,3 +353,20 @@ def test_resuming_a_stateful_datamodule_from_a_checkpoint_without_its_state_warn
     with pytest.warns(UserWarning, match="holds no data module state .* Points.load_state_dict is not called"):
         quiet(tmp_path, max_epochs=2).fit(Net(), datamodule=dm, ckpt_path=tmp_path / "plain.ckpt")
     assert ("load_state_dict",) not in dm.calls
+
+
+def test_a_module_without_validation_step_does_not_read_the_datamodules_validation_data(tmp_path):
+    class NoValidation(TrainingModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(4, 2)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = Points()
+    quiet(tmp_path).fit(NoValidation(), datamodule=dm)
+    assert ("val_dataloader",) not in dm.calls and ("train_dataloader",) in dm.calls
