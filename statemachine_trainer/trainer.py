@@ -167,10 +167,10 @@ class Trainer:
             raise ConfigError("trainer.fit() needs a model: trainer.fit(model, train_dataloaders) or "
                               "trainer.fit(model, datamodule=dm).")
         check_module(model, "training_step", "fit")
-        run = self._begin("fit", model, datamodule)
+        run, path = self._begin("fit", model, datamodule, ckpt_path)
         _lifecycle.prepare_data(run)
         try:
-            saved = self._set_up(run, ckpt_path)
+            saved = self._set_up(run, path)
             self._use_fit_data(run, train_dataloaders, val_dataloaders)
             setup = parse_optimizers(model.configure_optimizers())  # self.trainer and the data are ready
             check_optimization_mode(model, setup, self.config)
@@ -243,11 +243,11 @@ class Trainer:
             datamodule = self.run.datamodule  # trainer.test() after fit(model, datamodule=dm): that data module
         model, ckpt_path = self._model_for(stage, model, ckpt_path)
         check_module(model, STAGE_STEPS[stage], stage)
-        run = self._begin(stage, model, datamodule)
+        run, path = self._begin(stage, model, datamodule, ckpt_path)
         _lifecycle.prepare_data(run)
         root = self._roots()[stage]
         try:
-            saved = self._set_up(run, ckpt_path)
+            saved = self._set_up(run, path)
             run.use_data(**{stage: self._loader(run, dataloaders, stage, required=True)})
             self._assemble(run, None)
             if saved is not None:
@@ -345,19 +345,24 @@ class Trainer:
         """The run's state set as a checkpoint holds it (tensors not copied: write or compare it right away)."""
         return _run_state.capture(self.run, self.fit_loop)
 
-    def _read_checkpoint(self, ckpt_path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
-        """``(state, path)`` of the checkpoint ``ckpt_path`` names (every rank reads the same one)."""
-        from .checkpoint import load_checkpoint_dir
-
+    def _checkpoint_path(self, ckpt_path: str | os.PathLike[str]) -> Path:
+        """The checkpoint ``ckpt_path`` names ("best", "last", "latest" or a path), the same on every rank."""
         if not self.strategy.distributed:
-            path = self._resolve_ckpt_path(ckpt_path)
-            state, _ = load_checkpoint_dir(path, map_location=self.run.device)
-            return state, path
-        from .checkpoint import load_checkpoint_parts
+            return self._resolve_ckpt_path(ckpt_path)
         from .distributed import broadcast_object
 
         # Rank 0 picks ("latest" may skip a checkpoint another rank would not see yet): all load the same one.
-        path = broadcast_object(self._resolve_ckpt_path(ckpt_path) if self.strategy.is_rank_zero else None)
+        return broadcast_object(self._resolve_ckpt_path(ckpt_path) if self.strategy.is_rank_zero else None)
+
+    def _read_checkpoint(self, path: Path) -> tuple[dict[str, Any], Path]:
+        """``(state, path)`` of the checkpoint at ``path`` (every rank its own part and the replicated one)."""
+        if not self.strategy.distributed:
+            from .checkpoint import load_checkpoint_dir
+
+            state, _ = load_checkpoint_dir(path, map_location=self.run.device)
+            return state, path
+        from .checkpoint import load_checkpoint_parts
+
         replicated, rank_local, _ = load_checkpoint_parts(path, map_location=self.run.device)
         return {**replicated, **rank_local}, path
 
@@ -435,8 +440,15 @@ class Trainer:
         run.fit_loop = next((node for _, node in self.fit_loop.walk() if isinstance(node, FitLoop)), None)
         return run
 
-    def _begin(self, stage: str, module: TrainingModule, datamodule: DataModule | None) -> Run:
-        """A new run with the module and data module attached (``self.trainer`` works from the first hook on)."""
+    def _begin(self, stage: str, module: TrainingModule, datamodule: DataModule | None,
+               ckpt_path: str | os.PathLike[str] | None) -> tuple[Run, Path | None]:
+        """A new run with the module and data module attached (``self.trainer`` works from the first hook on).
+
+        Also the checkpoint to load: "best" and "last" are resolved before
+        ``configure_callbacks`` may replace the ModelCheckpoint that names them
+        (Lightning resolves them first too); "latest" and paths after, so the
+        module's own ModelCheckpoint directory is the one searched.
+        """
         config = self.config
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
@@ -444,15 +456,19 @@ class Trainer:
         self.device = self.strategy.setup(self.device)
         if config.seed is not None:  # + rank: each rank draws its own dropout masks (its data shard differs anyway)
             seed_everything(config.seed + self.strategy.rank)
+        named_by_callback = ckpt_path in ("best", "last")
+        path = self._checkpoint_path(ckpt_path) if named_by_callback else None
         run = self.run = self._new_run(stage)
         run.module, run.datamodule = module, datamodule
         module.trainer = run
         if datamodule is not None:
             datamodule.trainer = run
         self.callbacks = run.callbacks = _lifecycle.merge_callbacks(self.callbacks, module)
-        return run
+        if ckpt_path is not None and not named_by_callback:
+            path = self._checkpoint_path(ckpt_path)
+        return run, path
 
-    def _set_up(self, run: Run, ckpt_path: str | os.PathLike[str] | None) -> Any:
+    def _set_up(self, run: Run, path: Path | None) -> Any:
         """``setup`` hooks, the module on its device, and the checkpoint to resume from, read and partly applied.
 
         A checkpoint's data module state is given back here, before the
@@ -461,9 +477,9 @@ class Trainer:
         """
         _lifecycle.setup(run, run.state)
         run.module.to(self.device)  # after setup, which may build layers
-        if ckpt_path is None:
+        if path is None:
             return None
-        saved = self._read_checkpoint(ckpt_path)
+        saved = self._read_checkpoint(path)
         _run_state.check_datamodule(run, *saved)
         _run_state.restore_datamodule(run, saved[0])
         return saved

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Callback, ConfigError, DataModule, Trainer, TrainingModule
 from statemachine_trainer.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
+from statemachine_trainer.data import ResumableLoader
 
 LIFECYCLE = ("configure_callbacks", "prepare_data", "setup", "configure_optimizers", "on_fit_start", "on_fit_end",
              "teardown")
@@ -462,3 +463,27 @@ def test_under_ddp_prepare_data_runs_on_local_rank_zero_and_setup_on_every_rank(
         "DataModule.setup:fit rank=0", "DataModule.setup:fit rank=1",
         "configure_optimizers steps=4 rank=0", "configure_optimizers steps=4 rank=1",  # 40 samples / 2 ranks / 5
         "DataModule.teardown:fit rank=0", "DataModule.teardown:fit rank=1"])
+
+
+def test_best_names_the_fits_checkpoint_even_when_configure_callbacks_returns_a_fresh_one(tmp_path):
+    class OwnCheckpoint(Net):
+        def configure_callbacks(self):
+            return ModelCheckpoint(dirpath=tmp_path / "own", monitor="val_loss")
+
+    trainer = quiet(tmp_path, max_epochs=2)
+    trainer.fit(OwnCheckpoint(), loader(), loader(8, seed=1))
+    best = trainer.checkpoint_callback.best_model_path
+    assert best.startswith(str(tmp_path / "own"))
+    (result,) = trainer.test(ckpt_path="best", dataloaders=loader(8, seed=1), verbose=False)  # resolved first
+    assert "test_loss" in result
+
+
+def test_latest_searches_the_modules_own_checkpoint_directory(tmp_path):
+    class OwnCheckpoint(Net):
+        def configure_callbacks(self):
+            return ModelCheckpoint(dirpath=tmp_path / "own", every_n_train_steps=2, save_top_k=-1)
+
+    quiet(tmp_path).fit(OwnCheckpoint(), ResumableLoader(loader()))
+    trainer = quiet(tmp_path, max_epochs=2)
+    trainer.fit(OwnCheckpoint(), ResumableLoader(loader()), ckpt_path="latest")  # as a new process would
+    assert trainer.global_step == 8
