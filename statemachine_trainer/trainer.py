@@ -1,19 +1,24 @@
 """``Trainer``: the flags, the entry points and the checkpoint paths; it assembles a run and runs a loop tree.
 
-The Trainer owns no training logic.  Each entry point does three things:
+The Trainer owns no training logic.  Each entry point, in Lightning's order:
 
-1. *check* -- the module's steps, the dataloaders and what
-   ``configure_optimizers`` returned, before anything trains (the flags were
-   checked once, in ``__init__``, into a :class:`TrainerConfig`; ``ConfigError``
-   names the problem and the fix);
-2. *assemble a run* -- a :class:`~statemachine_trainer._run.Run` with the
-   device, precision, the hook relay, the logged-values store, one
-   :class:`~statemachine_trainer._optimization.Optimization` and a
+1. *check the arguments* -- the module's steps, dataloaders or a
+   :class:`~statemachine_trainer.datamodule.DataModule` (not both), before
+   anything runs (the flags were checked once, in ``__init__``, into a
+   :class:`TrainerConfig`; ``ConfigError`` names the problem and the fix);
+2. *begin a run* -- a :class:`~statemachine_trainer._run.Run` the module and
+   data module see as ``trainer`` from their first hook on; then the
+   lifecycle hooks of :mod:`._lifecycle` (``configure_callbacks``,
+   ``prepare_data``, ``setup``), the dataloaders, ``configure_optimizers``
+   (whose ``self.trainer`` already has the data: ``estimated_stepping_batches``);
+3. *assemble it* -- the device, precision, the hook relay, the logged-values
+   store, one :class:`~statemachine_trainer._optimization.Optimization` and a
    ``BatchSource`` per dataloader -- and attach every loop of the tree to it;
-3. *run* the stage's root loop (``fit_loop`` for ``fit``: a table, like every
+4. *run* the stage's root loop (``fit_loop`` for ``fit``: a table, like every
    loop in the tree, and any loop at all when a user's loop wraps the fit
    loop), with a :class:`~statemachine_trainer._boundary.BoundaryWriter`
-   observing it so checkpoints are written at transition boundaries.
+   observing it so checkpoints are written at transition boundaries; then
+   ``teardown``, also after a failure.
 
 The tree is plain attributes (``trainer.fit_loop.epoch_loop.batch_loop...``),
 so ``trainer.fit_loop = MyLoop()``, ``connect`` and ``replace`` swap parts of

@@ -2,7 +2,9 @@
 
 Callbacks are called by the same loop transitions as the module's hooks, right
 after the module's own hook (so a callback at ``on_validation_epoch_end`` sees
-what the module logged there), with the run and the module first.  The run
+what the module logged there), with the run and the module first; ``setup``
+and ``teardown`` are the exception, called before the module's (after the
+data module's), as in Lightning.  The run
 (the ``trainer`` argument) is the narrow run context, ``_run.Run``, under
 Lightning's names.  The hooks are the spec's (``_hook_spec.HOOKS``); only
 overridden ones are called.  A callback
