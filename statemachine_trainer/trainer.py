@@ -276,9 +276,9 @@ class Trainer:
             raise ConfigError(f"trainer.{stage}() was given no model and this trainer has run none yet; pass one: "
                               f"trainer.{stage}(model, dataloaders) (or datamodule=dm).")
         if ckpt_path is None:
-            warnings.warn(f"trainer.{stage}() was called without a model: the last fit's model is used, with the "
-                          f"weights of its best checkpoint. Pass {stage}(ckpt_path='best') (or 'last', or a path) "
-                          "to silence this warning.", stacklevel=4 if stage == "predict" else 5)
+            warnings.warn(f"trainer.{stage}() was called without a model: the model of this trainer's last run is "
+                          f"used, with the weights of its best checkpoint. Pass {stage}(ckpt_path='best') (or "
+                          "'last', or a path) to silence this warning.", stacklevel=4 if stage == "predict" else 5)
             ckpt_path = "best"
         return previous, ckpt_path
 

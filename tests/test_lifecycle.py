@@ -378,7 +378,7 @@ def test_test_without_a_model_after_fit_uses_the_fitted_model_from_its_checkpoin
     with torch.no_grad():
         module.net.weight.zero_()  # what the test runs on must come from the checkpoint, not these weights
     if ckpt_path is None:
-        with pytest.warns(UserWarning, match="without a model: the last fit's model is used"):
+        with pytest.warns(UserWarning, match="without a model: the model of this trainer's last run"):
             (result,) = trainer.test(dataloaders=loader(8, seed=1), verbose=False)
     else:
         (result,) = trainer.test(dataloaders=loader(8, seed=1), ckpt_path=ckpt_path, verbose=False)
@@ -393,7 +393,7 @@ def test_test_without_model_or_data_after_a_datamodule_fit_uses_that_datamodule(
     data = RecordedData(calls)
     trainer = quiet(tmp_path, enable_checkpointing=True)
     trainer.fit(Net(), datamodule=data)
-    with pytest.warns(UserWarning, match="last fit's model"):
+    with pytest.warns(UserWarning, match="model of this trainer's last run"):
         (result,) = trainer.test(verbose=False)
     assert "test_loss" in result and calls[-2:] == ["DataModule.test_dataloader", "DataModule.teardown:test"]
 
