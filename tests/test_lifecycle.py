@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -487,3 +489,41 @@ def test_latest_searches_the_modules_own_checkpoint_directory(tmp_path):
     trainer = quiet(tmp_path, max_epochs=2)
     trainer.fit(OwnCheckpoint(), ResumableLoader(loader()), ckpt_path="latest")  # as a new process would
     assert trainer.global_step == 8
+
+
+# -- the merge rule, for any lists ------------------------------------------------------------------------
+class Other(Callback):
+    pass
+
+
+class SubMarker(Marker):
+    pass
+
+
+CALLBACK_TYPES = (Callback, Marker, SubMarker, Other, ModelCheckpoint)
+
+
+@settings(max_examples=200, deadline=None)
+@given(trainer_types=st.lists(st.sampled_from(CALLBACK_TYPES), max_size=6),
+       module_types=st.lists(st.sampled_from(CALLBACK_TYPES), max_size=4))
+def test_merged_callbacks_follow_lightnings_rule_for_any_lists(trainer_types, module_types):
+    from statemachine_trainer._lifecycle import merge_callbacks
+
+    # The Trainer's own list has its ModelCheckpoints last already (default_callbacks puts them there).
+    trainer_cbs = sorted((cls() for cls in trainer_types), key=lambda cb: isinstance(cb, ModelCheckpoint))
+    module_cbs = [cls() for cls in module_types]
+
+    class Configures(Net):
+        def configure_callbacks(self):
+            return module_cbs
+
+    merged = merge_callbacks(trainer_cbs, Configures())
+    assert all(cb in merged for cb in module_cbs)  # every returned callback is used
+    for cb in trainer_cbs:  # a trainer callback stays iff no returned one is an instance of its (non-base) class
+        replaced = type(cb) is not Callback and any(isinstance(new, type(cb)) for new in module_cbs)
+        assert (cb in merged) != replaced
+    checkpoints = [isinstance(cb, ModelCheckpoint) for cb in merged]
+    assert checkpoints == sorted(checkpoints)  # ModelCheckpoints last
+    others = [cb for cb in merged if not isinstance(cb, ModelCheckpoint)]
+    kept = [cb for cb in trainer_cbs if cb in merged and not isinstance(cb, ModelCheckpoint)]
+    assert others == kept + [cb for cb in module_cbs if not isinstance(cb, ModelCheckpoint)]  # order kept
