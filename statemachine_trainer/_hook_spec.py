@@ -12,7 +12,8 @@ data module's take ``(*params)``.  ``owners`` says which of the three have the
 hook (``prepare_data`` is the module's and the data module's, not a
 callback's, as in Lightning).  ``relayed`` hooks are fired by loop transitions
 through the relay; the others are called once per run: the run's lifecycle
-(``prepare_data``, ``setup``, ``configure_callbacks``, ``teardown``) by
+(``configure_callbacks``, ``prepare_data``, ``setup``, ``configure_model``,
+``teardown``) by
 :mod:`._lifecycle`, the checkpoint hooks by the checkpoint code.
 """
 
@@ -52,6 +53,9 @@ HOOKS: tuple[Hook, ...] = (
     _h("setup", "stage", "setup", "Called once per fit/validate/test/predict, before the dataloaders and "
        "configure_optimizers: build data and layers here (data module, then callbacks, then the module).",
        owners="datamodule callback module", relayed=False),
+    _h("configure_model", "", "setup", "Build (large) layers here, on the run's device: called after setup, at "
+       "every entry point, so make it idempotent (return early when the layers exist).", owners="module",
+       relayed=False),
     _h("teardown", "stage", "setup", "Called once per run, after everything ran (also after a failure): data "
        "module, then callbacks, then the module.", owners="datamodule callback module", relayed=False),
     _h("on_fit_start", "", "fit", "The fit begins (not called again when a fit resumes past it)."),

@@ -6,6 +6,7 @@ data module (when one is given), the callbacks and the module::
     configure_callbacks()          module: merged into the trainer's callbacks
     prepare_data()                 data module, then module; local rank 0 only, the other ranks wait
     setup(stage)                   data module, then callbacks, then module
+    configure_model()              module, with its new tensors created on the run's device
     ... dataloaders, configure_optimizers, the loop tree runs ...
     teardown(stage)                data module, then callbacks, then module; also after a failure
 
@@ -20,12 +21,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ._optim import ConfigError
 
 if TYPE_CHECKING:
     from ._run import Run
 
-__all__ = ["merge_callbacks", "prepare_data", "setup", "teardown"]
+__all__ = ["configure_model", "merge_callbacks", "prepare_data", "setup", "teardown"]
 
 
 def merge_callbacks(callbacks: list[Any], module: Any) -> list[Any]:
@@ -68,6 +71,13 @@ def prepare_data(run: Run) -> None:
 def setup(run: Run, stage: str) -> None:
     """``setup(stage)`` of the data module, the callbacks, then the module (before any data or optimizer)."""
     _call_in_order(run, "setup", stage)
+
+
+def configure_model(run: Run) -> None:
+    """The module's ``configure_model()``, with tensors it creates put straight on the run's device (as Lightning)."""
+    if not _is_stub(run.module, "configure_model"):
+        with torch.device(run.device):
+            run.module.configure_model()
 
 
 def teardown(run: Run, stage: str) -> None:

@@ -9,7 +9,7 @@ The Trainer owns no training logic.  Each entry point, in Lightning's order:
 2. *begin a run* -- a :class:`~statemachine_trainer._run.Run` the module and
    data module see as ``trainer`` from their first hook on; then the
    lifecycle hooks of :mod:`._lifecycle` (``configure_callbacks``,
-   ``prepare_data``, ``setup``), the dataloaders, ``configure_optimizers``
+   ``prepare_data``, ``setup``, ``configure_model``), the dataloaders, ``configure_optimizers``
    (whose ``self.trainer`` already has the data: ``estimated_stepping_batches``);
 3. *assemble it* -- the device, precision, the hook relay, the logged-values
    store, one :class:`~statemachine_trainer._optimization.Optimization` and a
@@ -481,7 +481,8 @@ class Trainer:
         the run and applied once the optimizers exist (``_restore``).
         """
         _lifecycle.setup(run, run.state)
-        run.module.to(self.device)  # after setup, which may build layers
+        _lifecycle.configure_model(run)
+        run.module.to(self.device)  # after setup and configure_model, which may build layers
         if path is None:
             return None
         saved = self._read_checkpoint(path)

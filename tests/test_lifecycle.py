@@ -84,6 +84,9 @@ class RecordedNet(Net):
     def setup(self, stage):
         self.calls.append(f"setup:{stage}")
 
+    def configure_model(self):
+        self.calls.append("configure_model")
+
     def configure_optimizers(self):
         self.calls.append("configure_optimizers")
         return super().configure_optimizers()
@@ -145,7 +148,8 @@ class RecordedData(DataModule):
 #: Lightning 2's fit order for these hooks (its test_hooks.py expectations, with the data module's merged in
 #: where its _data_connector.prepare_data and call._call_setup_hook/_call_teardown_hook put them).
 LIGHTNING_FIT = ["configure_callbacks", "DataModule.prepare_data", "prepare_data", "DataModule.setup:fit",
-                 "Callback.setup:fit", "setup:fit", "configure_optimizers", "Callback.on_fit_start", "on_fit_start",
+                 "Callback.setup:fit", "setup:fit", "configure_model", "configure_optimizers", "Callback.on_fit_start",
+                 "on_fit_start",
                  "DataModule.val_dataloader", "DataModule.train_dataloader", "Callback.on_fit_end", "on_fit_end",
                  "DataModule.teardown:fit", "Callback.teardown:fit", "teardown:fit"]
 
@@ -159,7 +163,7 @@ def _recorded_fit(tmp_path) -> list[str]:
 def test_fit_runs_the_lifecycle_in_lightnings_order(tmp_path):
     ours = _recorded_fit(tmp_path)
     lifecycle = {"configure_callbacks", "DataModule.prepare_data", "prepare_data", "DataModule.setup:fit",
-                 "Callback.setup:fit", "setup:fit", "configure_optimizers", "DataModule.teardown:fit",
+                 "Callback.setup:fit", "setup:fit", "configure_model", "configure_optimizers", "DataModule.teardown:fit",
                  "Callback.teardown:fit", "teardown:fit"}
     assert [c for c in ours if c in lifecycle] == [c for c in LIGHTNING_FIT if c in lifecycle]
 
@@ -170,7 +174,7 @@ def test_fit_differs_from_lightning_only_where_the_readme_says(tmp_path):
     # trains, and ready for trainer.estimated_stepping_batches in configure_optimizers), not after on_fit_start.
     assert _recorded_fit(tmp_path) == [
         "configure_callbacks", "DataModule.prepare_data", "prepare_data", "DataModule.setup:fit",
-        "Callback.setup:fit", "setup:fit", "DataModule.val_dataloader", "DataModule.train_dataloader",
+        "Callback.setup:fit", "setup:fit", "configure_model", "DataModule.val_dataloader", "DataModule.train_dataloader",
         "configure_optimizers", "on_fit_start", "Callback.on_fit_start", "on_fit_end", "Callback.on_fit_end",
         "DataModule.teardown:fit", "Callback.teardown:fit", "teardown:fit"]
 
@@ -187,7 +191,7 @@ def test_evaluation_runs_the_lifecycle_in_lightnings_order(tmp_path, entry):
         RecordedNet(calls), datamodule=RecordedData(calls), verbose=False)
     loader_name = "val_dataloader" if entry == "validate" else "test_dataloader"
     assert calls == ["configure_callbacks", "DataModule.prepare_data", "prepare_data", f"DataModule.setup:{entry}",
-                     f"Callback.setup:{entry}", f"setup:{entry}", f"DataModule.{loader_name}",
+                     f"Callback.setup:{entry}", f"setup:{entry}", "configure_model", f"DataModule.{loader_name}",
                      f"DataModule.teardown:{entry}", f"Callback.teardown:{entry}", f"teardown:{entry}"]
 
 
@@ -228,6 +232,28 @@ def test_setup_can_build_layers_that_configure_optimizers_then_optimizes(tmp_pat
     module = Lazy()
     quiet(tmp_path).fit(module, loader())
     assert module.global_step == 4 and not torch.equal(module.net.weight, built["weight"])  # it was optimized
+
+
+def test_configure_model_builds_layers_on_the_runs_device_that_are_then_optimized(tmp_path):
+    seen = {}
+
+    class Built(TrainingModule):
+        def configure_model(self):
+            if hasattr(self, "net"):  # called at every entry point: idempotent, as Lightning asks
+                return
+            self.net = nn.Linear(4, 2)
+            seen["device"] = self.net.weight.device
+            seen["initial"] = self.net.weight.detach().clone()
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module, trainer = Built(), quiet(tmp_path)
+    trainer.fit(module, loader())
+    assert seen["device"] == trainer.device and not torch.equal(module.net.weight, seen["initial"])
 
 
 # -- configure_callbacks ------------------------------------------------------------------------------
