@@ -7,10 +7,14 @@ drift from the relay), the evaluation and prediction loops (which take their
 stage's hooks from :data:`STAGE_HOOKS` instead of building names from
 strings), and ``self.log``'s per-step defaults (:data:`PER_BATCH`).
 
-A callback's hook takes ``(trainer, module, *params)``; the module's takes
-``(*params)``.  ``relayed`` hooks are fired by loop transitions through the
-relay; the others (``setup``, ``teardown``, the checkpoint hooks) are called
-once per run by the Trainer or the checkpoint code.
+A callback's hook takes ``(trainer, module, *params)``; the module's and a
+data module's take ``(*params)``.  ``owners`` says which of the three have the
+hook (``prepare_data`` is the module's and the data module's, not a
+callback's, as in Lightning).  ``relayed`` hooks are fired by loop transitions
+through the relay; the others are called once per run: the run's lifecycle
+(``configure_callbacks``, ``prepare_data``, ``setup``, ``configure_model``,
+``teardown``) by
+:mod:`._lifecycle`, the checkpoint hooks by the checkpoint code.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import attrs
 
 from .machine import noop_hook
 
-__all__ = ["HOOKS", "HOOK_NAMES", "PER_BATCH", "RELAYED", "STAGE_HOOKS", "Hook", "StageHooks", "install_stubs"]
+__all__ = ["HOOKS", "HOOK_NAMES", "LIFECYCLE", "PER_BATCH", "RELAYED", "STAGE_HOOKS", "Hook", "StageHooks", "install_stubs"]
 
 
 @attrs.frozen
@@ -34,18 +38,26 @@ class Hook:
     doc: str
     per_batch: bool = False  # fired once per batch: self.log inside it defaults to on_step in training
     relayed: bool = True  # fired by a loop transition through the relay
-    callback_only: bool = False  # setup/teardown: the module has no such hook (yet)
+    owners: tuple[str, ...] = ("module", "callback")  # who has the hook: "module", "callback", "datamodule"
 
 
-def _h(name: str, params: str, stage: str, doc: str, **kw: bool) -> Hook:
-    return Hook(name, tuple(params.split()), stage, doc, **kw)
+def _h(name: str, params: str, stage: str, doc: str, owners: str = "module callback", **kw: bool) -> Hook:
+    return Hook(name, tuple(params.split()), stage, doc, owners=tuple(owners.split()), **kw)
 
 
 HOOKS: tuple[Hook, ...] = (
-    _h("setup", "stage", "setup", "Called once per fit/validate/test/predict, before anything runs.",
-       relayed=False, callback_only=True),
-    _h("teardown", "stage", "setup", "Called once per run, after everything ran (also after a failure).",
-       relayed=False, callback_only=True),
+    _h("configure_callbacks", "", "setup", "Return callbacks to add to the trainer's (replacing ones of the same "
+       "type); called first, at every entry point.", owners="module", relayed=False),
+    _h("prepare_data", "", "setup", "Download or write data once per machine (local rank 0 only): assign no "
+       "state here, the other ranks do not run it.", owners="datamodule module", relayed=False),
+    _h("setup", "stage", "setup", "Called once per fit/validate/test/predict, before the dataloaders and "
+       "configure_optimizers: build data and layers here (data module, then callbacks, then the module).",
+       owners="datamodule callback module", relayed=False),
+    _h("configure_model", "", "setup", "Build (large) layers here, on the run's device: called after setup, at "
+       "every entry point, so make it idempotent (return early when the layers exist).", owners="module",
+       relayed=False),
+    _h("teardown", "stage", "setup", "Called once per run, after everything ran (also after a failure): data "
+       "module, then callbacks, then the module.", owners="datamodule callback module", relayed=False),
     _h("on_fit_start", "", "fit", "The fit begins (not called again when a fit resumes past it)."),
     _h("on_fit_end", "", "fit", "The fit is over."),
     _h("on_train_start", "", "train", "Training begins, after the sanity check."),
@@ -88,6 +100,8 @@ HOOKS: tuple[Hook, ...] = (
 )
 
 HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in HOOKS if h.relayed)
+#: The run's lifecycle hooks (called once per entry point by ``_lifecycle``, not by a loop).
+LIFECYCLE: tuple[str, ...] = tuple(h.name for h in HOOKS if h.stage == "setup")
 RELAYED: tuple[Hook, ...] = tuple(h for h in HOOKS if h.relayed)
 #: Hooks whose self.log calls default to per-step values in training (with the training step itself).
 PER_BATCH: frozenset[str] = frozenset(h.name for h in HOOKS if h.per_batch)
@@ -129,19 +143,21 @@ def _check() -> None:
 _check()
 
 
-def install_stubs(cls: type | None = None, *, for_callbacks: bool = False) -> Any:
-    """Give ``cls`` a do-nothing method per hook of the spec (skipped by the relay until overridden).
+def install_stubs(cls: type | None = None, *, owner: str = "module") -> Any:
+    """Give ``cls`` a do-nothing method per hook of the spec that ``owner`` has (skipped until overridden).
 
-    ``for_callbacks``: the stubs take ``(trainer, module, *params)``, as
-    callback hooks do; otherwise ``(*params)``, as the module's do.  Used as a
-    class decorator by ``TrainingModule`` and ``Callback``.
+    ``owner="callback"``: the stubs take ``(trainer, module, *params)``, as
+    callback hooks do; otherwise (``"module"``, ``"datamodule"``)
+    ``(*params)``.  Used as a class decorator by ``TrainingModule``,
+    ``Callback`` and ``DataModule``.
     """
     if cls is None:
-        return lambda c: install_stubs(c, for_callbacks=for_callbacks)
+        return lambda c: install_stubs(c, owner=owner)
+    if owner not in ("module", "callback", "datamodule"):
+        raise ValueError(f"install_stubs(owner={owner!r}): the owners are 'module', 'callback', 'datamodule'.")
     for hook in HOOKS:
-        if hook.callback_only and not for_callbacks:
-            continue
-        setattr(cls, hook.name, _stub(cls, hook, for_callbacks))
+        if owner in hook.owners:
+            setattr(cls, hook.name, _stub(cls, hook, owner == "callback"))
     return cls
 
 

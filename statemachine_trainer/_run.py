@@ -4,7 +4,8 @@ The ``Trainer`` checks flags and assembles a run; it does not take part in
 one.  What the parts of a running tree need from each other is collected
 here, in one object built per ``fit``/``validate``/``test``/``predict``:
 
-* the parts: ``config`` (the checked flags), ``module``, ``sources`` (one
+* the parts: ``config`` (the checked flags), ``module``, ``datamodule`` (the
+  ``DataModule`` given to the entry point, or None), ``sources`` (one
   ``BatchSource`` per dataloader), ``hooks`` (the relay), ``results`` (logged
   values), ``optimization``, ``precision``, ``strategy``, ``callbacks``,
   ``loggers``, and ``fit_loop`` (the tree's fit loop, which owns the epoch and
@@ -69,6 +70,9 @@ class FitCounters(Protocol):
     @property
     def sanity_checking(self) -> bool: ...
 
+    @property
+    def is_last_batch(self) -> bool: ...
+
 
 class Run:
     """One run's parts and services; see the module docstring.  Built by the Trainer, read by everything else.
@@ -86,6 +90,7 @@ class Run:
         "_save",
         "callbacks",
         "config",
+        "datamodule",
         "device",
         "fit_loop",
         "hooks",
@@ -112,6 +117,7 @@ class Run:
         self.strategy, self.precision, self.device = strategy, precision, device
         self.callbacks, self.loggers = callbacks, loggers
         self.module: Any = None
+        self.datamodule: Any = None  # the DataModule given to the entry point, if any
         self.sources: dict[str, Any] = {}  # stage name -> BatchSource
         self.results = Results(strategy.reduce)
         self.hooks: HookRelay | None = None
@@ -209,6 +215,49 @@ class Run:
         return self.config.default_root_dir
 
     @property
+    def is_last_batch(self) -> bool:
+        """Whether the training batch under way is its epoch's last (Lightning's ``trainer.is_last_batch``)."""
+        return self.fit_loop is not None and self.fit_loop.is_last_batch
+
+    @property
+    def log_dir(self) -> str:
+        """Where the first logger writes (its versioned folder), or ``default_root_dir`` without loggers."""
+        return str(self.loggers[0].log_dir if self.loggers else self.config.default_root_dir)
+
+    @property
+    def checkpoint_callbacks(self) -> list[Any]:
+        """The ``ModelCheckpoint`` callbacks, in order (found by their ``best_model_path``: no upward import)."""
+        return [cb for cb in self.callbacks if hasattr(cb, "best_model_path")]
+
+    @property
+    def checkpoint_callback(self) -> Any:
+        """The first ``ModelCheckpoint`` callback, or None."""
+        found = self.checkpoint_callbacks
+        return found[0] if found else None
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        """How many optimizer steps ``fit`` will take, for a schedule's length (e.g. ``OneCycleLR(total_steps=)``).
+
+        Lightning's rule: ``max_steps`` when the epochs are unlimited (infinity
+        when both are), otherwise ``ceil(batches per epoch /
+        accumulate_grad_batches) * max_epochs``, capped by ``max_steps``.  The
+        batches per epoch are this rank's, with ``limit_train_batches``
+        applied.  Readable from ``configure_optimizers`` on: the training data
+        is set up before it.
+        """
+        config = self.config
+        if config.max_epochs == -1:
+            return float("inf") if config.max_steps == -1 else config.max_steps
+        if "train" not in self.sources:
+            raise RuntimeError("trainer.estimated_stepping_batches needs the training data: read it during fit "
+                               "(from configure_optimizers on), or, in a loop wrapping the fit loop, after "
+                               "use_data(train=...).")
+        per_epoch = -(-self.num_training_batches // config.accumulate_grad_batches)
+        steps = per_epoch * max(config.max_epochs, 1)
+        return steps if config.max_steps == -1 else min(steps, config.max_steps)
+
+    @property
     def validation_ends_each_epoch(self) -> bool:
         """Validation runs at most once per epoch, after its last batch, so epoch-end hooks see fresh values.
 
@@ -227,9 +276,9 @@ class Run:
         if name in FLAG_NAMES:
             return getattr(self.config, name)
         raise AttributeError(f"The run has no attribute {name!r}. Inside hooks, `trainer` is the run: its parts "
-                             "(module, sources, hooks, results, optimization, precision, strategy, callbacks, "
-                             "loggers, config), Lightning's counters and the flags; the Trainer's entry points "
-                             "are not reachable from inside a run.")
+                             "(module, datamodule, sources, hooks, results, optimization, precision, strategy, "
+                             "callbacks, loggers, config), Lightning's counters and the flags; the Trainer's entry "
+                             "points are not reachable from inside a run.")
 
     # -- services -------------------------------------------------------------------------------
     def print(self, *args: Any, **kwargs: Any) -> None:

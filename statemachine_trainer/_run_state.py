@@ -18,7 +18,10 @@ uninterrupted one.  The parts, by top-level key:
 * ``hparams`` -- what ``save_hyperparameters`` recorded, for ``load_from_checkpoint``
   (values that are not JSON-able are named under ``omitted``, not stored);
 * ``callbacks`` and ``loggers`` (e.g. ModelCheckpoint's best scores, the CSV
-  rows logged so far), and ``extra`` from the user's ``on_save_checkpoint``.
+  rows logged so far), and ``extra`` from the user's ``on_save_checkpoint``;
+* ``datamodule`` (only when the run has one) -- its class name and what its
+  ``state_dict()`` returned: JSON-able values and tensors, like every part
+  (anything else is refused when the checkpoint is written, naming its path).
 
 Loading checks every part against the run it goes into *before* applying
 any of it, so a checkpoint from another model fails with the key that does
@@ -38,7 +41,8 @@ if TYPE_CHECKING:
     from ._run import Run
     from .machine import Loop
 
-__all__ = ["capture", "check", "check_module_state", "check_optimizer_states", "restore", "split"]
+__all__ = ["capture", "check", "check_datamodule", "check_module_state", "check_optimizer_states", "restore",
+           "restore_datamodule", "split"]
 
 #: The keys a checkpoint written during ``fit`` has (one written outside fit holds weights only).
 RUN_KEYS = ("module", "loops", "callbacks", "rng", "optimizers", "schedulers", "precision", "grads", "metrics",
@@ -78,6 +82,8 @@ def capture(run: Run, root: Loop) -> dict[str, Any]:
     state["results"] = run.results.state_dict()
     state["data"] = {stage: source.state_dict() for stage, source in run.sources.items() if source.resumable}
     state["loggers"] = {_logger_key(i, lg): lg.state_dict() for i, lg in enumerate(run.loggers)}
+    if run.datamodule is not None:
+        state["datamodule"] = _datamodule_state(run.datamodule)
     extra: dict[str, Any] = {}
     module.on_save_checkpoint(extra)
     for callback in run.callbacks:
@@ -146,6 +152,47 @@ def _restore_optimization(run: Run, state: dict[str, Any]) -> None:
     for config, sched_state in zip(optimization.setup.schedulers, state["schedulers"]):
         config.scheduler.load_state_dict(sched_state)
     run.precision.load_state_dict(state["precision"])
+
+
+# -- the data module ------------------------------------------------------------------------------
+def _datamodule_state(datamodule: Any) -> dict[str, Any]:
+    saved = datamodule.state_dict()
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{type(datamodule).__name__}.state_dict() returned {type(saved).__name__}; return a dict "
+                          "of numbers, strings, lists, dicts and tensors (an empty one when there is nothing to keep).")
+    return {"class": type(datamodule).__qualname__, "state": saved}
+
+
+def check_datamodule(run: Run, state: dict[str, Any], path: Path) -> None:
+    """ConfigError when the checkpoint's data module state is not the run's data module's; change nothing."""
+    import warnings
+
+    saved, datamodule = state.get("datamodule"), run.datamodule
+    if saved is None:
+        if datamodule is not None and not getattr(datamodule.load_state_dict, "__noop_hook__", False):
+            warnings.warn(f"{path} holds no data module state (it was written without one); "
+                          f"{type(datamodule).__name__}.load_state_dict is not called and the data module keeps "
+                          "its own state.", stacklevel=4)
+        return
+    if not (isinstance(saved, dict) and set(saved) == {"class", "state"} and isinstance(saved["state"], dict)):
+        raise ConfigError(f"{path}: $.datamodule is not a data module's saved state ({{'class', 'state'}}); the "
+                          "checkpoint was edited or damaged. Resume from another one.")
+    if datamodule is None:
+        if saved["state"]:
+            warnings.warn(f"{path} holds the state of data module {saved['class']}, but this run has no data "
+                          "module; it is not used. Pass the data module (datamodule=dm) to restore it.", stacklevel=4)
+        return
+    ours = type(datamodule).__qualname__
+    if saved["class"] != ours:
+        raise ConfigError(f"{path} holds the state of data module {saved['class']}, but this run's data module is "
+                          f"{ours}; resume with the data module that wrote the checkpoint.")
+
+
+def restore_datamodule(run: Run, state: dict[str, Any]) -> None:
+    """Give the data module its saved state (checked by ``check_datamodule``), before its dataloaders are read."""
+    saved = state.get("datamodule")
+    if saved is not None and run.datamodule is not None:
+        run.datamodule.load_state_dict(saved["state"])
 
 
 # -- checks ---------------------------------------------------------------------------------------

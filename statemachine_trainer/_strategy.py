@@ -47,10 +47,13 @@ class SingleProcess:
     name = "single"
     distributed = False  # True: a torch.distributed run, whose checkpoints have one part per rank
     rank, world_size, is_rank_zero = 0, 1, True
-    local_rank = 0  # the rank on this node (picks the CUDA device)
+    local_rank = 0  # the rank on this node: picks the CUDA device; local rank 0 runs prepare_data
 
     def launch_if_needed(self) -> None:
         """Nothing to launch."""
+
+    def barrier(self) -> None:
+        """Wait for every rank (nobody to wait for)."""
 
     def setup(self, device: torch.device) -> torch.device:
         return device
@@ -165,6 +168,12 @@ class DDP(SingleProcess):
         self._training_step = module.training_step
         # Not a partial over self.ddp: the strategy must hold the only reference to DDP, so teardown can free it.
         return module.training_step if self._gated else self._step_through_ddp
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here (e.g. until local rank 0 has prepared the data)."""
+        from .distributed import barrier
+
+        barrier()
 
     def _step_through_ddp(self, *args: Any) -> Any:
         return self.ddp(self._training_step, *args)

@@ -1,19 +1,24 @@
 """``Trainer``: the flags, the entry points and the checkpoint paths; it assembles a run and runs a loop tree.
 
-The Trainer owns no training logic.  Each entry point does three things:
+The Trainer owns no training logic.  Each entry point, in Lightning's order:
 
-1. *check* -- the module's steps, the dataloaders and what
-   ``configure_optimizers`` returned, before anything trains (the flags were
-   checked once, in ``__init__``, into a :class:`TrainerConfig`; ``ConfigError``
-   names the problem and the fix);
-2. *assemble a run* -- a :class:`~statemachine_trainer._run.Run` with the
-   device, precision, the hook relay, the logged-values store, one
-   :class:`~statemachine_trainer._optimization.Optimization` and a
+1. *check the arguments* -- the module's steps, dataloaders or a
+   :class:`~statemachine_trainer.datamodule.DataModule` (not both), before
+   anything runs (the flags were checked once, in ``__init__``, into a
+   :class:`TrainerConfig`; ``ConfigError`` names the problem and the fix);
+2. *begin a run* -- a :class:`~statemachine_trainer._run.Run` the module and
+   data module see as ``trainer`` from their first hook on; then the
+   lifecycle hooks of :mod:`._lifecycle` (``configure_callbacks``,
+   ``prepare_data``, ``setup``, ``configure_model``), the dataloaders, ``configure_optimizers``
+   (whose ``self.trainer`` already has the data: ``estimated_stepping_batches``);
+3. *assemble it* -- the device, precision, the hook relay, the logged-values
+   store, one :class:`~statemachine_trainer._optimization.Optimization` and a
    ``BatchSource`` per dataloader -- and attach every loop of the tree to it;
-3. *run* the stage's root loop (``fit_loop`` for ``fit``: a table, like every
+4. *run* the stage's root loop (``fit_loop`` for ``fit``: a table, like every
    loop in the tree, and any loop at all when a user's loop wraps the fit
    loop), with a :class:`~statemachine_trainer._boundary.BoundaryWriter`
-   observing it so checkpoints are written at transition boundaries.
+   observing it so checkpoints are written at transition boundaries; then
+   ``teardown``, also after a failure.
 
 The tree is plain attributes (``trainer.fit_loop.epoch_loop.batch_loop...``),
 so ``trainer.fit_loop = MyLoop()``, ``connect`` and ``replace`` swap parts of
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _run_state
+from . import _lifecycle, _run_state
 from ._boundary import BoundaryWriter
 from ._compile import from_compiled
 from ._config import (
@@ -50,6 +56,7 @@ from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
 from ._run import Run
 from ._strategy import launched_rank_zero, make_strategy
+from .datamodule import DataModule
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .loops._base import TrainerLoop
 from .machine import Loop
@@ -133,6 +140,8 @@ class Trainer:
             gradient_clip_algorithm=gradient_clip_algorithm, deterministic=deterministic, seed=seed,
             log_every_n_steps=log_every_n_steps, default_root_dir=default_root_dir, logger=logger,
             enable_progress_bar=enable_progress_bar, enable_checkpointing=enable_checkpointing)
+        if self.config.seed is not None:  # now, so what is built after the Trainer (model, samplers) is seeded too
+            seed_everything(self.config.seed)
         self.callbacks = default_callbacks(callbacks, self.config.enable_progress_bar,
                                            self.config.enable_checkpointing)
         self.loggers = default_loggers(self.config.logger, self.config.default_root_dir)
@@ -146,74 +155,136 @@ class Trainer:
         self.run = self._new_run("idle")  # the latest run; an idle one until an entry point assembles one
 
     # -- the four entry points -------------------------------------------------------------
-    def fit(self, module: TrainingModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
-            ckpt_path: str | os.PathLike[str] | None = None) -> None:
-        """Train ``module``; ``ckpt_path`` resumes from a checkpoint written by ``save_checkpoint``.
+    def fit(self, model: TrainingModule | None = None, train_dataloaders: Any = None, val_dataloaders: Any = None,
+            datamodule: DataModule | None = None, ckpt_path: str | os.PathLike[str] | None = None) -> None:
+        """Train ``model``; ``ckpt_path`` resumes from a checkpoint written by ``save_checkpoint``.
 
-        When ``fit_loop`` is a user's loop wrapping the fit loop (K-fold, active
-        learning), the training data may come from that loop instead
+        The data comes from the dataloaders given, or a ``datamodule`` (also
+        accepted in ``train_dataloaders``' place, as in Lightning), or the
+        model's own ``train_dataloader``/``val_dataloader``.  When ``fit_loop``
+        is a user's loop wrapping the fit loop (K-fold, active learning), the
+        training data may come from that loop instead
         (``self.context.use_data(train=...)`` in its transitions).
         """
         self.strategy.launch_if_needed()  # strategy="ddp" from a plain `python script.py`: run N workers, exit
-        module = from_compiled(module)
-        check_module(module, "training_step", "fit")
-        wrapped = not isinstance(self.fit_loop, FitLoop)
-        train = self._loader(module, train_dataloaders, "train", required=not wrapped)
-        val = self._loader(module, val_dataloaders, "validate", required=False)
-        if val is not None and not defines(module, "validation_step") and val_dataloaders is not None:
-            raise ConfigError(f"fit() was given val_dataloaders, but {type(module).__name__} defines no "
-                              "validation_step; define it, or do not pass validation data.")
-        setup = parse_optimizers(module.configure_optimizers())
-        check_optimization_mode(module, setup, self.config)
-        run = self._prepare("fit", module, {"train": train, "validate": val}, setup)
-        fit = run.fit_loop
+        if isinstance(train_dataloaders, DataModule):  # fit(model, dm): Lightning takes it as the datamodule
+            train_dataloaders, datamodule = None, _only_datamodule("fit", train_dataloaders, datamodule)
+        _check_data_args("fit", datamodule, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders)
+        if model is None:
+            raise ConfigError("trainer.fit() needs a model: trainer.fit(model, train_dataloaders) or "
+                              "trainer.fit(model, datamodule=dm).")
+        model = from_compiled(model)
+        check_module(model, "training_step", "fit")
+        run, path = self._begin("fit", model, datamodule, ckpt_path)
+        _lifecycle.prepare_data(run)
         try:
-            with self._boundaries.watch(self.fit_loop, getattr(fit, "epoch_loop", None)):
-                if ckpt_path is not None:
-                    self._restore(ckpt_path, whole_run=True)
+            saved = self._set_up(run, path)
+            self._use_fit_data(run, train_dataloaders, val_dataloaders)
+            setup = parse_optimizers(model.configure_optimizers())  # self.trainer and the data are ready
+            check_optimization_mode(model, setup, self.config)
+            self._assemble(run, setup)
+            with self._boundaries.watch(self.fit_loop, getattr(run.fit_loop, "epoch_loop", None)):
+                if saved is not None:
+                    self._restore(saved, whole_run=True)
+                hparams = _hyperparameters(model, datamodule)
                 for logger in self.loggers:  # after a restore: a resumed run logs into the run's own version
-                    logger.log_hyperparams(module.hyperparameters_to_log())
+                    logger.log_hyperparams(hparams)
                 self.fit_loop.run()
         finally:
             self._finish(run, self.fit_loop)
 
-    def validate(self, module: TrainingModule, dataloaders: Any = None,
-                 ckpt_path: str | os.PathLike[str] | None = None) -> list[dict[str, float]]:
-        return [self._evaluate("validate", module, dataloaders, ckpt_path)]
+    def validate(self, model: TrainingModule | None = None, dataloaders: Any = None,
+                 ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True,
+                 datamodule: DataModule | None = None) -> list[dict[str, float]]:
+        """Run the validation loop once; without ``model``, on the last fit's, from its best checkpoint."""
+        return [self._evaluate("validate", model, dataloaders, ckpt_path, datamodule, verbose)]
 
-    def test(self, module: TrainingModule, dataloaders: Any = None,
-             ckpt_path: str | os.PathLike[str] | None = None) -> list[dict[str, float]]:
-        return [self._evaluate("test", module, dataloaders, ckpt_path)]
+    def test(self, model: TrainingModule | None = None, dataloaders: Any = None,
+             ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True,
+             datamodule: DataModule | None = None) -> list[dict[str, float]]:
+        """Run the test loop once; without ``model``, on the last fit's, from its best checkpoint."""
+        return [self._evaluate("test", model, dataloaders, ckpt_path, datamodule, verbose)]
 
-    def predict(self, module: TrainingModule, dataloaders: Any = None,
-                ckpt_path: str | os.PathLike[str] | None = None) -> list[Any]:
-        self.strategy.launch_if_needed()
-        module = from_compiled(module)
-        check_module(module, "predict_step", "predict")
-        loader = self._loader(module, dataloaders, "predict", required=True)
-        run = self._prepare("predict", module, {"predict": loader}, None)
-        try:
-            if ckpt_path is not None:
-                self._restore(ckpt_path, whole_run=False)
-            return self.predict_loop.run()
-        finally:
-            self._finish(run, self.predict_loop)
+    def predict(self, model: TrainingModule | None = None, dataloaders: Any = None,
+                datamodule: DataModule | None = None, return_predictions: bool | None = None,
+                ckpt_path: str | os.PathLike[str] | None = None) -> list[Any] | None:
+        """The predict_step outputs, batch by batch (None with ``return_predictions=False``)."""
+        if return_predictions not in (None, True, False):
+            raise ConfigError(f"return_predictions={return_predictions!r} must be True, False or None.")
+        predictions = self._run_entry("predict", model, dataloaders, ckpt_path, datamodule)
+        return None if return_predictions is False else predictions
 
-    def _evaluate(self, stage: str, module: TrainingModule, dataloaders: Any,
-                  ckpt_path: str | os.PathLike[str] | None) -> dict[str, float]:
+    def _use_fit_data(self, run: Run, train_dataloaders: Any, val_dataloaders: Any) -> None:
+        """The fit's data: the loaders given, else the data module's, else the module's own methods.
+
+        As in Lightning, validation data is read first, and only when the
+        module has a ``validation_step`` to run on it (a data module's
+        ``val_dataloader`` is not called otherwise; loaders passed explicitly
+        without one are refused).
+        """
+        model = run.module
+        has_step = defines(model, "validation_step")
+        if val_dataloaders is not None and not has_step:
+            raise ConfigError(f"fit() was given val_dataloaders, but {type(model).__name__} defines no "
+                              "validation_step; define it, or do not pass validation data.")
+        val = self._loader(run, val_dataloaders, "validate", required=False) if has_step else None
+        wrapped = not isinstance(self.fit_loop, FitLoop)  # a user's loop around it may bring its own data
+        train = self._loader(run, train_dataloaders, "train", required=not wrapped)
+        run.use_data(**{name: loader for name, loader in (("train", train), ("validate", val)) if loader is not None})
+
+    def _evaluate(self, stage: str, model: TrainingModule | None, dataloaders: Any,
+                  ckpt_path: str | os.PathLike[str] | None, datamodule: DataModule | None,
+                  verbose: bool) -> dict[str, float]:
+        results = self._run_entry(stage, model, dataloaders, ckpt_path, datamodule)
+        if verbose and self.strategy.is_rank_zero and results:
+            print(_results_table(stage, results))
+        return results
+
+    def _run_entry(self, stage: str, model: TrainingModule | None, dataloaders: Any,
+                   ckpt_path: str | os.PathLike[str] | None, datamodule: DataModule | None) -> Any:
+        """validate/test/predict: one pass of the stage's loop over its data."""
         self.strategy.launch_if_needed()  # e.g. trainer.test(...) alone in a script run with devices=N
-        step = "validation_step" if stage == "validate" else "test_step"
-        module = from_compiled(module)
-        check_module(module, step, stage)
-        loader = self._loader(module, dataloaders, stage, required=True)
-        run = self._prepare(stage, module, {stage: loader}, None)
-        loop = self.validate_loop if stage == "validate" else self.test_loop
+        if isinstance(dataloaders, DataModule):  # test(model, dm), as Lightning accepts
+            dataloaders, datamodule = None, _only_datamodule(stage, dataloaders, datamodule)
+        _check_data_args(stage, datamodule, dataloaders=dataloaders)
+        if model is None and dataloaders is None and datamodule is None:
+            datamodule = self.run.datamodule  # trainer.test() after fit(model, datamodule=dm): that data module
+        model, ckpt_path = self._model_for(stage, model, ckpt_path)
+        model = from_compiled(model)
+        check_module(model, STAGE_STEPS[stage], stage)
+        run, path = self._begin(stage, model, datamodule, ckpt_path)
+        _lifecycle.prepare_data(run)
+        root = self._roots()[stage]
         try:
-            if ckpt_path is not None:
-                self._restore(ckpt_path, whole_run=False)
-            return loop.run()
+            saved = self._set_up(run, path)
+            run.use_data(**{stage: self._loader(run, dataloaders, stage, required=True)})
+            self._assemble(run, None)
+            if saved is not None:
+                self._restore(saved, whole_run=False)
+            return root.run()
         finally:
-            self._finish(run, loop)
+            self._finish(run, root)
+
+    def _model_for(self, stage: str, model: TrainingModule | None,
+                   ckpt_path: str | os.PathLike[str] | None) -> tuple[TrainingModule, Any]:
+        """The model to run and the checkpoint to load: without a model, the last run's, from "best" by default.
+
+        As Lightning: ``trainer.test()`` after ``fit`` tests the fitted model
+        restored from its best checkpoint (a warning says so), and
+        ``ckpt_path="best"``/``"last"``/a path picks another.
+        """
+        if model is not None:
+            return model, ckpt_path
+        previous = self.run.module
+        if previous is None:
+            raise ConfigError(f"trainer.{stage}() was given no model and this trainer has run none yet; pass one: "
+                              f"trainer.{stage}(model, dataloaders) (or datamodule=dm).")
+        if ckpt_path is None:
+            warnings.warn(f"trainer.{stage}() was called without a model: the model of this trainer's last run is "
+                          f"used, with the weights of its best checkpoint. Pass {stage}(ckpt_path='best') (or "
+                          "'last', or a path) to silence this warning.", stacklevel=4 if stage == "predict" else 5)
+            ckpt_path = "best"
+        return previous, ckpt_path
 
     # -- Lightning's read-only names, from the latest run ---------------------------------------
     current_epoch = _FromRun()
@@ -229,11 +300,17 @@ class Trainer:
     sanity_checking = _FromRun()
     state = _FromRun()
     module = _FromRun()
+    datamodule = _FromRun()
     optimization = _FromRun()
     default_root_dir = _FromRun()
     global_rank = _FromRun()
     local_rank = _FromRun()
     world_size = _FromRun()
+    log_dir = _FromRun()
+    checkpoint_callback = _FromRun()
+    checkpoint_callbacks = _FromRun()
+    estimated_stepping_batches = _FromRun()
+    is_last_batch = _FromRun()
 
     @property
     def should_stop(self) -> bool:
@@ -280,21 +357,30 @@ class Trainer:
         """The run's state set as a checkpoint holds it (tensors not copied: write or compare it right away)."""
         return _run_state.capture(self.run, self.fit_loop)
 
-    def _restore(self, ckpt_path: str | os.PathLike[str], whole_run: bool) -> None:
-        """Load a checkpoint: with ``whole_run`` (fit) everything, otherwise the weights; checked before applied."""
-        from .checkpoint import load_checkpoint_dir
-
+    def _checkpoint_path(self, ckpt_path: str | os.PathLike[str]) -> Path:
+        """The checkpoint ``ckpt_path`` names ("best", "last", "latest" or a path), the same on every rank."""
         if not self.strategy.distributed:
-            path = self._resolve_ckpt_path(ckpt_path)
-            state, _ = load_checkpoint_dir(path, map_location=self.run.device)
-        else:
-            from .checkpoint import load_checkpoint_parts
-            from .distributed import broadcast_object
+            return self._resolve_ckpt_path(ckpt_path)
+        from .distributed import broadcast_object
 
-            # Rank 0 picks ("latest" may skip a checkpoint another rank would not see yet): all load the same one.
-            path = broadcast_object(self._resolve_ckpt_path(ckpt_path) if self.strategy.is_rank_zero else None)
-            replicated, rank_local, _ = load_checkpoint_parts(path, map_location=self.run.device)
-            state = {**replicated, **rank_local}
+        # Rank 0 picks ("latest" may skip a checkpoint another rank would not see yet): all load the same one.
+        return broadcast_object(self._resolve_ckpt_path(ckpt_path) if self.strategy.is_rank_zero else None)
+
+    def _read_checkpoint(self, path: Path) -> tuple[dict[str, Any], Path]:
+        """``(state, path)`` of the checkpoint at ``path`` (every rank its own part and the replicated one)."""
+        if not self.strategy.distributed:
+            from .checkpoint import load_checkpoint_dir
+
+            state, _ = load_checkpoint_dir(path, map_location=self.run.device)
+            return state, path
+        from .checkpoint import load_checkpoint_parts
+
+        replicated, rank_local, _ = load_checkpoint_parts(path, map_location=self.run.device)
+        return {**replicated, **rank_local}, path
+
+    def _restore(self, saved: tuple[dict[str, Any], Path], whole_run: bool) -> None:
+        """Apply a read checkpoint: with ``whole_run`` (fit) everything, otherwise the weights; checked first."""
+        state, path = saved
         _run_state.check(self.run, self.fit_loop, state, path, whole_run)
         _run_state.restore(self.run, self.fit_loop, state, whole_run)
 
@@ -343,20 +429,20 @@ class Trainer:
         return found
 
     # -- assembling and finishing a run -------------------------------------------------------------
-    def _loader(self, module: TrainingModule, given: Any, stage: str, required: bool) -> Any:
+    def _loader(self, run: Run, given: Any, stage: str, required: bool) -> Any:
+        """The dataloader of ``stage``: the one given, else the data module's, else the module's own method."""
         method = {"train": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader",
                   "predict": "predict_dataloader"}[stage]
+        owner = run.datamodule if run.datamodule is not None else run.module
         loader = given
-        if loader is None and callable(getattr(module, method, None)):
-            loader = getattr(module, method)()
+        if loader is None and callable(getattr(owner, method, None)):
+            loader = getattr(owner, method)()
         if loader is None:
             if required:
-                raise ConfigError(f"No {stage} data: pass a dataloader to trainer.{_entry(stage)}(module, ...) or "
-                                  f"define {type(module).__name__}.{method}().")
+                raise ConfigError(f"No {stage} data: pass a dataloader to trainer.{_entry(stage)}(model, ...) or "
+                                  f"define {type(owner).__name__}.{method}().")
             return None
-        if isinstance(loader, (list, tuple)) and loader and all(
-                isinstance(x, torch.utils.data.DataLoader) for x in loader):
-            raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; pass one dataloader.")
+        _check_one_loader(loader, stage)
         return loader
 
     def _new_run(self, stage: str) -> Run:
@@ -366,8 +452,15 @@ class Trainer:
         run.fit_loop = next((node for _, node in self.fit_loop.walk() if isinstance(node, FitLoop)), None)
         return run
 
-    def _prepare(self, stage: str, module: TrainingModule, loaders: dict[str, Any], setup: Any) -> Run:
-        """Everything a run needs, in dependency order; the loops are attached last."""
+    def _begin(self, stage: str, module: TrainingModule, datamodule: DataModule | None,
+               ckpt_path: str | os.PathLike[str] | None) -> tuple[Run, Path | None]:
+        """A new run with the module and data module attached (``self.trainer`` works from the first hook on).
+
+        Also the checkpoint to load: "best" and "last" are resolved before
+        ``configure_callbacks`` may replace the ModelCheckpoint that names them
+        (Lightning resolves them first too); "latest" and paths after, so the
+        module's own ModelCheckpoint directory is the one searched.
+        """
         config = self.config
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
@@ -376,24 +469,48 @@ class Trainer:
         rank_zero_only.rank = self.strategy.rank  # ported @rank_zero_only code sees this process's rank
         if config.seed is not None:  # + rank: each rank draws its own dropout masks (its data shard differs anyway)
             seed_everything(config.seed + self.strategy.rank)
-        module.to(self.device)
+        named_by_callback = ckpt_path in ("best", "last")
+        path = self._checkpoint_path(ckpt_path) if named_by_callback else None
         run = self.run = self._new_run(stage)
-        run.module = module
+        run.module, run.datamodule = module, datamodule
         module.trainer = run
-        run.use_data(**{name: loader for name, loader in loaders.items() if loader is not None})
+        if datamodule is not None:
+            datamodule.trainer = run
+        self.callbacks = run.callbacks = _lifecycle.merge_callbacks(self.callbacks, module)
+        if ckpt_path is not None and not named_by_callback:
+            path = self._checkpoint_path(ckpt_path)
+        return run, path
+
+    def _set_up(self, run: Run, path: Path | None) -> Any:
+        """``setup`` hooks, the module on its device, and the checkpoint to resume from, read and partly applied.
+
+        A checkpoint's data module state is given back here, before the
+        dataloaders are read (as Lightning does); the rest is checked against
+        the run and applied once the optimizers exist (``_restore``).
+        """
+        _lifecycle.setup(run, run.state)
+        _lifecycle.configure_model(run)
+        run.module.to(self.device)  # after setup and configure_model, which may build layers
+        if path is None:
+            return None
+        saved = self._read_checkpoint(path)
+        _run_state.check_datamodule(run, *saved)
+        _run_state.restore_datamodule(run, saved[0])
+        return saved
+
+    def _assemble(self, run: Run, setup: Any) -> None:
+        """The strategy's step, the optimization (fit), the hook relay; the loops are attached last."""
+        module = run.module
         one_backward = setup is None or Optimization.runs_one_backward(module, setup)
         # DDP: also gives every rank rank 0's weights
         forward_step = self.strategy.wrap_step(module, self.device, one_backward)
         if setup is not None:
             self._configure_optimization(run, setup, forward_step)
-        for callback in self.callbacks:
-            callback.setup(run, module, stage)
         # After setup, so a callback that switched itself off there (enabled = False) costs nothing.
-        run.hooks = HookRelay(module, [cb for cb in self.callbacks if cb.enabled], run, run.results)
+        run.hooks = HookRelay(module, [cb for cb in run.callbacks if cb.enabled], run, run.results)
         if run.optimization is not None:
             run.optimization.hooks = run.hooks
-        self._attach(run, self._roots()[stage])
-        return run
+        self._attach(run, self._roots()[run.state])
 
     def _configure_optimization(self, run: Run, setup: Any, forward_step: Any) -> None:
         """The run's Optimization for what ``configure_optimizers`` returned, with the strategy's step parts."""
@@ -437,8 +554,7 @@ class Trainer:
                 node.on_attach()
 
     def _finish(self, run: Run, root: Loop) -> None:
-        for callback in self.callbacks:
-            callback.teardown(run, run.module, run.state)
+        _lifecycle.teardown(run, run.state)
         for logger in self.loggers:
             logger.save()
         root.teardown()
@@ -448,6 +564,58 @@ class Trainer:
 
 def _entry(stage: str) -> str:
     return {"train": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
+
+
+#: The module method each entry point other than fit runs on every batch.
+STAGE_STEPS = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}
+
+
+def _only_datamodule(entry: str, positional: DataModule, datamodule: DataModule | None) -> DataModule:
+    if datamodule is not None:
+        raise ConfigError(f"trainer.{entry}() was given two data modules (one in the dataloaders' place, one as "
+                          "datamodule=); pass one.")
+    return positional
+
+
+def _check_data_args(entry: str, datamodule: Any, **loaders: Any) -> None:
+    """A data module and dataloaders exclude each other, as in Lightning; a data module must be a DataModule."""
+    if datamodule is None:
+        return
+    if not isinstance(datamodule, DataModule):
+        raise ConfigError(f"trainer.{entry}(datamodule=...) needs a DataModule, got {type(datamodule).__name__}; "
+                          "subclass statemachine_trainer.DataModule, or pass dataloaders instead.")
+    given = [name for name, loader in loaders.items() if loader is not None]
+    if given:
+        raise ConfigError(f"trainer.{entry}() was given {' and '.join(given)} and a datamodule; pass the "
+                          "dataloaders or the datamodule, not both.")
+
+
+def _hyperparameters(model: TrainingModule, datamodule: DataModule | None) -> dict[str, Any]:
+    """The module's and the data module's saved hyperparameters, for the loggers (Lightning merges them too)."""
+    merged = model.hyperparameters_to_log()
+    for name, value in (datamodule.hyperparameters_to_log() if datamodule is not None else {}).items():
+        if name in merged and merged[name] != value:
+            raise ConfigError(f"The hyperparameter {name!r} is {merged[name]!r} in {type(model).__name__} but "
+                              f"{value!r} in {type(datamodule).__name__}; the loggers record one set, so rename "
+                              "one of them.")
+        merged[name] = value
+    return merged
+
+
+def _check_one_loader(loader: Any, stage: str) -> None:
+    """One dataloader per stage (the one place this rule lives)."""
+    if isinstance(loader, (list, tuple)) and loader and all(
+            isinstance(x, torch.utils.data.DataLoader) for x in loader):
+        raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; pass one dataloader.")
+
+
+def _results_table(stage: str, results: dict[str, float]) -> str:
+    """What validate/test print with ``verbose=True`` (Lightning's results table, as plain text)."""
+    title = f"{stage.capitalize()} metric"
+    width = max(len(title), *(len(name) for name in results)) + 4
+    rule = "-" * (width + 14)
+    rows = [f"{name.ljust(width)}{float(value):.6g}" for name, value in sorted(results.items())]
+    return "\n".join([rule, title.ljust(width) + "DataLoader 0", rule, *rows, rule])
 
 
 def _manual_progress(run: Run) -> Any:

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Callback, TrainingModule
+from statemachine_trainer._hook_spec import LIFECYCLE
 from statemachine_trainer._hooks import HOOK_NAMES
 
 
@@ -52,7 +53,7 @@ class RecordingModule(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-for _name in HOOK_NAMES:
+for _name in (*HOOK_NAMES, *LIFECYCLE):
     setattr(RecordingModule, _name, _recorder(_name))
 
 

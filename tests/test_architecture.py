@@ -103,16 +103,18 @@ def test_the_run_context_sits_below_trainer_loops_and_callbacks(module):
     assert upward == []
 
 
-def test_module_and_callback_stubs_are_the_specs_hooks_with_the_specs_arguments():
+def test_module_callback_and_datamodule_stubs_are_the_specs_hooks_with_the_specs_arguments():
+    from statemachine_trainer import DataModule
+
+    classes = {"module": (TrainingModule, ["self"]), "callback": (Callback, ["self", "trainer", "module"]),
+               "datamodule": (DataModule, ["self"])}
     for hook in HOOKS:
-        callback_params = list(inspect.signature(getattr(Callback, hook.name)).parameters)
-        assert callback_params == ["self", "trainer", "module", *hook.params], hook.name
-        assert getattr(getattr(Callback, hook.name), "__noop_hook__", False)
-        if hook.callback_only:
-            assert not hasattr(TrainingModule, hook.name), hook.name
-            continue
-        module_params = list(inspect.signature(getattr(TrainingModule, hook.name)).parameters)
-        assert module_params == ["self", *hook.params], hook.name
+        for owner, (cls, first) in classes.items():
+            if owner not in hook.owners:
+                assert not hasattr(cls, hook.name), (owner, hook.name)
+                continue
+            assert list(inspect.signature(getattr(cls, hook.name)).parameters) == [*first, *hook.params], hook.name
+            assert getattr(getattr(cls, hook.name), "__noop_hook__", False), (owner, hook.name)
 
 
 def test_the_relay_has_every_relayed_hook_and_no_other():

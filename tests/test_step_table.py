@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Trainer, TrainingModule
 from statemachine_trainer._boundary import BoundaryWriter
+from statemachine_trainer._hook_spec import LIFECYCLE
 from statemachine_trainer._hooks import HOOK_NAMES
 from statemachine_trainer.checkpoint import first_difference, load_checkpoint_dir
 from statemachine_trainer.cli import main as cli_main
@@ -260,7 +261,7 @@ def test_a_generator_step_with_a_closure_optimizer_is_refused():
 # -- README's hook order ------------------------------------------------------------------------------
 STEP_ACTIONS = ("toggle", "untoggle", "backward", "clip_gradients", "optimizer_step", "zero_grad")
 SCHEDULERS = ("step-interval schedulers", "epoch-interval schedulers")
-VOCABULARY = {*HOOK_NAMES, "configure_optimizers", "training_step", "validation_step", *STEP_ACTIONS, *SCHEDULERS}
+VOCABULARY = {*HOOK_NAMES, *LIFECYCLE, "configure_optimizers", "training_step", "validation_step", *STEP_ACTIONS, *SCHEDULERS}
 
 
 def readme_hook_order() -> list[list[str]]:
@@ -339,7 +340,7 @@ def _recorder(name: str):
     return hook
 
 
-for _name in HOOK_NAMES:
+for _name in (*HOOK_NAMES, *LIFECYCLE):
     setattr(Recorded, _name, _recorder(_name))
 
 

@@ -2,7 +2,9 @@
 
 Callbacks are called by the same loop transitions as the module's hooks, right
 after the module's own hook (so a callback at ``on_validation_epoch_end`` sees
-what the module logged there), with the run and the module first.  The run
+what the module logged there), with the run and the module first; ``setup``
+and ``teardown`` are the exception, called before the module's (after the
+data module's), as in Lightning.  The run
 (the ``trainer`` argument) is the narrow run context, ``_run.Run``, under
 Lightning's names.  The hooks are the spec's (``_hook_spec.HOOKS``); only
 overridden ones are called.  A callback
@@ -19,7 +21,7 @@ from .._hook_spec import install_stubs
 __all__ = ["Callback"]
 
 
-@install_stubs(for_callbacks=True)  # one no-op per hook of the spec, taking (trainer, module, *args)
+@install_stubs(owner="callback")  # one no-op per hook of the spec, taking (trainer, module, *args)
 class Callback:
     #: Set to False (e.g. in ``setup``) to take no part in a run: none of its hooks is called then.
     enabled: bool = True

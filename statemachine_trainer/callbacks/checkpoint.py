@@ -76,7 +76,6 @@ class ModelCheckpoint(Callback):
                                else 0 if every_n_train_steps else 1)
         self.save_on_train_epoch_end = save_on_train_epoch_end
         self._given_dirpath = None if dirpath is None else str(dirpath)
-        self._on_epoch_end = True  # resolved in setup(): where epoch-based saves happen
         # What the state_dict holds: --------------------------------------------------------
         self.best_k_models: dict[str, float] = {}  # path -> score of every kept top-k file
         self.best_model_path = ""  # the best kept file ("" until a save); without monitor, the latest
@@ -122,10 +121,6 @@ class ModelCheckpoint(Callback):
     def setup(self, trainer: Run, module: TrainingModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = Path(trainer.default_root_dir) / "checkpoints"
-        if self.save_on_train_epoch_end is not None:
-            self._on_epoch_end = self.save_on_train_epoch_end
-        else:
-            self._on_epoch_end = trainer.validation_ends_each_epoch
 
     def on_train_batch_end(self, trainer: Run, module: TrainingModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -136,12 +131,22 @@ class ModelCheckpoint(Callback):
         if step > 0 and step % n == 0 and self._may_save(trainer):
             self._save(trainer)
 
+    def _on_epoch_end(self, trainer: Run) -> bool:
+        """Whether epoch-based saves happen at the epoch's end (else after each validation), as Lightning decides.
+
+        Read when the hooks run, not in ``setup``: the data (and so where
+        validation falls) is set up after the ``setup`` hooks.
+        """
+        if self.save_on_train_epoch_end is not None:
+            return self.save_on_train_epoch_end
+        return trainer.validation_ends_each_epoch
+
     def on_train_epoch_end(self, trainer: Run, module: TrainingModule) -> None:
-        if self._on_epoch_end and self._epoch_due(trainer) and self._may_save(trainer):
+        if self._on_epoch_end(trainer) and self._epoch_due(trainer) and self._may_save(trainer):
             self._save(trainer)
 
     def on_validation_end(self, trainer: Run, module: TrainingModule) -> None:
-        if (not self._on_epoch_end and trainer.state == "fit" and not trainer.sanity_checking
+        if (not self._on_epoch_end(trainer) and trainer.state == "fit" and not trainer.sanity_checking
                 and self._epoch_due(trainer) and self._may_save(trainer)):
             self._save(trainer)
 

@@ -56,7 +56,6 @@ class EarlyStopping(Callback):
         self.patience = patience
         self.stopping_threshold, self.divergence_threshold = stopping_threshold, divergence_threshold
         self.check_on_train_epoch_end = check_on_train_epoch_end
-        self._on_epoch_end = False  # resolved in setup(): which hook runs the check
         # What the state_dict holds: --------------------------------------------------------
         self.wait_count = 0  # checks in a row without improvement; stop when it reaches patience
         self.best_score = math.inf if mode == "min" else -math.inf  # the best value seen so far
@@ -80,18 +79,18 @@ class EarlyStopping(Callback):
         self.patience = int(state["patience"])
 
     # -- hooks ----------------------------------------------------------------------------------
-    def setup(self, trainer: Run, module: TrainingModule, stage: str) -> None:
+    def _on_epoch_end(self, trainer: Run) -> bool:
+        """Whether the check runs at the epoch's end (else after each validation); read when the hooks run."""
         if self.check_on_train_epoch_end is not None:
-            self._on_epoch_end = self.check_on_train_epoch_end
-        else:
-            self._on_epoch_end = trainer.validation_ends_each_epoch
+            return self.check_on_train_epoch_end
+        return trainer.validation_ends_each_epoch
 
     def on_train_epoch_end(self, trainer: Run, module: TrainingModule) -> None:
-        if self._on_epoch_end:
+        if self._on_epoch_end(trainer):
             self._check(trainer)
 
     def on_validation_end(self, trainer: Run, module: TrainingModule) -> None:
-        if not self._on_epoch_end and trainer.state == "fit" and not trainer.sanity_checking:
+        if not self._on_epoch_end(trainer) and trainer.state == "fit" and not trainer.sanity_checking:
             self._check(trainer)
 
     # -- the check ---------------------------------------------------------------------------------

@@ -49,9 +49,7 @@ class LearningRateMonitor(Callback):
         if not trainer.loggers:
             raise ConfigError("LearningRateMonitor needs a logger to write to, but the Trainer has none "
                               "(logger=False or fast_dev_run). Pass a logger, or remove LearningRateMonitor.")
-        optimizers = trainer.optimizers
-        self._names = _metric_names(optimizers)
-        self._intervals = [self.logging_interval or _scheduler_interval(trainer, i) for i in range(len(optimizers))]
+        self._names = []  # the optimizers do not exist yet (configure_optimizers follows setup): named at first use
         self._last_step_logged = -1
 
     def on_train_batch_start(self, trainer: Run, module: TrainingModule, batch: Any, batch_idx: int) -> None:
@@ -65,12 +63,20 @@ class LearningRateMonitor(Callback):
         self._log(trainer, "epoch")
 
     def _log(self, trainer: Run, interval: str) -> None:
+        if not self._names:
+            self._name_optimizers(trainer)
         values: dict[str, float] = {}
         for optimizer, names, when in zip(trainer.optimizers, self._names, self._intervals):
             if when == interval:
                 values.update({name: float(group["lr"]) for name, group in zip(names, optimizer.param_groups)})
         if values:
             trainer.log_metrics(values)
+
+
+    def _name_optimizers(self, trainer: Run) -> None:
+        optimizers = trainer.optimizers
+        self._names = _metric_names(optimizers)
+        self._intervals = [self.logging_interval or _scheduler_interval(trainer, i) for i in range(len(optimizers))]
 
 
 def _metric_names(optimizers: list[Any]) -> list[tuple[str, ...]]:

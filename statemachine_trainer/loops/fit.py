@@ -88,6 +88,11 @@ class FitLoop(TrainerLoop):
         self.fields.should_stop = bool(value)
 
     @property
+    def is_last_batch(self) -> bool:
+        """Whether the training batch under way is the epoch's last."""
+        return self.epoch_loop.progress.is_last_batch
+
+    @property
     def sanity_checking(self) -> bool:
         val_loop = self.epoch_loop.val_loop
         return val_loop.fields.sanity and val_loop.state != "START"
