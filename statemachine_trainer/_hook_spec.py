@@ -11,6 +11,12 @@ A callback's hook takes ``(trainer, module, *params)``; the module's takes
 ``(*params)``.  ``relayed`` hooks are fired by loop transitions through the
 relay; the others (``setup``, ``teardown``, the checkpoint hooks) are called
 once per run by the Trainer or the checkpoint code.
+
+``default`` hooks (``backward``, ``optimizer_step``, ``optimizer_zero_grad``,
+``configure_gradient_clipping``) are the module's only and do the step's
+work: ``TrainingModule`` implements them (marked :func:`default_hook`), the
+loops do that work themselves unless the module overrides one, and then the
+row calls the override (:data:`OVERRIDABLE`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import attrs
 
 from .machine import noop_hook
 
-__all__ = ["HOOKS", "HOOK_NAMES", "PER_BATCH", "RELAYED", "STAGE_HOOKS", "Hook", "StageHooks", "install_stubs"]
+__all__ = ["HOOKS", "HOOK_NAMES", "OVERRIDABLE", "PER_BATCH", "RELAYED", "STAGE_HOOKS", "Hook", "StageHooks",
+           "default_hook", "install_stubs"]
 
 
 @attrs.frozen
@@ -35,6 +42,7 @@ class Hook:
     per_batch: bool = False  # fired once per batch: self.log inside it defaults to on_step in training
     relayed: bool = True  # fired by a loop transition through the relay
     callback_only: bool = False  # setup/teardown: the module has no such hook (yet)
+    default: bool = False  # the module's only, with a working default on TrainingModule (no stub, no callbacks)
 
 
 def _h(name: str, params: str, stage: str, doc: str, **kw: bool) -> Hook:
@@ -82,13 +90,27 @@ HOOKS: tuple[Hook, ...] = (
        per_batch=True),
     _h("on_before_zero_grad", "optimizer", "optimizer", "After a step, before the gradients are zeroed.",
        per_batch=True),
+    _h("backward", "loss *args **kwargs", "optimizer",
+       "Backpropagate the (precision-scaled) loss; the default is loss.backward(*args, **kwargs).",
+       per_batch=True, default=True),
+    _h("optimizer_step", "epoch batch_idx optimizer optimizer_closure", "optimizer",
+       "Step the optimizer (a TrainingOptimizer); the default is optimizer.step(closure=optimizer_closure).",
+       per_batch=True, default=True),
+    _h("optimizer_zero_grad", "epoch batch_idx optimizer", "optimizer",
+       "Zero the optimizer's gradients after its step; the default is optimizer.zero_grad().", per_batch=True,
+       default=True),
+    _h("configure_gradient_clipping", "optimizer gradient_clip_val gradient_clip_algorithm", "optimizer",
+       "Clip before the optimizer steps; the default is self.clip_gradients(...) with the Trainer's flags.",
+       per_batch=True, default=True),
     _h("on_save_checkpoint", "checkpoint", "checkpoint", "Add JSON-able entries to checkpoint['extra'] data.",
        relayed=False),
     _h("on_load_checkpoint", "checkpoint", "checkpoint", "Receive what on_save_checkpoint added.", relayed=False),
 )
 
-HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in HOOKS if h.relayed)
-RELAYED: tuple[Hook, ...] = tuple(h for h in HOOKS if h.relayed)
+HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in HOOKS if h.relayed and not h.default)
+RELAYED: tuple[Hook, ...] = tuple(h for h in HOOKS if h.relayed and not h.default)
+#: The module's step hooks with a working default: called from their rows only when the module overrides them.
+OVERRIDABLE: tuple[Hook, ...] = tuple(h for h in HOOKS if h.default)
 #: Hooks whose self.log calls default to per-step values in training (with the training step itself).
 PER_BATCH: frozenset[str] = frozenset(h.name for h in HOOKS if h.per_batch)
 
@@ -139,10 +161,16 @@ def install_stubs(cls: type | None = None, *, for_callbacks: bool = False) -> An
     if cls is None:
         return lambda c: install_stubs(c, for_callbacks=for_callbacks)
     for hook in HOOKS:
-        if hook.callback_only and not for_callbacks:
+        if hook.default or (hook.callback_only and not for_callbacks):
             continue
         setattr(cls, hook.name, _stub(cls, hook, for_callbacks))
     return cls
+
+
+def default_hook(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``fn`` as ``TrainingModule``'s default of an :data:`OVERRIDABLE` hook: not an override."""
+    fn.__default_hook__ = True  # type: ignore[attr-defined]
+    return fn
 
 
 def _stub(cls: type, hook: Hook, for_callbacks: bool) -> Callable[..., Any]:

@@ -43,7 +43,8 @@ def test_the_fit_tree_diagram_shows_backward_and_the_optimizer_step():
     mermaid, dot = to_mermaid(FitLoop()), to_dot(FitLoop())
     for text in (mermaid, dot):
         assert "backward / on_before_backward, backward, on_after_backward" in text
-        assert "step / on_before_optimizer_step, clip_gradients, optimizer_step, on_before_zero_grad, zero_grad" in text
+        assert ("step / on_before_optimizer_step, configure_gradient_clipping, optimizer_step, on_before_zero_grad, "
+                "optimizer_zero_grad") in text
         assert "[window_open]" in text and "[needs_closure and not window_open]" in text
     assert "optimizer_loop__BACKWARD --> fit_loop__epoch_loop__batch_loop__optimizer_loop__STEP" in mermaid
     assert "generator_loop__STEP" in mermaid  # the generator loop shares the rows
@@ -258,7 +259,8 @@ def test_a_generator_step_with_a_closure_optimizer_is_refused():
 
 
 # -- README's hook order ------------------------------------------------------------------------------
-STEP_ACTIONS = ("toggle", "untoggle", "backward", "clip_gradients", "optimizer_step", "zero_grad")
+STEP_ACTIONS = ("toggle", "untoggle", "backward", "configure_gradient_clipping", "optimizer_step",
+                "optimizer_zero_grad")
 SCHEDULERS = ("step-interval schedulers", "epoch-interval schedulers")
 VOCABULARY = {*HOOK_NAMES, "configure_optimizers", "training_step", "validation_step", *STEP_ACTIONS, *SCHEDULERS}
 
@@ -307,7 +309,7 @@ class Recorded(TrainingModule):
                 return super().step(closure)
 
             def zero_grad(self, set_to_none=True):
-                calls.append("zero_grad")
+                calls.append("optimizer_zero_grad")
                 super().zero_grad(set_to_none)
 
         def schedule(opt, name):
@@ -352,7 +354,7 @@ def test_readme_hook_order_is_a_recorded_run(monkeypatch):
         return backward(self, *args, **kwargs)
 
     def recorded_clip(*args, **kwargs):
-        calls.append("clip_gradients")
+        calls.append("configure_gradient_clipping")
         return clip(*args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "backward", recorded_backward)
