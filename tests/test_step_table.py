@@ -115,8 +115,28 @@ class Generator(TwoOptimizers):
         yield nn.functional.cross_entropy(self.b(x) + features.detach().mean(1, keepdim=True), y)
 
 
+class StepHooks(Accumulating):
+    """Every overridable step hook overridden: the closure row (optimizer_step), and the rows' overrides."""
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+        optimizer.step(closure=optimizer_closure)
+        if self.trainer.global_step < 3:  # Lightning's docs' warmup: param_groups are optimizer state
+            for group in optimizer.param_groups:
+                group["lr"] = 0.1 * (self.trainer.global_step + 1) / 3
+
+    def backward(self, loss, *args, **kwargs):
+        (0.5 * loss).backward(*args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+        optimizer.zero_grad(set_to_none=False)  # zero tensors, not None: they cross boundaries and checkpoints
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        self.clip_gradients(optimizer, gradient_clip_val=0.05, gradient_clip_algorithm="value")
+
+
 SCENARIOS = {
     "accumulate": (Accumulating, {"accumulate_grad_batches": 3, "gradient_clip_val": 0.5}, "optimizer_loop"),
+    "step-hooks": (StepHooks, {"accumulate_grad_batches": 3}, "optimizer_loop"),
     "two-optimizers": (TwoOptimizers, {"accumulate_grad_batches": 2}, "optimizer_loop"),
     "generator": (Generator, {}, "generator_loop"),
 }
