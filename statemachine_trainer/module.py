@@ -191,13 +191,19 @@ class TrainingModule(nn.Module):
     # -- manual optimization -------------------------------------------------------------------------
     def optimizers(self) -> Any:
         """The optimizers from ``configure_optimizers`` as :class:`~statemachine_trainer.optimizer.TrainingOptimizer`
-        (one, or a list), for manual optimization."""
-        opts = self._require_manual("optimizers()").manual_optimizers
+        (one, or a list).
+
+        In manual optimization you step them; in automatic mode, as in
+        Lightning, they are there to read (e.g. ``param_groups[0]["lr"]``) and
+        the Trainer steps them.
+        """
+        run = self._require_optimization("optimizers()")
+        opts = run.optimization.wrapped if self.automatic_optimization else run.manual_optimizers
         return opts[0] if len(opts) == 1 else list(opts)
 
     def lr_schedulers(self) -> Any:
-        """The schedulers (one, a list, or None), for manual optimization: you call ``.step()``."""
-        setup = self._require_manual("lr_schedulers()").optimization.setup
+        """The schedulers (one, a list, or None); in manual optimization you call ``.step()``."""
+        setup = self._require_optimization("lr_schedulers()").optimization.setup
         schedulers = [c.scheduler for c in setup.schedulers]
         if not schedulers:
             return None
@@ -243,6 +249,13 @@ class TrainingModule(nn.Module):
             return
         run.optimization.clip_gradients(getattr(optimizer, "optimizer", optimizer), gradient_clip_val,
                                         gradient_clip_algorithm or "norm")
+
+    def _require_optimization(self, what: str) -> Run:
+        run = self._require_trainer(what)
+        if run.optimization is None:
+            raise RuntimeError(f"{type(self).__name__}.{what} needs the optimizers of a fit: call it from inside "
+                               "trainer.fit (validate/test/predict configure no optimizers).")
+        return run
 
     def _require_manual(self, what: str) -> Run:
         run = self._require_trainer(what)

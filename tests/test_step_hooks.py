@@ -489,3 +489,17 @@ def test_step_with_a_non_callable_closure_is_refused():
 
     with pytest.raises(TypeError, match="needs a callable closure"):
         quiet().fit(Manual(), loader(1))
+
+
+def test_self_optimizers_in_automatic_mode_reads_the_optimizer_as_in_lightning():
+    class Reading(Net):
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            self.seen = (type(opt), opt.param_groups[0]["lr"], self.lr_schedulers())
+            return super().training_step(batch, batch_idx)
+
+    module = Reading()
+    trainer = quiet()
+    trainer.fit(module, loader(2))
+    assert module.seen == (TrainingOptimizer, 0.1, None)
+    assert trainer.global_step == 2  # reading it counts nothing
