@@ -206,7 +206,7 @@ class Optimization:
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         progress.optimizer.step.increment_ready()
-        self.hooks.on_before_optimizer_step(optimizer)
+        self._hooks.on_before_optimizer_step(optimizer)
 
     def clip(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip before a step: the module's ``configure_gradient_clipping``, or the flags' (``gradient_clip_val``)."""
@@ -223,7 +223,7 @@ class Optimization:
 
     def before_zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         progress.optimizer.zero_grad.increment_ready()
-        self.hooks.on_before_zero_grad(optimizer)
+        self._hooks.on_before_zero_grad(optimizer)
 
     def zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress,
                   set_to_none: bool = True) -> None:

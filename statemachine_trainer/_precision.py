@@ -49,7 +49,9 @@ class Precision:
         return loss if self.scaler is None else self.scaler.scale(loss)
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        self.scale(loss).backward(*args, **kwargs)
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward(*args, **kwargs)
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients to their true size before clipping (a no-op without a scaler)."""

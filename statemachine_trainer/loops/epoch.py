@@ -73,7 +73,7 @@ class TrainingEpochLoop(TrainerLoop):
         config = run.config
         if config.max_steps != -1 and run.fit_loop.steps_this_run >= config.max_steps:
             return True
-        return self.stopping
+        return run.should_stop and run.fit_loop.epochs_this_run >= config.min_epochs  # self.stopping, inlined
 
     @property
     def stopping(self) -> bool:
@@ -87,6 +87,8 @@ class TrainingEpochLoop(TrainerLoop):
     @property
     def stop_validation_due(self) -> bool:
         """Stopping after a batch that validation does not follow anyway: validate before the epoch ends."""
+        if not self.context.should_stop:  # first: the per-batch cost of this row is one flag read
+            return False
         done = self.progress.current.completed
         if not done or not self.stopping or self.batch_loop.fields.skipped or not self._validation_epoch():
             return False
