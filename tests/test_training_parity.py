@@ -86,23 +86,33 @@ def test_minus_one_from_on_train_batch_start_skips_the_rest_of_each_epoch():
 
 
 class SkipAndCheckpoint(SkipAtFive):
-    def __init__(self, path) -> None:
+    def __init__(self, path, hook: str) -> None:
         super().__init__()
-        self.path = path
+        self.path, self.hook = path, hook
+
+    def on_train_batch_start(self, batch, batch_idx):
+        skip = super().on_train_batch_start(batch, batch_idx)
+        if self.hook == "on_train_batch_start" and skip == -1 and self.current_epoch == 0:
+            self.trainer.request_checkpoint(self.path)  # written at the next boundary: the skipped batch's end
+        return skip
 
     def on_train_epoch_end(self):
-        if self.current_epoch == 0:
+        if self.hook == "on_train_epoch_end" and self.current_epoch == 0:
             self.trainer.request_checkpoint(self.path)
 
 
-def test_a_checkpoint_after_the_skip_resumes_to_the_same_run(tmp_path):
+@pytest.mark.parametrize("hook", ["on_train_batch_start", "on_train_epoch_end"])
+def test_a_checkpoint_after_the_skip_resumes_to_the_same_run(tmp_path, hook):
+    def train() -> ResumableLoader:
+        return ResumableLoader(loader(10))
+
     whole = SkipAtFive()
-    quiet(max_epochs=3).fit(whole, loader(10))
-    first = SkipAndCheckpoint(tmp_path / "ckpt")
-    quiet(max_epochs=3).fit(first, loader(10))
+    quiet(max_epochs=3).fit(whole, train())
+    first = SkipAndCheckpoint(tmp_path / "ckpt", hook)
+    quiet(max_epochs=3).fit(first, train())
     resumed = SkipAtFive()
     trainer = quiet(max_epochs=3)
-    trainer.fit(resumed, loader(10), ckpt_path=tmp_path / "ckpt")
+    trainer.fit(resumed, train(), ckpt_path=tmp_path / "ckpt")
     assert resumed.steps == [(e, i) for e in (1, 2) for i in range(5)]
     assert trainer.global_step == 15
     assert same_weights(resumed, whole)
@@ -250,3 +260,24 @@ def test_a_checkpoint_in_the_stop_validation_resumes_exactly(tmp_path):
     assert resumed.validated_at == [(0, 5)]
     assert trainer.global_step == 5
     assert same_weights(resumed, whole)
+
+
+class SkipLast(Boring):
+    def __init__(self) -> None:
+        super().__init__()
+        self.validated: list[int] = []
+
+    def on_train_batch_start(self, batch, batch_idx):
+        return -1 if batch_idx == 3 else None
+
+    def validation_step(self, batch, batch_idx):
+        self.validated.append(self.current_epoch)
+
+
+def test_minus_one_on_a_batch_validation_would_follow_skips_that_validation():
+    """Lightning raises StopIteration in advance, before on_advance_end (where validation runs)."""
+    module = SkipLast()
+    trainer = quiet(max_epochs=2)
+    trainer.fit(module, loader(4), loader(1))
+    assert module.validated == []
+    assert trainer.global_step == 6

@@ -7,6 +7,7 @@
     ADVANCE  --advance [done]-->                 END      / on_run_end
     ADVANCE  --advance [val_due]-->              VALIDATE / advance         # a batch, then validation
     ADVANCE  --advance-->                        ADVANCE  / advance         # a batch
+    VALIDATE --validate [skipped]-->             END      / on_run_end     # the batch returned -1
     VALIDATE --validate [stopping]-->            END      / run_validation, on_run_end
     VALIDATE --validate-->                       ADVANCE  / run_validation
 
@@ -22,7 +23,9 @@ monitors see the epoch's last weights.  Validation that is already due after
 that batch runs once: ``stopping`` sends it on to END.
 
 ``on_train_batch_start`` returning -1 ends this epoch only: ``reset`` clears
-the batch loop's ``skipped`` as the next epoch begins.
+the batch loop's ``skipped`` as the next epoch begins.  As in Lightning, the
+epoch's remaining validation goes with it, even when it was due after that
+batch (``skipped`` in VALIDATE).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ EPOCH_TABLE = Table(
         Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
         Row("advance", ADVANCE, "VALIDATE", conditions="val_due", hooks="advance"),
         Row("advance", ADVANCE, ADVANCE, hooks="advance"),
+        Row("validate", "VALIDATE", END, conditions="skipped", hooks="on_run_end"),
         Row("validate", "VALIDATE", END, conditions="stopping", hooks=("run_validation", "on_run_end")),
         Row("validate", "VALIDATE", ADVANCE, hooks="run_validation"),
     ),
@@ -74,6 +78,11 @@ class TrainingEpochLoop(TrainerLoop):
         if config.max_steps != -1 and run.fit_loop.steps_this_run >= config.max_steps:
             return True
         return run.should_stop and run.fit_loop.epochs_this_run >= config.min_epochs  # self.stopping, inlined
+
+    @property
+    def skipped(self) -> bool:
+        """``on_train_batch_start`` returned -1 for the batch just run: the epoch ends here."""
+        return self.batch_loop.fields.skipped
 
     @property
     def stopping(self) -> bool:
