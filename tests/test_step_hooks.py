@@ -14,9 +14,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from statemachine_trainer import ConfigError, Trainer, TrainingModule, TrainingOptimizer
+from statemachine_trainer import (
+    ConfigError,
+    OptimizerClosureError,
+    StepOutputError,
+    Trainer,
+    TrainingModule,
+    TrainingOptimizer,
+)
 from statemachine_trainer._hooks import HOOK_NAMES
-from statemachine_trainer._optimization import OptimizerClosureError
 from statemachine_trainer.loops import GeneratorStepError
 
 
@@ -443,7 +449,8 @@ def test_the_loss_in_outputs_is_divided_by_accumulate_grad_batches_as_in_lightni
 
 
 def test_a_manual_training_step_returning_a_non_tensor_is_refused():
-    with pytest.raises(TypeError, match="In manual optimization training_step must return a tensor, a dict, or"):
+    assert issubclass(StepOutputError, TypeError)
+    with pytest.raises(StepOutputError, match="In manual optimization training_step must return a tensor, a dict, or"):
         _outputs_of(lambda loss: 5, automatic=False)
 
 
