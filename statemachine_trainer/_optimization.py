@@ -211,7 +211,8 @@ class Optimization:
     def clip(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip before a step: the module's ``configure_gradient_clipping``, or the flags' (``gradient_clip_val``)."""
         if self.clip_override:
-            self.hooks.configure_gradient_clipping(optimizer, self.clip_val, self.clip_algorithm)
+            self.hooks.configure_gradient_clipping(optimizer, gradient_clip_val=self.clip_val,  # Lightning's keywords
+                                                   gradient_clip_algorithm=self.clip_algorithm)
         elif self.clip_val is not None:
             self.clip_gradients(optimizer, self.clip_val, self.clip_algorithm)
 

@@ -316,7 +316,8 @@ def test_an_overridden_optimizer_zero_grad_replaces_the_zeroing():
 
 def test_an_overridden_configure_gradient_clipping_is_called_with_the_flags_even_without_clipping():
     class Clipping(Net):
-        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # keyword-only: Lightning passes the flags by keyword, so such an override works there and here
+        def configure_gradient_clipping(self, optimizer, *, gradient_clip_val, gradient_clip_algorithm):
             self.args = (optimizer is self.trainer.optimizers[0], gradient_clip_val, gradient_clip_algorithm)
             self.clip_gradients(optimizer, gradient_clip_val=1e-4, gradient_clip_algorithm="value")
 
