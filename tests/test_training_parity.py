@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -85,6 +87,22 @@ def test_minus_one_from_on_train_batch_start_skips_the_rest_of_each_epoch():
     assert trainer.current_epoch == 2
 
 
+@settings(max_examples=8, deadline=None)
+@given(epochs=st.integers(1, 3), batches=st.integers(2, 5), data=st.data())
+def test_minus_one_skips_the_same_batches_in_every_epoch(epochs, batches, data):
+    skip_at = data.draw(st.integers(0, batches - 1))
+
+    class Skip(Boring):
+        def on_train_batch_start(self, batch, batch_idx):
+            return -1 if batch_idx == skip_at else None
+
+    module = Skip()
+    trainer = quiet(max_epochs=epochs)
+    trainer.fit(module, loader(batches))
+    assert module.steps == [(e, i) for e in range(epochs) for i in range(skip_at)]
+    assert (trainer.current_epoch, trainer.global_step) == (epochs, epochs * skip_at)
+
+
 class SkipAndCheckpoint(SkipAtFive):
     def __init__(self, path, hook: str) -> None:
         super().__init__()
@@ -153,6 +171,22 @@ def test_an_ended_fit_resumed_with_a_larger_max_epochs_trains_the_extra_epochs(t
     assert resumed.steps == [(e, i) for e in (1, 2) for i in range(4)]
     assert (again.current_epoch, again.global_step) == (3, 12)
     assert resumed.calls == ["on_fit_start", "on_train_start", "on_train_end", "on_fit_end"]
+    assert same_weights(resumed, whole)
+
+
+@settings(max_examples=6, deadline=None)
+@given(first=st.integers(1, 3), second=st.integers(1, 4))
+def test_an_ended_fit_resumed_with_any_max_epochs_ends_where_one_fit_to_the_larger_would(tmp_path_factory, first,
+                                                                                         second):
+    path = tmp_path_factory.mktemp("ended") / "ckpt"
+    trainer = quiet(max_epochs=first)
+    trainer.fit(Boring(), loader(3))
+    trainer.save_checkpoint(path)
+    resumed, again = Boring(), quiet(max_epochs=second)
+    again.fit(resumed, loader(3), ckpt_path=path)
+    whole = Boring()
+    quiet(max_epochs=max(first, second)).fit(whole, loader(3))
+    assert (again.current_epoch, again.global_step) == (max(first, second), 3 * max(first, second))
     assert same_weights(resumed, whole)
 
 
