@@ -80,7 +80,7 @@ def batch_end_outputs(output: Any, loss: torch.Tensor | None) -> dict[str, Any]:
     if loss is None:
         return {}
     if isinstance(output, dict):
-        return {**output, "loss": loss.detach()}
+        return {"loss": loss.detach(), **{key: value for key, value in output.items() if key != "loss"}}
     return {"loss": loss.detach()}
 
 
