@@ -511,3 +511,15 @@ def test_self_optimizers_in_automatic_mode_reads_the_optimizer_as_in_lightning()
     trainer.fit(module, loader(2))
     assert module.seen == (TrainingOptimizer, 0.1, None)
     assert trainer.global_step == 2  # reading it counts nothing
+
+
+def test_step_hooks_left_alone_cost_nothing_and_keep_the_plain_rows():
+    trainer = quiet()
+    trainer.fit(Net(), loader(1))
+    run = trainer.run
+    assert not any(run.hooks.overrides(n) for n in ("backward", "optimizer_step", "optimizer_zero_grad",
+                                                    "configure_gradient_clipping"))
+    assert run.optimization.needs_closure == (False,)  # the plain BACKWARD/STEP rows, not the closure row
+    warmed = quiet()
+    warmed.fit(Warmup(), loader(1))
+    assert warmed.run.hooks.overrides("optimizer_step") and warmed.run.optimization.needs_closure == (True,)
