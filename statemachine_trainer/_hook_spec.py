@@ -15,6 +15,12 @@ through the relay; the others are called once per run: the run's lifecycle
 (``configure_callbacks``, ``prepare_data``, ``setup``, ``configure_model``,
 ``teardown``) by
 :mod:`._lifecycle`, the checkpoint hooks by the checkpoint code.
+
+``default`` hooks (``backward``, ``optimizer_step``, ``optimizer_zero_grad``,
+``configure_gradient_clipping``) are the module's only and do the step's
+work: ``TrainingModule`` implements them (marked :func:`default_hook`), the
+loops do that work themselves unless the module overrides one, and then the
+row calls the override (:data:`OVERRIDABLE`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import attrs
 
 from .machine import noop_hook
 
-__all__ = ["HOOKS", "HOOK_NAMES", "LIFECYCLE", "PER_BATCH", "RELAYED", "STAGE_HOOKS", "Hook", "StageHooks", "install_stubs"]
+__all__ = ["HOOKS", "HOOK_NAMES", "LIFECYCLE", "OVERRIDABLE", "PER_BATCH", "RELAYED", "STAGE_HOOKS", "Hook",
+           "StageHooks", "default_hook", "install_stubs"]
 
 
 @attrs.frozen
@@ -39,6 +46,7 @@ class Hook:
     per_batch: bool = False  # fired once per batch: self.log inside it defaults to on_step in training
     relayed: bool = True  # fired by a loop transition through the relay
     owners: tuple[str, ...] = ("module", "callback")  # who has the hook: "module", "callback", "datamodule"
+    default: bool = False  # the module's only, with a working default on TrainingModule (no stub, no callbacks)
 
 
 def _h(name: str, params: str, stage: str, doc: str, owners: str = "module callback", **kw: bool) -> Hook:
@@ -58,14 +66,14 @@ HOOKS: tuple[Hook, ...] = (
        relayed=False),
     _h("teardown", "stage", "setup", "Called once per run, after everything ran (also after a failure): data "
        "module, then callbacks, then the module.", owners="datamodule callback module", relayed=False),
-    _h("on_fit_start", "", "fit", "The fit begins (not called again when a fit resumes past it)."),
+    _h("on_fit_start", "", "fit", "The fit begins (every fit call: a resumed one too)."),
     _h("on_fit_end", "", "fit", "The fit is over."),
-    _h("on_train_start", "", "train", "Training begins, after the sanity check."),
+    _h("on_train_start", "", "train", "Training begins, after the sanity check (a resumed fit too)."),
     _h("on_train_end", "", "train", "Training is over."),
     _h("on_train_epoch_start", "", "train", "A training epoch begins."),
     _h("on_train_epoch_end", "", "train", "A training epoch ended; its epoch-level values are reduced."),
     _h("on_train_batch_start", "batch batch_idx", "train",
-       "Before a training batch; return -1 to skip the rest of this epoch.", per_batch=True),
+       "Before a training batch; return -1 to skip the rest of this epoch (and its validation).", per_batch=True),
     _h("on_train_batch_end", "outputs batch batch_idx", "train", "After a training batch's optimization.",
        per_batch=True),
     _h("on_validation_start", "", "validate", "A validation run begins."),
@@ -94,15 +102,29 @@ HOOKS: tuple[Hook, ...] = (
        per_batch=True),
     _h("on_before_zero_grad", "optimizer", "optimizer", "After a step, before the gradients are zeroed.",
        per_batch=True),
+    _h("backward", "loss *args **kwargs", "optimizer",
+       "Backpropagate the (precision-scaled) loss; the default is loss.backward(*args, **kwargs).",
+       per_batch=True, default=True, owners="module"),
+    _h("optimizer_step", "epoch batch_idx optimizer optimizer_closure", "optimizer",
+       "Step the optimizer (a TrainingOptimizer); the default is optimizer.step(closure=optimizer_closure).",
+       per_batch=True, default=True, owners="module"),
+    _h("optimizer_zero_grad", "epoch batch_idx optimizer", "optimizer",
+       "Zero the optimizer's gradients after its step; the default is optimizer.zero_grad().", per_batch=True,
+       default=True, owners="module"),
+    _h("configure_gradient_clipping", "optimizer gradient_clip_val gradient_clip_algorithm", "optimizer",
+       "Clip before the optimizer steps; the default is self.clip_gradients(...) with the Trainer's flags.",
+       per_batch=True, default=True, owners="module"),
     _h("on_save_checkpoint", "checkpoint", "checkpoint", "Add JSON-able entries to checkpoint['extra'] data.",
        relayed=False),
     _h("on_load_checkpoint", "checkpoint", "checkpoint", "Receive what on_save_checkpoint added.", relayed=False),
 )
 
-HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in HOOKS if h.relayed)
+HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in HOOKS if h.relayed and not h.default)
 #: The run's lifecycle hooks (called once per entry point by ``_lifecycle``, not by a loop).
 LIFECYCLE: tuple[str, ...] = tuple(h.name for h in HOOKS if h.stage == "setup")
-RELAYED: tuple[Hook, ...] = tuple(h for h in HOOKS if h.relayed)
+RELAYED: tuple[Hook, ...] = tuple(h for h in HOOKS if h.relayed and not h.default)
+#: The module's step hooks with a working default: called from their rows only when the module overrides them.
+OVERRIDABLE: tuple[Hook, ...] = tuple(h for h in HOOKS if h.default)
 #: Hooks whose self.log calls default to per-step values in training (with the training step itself).
 PER_BATCH: frozenset[str] = frozenset(h.name for h in HOOKS if h.per_batch)
 
@@ -156,9 +178,15 @@ def install_stubs(cls: type | None = None, *, owner: str = "module") -> Any:
     if owner not in ("module", "callback", "datamodule"):
         raise ValueError(f"install_stubs(owner={owner!r}): the owners are 'module', 'callback', 'datamodule'.")
     for hook in HOOKS:
-        if owner in hook.owners:
+        if owner in hook.owners and not hook.default:
             setattr(cls, hook.name, _stub(cls, hook, owner == "callback"))
     return cls
+
+
+def default_hook(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``fn`` as ``TrainingModule``'s default of an :data:`OVERRIDABLE` hook: not an override."""
+    fn.__default_hook__ = True  # type: ignore[attr-defined]
+    return fn
 
 
 def _stub(cls: type, hook: Hook, for_callbacks: bool) -> Callable[..., Any]:

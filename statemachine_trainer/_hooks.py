@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._hook_spec import HOOK_NAMES, RELAYED, STAGE_HOOKS
+from ._hook_spec import HOOK_NAMES, OVERRIDABLE, RELAYED, STAGE_HOOKS
 from ._results import Results
 
 __all__ = ["HOOK_NAMES", "HookRelay", "StageRelay"]
@@ -30,7 +30,7 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 
 def _overrides(obj: Any, name: str) -> bool:
     fn = getattr(obj, name, None)
-    return fn is not None and not getattr(fn, "__noop_hook__", False)
+    return fn is not None and not getattr(fn, "__noop_hook__", False) and not getattr(fn, "__default_hook__", False)
 
 
 class StageRelay:
@@ -57,10 +57,18 @@ class HookRelay:
                 if _overrides(callback, name):
                     targets.append(_callback_hook(getattr(callback, name), trainer, module))
             setattr(self, name, _fan_out(targets))
+        for hook in OVERRIDABLE:  # the module's own step hooks: the override, or _nothing (the loop does the work)
+            name = hook.name
+            setattr(self, name, _module_step_hook(getattr(module, name), name, results)
+                    if _overrides(module, name) else _nothing)
         self._stages = {stage: StageRelay(self, stage) for stage in STAGE_HOOKS}
 
     def overrides(self, name: str) -> bool:
-        """Whether the module or a callback overrides hook ``name`` (so calling it does something)."""
+        """Whether the module or a callback overrides hook ``name`` (so calling it does something).
+
+        For an :data:`~._hook_spec.OVERRIDABLE` hook: whether the module replaced
+        ``TrainingModule``'s default, so the loop must call it instead of doing the work itself.
+        """
         return getattr(self, name) is not _nothing
 
     def stage(self, name: str) -> StageRelay:
@@ -76,6 +84,18 @@ def _module_hook(fn: Callable[..., Any], name: str, results: Results) -> Callabl
         previous, results.fx = results.fx, name
         try:
             return fn(*args)
+        finally:
+            results.fx = previous
+
+    return call
+
+
+def _module_step_hook(fn: Callable[..., Any], name: str, results: Results) -> Callable[..., Any]:
+    """Like ``_module_hook``, with keyword arguments (``backward(loss, *args, **kwargs)``)."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        previous, results.fx = results.fx, name
+        try:
+            return fn(*args, **kwargs)
         finally:
             results.fx = previous
 

@@ -13,6 +13,15 @@ for the whole STEP row at once), and a checkpoint never needs anything from it.
 The epoch loop announces each batch with :meth:`begin_batch` (its index, its
 number in the fit, whether it is the epoch's last), so the accumulation window
 and the optimizer frequencies are functions of state the loops checkpoint.
+
+The module's step hooks with a default (``backward``, ``optimizer_step``,
+``optimizer_zero_grad``, ``configure_gradient_clipping``) are looked up once,
+when the run's hook relay is set (:attr:`hooks`): an action calls the
+module's override when there is one and does the work itself otherwise, so
+a module that overrides none pays nothing.  An overridden ``optimizer_step``
+makes every step a closure step (``needs_closure``): the closure runs
+``training_step`` and the backward hooks inside ``optimizer.step(closure)``,
+as in Lightning.
 """
 
 from __future__ import annotations
@@ -28,13 +37,27 @@ from ._hooks import HookRelay
 from ._optim import ConfigError, OptimizerSetup
 from ._precision import Precision
 from ._results import Results
+from ._step_args import step_arity
 from ._strategy import identity_gate
+from .optimizer import TrainingOptimizer
 from .state import OptimizationProgress
 
-__all__ = ["ManualOptimizer", "Optimization", "loss_of"]
+__all__ = ["ManualOptimizer", "Optimization", "OptimizerClosureError", "StepOutputError", "batch_end_outputs",
+           "loss_of", "manual_outputs"]
 
 #: Optimizers whose step() evaluates the loss itself, possibly several times.
 _NEEDS_CLOSURE = (torch.optim.LBFGS,)
+
+#: The old private name of :class:`~statemachine_trainer.optimizer.TrainingOptimizer`.
+ManualOptimizer = TrainingOptimizer
+
+
+class StepOutputError(TypeError):
+    """``training_step`` returned something the optimization mode cannot use."""
+
+
+class OptimizerClosureError(RuntimeError):
+    """An overridden ``optimizer_step`` returned without running the closure it was given."""
 
 
 def loss_of(output: Any) -> torch.Tensor | None:
@@ -43,23 +66,63 @@ def loss_of(output: Any) -> torch.Tensor | None:
         return output
     if isinstance(output, dict) and "loss" in output:
         return output["loss"]
-    raise TypeError(f"training_step returned {type(output).__name__}; return the loss tensor, a dict with a "
-                    "'loss' key, or None to skip the step.")
+    raise StepOutputError(f"training_step returned {type(output).__name__}; return the loss tensor, a dict with a "
+                          "'loss' key, or None to skip the step.")
+
+
+def batch_end_outputs(output: Any, loss: torch.Tensor | None) -> dict[str, Any]:
+    """What ``on_train_batch_end`` gets in automatic optimization (Lightning's ``ClosureResult.asdict()``).
+
+    ``{"loss": loss}`` -- detached, and divided by ``accumulate_grad_batches``
+    as it was for backward -- plus a dict output's other keys; ``{}`` when
+    the step returned None.  The graph is not kept alive past the step.
+    """
+    if loss is None:
+        return {}
+    if isinstance(output, dict):
+        return {"loss": loss.detach(), **{key: value for key, value in output.items() if key != "loss"}}
+    return {"loss": loss.detach()}
+
+
+def manual_outputs(output: Any) -> dict[str, Any]:
+    """What ``on_train_batch_end`` gets in manual optimization (Lightning's ``ManualResult``).
+
+    A tensor becomes ``{"loss": detached}``, a dict is copied with its
+    ``"loss"`` detached, None gives ``{}``; anything else is refused.
+    """
+    if output is None:
+        return {}
+    if isinstance(output, torch.Tensor):
+        return {"loss": output.detach()}
+    if isinstance(output, dict):
+        outputs = dict(output)
+        if isinstance(outputs.get("loss"), torch.Tensor):
+            outputs["loss"] = outputs["loss"].detach()
+        return outputs
+    raise StepOutputError(f"In manual optimization training_step must return a tensor, a dict, or nothing; it "
+                          f"returned {type(output).__name__} ({output!r:.60}). Return the loss tensor (or a dict "
+                          "of values) for on_train_batch_end, or None.")
 
 
 class Optimization:
     def __init__(self, module: Any, setup: OptimizerSetup, precision: Precision, hooks: HookRelay | None,
                  results: Results, accumulate_grad_batches: int, gradient_clip_val: float | None,
                  gradient_clip_algorithm: str) -> None:
-        self.module, self.setup, self.precision, self.hooks, self.results = module, setup, precision, hooks, results
+        self.module, self.setup, self.precision, self.results = module, setup, precision, results
         self.accumulate = accumulate_grad_batches
         self.clip_val, self.clip_algorithm = gradient_clip_val, gradient_clip_algorithm
         self.optimizers = setup.optimizers
         self.toggle = len(self.optimizers) > 1 and module.automatic_optimization
         self.pass_index = len(self.optimizers) > 1 and takes_optimizer_idx(module.training_step)
+        #: training_step(batch) or training_step(batch, batch_idx): its signature says, once per run.
+        self.takes_batch_idx = step_arity(module.training_step, 2) == 2
         #: Per optimizer: whether its step() must get a closure that computes the loss (LBFGS).
         self.needs_closure = tuple(isinstance(opt, _NEEDS_CLOSURE) for opt in self.optimizers)
         self.any_closure = any(self.needs_closure)
+        #: What an overridden optimizer_step receives: the optimizers wrapped (the loop counts the steps).
+        self.wrapped = tuple(TrainingOptimizer(opt, self) for opt in self.optimizers)
+        self.step_override = self.backward_override = self.zero_grad_override = self.clip_override = False
+        self.hooks = hooks  # works out which step hooks the module overrides (again when the Trainer sets it)
         self.batch_idx = 0
         self.batch_number = 0
         self.is_last_batch = False
@@ -71,6 +134,22 @@ class Optimization:
         self.forward_step: Callable[..., Any] = module.training_step
         self.gate: Callable[[torch.Tensor], torch.Tensor] = identity_gate
         self.no_sync: Callable[[], Any] = contextlib.nullcontext
+
+    @property
+    def hooks(self) -> Any:
+        """The run's hook relay; setting it works out which of the module's step hooks are overridden."""
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, relay: HookRelay | None) -> None:
+        self._hooks = relay
+        overrides = relay.overrides if relay is not None else (lambda name: False)
+        self.backward_override = overrides("backward")
+        self.zero_grad_override = overrides("optimizer_zero_grad")
+        self.clip_override = overrides("configure_gradient_clipping")
+        self.step_override = overrides("optimizer_step")
+        closure = tuple(isinstance(opt, _NEEDS_CLOSURE) or self.step_override for opt in self.optimizers)
+        self.needs_closure, self.any_closure = closure, any(closure)
 
     @staticmethod
     def runs_one_backward(module: Any, setup: OptimizerSetup) -> bool:
@@ -101,9 +180,11 @@ class Optimization:
             # the automatic loops run this (or a generator's next()) under autocast themselves
             if optimizer_idx is not None and self.pass_index:
                 return self.module.training_step(batch, batch_idx, optimizer_idx)
-            return self.forward_step(batch, batch_idx)
+            return self.forward_step(batch, batch_idx) if self.takes_batch_idx else self.forward_step(batch)
         with self.precision.autocast():
-            return self.module.training_step(batch, batch_idx)
+            if self.takes_batch_idx:
+                return self.module.training_step(batch, batch_idx)
+            return self.module.training_step(batch)
 
     def loss_to_backward(self, output: Any) -> torch.Tensor | None:
         """The loss to backpropagate from a step's output; None: the step returned None, skip this optimizer."""
@@ -118,15 +199,21 @@ class Optimization:
         The one place a loss meets the gate: the automatic loops' ``backward``
         row and ``manual_backward`` both come here.
         """
-        self.precision.backward(self.gate(loss), *args, **kwargs)
+        if self.backward_override:  # the module's backward(loss, *args, **kwargs) gets the scaled loss
+            self.hooks.backward(self.precision.scale(self.gate(loss)), *args, **kwargs)
+        else:
+            self.precision.backward(self.gate(loss), *args, **kwargs)
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         progress.optimizer.step.increment_ready()
-        self.hooks.on_before_optimizer_step(optimizer)
+        self._hooks.on_before_optimizer_step(optimizer)
 
     def clip(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip ``optimizer``'s gradients as the flags say (``gradient_clip_val``; nothing when it is None)."""
-        if self.clip_val is not None:
+        """Clip before a step: the module's ``configure_gradient_clipping``, or the flags' (``gradient_clip_val``)."""
+        if self.clip_override:
+            self.hooks.configure_gradient_clipping(optimizer, gradient_clip_val=self.clip_val,  # Lightning's keywords
+                                                   gradient_clip_algorithm=self.clip_algorithm)
+        elif self.clip_val is not None:
             self.clip_gradients(optimizer, self.clip_val, self.clip_algorithm)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress,
@@ -137,13 +224,67 @@ class Optimization:
 
     def before_zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         progress.optimizer.zero_grad.increment_ready()
-        self.hooks.on_before_zero_grad(optimizer)
+        self._hooks.on_before_zero_grad(optimizer)
 
     def zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress,
                   set_to_none: bool = True) -> None:
         progress.optimizer.zero_grad.increment_started()
-        optimizer.zero_grad(set_to_none=set_to_none)
+        if self.zero_grad_override and self.module.automatic_optimization:
+            self.hooks.optimizer_zero_grad(self.module.current_epoch, self.batch_idx, optimizer)
+        else:
+            optimizer.zero_grad(set_to_none=set_to_none)
         progress.optimizer.zero_grad.increment_completed()
+
+    def closure_step(self, index: int, closure: Callable[[], Any], progress: OptimizationProgress) -> None:
+        """One automatic step whose loss comes from ``closure``: ``optimizer.step(closure)``, or the override's.
+
+        An overridden ``optimizer_step`` gets the wrapped optimizer and the
+        closure; it must run the closure (directly or through ``step``), or
+        there is no loss and no output for this batch.  One step is counted
+        per call, whatever the override does with the optimizer (Lightning's
+        rule).
+        """
+        progress.optimizer.step.increment_ready()
+        if self.step_override:
+            self.hooks.optimizer_step(self.module.current_epoch, self.batch_idx, self.wrapped[index], closure)
+        else:
+            self.wrapper_step(self.optimizers[index], closure, None)
+        progress.optimizer.step.increment_completed()
+
+    # -- what TrainingOptimizer's methods do --------------------------------------------------
+    def wrapper_step(self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None,
+                     progress: OptimizationProgress | None) -> Any:
+        """``TrainingOptimizer.step``: the closure first, then ``on_before_optimizer_step`` and clipping, then step."""
+        if progress is not None:
+            progress.optimizer.step.increment_ready()
+        if closure is None:
+            self._after_closure(optimizer)
+            result = self.precision.step(optimizer)
+        else:
+            def closure_then_hooks() -> Any:
+                loss = closure()
+                self._after_closure(optimizer)
+                return loss
+
+            result = self.precision.step(optimizer, closure_then_hooks)
+        if progress is not None:
+            progress.optimizer.step.increment_completed()
+        return result
+
+    def wrapper_zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool,
+                          progress: OptimizationProgress | None) -> None:
+        """``TrainingOptimizer.zero_grad``: ``on_before_zero_grad``, then zero (counted in manual optimization)."""
+        if progress is None:  # inside an overridden optimizer_step: the loop's own rows fire the hooks and count
+            optimizer.zero_grad(set_to_none=set_to_none)
+            return
+        self.before_zero_grad(optimizer, progress)
+        self.zero_grad(optimizer, progress, set_to_none)
+
+    def _after_closure(self, optimizer: torch.optim.Optimizer) -> None:
+        """Between the gradients and the step: ``on_before_optimizer_step``, then clipping in automatic mode."""
+        self.hooks.on_before_optimizer_step(optimizer)
+        if self.module.automatic_optimization:
+            self.clip(optimizer)
 
     def step_optimizer(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         """Step ``optimizer`` on the gradients it has, then zero them: the automatic tables' STEP row in one call.
@@ -177,36 +318,6 @@ class Optimization:
             torch.nn.utils.clip_grad_value_(params, value)
         else:
             raise ConfigError(f"gradient_clip_algorithm={algorithm!r}: use 'norm' or 'value'.")
-
-
-class ManualOptimizer:
-    """What ``self.optimizers()`` returns in manual mode: the optimizer, with the step hooks and scaling."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, optimization: Optimization,
-                 progress: Callable[[], OptimizationProgress]) -> None:
-        self.optimizer = optimizer
-        self._optimization = optimization
-        self._progress = progress
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        optimization, progress = self._optimization, self._progress()
-        optimization.before_optimizer_step(self.optimizer, progress)
-        return optimization.optimizer_step(self.optimizer, progress, closure)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        optimization, progress = self._optimization, self._progress()
-        optimization.before_zero_grad(self.optimizer, progress)
-        optimization.zero_grad(self.optimizer, progress, set_to_none)
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def __repr__(self) -> str:
-        return f"ManualOptimizer({self.optimizer!r})"
 
 
 def takes_optimizer_idx(step: Callable[..., Any]) -> bool:

@@ -47,6 +47,10 @@ class Precision:
             return _NO_AUTOCAST
         return torch.autocast(self.device.type, dtype=self._dtype)
 
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to backpropagate: scaled by the GradScaler under 16-mixed, else itself."""
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         if self.scaler is not None:
             loss = self.scaler.scale(loss)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._hook_spec import install_stubs
+from ._hook_spec import default_hook, install_stubs
 from ._optim import ConfigError
 from ._results import LogError
 
@@ -271,15 +271,52 @@ class TrainingModule(nn.Module):
                                "trainer.fit/validate/test/predict.")
         return self._run
 
+    # -- the step's overridable actions (Lightning's hooks; the loops call an override from their rows) ------
+    @default_hook
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backpropagate ``loss`` (already scaled under 16-mixed); override to change how. Also used by
+        ``manual_backward``."""
+        loss.backward(*args, **kwargs)
+
+    @default_hook
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
+        """Step ``optimizer`` (a :class:`~statemachine_trainer.optimizer.TrainingOptimizer`) in automatic mode.
+
+        ``optimizer_closure`` runs ``training_step`` and backward; the default
+        passes it to ``optimizer.step``.  Override, e.g. for a learning-rate
+        warmup, and call ``optimizer.step(closure=optimizer_closure)`` (or the
+        closure itself) in it.
+        """
+        optimizer.step(closure=optimizer_closure)
+
+    @default_hook
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Zero ``optimizer``'s gradients after its step (automatic mode); the default drops them (set to None)."""
+        optimizer.zero_grad()
+
+    @default_hook
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip before each automatic step; gets the Trainer's ``gradient_clip_val``/``_algorithm`` flags."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # -- manual optimization -------------------------------------------------------------------------
     def optimizers(self) -> Any:
-        """The optimizers from ``configure_optimizers`` (one, or a list), for manual optimization."""
-        opts = self._require_manual("optimizers()").manual_optimizers
+        """The optimizers from ``configure_optimizers`` as :class:`~statemachine_trainer.optimizer.TrainingOptimizer`
+        (one, or a list).
+
+        In manual optimization you step them; in automatic mode, as in
+        Lightning, they are there to read (e.g. ``param_groups[0]["lr"]``) and
+        the Trainer steps them.
+        """
+        run = self._require_optimization("optimizers()")
+        opts = run.optimization.wrapped if self.automatic_optimization else run.manual_optimizers
         return opts[0] if len(opts) == 1 else list(opts)
 
     def lr_schedulers(self) -> Any:
-        """The schedulers (one, a list, or None), for manual optimization: you call ``.step()``."""
-        setup = self._require_manual("lr_schedulers()").optimization.setup
+        """The schedulers (one, a list, or None); in manual optimization you call ``.step()``."""
+        setup = self._require_optimization("lr_schedulers()").optimization.setup
         schedulers = [c.scheduler for c in setup.schedulers]
         if not schedulers:
             return None
@@ -326,11 +363,21 @@ class TrainingModule(nn.Module):
             self.untoggle_optimizer(optimizer)
 
     def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
-                       gradient_clip_algorithm: str = "norm") -> None:
-        """Clip the gradients of ``optimizer``'s parameters by norm or value (unscaled first under 16-mixed)."""
+                       gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the gradients of ``optimizer``'s parameters by norm (default) or value (unscaled first under
+        16-mixed); nothing when ``gradient_clip_val`` is None or 0."""
         run = self._require_trainer("clip_gradients()")
+        if not gradient_clip_val:
+            return
         run.optimization.clip_gradients(getattr(optimizer, "optimizer", optimizer), gradient_clip_val,
-                                            gradient_clip_algorithm)
+                                        gradient_clip_algorithm or "norm")
+
+    def _require_optimization(self, what: str) -> Run:
+        run = self._require_trainer(what)
+        if run.optimization is None:
+            raise RuntimeError(f"{type(self).__name__}.{what} needs the optimizers of a fit: call it from inside "
+                               "trainer.fit (validate/test/predict configure no optimizers).")
+        return run
 
     def _require_manual(self, what: str) -> Run:
         run = self._require_trainer(what)

@@ -109,6 +109,13 @@ def test_module_callback_and_datamodule_stubs_are_the_specs_hooks_with_the_specs
     classes = {"module": (TrainingModule, ["self"]), "callback": (Callback, ["self", "trainer", "module"]),
                "datamodule": (DataModule, ["self"])}
     for hook in HOOKS:
+        if hook.default:  # the module's own step hooks: a working default, no stub, no callback hook
+            assert not hasattr(Callback, hook.name) and not hasattr(DataModule, hook.name), hook.name
+            default = getattr(TrainingModule, hook.name)
+            assert getattr(default, "__default_hook__", False), hook.name
+            names = [name.lstrip("*") for name in hook.params]
+            assert list(inspect.signature(default).parameters) == ["self", *names], hook.name
+            continue
         for owner, (cls, first) in classes.items():
             if owner not in hook.owners:
                 assert not hasattr(cls, hook.name), (owner, hook.name)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statemachine_trainer import ADVANCE, END, START, Loop, Row, StateError, Table
-from statemachine_trainer.machine import RESTARTING
+from statemachine_trainer.machine import RESTARTING, FinishedRunWarning
 
 
 @attrs.define
@@ -337,6 +337,7 @@ def make_outer(engine: str, n: int = 3, inner: int = 2) -> Outer:
         Outer.engine = Inner.engine = "direct"
 
 
+@pytest.mark.filterwarnings("ignore::statemachine_trainer.machine.FinishedRunWarning")  # the last boundary is END
 @pytest.mark.parametrize("engine", ["direct", "transitions"])
 def test_resume_from_every_boundary_matches_the_uninterrupted_run(engine):
     snaps, want = boundaries_of(lambda e: make_outer(e), engine)
@@ -348,6 +349,7 @@ def test_resume_from_every_boundary_matches_the_uninterrupted_run(engine):
         assert final_state(loop) == want, snap
 
 
+@pytest.mark.filterwarnings("ignore::statemachine_trainer.machine.FinishedRunWarning")  # a cut may fall at END
 @given(n=st.integers(0, 3), inner=st.integers(0, 3), cut=st.integers(0, 60),
        engine=st.sampled_from(["direct", "transitions"]))
 def test_interrupt_anywhere_then_resume_is_exact(n, inner, cut, engine):
@@ -459,7 +461,8 @@ def test_start_and_end_positions_need_no_restart():
     fresh = Recorded()
     fresh.load_state_dict(loop.state_dict())
     assert fresh.state == END and not fresh.restarting
-    assert fresh.run() is None  # a finished run stays finished: resuming it does nothing
+    with pytest.warns(FinishedRunWarning, match="loaded from a checkpoint of a run that had ended"):
+        assert fresh.run() is None  # a finished run stays finished: resuming it does nothing, and says so
     assert fresh.fields.trace == loop.fields.trace
     assert fresh.run() == "ran 2"  # and a later run() starts a new run
     assert fresh.position.state == END and START in fresh.table.states

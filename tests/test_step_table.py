@@ -44,7 +44,8 @@ def test_the_fit_tree_diagram_shows_backward_and_the_optimizer_step():
     mermaid, dot = to_mermaid(FitLoop()), to_dot(FitLoop())
     for text in (mermaid, dot):
         assert "backward / on_before_backward, backward, on_after_backward" in text
-        assert "step / on_before_optimizer_step, clip_gradients, optimizer_step, on_before_zero_grad, zero_grad" in text
+        assert ("step / on_before_optimizer_step, configure_gradient_clipping, optimizer_step, on_before_zero_grad, "
+                "optimizer_zero_grad") in text
         assert "[window_open]" in text and "[needs_closure and not window_open]" in text
     assert "optimizer_loop__BACKWARD --> fit_loop__epoch_loop__batch_loop__optimizer_loop__STEP" in mermaid
     assert "generator_loop__STEP" in mermaid  # the generator loop shares the rows
@@ -115,8 +116,28 @@ class Generator(TwoOptimizers):
         yield nn.functional.cross_entropy(self.b(x) + features.detach().mean(1, keepdim=True), y)
 
 
+class StepHooks(Accumulating):
+    """Every overridable step hook overridden: the closure row (optimizer_step), and the rows' overrides."""
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+        optimizer.step(closure=optimizer_closure)
+        if self.trainer.global_step < 3:  # Lightning's docs' warmup: param_groups are optimizer state
+            for group in optimizer.param_groups:
+                group["lr"] = 0.1 * (self.trainer.global_step + 1) / 3
+
+    def backward(self, loss, *args, **kwargs):
+        (0.5 * loss).backward(*args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+        optimizer.zero_grad(set_to_none=False)  # zero tensors, not None: they cross boundaries and checkpoints
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        self.clip_gradients(optimizer, gradient_clip_val=0.05, gradient_clip_algorithm="value")
+
+
 SCENARIOS = {
     "accumulate": (Accumulating, {"accumulate_grad_batches": 3, "gradient_clip_val": 0.5}, "optimizer_loop"),
+    "step-hooks": (StepHooks, {"accumulate_grad_batches": 3}, "optimizer_loop"),
     "two-optimizers": (TwoOptimizers, {"accumulate_grad_batches": 2}, "optimizer_loop"),
     "generator": (Generator, {}, "generator_loop"),
 }
@@ -259,7 +280,8 @@ def test_a_generator_step_with_a_closure_optimizer_is_refused():
 
 
 # -- README's hook order ------------------------------------------------------------------------------
-STEP_ACTIONS = ("toggle", "untoggle", "backward", "clip_gradients", "optimizer_step", "zero_grad")
+STEP_ACTIONS = ("toggle", "untoggle", "backward", "configure_gradient_clipping", "optimizer_step",
+                "optimizer_zero_grad")
 SCHEDULERS = ("step-interval schedulers", "epoch-interval schedulers")
 VOCABULARY = {*HOOK_NAMES, *LIFECYCLE, "configure_optimizers", "training_step", "validation_step", *STEP_ACTIONS, *SCHEDULERS}
 
@@ -308,7 +330,7 @@ class Recorded(TrainingModule):
                 return super().step(closure)
 
             def zero_grad(self, set_to_none=True):
-                calls.append("zero_grad")
+                calls.append("optimizer_zero_grad")
                 super().zero_grad(set_to_none)
 
         def schedule(opt, name):
@@ -353,7 +375,7 @@ def test_readme_hook_order_is_a_recorded_run(monkeypatch):
         return backward(self, *args, **kwargs)
 
     def recorded_clip(*args, **kwargs):
-        calls.append("clip_gradients")
+        calls.append("configure_gradient_clipping")
         return clip(*args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "backward", recorded_backward)

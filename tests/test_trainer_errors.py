@@ -84,8 +84,7 @@ def test_generator_yielding_the_wrong_number_of_losses(count, fragment):
 
 @pytest.mark.parametrize("call", [
     lambda self, loss: self.manual_backward(loss),
-    lambda self, loss: self.optimizers(),
-    lambda self, loss: self.lr_schedulers(),
+    lambda self, loss: self.no_backward_sync(),
 ])
 def test_manual_optimization_calls_in_automatic_mode(call):
     def training_step(self, batch, batch_idx):

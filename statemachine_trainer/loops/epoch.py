@@ -2,16 +2,30 @@
 
 ::
 
-    START    --run-->                   ADVANCE  / reset, on_run_start
-    ADVANCE  --advance [done]-->        END      / on_run_end
-    ADVANCE  --advance [val_due]-->     VALIDATE / advance           # a batch, then validation
-    ADVANCE  --advance-->               ADVANCE  / advance           # a batch
-    VALIDATE --validate-->              ADVANCE  / run_validation
+    START    --run-->                            ADVANCE  / reset, on_run_start
+    ADVANCE  --advance [stop_validation_due]-->  VALIDATE                   # stopping: validate first
+    ADVANCE  --advance [done]-->                 END      / on_run_end
+    ADVANCE  --advance [val_due]-->              VALIDATE / advance         # a batch, then validation
+    ADVANCE  --advance-->                        ADVANCE  / advance         # a batch
+    VALIDATE --validate [skipped]-->             END      / on_run_end     # the batch returned -1
+    VALIDATE --validate [stopping]-->            END      / run_validation, on_run_end
+    VALIDATE --validate-->                       ADVANCE  / run_validation
 
 Validation is a state, not a flag: a checkpoint taken during a mid-epoch
 validation says so (``VALIDATE``), and the diagram shows where it happens.
 ``val_due`` looks at the batch about to run: validation follows it when it
 closes a ``val_check_interval`` or is the epoch's last batch.
+
+``trainer.should_stop`` set during a batch ends the epoch after it (once
+``min_epochs`` allow), but, as in Lightning 2, not before this epoch's
+validation runs (``stop_validation_due``), so checkpoint and early-stopping
+monitors see the epoch's last weights.  Validation that is already due after
+that batch runs once: ``stopping`` sends it on to END.
+
+``on_train_batch_start`` returning -1 ends this epoch only: ``reset`` clears
+the batch loop's ``skipped`` as the next epoch begins.  As in Lightning, the
+epoch's remaining validation goes with it, even when it was due after that
+batch (``skipped`` in VALIDATE).
 """
 
 from __future__ import annotations
@@ -32,9 +46,12 @@ EPOCH_TABLE = Table(
     states=(START, ADVANCE, "VALIDATE", END),
     rows=(
         Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
+        Row("advance", ADVANCE, "VALIDATE", conditions="stop_validation_due"),
         Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
         Row("advance", ADVANCE, "VALIDATE", conditions="val_due", hooks="advance"),
         Row("advance", ADVANCE, ADVANCE, hooks="advance"),
+        Row("validate", "VALIDATE", END, conditions="skipped", hooks="on_run_end"),
+        Row("validate", "VALIDATE", END, conditions="stopping", hooks=("run_validation", "on_run_end")),
         Row("validate", "VALIDATE", ADVANCE, hooks="run_validation"),
     ),
 )
@@ -58,17 +75,45 @@ class TrainingEpochLoop(TrainerLoop):
         if self.batch_loop.fields.skipped:
             return True
         config = run.config
-        fit = run.fit_loop
-        if config.max_steps != -1 and fit.steps_this_run >= config.max_steps:
+        if config.max_steps != -1 and run.fit_loop.steps_this_run >= config.max_steps:
             return True
-        return run.should_stop and fit.epochs_this_run + 1 >= config.min_epochs
+        return run.should_stop and run.fit_loop.epochs_this_run >= config.min_epochs  # self.stopping, inlined
+
+    @property
+    def skipped(self) -> bool:
+        """``on_train_batch_start`` returned -1 for the batch just run: the epoch ends here."""
+        return self.batch_loop.fields.skipped
+
+    @property
+    def stopping(self) -> bool:
+        """``should_stop`` is set and honoured now: ``min_epochs`` epochs are complete (Lightning's ``_can_stop_early``).
+
+        So with ``min_epochs=2`` a stop requested in the second epoch lets it finish.
+        """
+        run = self.context
+        return run.should_stop and run.fit_loop.epochs_this_run >= run.config.min_epochs
+
+    @property
+    def stop_validation_due(self) -> bool:
+        """Stopping after a batch that validation does not follow anyway: validate before the epoch ends."""
+        if not self.context.should_stop:  # first: the per-batch cost of this row is one flag read
+            return False
+        done = self.progress.current.completed
+        if not done or not self.stopping or self.batch_loop.fields.skipped or not self._validation_epoch():
+            return False
+        return not self._validates_after(done)
 
     @property
     def val_due(self) -> bool:
+        return self._validation_epoch() and self._validates_after(self.progress.current.ready + 1)
+
+    def _validation_epoch(self) -> bool:
         run = self.context
-        if not run.val_enabled or (run.current_epoch + 1) % run.config.check_val_every_n_epoch:
-            return False
-        number = self.progress.current.ready + 1  # the batch about to run, counted from 1
+        return run.val_enabled and (run.current_epoch + 1) % run.config.check_val_every_n_epoch == 0
+
+    def _validates_after(self, number: int) -> bool:
+        """Whether the schedule validates after the epoch's ``number``-th batch (counted from 1)."""
+        run = self.context
         return number % run.val_check_batches == 0 or number == run.sources["train"].num_batches
 
     @property
@@ -79,6 +124,7 @@ class TrainingEpochLoop(TrainerLoop):
     def reset(self) -> None:
         self.progress.reset_on_run()
         self.progress.is_last_batch = False
+        self.batch_loop.fields.skipped = False  # a -1 from on_train_batch_start ended the previous epoch only
 
     def on_run_start(self) -> None:
         self.context.sources["train"].start_epoch(self.context.current_epoch)

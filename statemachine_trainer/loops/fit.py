@@ -12,6 +12,14 @@
 min_epochs) and ``stop_reason`` says which one fired.  Override ``advance`` and
 ``done`` to change what an epoch is, as with Lightning 1.5's loops.
 
+Resuming (``fit(ckpt_path=...)``): as in Lightning, every fit call fires
+``on_fit_start`` and ``on_train_start`` -- a resumed one from ``on_restart``,
+for those of the two its checkpoint had already passed.  A checkpoint of a
+fit that had ended (written after ``fit`` returned, or from its last hooks)
+resumes to ADVANCE (``resume_position``), where ``done`` is asked again with
+the new run's flags: a larger ``max_epochs`` or ``max_steps`` trains up to the
+new total, the same flags end the fit at once.
+
 The limits count *this run* of the loop (``progress.current`` epochs, steps
 since ``fields.first_step``); the counters users read (``current_epoch``,
 ``global_step``) count every run.  A loop that wraps this one (K-fold, active
@@ -26,11 +34,14 @@ import attrs
 
 from .._optim import ConfigError
 from ..machine import ADVANCE, END, START, Loop, Row, Table
-from ..state import Progress
+from ..state import Position, Progress
 from ._base import TrainerLoop
 from .epoch import TrainingEpochLoop
 
 __all__ = ["FIT_TABLE", "FitFields", "FitLoop"]
+
+#: Table indices: START --> SANITY_CHECK, SANITY_CHECK --> ADVANCE, and the fit's last transition ADVANCE --> END.
+_ENTER_ROW, _SANITY_ROW, _DONE_ROW = 1, 2, 3
 
 FIT_TABLE = Table(
     name="FitLoop",
@@ -123,6 +134,21 @@ class FitLoop(TrainerLoop):
         if self.fields.should_stop and epoch >= config.min_epochs:
             return "should_stop was set (e.g. by EarlyStopping)"
         return None
+
+    # -- resuming ------------------------------------------------------------------------------
+    def resume_position(self, saved: Position) -> Position:
+        """A checkpoint of an ended fit resumes at ADVANCE, so ``done`` sees the new run's flags."""
+        if saved == Position(END) or (saved.state == ADVANCE and saved.row == _DONE_ROW):
+            return Position(ADVANCE)
+        return saved
+
+    def on_restart(self) -> None:
+        """A resumed fit is a new fit call: fire the start hooks its checkpoint had already passed."""
+        position, hooks = self.position, self.context.hooks
+        if position.state != START or (position.row == _ENTER_ROW and position.hook > 1):
+            hooks.on_fit_start()
+        if position.state == ADVANCE or (position.row == _SANITY_ROW and position.hook > 1):
+            hooks.on_train_start()
 
     # -- hooks -----------------------------------------------------------------------------
     def on_skip(self) -> None:

@@ -13,14 +13,15 @@ picks::
     ADVANCE  --advance [done]-->                        END      / on_run_end
     ADVANCE  --advance [needs_closure and not window_open]-->
                                                         ADVANCE  / toggle, closure_step, on_before_zero_grad,
-                                                                   zero_grad, untoggle, next_optimizer
+                                                                   optimizer_zero_grad, untoggle, next_optimizer
     ADVANCE  --advance-->                               BACKWARD / toggle, training_step
     BACKWARD --backward [no_loss]-->                    ADVANCE  / untoggle, next_optimizer
     BACKWARD --backward [window_open]-->                ADVANCE  / on_before_backward, backward, on_after_backward,
                                                                    untoggle, next_optimizer
     BACKWARD --backward-->                              STEP     / on_before_backward, backward, on_after_backward
-    STEP     --step-->                                  ADVANCE  / on_before_optimizer_step, clip_gradients,
-                                                                   optimizer_step, on_before_zero_grad, zero_grad,
+    STEP     --step-->                                  ADVANCE  / on_before_optimizer_step,
+                                                                   configure_gradient_clipping, optimizer_step,
+                                                                   on_before_zero_grad, optimizer_zero_grad,
                                                                    untoggle, next_optimizer
 
 * ``toggle``, with several optimizers, freezes the other optimizers'
@@ -28,28 +29,44 @@ picks::
   gradients another optimizer will step on; ``untoggle`` undoes it.
 * Hooks that would do nothing in a run are left out of the rows for that
   run (``Loop.skip_hooks``, worked out in ``on_attach``): ``toggle`` and
-  ``untoggle`` with one optimizer, ``clip_gradients`` without
-  ``gradient_clip_val``, ``on_before_backward`` / ``on_after_backward`` when
-  neither the module nor a callback overrides them.
+  ``untoggle`` with one optimizer, ``configure_gradient_clipping`` without
+  ``gradient_clip_val`` unless the module overrides it,
+  ``on_before_backward`` / ``on_after_backward`` when neither the module nor
+  a callback overrides them.
+* ``backward``, ``optimizer_step``, ``optimizer_zero_grad`` and
+  ``configure_gradient_clipping`` are the module's hooks of those names
+  (Lightning's signatures): the row does the work itself unless the module
+  overrides the hook, and then calls the override.
 * ``training_step`` returning None (``no_loss``) skips this optimizer: no
   backward, no step.
 * ``window_open``: the batch is inside a gradient-accumulation window, so the
   gradients accumulate and nobody steps.  Under DDP its ``training_step`` and
   ``backward`` run under ``no_sync()`` (the window's last backward all-reduces).
 * ``needs_closure``: LBFGS and the like evaluate the loss themselves, possibly
-  several times: ``closure_step`` is ``optimizer.step(closure)``, the closure
-  being this table's training_step, on_before_backward, backward,
-  on_after_backward, on_before_optimizer_step and clip_gradients.
+  several times, and a module that overrides ``optimizer_step`` decides when
+  the loss is computed: ``closure_step`` is ``optimizer.step(closure)`` -- or
+  the module's ``optimizer_step(epoch, batch_idx, optimizer, closure)`` --
+  the closure being this table's training_step, on_before_backward, backward
+  and on_after_backward; the optimizer wrapper adds on_before_optimizer_step
+  and configure_gradient_clipping after it, before the parameters move.  An
+  override that never runs the closure raises ``OptimizerClosureError``.
 
 ``GeneratorLoop`` (automatic, ``training_step`` is a generator).  The same
 BACKWARD and STEP rows (one copy: :data:`STEP_ROWS`); ``on_run_start`` makes
 the generator and each ``training_step`` hook takes its next ``yield``, so
 shared work before the first ``yield`` runs once per batch.  No closure row:
-a yielded loss cannot be evaluated again.
+a yielded loss cannot be evaluated again, so closure optimizers and an
+overridden ``optimizer_step`` are refused when the fit starts.
 
 ``ManualLoop`` (``automatic_optimization = False``).  One transition that calls
 ``training_step``; the step calls ``manual_backward`` and ``opt.step()``
-itself, and those calls fire the backward / optimizer-step hooks.
+itself, and those calls fire the backward / optimizer-step hooks (an
+overridden ``backward`` included).  ``optimizer_step``,
+``optimizer_zero_grad`` and ``configure_gradient_clipping`` overrides would
+never be called there: refused when the fit starts.
+
+What every mode hands ``on_train_batch_end`` is Lightning's: a dict with the
+detached ``"loss"`` (and a dict output's other keys), ``{}`` for None.
 
 Checkpoints and resume
 ----------------------
@@ -73,6 +90,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._optim import ConfigError
+from .._optimization import OptimizerClosureError, batch_end_outputs, manual_outputs
 from ..machine import ADVANCE, END, START, Row, Table, noop_hook
 from ..state import OptimizationProgress
 from ._base import TrainerLoop
@@ -85,7 +104,8 @@ BACKWARD, STEP = "BACKWARD", "STEP"
 #: The hooks of one backward: the loss from ``training_step`` into gradients.
 _BACKWARD_HOOKS = ("on_before_backward", "backward", "on_after_backward")
 #: The hooks of one optimizer step, with its hooks and counters (``Optimization.step_optimizer`` in one call).
-_STEP_HOOKS = ("on_before_optimizer_step", "clip_gradients", "optimizer_step", "on_before_zero_grad", "zero_grad")
+_STEP_HOOKS = ("on_before_optimizer_step", "configure_gradient_clipping", "optimizer_step", "on_before_zero_grad",
+               "optimizer_zero_grad")
 #: Every per-optimizer part ends here: the parameters thawed, the next optimizer's turn.
 _NEXT = ("untoggle", "next_optimizer")
 
@@ -109,7 +129,7 @@ OPTIMIZER_TABLE = Table(
         _RUN_ROW,
         _DONE_ROW,
         Row("advance", ADVANCE, ADVANCE, conditions="needs_closure", unless="window_open",
-            hooks=("toggle", "closure_step", "on_before_zero_grad", "zero_grad", *_NEXT)),
+            hooks=("toggle", "closure_step", "on_before_zero_grad", "optimizer_zero_grad", *_NEXT)),
         _TRAINING_STEP_ROW,
         *STEP_ROWS,
     ),
@@ -147,6 +167,7 @@ class OptimizerLoop(TrainerLoop):
         self._toggled: Any = None  # the optimizer toggle_optimizer was called for, until untoggle
         self._loss: Any = None  # training_step's loss, with its graph until backward
         self._outputs: Any = None  # training_step's output: run()'s return value, for on_train_batch_end
+        self._last_loss: Any = None  # that output's loss, as backpropagated: on_train_batch_end's "loss"
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -163,8 +184,8 @@ class OptimizerLoop(TrainerLoop):
             self.skip_hooks(())
             return
         idle = {name for name in ("on_before_backward", "on_after_backward") if not run.hooks.overrides(name)}
-        if opt.clip_val is None:
-            idle.add("clip_gradients")
+        if opt.clip_val is None and not opt.clip_override:
+            idle.add("configure_gradient_clipping")
         if not opt.toggle:  # one optimizer (or manual mode): nothing to freeze
             idle |= {"toggle", "untoggle"}
         self.skip_hooks(idle)
@@ -200,7 +221,7 @@ class OptimizerLoop(TrainerLoop):
     # -- hooks, in table order -------------------------------------------------------------------
     def reset(self) -> None:
         self.progress.optimizer_position = 0
-        self._outputs = self._loss = None
+        self._outputs = self._loss = self._last_loss = None
         self._begin()
 
     @noop_hook
@@ -209,7 +230,7 @@ class OptimizerLoop(TrainerLoop):
 
     def on_restart(self) -> None:
         self._begin()
-        self._outputs = self._loss = None
+        self._outputs = self._loss = self._last_loss = None
         if self.position.state in (BACKWARD, STEP):
             # Only a checkpoint written regardless of `checkpointable` (save_checkpoint called inside a hook) stops
             # here: toggle again, so that the rest of the row's untoggle stays balanced.
@@ -228,7 +249,7 @@ class OptimizerLoop(TrainerLoop):
         else:
             output = self._produce(batch, batch_idx)
         self._outputs = output
-        self._loss = self._opt.loss_to_backward(output)
+        self._loss = self._last_loss = self._opt.loss_to_backward(output)
 
     def on_before_backward(self) -> None:
         self._opt.hooks.on_before_backward(self._loss)
@@ -246,10 +267,8 @@ class OptimizerLoop(TrainerLoop):
     def on_before_optimizer_step(self) -> None:
         self._opt.before_optimizer_step(self._optimizer, self.progress)
 
-    def clip_gradients(self) -> None:
-        opt = self._opt
-        if opt.clip_val is not None:  # Optimization.clip, without a call when there is nothing to clip
-            opt.clip(self._optimizer)
+    def configure_gradient_clipping(self) -> None:
+        self._opt.clip(self._optimizer)  # the module's override, or the flags' clipping
 
     def optimizer_step(self) -> None:
         self._opt.optimizer_step(self._optimizer, self.progress)
@@ -257,8 +276,8 @@ class OptimizerLoop(TrainerLoop):
     def on_before_zero_grad(self) -> None:
         self._opt.before_zero_grad(self._optimizer, self.progress)
 
-    def zero_grad(self) -> None:
-        self._opt.zero_grad(self._optimizer, self.progress)
+    def optimizer_zero_grad(self) -> None:
+        self._opt.zero_grad(self._optimizer, self.progress)  # the module's override, or optimizer.zero_grad()
 
     def untoggle(self) -> None:
         toggled, self._toggled = self._toggled, None
@@ -271,26 +290,29 @@ class OptimizerLoop(TrainerLoop):
         self._select()
 
     def closure_step(self, batch: Any, batch_idx: int) -> None:
-        """``optimizer.step(closure)``: the closure runs the BACKWARD row's work and the step's first hooks."""
-        opt, optimizer = self._opt, self._optimizer
+        """``optimizer.step(closure)`` (or the module's ``optimizer_step``): the closure is the BACKWARD row's work."""
+        ran = []
 
         def closure() -> Any:
+            ran.append(True)
             self.training_step(batch, batch_idx)
             loss = self._loss
             if loss is not None:
                 self.on_before_backward()
                 self.backward()
                 self.on_after_backward()
-                opt.hooks.on_before_optimizer_step(optimizer)
-                self.clip_gradients()
             return loss
 
-        self.progress.optimizer.step.increment_ready()
-        self._opt.optimizer_step(optimizer, self.progress, closure)
+        self._opt.closure_step(self._index, closure, self.progress)
+        if not ran:
+            raise OptimizerClosureError(
+                f"{type(self._opt.module).__name__}.optimizer_step returned without running optimizer_closure, so "
+                "training_step and backward never ran for this batch. Call optimizer.step(closure=optimizer_closure) "
+                "or optimizer_closure() in it.")
 
     def on_run_end(self) -> Any:
-        outputs, self._outputs = self._outputs, None
-        return outputs
+        outputs, loss, self._outputs, self._last_loss = self._outputs, self._last_loss, None, None
+        return batch_end_outputs(outputs, loss)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _begin(self) -> None:
@@ -317,7 +339,7 @@ class OptimizerLoop(TrainerLoop):
 
     def _release(self) -> None:
         self.untoggle()
-        self._loss = self._outputs = self._optimizer = None
+        self._loss = self._last_loss = self._outputs = self._optimizer = None
 
 
 class GeneratorLoop(OptimizerLoop):
@@ -332,6 +354,11 @@ class GeneratorLoop(OptimizerLoop):
     def reset(self) -> None:
         super().reset()
         opt = self._opt
+        if opt.step_override:
+            raise GeneratorStepError(f"{type(opt.module).__name__} overrides optimizer_step, whose optimizer_closure "
+                                     "computes the loss when the override asks; a generator training_step yields "
+                                     "each loss once. Return the loss from a plain training_step, or leave "
+                                     "optimizer_step alone and adjust the optimizer in on_before_optimizer_step.")
         if opt.any_closure:
             names = ", ".join(type(o).__name__ for o, c in zip(opt.optimizers, opt.needs_closure) if c)
             raise GeneratorStepError(f"{names} evaluates the loss several times per step (through a closure), but "
@@ -392,6 +419,9 @@ class GeneratorLoop(OptimizerLoop):
 
 _EXHAUSTED = object()
 
+#: The module's step hooks only automatic optimization calls.
+_AUTOMATIC_ONLY = ("optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping")
+
 
 class ManualLoop(TrainerLoop):
     """Manual optimization: ``training_step`` does its own backward and steps."""
@@ -399,8 +429,20 @@ class ManualLoop(TrainerLoop):
     table = MANUAL_TABLE
     progress_class = OptimizationProgress
 
+    def on_attach(self) -> None:
+        """Refuse, before anything trains, step hooks that manual optimization would never call."""
+        run = self.context
+        if run.optimization is None or run.module.automatic_optimization:
+            return
+        ignored = [name for name in _AUTOMATIC_ONLY if run.hooks.overrides(name)]
+        if ignored:
+            raise ConfigError(f"{type(run.module).__name__} overrides {', '.join(ignored)}, but with "
+                              "automatic_optimization = False training_step steps the optimizers itself, so the "
+                              "Trainer never calls them. Do that work in training_step (opt.step(), opt.zero_grad(), "
+                              "self.clip_gradients(opt, ...)), or use automatic optimization.")
+
     def reset(self) -> None:
         self.progress.optimizer_position = 0
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        return self.context.optimization.call_training_step(batch, batch_idx, None)
+        return manual_outputs(self.context.optimization.call_training_step(batch, batch_idx, None))

@@ -54,7 +54,14 @@ child, and the child resumes in turn.  Nothing is inferred from counters.
 """
 
 from ._binding import abstract_hook, noop_hook
-from ._dispatch import DirectDispatcher, Dispatcher, IllegalTriggerError, LoopStuckError, TransitionsDispatcher
+from ._dispatch import (
+    DirectDispatcher,
+    Dispatcher,
+    FinishedRunWarning,
+    IllegalTriggerError,
+    LoopStuckError,
+    TransitionsDispatcher,
+)
 from ._loop import LOOP_TABLE, Loop
 from ._table import ADVANCE, END, RESTARTING, STANDARD_STATES, START, Row, Table, TableError
 
@@ -67,6 +74,7 @@ __all__ = [
     "START",
     "DirectDispatcher",
     "Dispatcher",
+    "FinishedRunWarning",
     "IllegalTriggerError",
     "Loop",
     "LoopStuckError",

@@ -24,6 +24,7 @@ position.
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -35,7 +36,8 @@ from ..state._position import Position
 from ._binding import BoundRow, bind_rows
 from ._table import END, RESTART_TRIGGER, RESTARTING, START, Table
 
-__all__ = ["DirectDispatcher", "Dispatcher", "IllegalTriggerError", "LoopStuckError", "TransitionsDispatcher"]
+__all__ = ["DirectDispatcher", "Dispatcher", "FinishedRunWarning", "IllegalTriggerError", "LoopStuckError",
+           "TransitionsDispatcher"]
 
 
 class IllegalTriggerError(RuntimeError):
@@ -47,6 +49,10 @@ class IllegalTriggerError(RuntimeError):
         super().__init__(f"Loop {loop!r} cannot take trigger {trigger!r} in state {state}: no row of its table "
                          f"leaves {state} on {trigger!r} (triggers allowed in {state}: {allowed_text}). "
                          "The loop's state is unchanged.")
+
+
+class FinishedRunWarning(UserWarning):
+    """A root loop restored at END (its run had ended) was run: that run() does nothing."""
 
 
 class LoopStuckError(RuntimeError):
@@ -153,6 +159,10 @@ class Dispatcher:
                                "fire a trigger with loop.fire(name) instead.")
         if self._finished_on_load:
             self._finished_on_load = False
+            warnings.warn(f"Loop {self.name!r} was loaded from a checkpoint of a run that had ended, so this run() "
+                          "does nothing; call run() again for a new run, or override the loop's resume_position "
+                          "to go on from a finished run (the fit loop does: a larger max_epochs trains on).",
+                          FinishedRunWarning, stacklevel=3)
             return None
         self.args, self.kwargs = args, kwargs
         if self.state == END:

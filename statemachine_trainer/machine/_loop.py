@@ -203,6 +203,16 @@ class Loop:
     def on_restart(self) -> None:
         """Called when ``run()`` resumes a loop restored mid-run, before it continues."""
 
+    def resume_position(self, saved: Position) -> Position:
+        """Where this loop, as the root of a loaded tree, resumes from when it was saved at ``saved``.
+
+        The default is ``saved``: a root saved at END holds a finished run, and
+        its next ``run()`` does nothing.  A loop whose end depends on flags that
+        may change between runs (the fit loop's ``max_epochs``) returns the
+        state that checks them again.
+        """
+        return saved
+
     def teardown(self) -> None:
         """Release resources; the default tears down every sub-loop."""
         for child in self.children().values():
@@ -317,7 +327,8 @@ class Loop:
         for path, loop in self.walk():
             own = state_set.loops[path].copy()
             loop.progress, loop.fields = own.progress, own.fields
-            loop._machine.restore(own.position, root=loop is self)
+            position = loop.resume_position(own.position) if loop is self else own.position
+            loop._machine.restore(position, root=loop is self)
             loop.on_load_checkpoint(own.extra)
 
     def _own_state(self, path: str) -> LoopState:
