@@ -23,7 +23,25 @@ import attrs
 
 from .machine import noop_hook
 
-__all__ = ["HOOKS", "HOOK_NAMES", "PER_BATCH", "RELAYED", "STAGE_HOOKS", "Hook", "StageHooks", "install_stubs"]
+__all__ = ["HOOKS", "HOOK_NAMES", "PER_BATCH", "RELAYED", "STAGE_HOOKS", "TRANSFER_HOOKS", "Hook", "StageHooks",
+           "hook_default", "install_stubs", "is_hook_default"]
+
+_DEFAULT = "__hook_default__"
+
+
+def hook_default(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a module hook whose body is Lightning's default behaviour (not a no-op): not an override.
+
+    The relay calls such a default when nobody overrides it, but reports the
+    hook as not overridden, so a loop can leave out what the default makes
+    unnecessary (e.g. moving a CPU batch to the CPU).
+    """
+    setattr(fn, _DEFAULT, True)
+    return fn
+
+
+def is_hook_default(fn: Any) -> bool:
+    return bool(getattr(fn, _DEFAULT, False))
 
 
 @attrs.frozen
@@ -35,6 +53,8 @@ class Hook:
     per_batch: bool = False  # fired once per batch: self.log inside it defaults to on_step in training
     relayed: bool = True  # fired by a loop transition through the relay
     callback_only: bool = False  # setup/teardown: the module has no such hook (yet)
+    module_only: bool = False  # callbacks have no such hook (Lightning's ModelHooks/DataHooks only)
+    default: bool = False  # the module defines a real default (hook_default), not a generated no-op stub
 
 
 def _h(name: str, params: str, stage: str, doc: str, **kw: bool) -> Hook:
@@ -74,6 +94,26 @@ HOOKS: tuple[Hook, ...] = (
     _h("on_predict_epoch_end", "", "predict", "The prediction pass ended."),
     _h("on_predict_batch_start", "batch batch_idx", "predict", "Before a prediction batch."),
     _h("on_predict_batch_end", "outputs batch batch_idx", "predict", "After a prediction batch."),
+    _h("on_validation_model_eval", "", "validate", "Validation begins: put the module in eval mode (default).",
+       module_only=True, default=True),
+    _h("on_validation_model_train", "", "validate",
+       "Validation ended: the default restores each submodule's training mode as it was before.",
+       module_only=True, default=True),
+    _h("on_test_model_eval", "", "test", "Testing begins: put the module in eval mode (default).",
+       module_only=True, default=True),
+    _h("on_test_model_train", "", "test",
+       "Testing ended: the default restores each submodule's training mode as it was before.",
+       module_only=True, default=True),
+    _h("on_predict_model_eval", "", "predict", "Prediction begins: put the module in eval mode (default).",
+       module_only=True, default=True),
+    _h("on_before_batch_transfer", "batch dataloader_idx", "data",
+       "A fetched batch, before it moves to the device: return it (possibly changed).", module_only=True,
+       default=True),
+    _h("transfer_batch_to_device", "batch device dataloader_idx", "data",
+       "Move the batch to ``device`` and return it (default: every tensor in nested lists/tuples/dicts).",
+       module_only=True, default=True),
+    _h("on_after_batch_transfer", "batch dataloader_idx", "data",
+       "The batch on the device, before the step: return it (possibly changed).", module_only=True, default=True),
     _h("on_sanity_check_start", "", "sanity", "The sanity check (a few validation batches before fit) begins."),
     _h("on_sanity_check_end", "", "sanity", "The sanity check ended; nothing it logged is kept."),
     _h("on_before_backward", "loss", "optimizer", "Before backward on a loss.", per_batch=True),
@@ -98,6 +138,8 @@ class StageHooks:
     """The hooks of one evaluation or prediction stage, and the module method that is its step."""
 
     step: str
+    model_eval: str
+    model_train: str | None  # None for predict: Lightning has no on_predict_model_train (modes are restored)
     start: str
     end: str
     epoch_start: str
@@ -107,12 +149,14 @@ class StageHooks:
 
 
 STAGE_HOOKS: dict[str, StageHooks] = {
-    "validate": StageHooks("validation_step", "on_validation_start", "on_validation_end", "on_validation_epoch_start",
+    "validate": StageHooks("validation_step", "on_validation_model_eval", "on_validation_model_train",
+                           "on_validation_start", "on_validation_end", "on_validation_epoch_start",
                            "on_validation_epoch_end", "on_validation_batch_start", "on_validation_batch_end"),
-    "test": StageHooks("test_step", "on_test_start", "on_test_end", "on_test_epoch_start", "on_test_epoch_end",
-                       "on_test_batch_start", "on_test_batch_end"),
-    "predict": StageHooks("predict_step", "on_predict_start", "on_predict_end", "on_predict_epoch_start",
-                          "on_predict_epoch_end", "on_predict_batch_start", "on_predict_batch_end"),
+    "test": StageHooks("test_step", "on_test_model_eval", "on_test_model_train", "on_test_start", "on_test_end",
+                       "on_test_epoch_start", "on_test_epoch_end", "on_test_batch_start", "on_test_batch_end"),
+    "predict": StageHooks("predict_step", "on_predict_model_eval", None, "on_predict_start", "on_predict_end",
+                          "on_predict_epoch_start", "on_predict_epoch_end", "on_predict_batch_start",
+                          "on_predict_batch_end"),
 }
 
 
@@ -122,11 +166,14 @@ def _check() -> None:
     for stage, hooks in STAGE_HOOKS.items():
         for field in attrs.fields(StageHooks):
             name = getattr(hooks, field.name)
-            if field.name != "step" and name not in names:
+            if field.name != "step" and name is not None and name not in names:
                 raise AssertionError(f"STAGE_HOOKS[{stage!r}].{field.name} = {name!r} is not in HOOKS")
 
 
 _check()
+
+#: The batch transfer hooks, in the order every loop fires them on a fetched batch (Lightning's).
+TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 
 def install_stubs(cls: type | None = None, *, for_callbacks: bool = False) -> Any:
@@ -139,8 +186,10 @@ def install_stubs(cls: type | None = None, *, for_callbacks: bool = False) -> An
     if cls is None:
         return lambda c: install_stubs(c, for_callbacks=for_callbacks)
     for hook in HOOKS:
-        if hook.callback_only and not for_callbacks:
+        if (hook.callback_only and not for_callbacks) or (hook.module_only and for_callbacks):
             continue
+        if hook.default and not for_callbacks:
+            continue  # TrainingModule defines it (marked hook_default)
         setattr(cls, hook.name, _stub(cls, hook, for_callbacks))
     return cls
 

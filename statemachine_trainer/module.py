@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._hook_spec import install_stubs
+from ._hook_spec import hook_default, install_stubs
+from .data._source import move_to_device
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -78,6 +79,47 @@ class TrainingModule(nn.Module):
     def configure_optimizers(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define configure_optimizers() to be trained.")
 
+    # -- hooks with a default behaviour (Lightning's); the no-op ones are generated from _hook_spec ----------
+    @hook_default
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a fetched batch before it moves to the device (e.g. CPU augmentation); return it."""
+        return batch
+
+    @hook_default
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move the batch to ``device``: every tensor (anything with ``.to``) in nested lists, tuples and dicts.
+
+        Override for a batch type of your own; call ``super()`` for the rest.
+        """
+        return move_to_device(batch, device)
+
+    @hook_default
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change the batch once it is on the device (e.g. GPU augmentation); return it."""
+        return batch
+
+    @hook_default
+    def on_validation_model_eval(self) -> None:
+        self.eval()
+
+    @hook_default
+    def on_validation_model_train(self) -> None:
+        """Called after validation only when overridden; otherwise each submodule's mode is restored as it was."""
+        self.train()
+
+    @hook_default
+    def on_test_model_eval(self) -> None:
+        self.eval()
+
+    @hook_default
+    def on_test_model_train(self) -> None:
+        """Called after testing only when overridden; otherwise each submodule's mode is restored as it was."""
+        self.train()
+
+    @hook_default
+    def on_predict_model_eval(self) -> None:
+        self.eval()
+
     # -- data (optional: Trainer.fit/validate/... can take loaders instead) ------------------------
     train_dataloader: Any = None
     val_dataloader: Any = None
@@ -87,7 +129,7 @@ class TrainingModule(nn.Module):
     # -- logging ----------------------------------------------------------------------------------
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True, on_step: bool | None = None,
             on_epoch: bool | None = None, reduce_fx: str = "mean", sync_dist: bool = False,
-            batch_size: int | None = None) -> None:
+            batch_size: int | None = None, add_dataloader_idx: bool = True) -> None:
         """Record a scalar (tensor, number or torchmetrics ``Metric``) under ``name``.
 
         ``on_step``/``on_epoch`` default to per-step in training steps and
@@ -96,12 +138,15 @@ class TrainingModule(nn.Module):
         ``Metric`` is computed and reset at epoch end (torchmetrics syncs it
         across ranks itself).  ``sync_dist``: under ``strategy="ddp"`` the epoch
         value is reduced over every rank's data; step values stay per rank (no
-        collective per step).
+        collective per step).  ``add_dataloader_idx``: with several evaluation
+        dataloaders, ``name`` gets the suffix ``/dataloader_idx_N``; pass False
+        to log one value under ``name`` over all of them.
         """
         run = self._run
         if run is None:
             self._require_trainer("log")  # raises the explanatory error
-        run.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size, sync_dist)
+        run.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size, sync_dist,
+                        add_dataloader_idx)
 
     def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in values.items():

@@ -49,6 +49,7 @@ from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
 from ._run import Run
 from ._strategy import launched_rank_zero, make_strategy
+from .data._source import is_loader_collection
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .loops._base import TrainerLoop
 from .machine import Loop
@@ -176,11 +177,13 @@ class Trainer:
 
     def validate(self, module: TrainingModule, dataloaders: Any = None,
                  ckpt_path: str | os.PathLike[str] | None = None) -> list[dict[str, float]]:
-        return [self._evaluate("validate", module, dataloaders, ckpt_path)]
+        """One dict of logged epoch values per dataloader (``dataloaders``: one, or a list or dict of them)."""
+        return _per_dataloader(self._evaluate("validate", module, dataloaders, ckpt_path))
 
     def test(self, module: TrainingModule, dataloaders: Any = None,
              ckpt_path: str | os.PathLike[str] | None = None) -> list[dict[str, float]]:
-        return [self._evaluate("test", module, dataloaders, ckpt_path)]
+        """One dict of logged epoch values per dataloader (``dataloaders``: one, or a list or dict of them)."""
+        return _per_dataloader(self._evaluate("test", module, dataloaders, ckpt_path))
 
     def predict(self, module: TrainingModule, dataloaders: Any = None,
                 ckpt_path: str | os.PathLike[str] | None = None) -> list[Any]:
@@ -196,7 +199,7 @@ class Trainer:
             self._finish(run, self.predict_loop)
 
     def _evaluate(self, stage: str, module: TrainingModule, dataloaders: Any,
-                  ckpt_path: str | os.PathLike[str] | None) -> dict[str, float]:
+                  ckpt_path: str | os.PathLike[str] | None) -> Any:
         self.strategy.launch_if_needed()  # e.g. trainer.test(...) alone in a script run with devices=N
         step = "validation_step" if stage == "validate" else "test_step"
         check_module(module, step, stage)
@@ -346,9 +349,9 @@ class Trainer:
                 raise ConfigError(f"No {stage} data: pass a dataloader to trainer.{_entry(stage)}(module, ...) or "
                                   f"define {type(module).__name__}.{method}().")
             return None
-        if isinstance(loader, (list, tuple)) and loader and all(
-                isinstance(x, torch.utils.data.DataLoader) for x in loader):
-            raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; pass one dataloader.")
+        if stage == "train" and is_loader_collection(loader):  # evaluation stages take several (dataloader_idx)
+            raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; training takes one "
+                              "dataloader: combine them into one dataset (torch.utils.data.ConcatDataset).")
         return loader
 
     def _new_run(self, stage: str) -> Run:
@@ -435,6 +438,11 @@ class Trainer:
         root.teardown()
         run.state = "idle"
 
+
+
+def _per_dataloader(result: Any) -> list[dict[str, float]]:
+    """An evaluation loop returns a dict for one dataloader and a list of dicts for several."""
+    return result if isinstance(result, list) else [result]
 
 
 def _entry(stage: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 import statemachine_trainer
 from statemachine_trainer import Callback, TrainingModule
-from statemachine_trainer._hook_spec import HOOK_NAMES, HOOKS, STAGE_HOOKS
+from statemachine_trainer._hook_spec import HOOK_NAMES, HOOKS, STAGE_HOOKS, is_hook_default
 from statemachine_trainer._hooks import HookRelay
 from statemachine_trainer._results import Results
 
@@ -105,9 +105,14 @@ def test_the_run_context_sits_below_trainer_loops_and_callbacks(module):
 
 def test_module_and_callback_stubs_are_the_specs_hooks_with_the_specs_arguments():
     for hook in HOOKS:
-        callback_params = list(inspect.signature(getattr(Callback, hook.name)).parameters)
-        assert callback_params == ["self", "trainer", "module", *hook.params], hook.name
-        assert getattr(getattr(Callback, hook.name), "__noop_hook__", False)
+        if hook.module_only:  # Lightning's ModelHooks/DataHooks: callbacks have no such hook
+            assert not hasattr(Callback, hook.name), hook.name
+        else:
+            callback_params = list(inspect.signature(getattr(Callback, hook.name)).parameters)
+            assert callback_params == ["self", "trainer", "module", *hook.params], hook.name
+            assert getattr(getattr(Callback, hook.name), "__noop_hook__", False)
+        if hook.default:  # a real default on the module (Lightning's), marked so the relay knows it is no override
+            assert is_hook_default(getattr(TrainingModule, hook.name)), hook.name
         if hook.callback_only:
             assert not hasattr(TrainingModule, hook.name), hook.name
             continue

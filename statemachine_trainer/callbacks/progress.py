@@ -190,8 +190,7 @@ def _is_terminal(console: Console | None) -> bool:
 
 def _eval_batches(trainer: Run, kind: str) -> int:
     stage = "validate" if kind == "sanity" else kind
-    source = trainer.sources.get(stage)
-    total = 0 if source is None else source.num_batches
+    total = sum(source.num_batches for source in trainer.stage_sources(stage))  # every dataloader of the stage
     if kind == "sanity" and trainer.num_sanity_val_steps >= 0:
         total = min(total, trainer.num_sanity_val_steps)
     return total

@@ -4,14 +4,20 @@
 
     START    --run-->                   ADVANCE  / reset, on_run_start
     ADVANCE  --advance [done]-->        END      / on_run_end
-    ADVANCE  --advance [val_due]-->     VALIDATE / advance           # a batch, then validation
-    ADVANCE  --advance-->               ADVANCE  / advance           # a batch
+    ADVANCE  --advance [val_due]-->     VALIDATE / FETCH, advance    # a batch, then validation
+    ADVANCE  --advance-->               ADVANCE  / FETCH, advance    # a batch
     VALIDATE --validate-->              ADVANCE  / run_validation
 
 Validation is a state, not a flag: a checkpoint taken during a mid-epoch
 validation says so (``VALIDATE``), and the diagram shows where it happens.
 ``val_due`` looks at the batch about to run: validation follows it when it
 closes a ``val_check_interval`` or is the epoch's last batch.
+
+``FETCH`` (``loops/_fetch.py``) takes the next batch and runs the module's
+batch transfer hooks on it.  A ``None`` batch (a loader may yield one on
+purpose) is not given to the model: as in Lightning, the loop warns, skips
+``on_train_batch_start`` and the step, and calls ``on_train_batch_end(None,
+None, batch_idx)``; the batch still counts.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 from ..machine import ADVANCE, END, START, Loop, Row, Table
 from ..state import BatchProgress
-from ._base import TrainerLoop
+from ._fetch import FETCH, FetchingLoop
 from .batch import BatchLoop
 from .evaluation import EvaluationLoop
 
@@ -33,14 +39,14 @@ EPOCH_TABLE = Table(
     rows=(
         Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
         Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
-        Row("advance", ADVANCE, "VALIDATE", conditions="val_due", hooks="advance"),
-        Row("advance", ADVANCE, ADVANCE, hooks="advance"),
+        Row("advance", ADVANCE, "VALIDATE", conditions="val_due", hooks=(*FETCH, "advance")),
+        Row("advance", ADVANCE, ADVANCE, hooks=(*FETCH, "advance")),
         Row("validate", "VALIDATE", ADVANCE, hooks="run_validation"),
     ),
 )
 
 
-class TrainingEpochLoop(TrainerLoop):
+class TrainingEpochLoop(FetchingLoop):
     table = EPOCH_TABLE
     progress_class = BatchProgress
 
@@ -48,6 +54,9 @@ class TrainingEpochLoop(TrainerLoop):
         super().__init__()
         self.batch_loop: Loop = BatchLoop()
         self.val_loop: Loop = EvaluationLoop("validate")
+
+    def on_attach(self) -> None:
+        self.skip_transfer_hooks()
 
     # -- conditions ------------------------------------------------------------------------
     @property
@@ -94,26 +103,33 @@ class TrainingEpochLoop(TrainerLoop):
                           "restarts the loader and is not the uninterrupted run's. Wrap the loader in "
                           "statemachine_trainer.data.ResumableLoader for an exact resume.", stacklevel=2)
 
+    def fetch(self) -> None:
+        self.progress.increment_ready()
+        self.hold(self.context.sources["train"].next_batch(), 0)
+
     def advance(self) -> Any:
         run, progress = self.context, self.progress
         source = run.sources["train"]
+        batch_idx = progress.current.ready - 1
         if self.restarting:
-            # Re-entered on resume: the checkpoint was taken while batch `ready - 1` was being processed,
-            # and its counters were already moved.  Fetch that batch again instead of the next one.
-            batch_idx = progress.current.ready - 1
+            # Re-entered on resume: the checkpoint was taken while this batch was being processed, and its
+            # counters were already moved.  Fetch it again (and transfer it again) instead of the next one.
             source.refetch()
+            batch = self.transfer(source.next_batch(), 0)
         else:
-            batch_idx = progress.current.ready
-            progress.increment_ready()
-        batch = source.next_batch()
+            batch = self.take_batch()
         run.results.new_batch(batch)
         progress.is_last_batch = batch_idx + 1 >= source.num_batches
         run.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch)
         if not self.restarting:
             progress.increment_started()
-        self.batch_loop.run(batch, batch_idx)
+        if batch is None:
+            _warn_none_batch()
+            run.hooks.on_train_batch_end(None, None, batch_idx)
+        else:
+            self.batch_loop.run(batch, batch_idx)
         progress.increment_processed()
-        if self.batch_loop.stepped:  # the batch loop's fields say so, also after a resume mid-batch
+        if batch is not None and self.batch_loop.stepped:  # the batch loop's fields say so, also after a resume
             run.step_schedulers("step")
         progress.increment_completed()
         if progress.total.completed % run.config.log_every_n_steps == 0:
@@ -124,3 +140,10 @@ class TrainingEpochLoop(TrainerLoop):
 
     def on_run_end(self) -> None:
         self.context.sources["train"].end_epoch()
+
+
+def _warn_none_batch() -> None:
+    # Lightning's words, so a search for them finds the explanation; shown once per place (warnings' default).
+    warnings.warn("train_dataloader yielded None. If this was on purpose, ignore this warning: the batch is "
+                  "skipped (no on_train_batch_start, no training_step, no optimizer step; on_train_batch_end "
+                  "gets outputs=None).", UserWarning, stacklevel=2)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import attrs
 
 from .._optim import ConfigError
+from ..checkpoint import capture_rng, restore_rng
 from ..machine import ADVANCE, END, START, Loop, Row, Table
 from ..state import Progress
 from ._base import TrainerLoop
@@ -59,6 +60,8 @@ class FitLoop(TrainerLoop):
     def __init__(self) -> None:
         super().__init__()
         self.epoch_loop: Loop = TrainingEpochLoop()
+        # Only inside the sanity_check hook, in which checkpoints wait (checkpointable): never part of a state.
+        self._sanity_checking = False
 
     # -- the counters a run reads (Lightning's trainer.current_epoch, global_step, ...) -------
     @property
@@ -89,8 +92,13 @@ class FitLoop(TrainerLoop):
 
     @property
     def sanity_checking(self) -> bool:
-        val_loop = self.epoch_loop.val_loop
-        return val_loop.fields.sanity and val_loop.state != "START"
+        """True from ``on_sanity_check_start`` to ``on_sanity_check_end``, both included (as in Lightning)."""
+        return self._sanity_checking
+
+    @property
+    def checkpointable(self) -> bool:
+        # The sanity check runs on borrowed RNG states (see sanity_check): nothing in it may be checkpointed.
+        return not self._sanity_checking
 
     # -- conditions ------------------------------------------------------------------------
     @property
@@ -133,12 +141,25 @@ class FitLoop(TrainerLoop):
         self.context.hooks.on_fit_start()
 
     def sanity_check(self) -> None:
+        """A few validation batches before training, leaving no trace on the run.
+
+        Creating a DataLoader iterator draws a seed from torch's global RNG
+        (even unshuffled), and ``validation_step`` may draw too: the RNG states
+        are put back afterwards, so the training batch order and dropout masks
+        are the same with and without a sanity check (Lightning re-seeds).
+        """
         run = self.context
         if run.config.num_sanity_val_steps == 0 or not run.val_enabled:
             return
-        run.hooks.on_sanity_check_start()
-        self.epoch_loop.val_loop.run(sanity=True)
-        run.hooks.on_sanity_check_end()
+        rng = capture_rng()
+        self._sanity_checking = True
+        try:
+            run.hooks.on_sanity_check_start()
+            self.epoch_loop.val_loop.run(sanity=True)
+            run.hooks.on_sanity_check_end()
+        finally:
+            self._sanity_checking = False
+        restore_rng(rng)
 
     def on_train_start(self) -> None:
         self.context.hooks.on_train_start()
