@@ -10,7 +10,11 @@ strings), and ``self.log``'s per-step defaults (:data:`PER_BATCH`).
 A callback's hook takes ``(trainer, module, *params)``; the module's takes
 ``(*params)``.  ``relayed`` hooks are fired by loop transitions through the
 relay; the others (``setup``, ``teardown``, the checkpoint hooks) are called
-once per run by the Trainer or the checkpoint code.
+once per run by the Trainer or the checkpoint code.  ``module_only`` hooks
+(the batch transfer hooks, ``on_*_model_eval/train``: Lightning's
+ModelHooks/DataHooks) have no callback version; ``default`` ones have a real
+body on ``TrainingModule`` (Lightning's default behaviour, marked with
+:func:`hook_default`) instead of a generated no-op.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def is_hook_default(fn: Any) -> bool:
 class Hook:
     name: str
     params: tuple[str, ...]  # after (trainer, module) for a callback, after self for the module
-    stage: str  # fit, train, validate, test, predict, sanity, optimizer, setup, checkpoint
+    stage: str  # fit, train, validate, test, predict, sanity, optimizer, setup, checkpoint, data (every stage)
     doc: str
     per_batch: bool = False  # fired once per batch: self.log inside it defaults to on_step in training
     relayed: bool = True  # fired by a loop transition through the relay
