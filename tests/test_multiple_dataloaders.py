@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -212,3 +214,45 @@ def _walk(tree, prefix=""):
     elif isinstance(tree, (list, tuple)):
         for value in tree:
             yield from _walk(value)
+
+
+def test_the_progress_bar_counts_the_batches_of_every_dataloader():
+    import io
+
+    from rich.console import Console
+
+    from statemachine_trainer.callbacks import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(console=Console(file=out, force_terminal=True, width=140))
+    quiet(callbacks=[bar], enable_progress_bar=True).validate(TwoLoaders(), [loader(8, 0), loader(12, 1)])
+    text = out.getvalue()
+    assert "5/5" in text and "3/5" in text  # one bar over both loaders: 2 + 3 batches
+
+
+def test_an_outer_loop_that_switches_to_several_dataloaders_gets_the_same_clear_error():
+    from statemachine_trainer.loops import EvaluationLoop
+
+    trainer = quiet()
+    module = NoIdx()
+    trainer.validate(module, loader(8, 0))  # one dataloader: fine
+    loop = trainer.validate_loop
+    assert isinstance(loop, EvaluationLoop)
+    trainer.run.use_data(validate=[loader(8, 0), loader(4, 1)])  # what a loop wrapping the others may do
+    trainer.run.state = "validate"
+    with pytest.raises(ConfigError, match="Add `dataloader_idx=0`"):
+        loop.run()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 3), min_size=2, max_size=3), call=st.integers(1, 12))
+def test_any_interruption_inside_several_dataloaders_resumes_exactly(sizes, call, tmp_path_factory):
+    total = 2 * sum(sizes)  # validation batches over two epochs
+    assume(call <= total)
+
+    def make_loaders():
+        val = [ResumableLoader(DataLoader(data(4 * n, i), batch_size=4)) for i, n in enumerate(sizes)]
+        return ResumableLoader(DataLoader(data(8, 9), batch_size=4, shuffle=True), seed=5), val
+
+    assert_resume_exact(Dropout, _make_trainer, make_loaders, "on_validation_batch_end", call,
+                        tmp_path_factory.mktemp("resume"))

@@ -100,12 +100,19 @@ class EvaluationLoop(FetchingLoop):
         self._hooks: StageRelay | None = None  # this stage's hooks, resolved when a run attaches
         self._sources: list[BatchSource] = []  # the stage's sources by dataloader_idx, taken when a run starts
         self._several = False  # more than one dataloader: hooks get dataloader_idx, names get its suffix
+        self._checked: int | None = None  # the number of dataloaders the signatures were checked for
 
     def on_attach(self) -> None:
-        run = self.context
-        self._hooks = run.hooks.stage(self.stage)
+        self._hooks = self.context.hooks.stage(self.stage)
         self.skip_transfer_hooks()
-        check_dataloader_idx(run, self.stage, len(run.stage_sources(self.stage)))
+        self._checked = None
+        self._check_signatures(len(self.context.stage_sources(self.stage)))  # early: before anything runs
+
+    def _check_signatures(self, count: int) -> None:
+        # Again when an outer loop changed the data between runs (use_data): once per number of dataloaders.
+        if count != self._checked:
+            check_dataloader_idx(self.context, self.stage, count)
+            self._checked = count
 
     # -- conditions ------------------------------------------------------------------------
     @property
@@ -154,6 +161,7 @@ class EvaluationLoop(FetchingLoop):
     def _take_sources(self) -> None:
         self._sources = self.context.stage_sources(self.stage)
         self._several = len(self._sources) > 1
+        self._check_signatures(len(self._sources))
 
     def _enter(self) -> None:
         run = self.context
