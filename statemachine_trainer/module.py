@@ -70,7 +70,7 @@ class TrainingModule(nn.Module):
     def test_step(self, batch: Any, batch_idx: int) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define test_step(self, batch, batch_idx) to be tested.")
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         """By default, the module applied to the batch (its first element if it is a tuple/list)."""
         if isinstance(batch, (list, tuple)):
             batch = batch[0]
@@ -295,13 +295,15 @@ class FunctionModule(TrainingModule):
     def configure_optimizers(self) -> Any:
         return self._fns["configure"](self.model)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+    # dataloader_idx: with several evaluation dataloaders, the values logged get its suffix (the functions
+    # keep their three arguments).
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         return self._eval("validation", "val_loss", batch, batch_idx)
 
-    def test_step(self, batch: Any, batch_idx: int) -> Any:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         return self._eval("test", "test_loss", batch, batch_idx)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         fn = self._fns["predict"]
         return super().predict_step(batch, batch_idx) if fn is None else fn(self.model, batch, batch_idx)
 

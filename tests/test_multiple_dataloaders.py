@@ -256,3 +256,17 @@ def test_any_interruption_inside_several_dataloaders_resumes_exactly(sizes, call
 
     assert_resume_exact(Dropout, _make_trainer, make_loaders, "on_validation_batch_end", call,
                         tmp_path_factory.mktemp("resume"))
+
+
+def test_the_default_predict_step_and_function_modules_take_several_dataloaders():
+    from statemachine_trainer import FunctionModule
+
+    net = nn.Linear(3, 2)
+    module = FunctionModule(net, training_step=lambda m, b, i: m(b[0]).sum(),
+                            configure_optimizers=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                            validation_step=lambda m, b, i: nn.functional.cross_entropy(m(b[0]), b[1]))
+    trainer = quiet()
+    predictions = trainer.predict(module, [loader(8, 0), loader(4, 1)])  # TrainingModule's default predict_step
+    assert [len(p) for p in predictions] == [2, 1]
+    results = trainer.validate(module, [loader(8, 0), loader(4, 1)])
+    assert [set(r) for r in results] == [{"val_loss/dataloader_idx_0"}, {"val_loss/dataloader_idx_1"}]
