@@ -167,7 +167,8 @@ class FitLoop(TrainerLoop):
     def on_advance_start(self) -> None:
         run = self.context
         self.progress.increment_ready()
-        run.module.train()
+        # No module.train() here: as in Lightning 2, training keeps the modes the user set (a frozen backbone
+        # in eval mode stays so); evaluation gives each submodule back the mode it found.
         run.results.stage = "train"
         run.hooks.on_train_epoch_start()
         self.progress.increment_started()
