@@ -146,7 +146,7 @@ class FitLoop(TrainerLoop):
         Creating a DataLoader iterator draws a seed from torch's global RNG
         (even unshuffled), and ``validation_step`` may draw too: the RNG states
         are put back afterwards, so the training batch order and dropout masks
-        are the same with and without a sanity check (Lightning re-seeds).
+        are the same with and without a sanity check (Lightning: isolate_rng).
         """
         run = self.context
         if run.config.num_sanity_val_steps == 0 or not run.val_enabled:
