@@ -186,3 +186,45 @@ def _make_loaders():
 def test_a_resume_inside_a_step_transfers_the_batch_in_flight_again(hook, call, tmp_path):
     # Without the transfer on resume, the re-fetched batch would reach the step as the loader's raw tuple.
     assert_resume_exact(Transfers, _make_trainer, _make_loaders, hook, call, tmp_path)
+
+
+class RandomAugment(Transfers):
+    """GPU-style augmentation: noise drawn from torch's global RNG in on_after_batch_transfer."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        return {"x": x + torch.randn_like(x), "y": y}
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self.log("val_x", batch["x"].sum())  # the resumed validation must log the same noisy batch
+
+
+@pytest.mark.parametrize(("hook", "call"), [("on_train_batch_start", 3), ("on_train_batch_start", 6),
+                                            ("on_after_backward", 5)])
+def test_random_draws_in_a_transfer_hook_are_replayed_on_resume(hook, call, tmp_path):
+    # A resume right after on_train_batch_start re-fetches the batch and runs the augmentation again.
+    assert_resume_exact(RandomAugment, _make_trainer, _make_loaders, hook, call, tmp_path)
+
+
+def test_without_an_override_nothing_is_kept_for_the_replay(tmp_path):
+    from statemachine_trainer.checkpoint import load_checkpoint_dir
+
+    class Plain(TrainingModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(3, 2)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            pass
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    for module, kept in ((Plain, False), (RandomAugment, True)):
+        path = assert_resume_exact(module, _make_trainer, _make_loaders, "on_train_batch_start", 2,
+                                   tmp_path / module.__name__)
+        state, _ = load_checkpoint_dir(path)
+        assert ("rng_before_transfer" in str(state["loops"])) is kept

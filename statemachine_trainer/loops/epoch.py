@@ -132,6 +132,7 @@ class TrainingEpochLoop(FetchingLoop):
         if batch is not None and self.batch_loop.stepped:  # the batch loop's fields say so, also after a resume
             run.step_schedulers("step")
         progress.increment_completed()
+        self.done_with_batch()
         if progress.total.completed % run.config.log_every_n_steps == 0:
             run.log_step_metrics()
 

@@ -204,6 +204,7 @@ class EvaluationLoop(FetchingLoop):
         progress.increment_processed()
         self._hooks.batch_end(outputs, *args)
         progress.increment_completed()
+        self.done_with_batch()
 
     def on_run_end(self, sanity: bool = False) -> dict[str, float] | list[dict[str, float]]:
         run = self.context
