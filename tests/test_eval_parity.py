@@ -240,7 +240,8 @@ def test_a_run_with_a_none_batch_resumes_exactly(hook, call, tmp_path):
 def test_a_submodule_put_in_eval_mode_before_fit_stays_so_through_training_and_validation():
     module = Classifier()
     module.backbone.eval()  # e.g. a pretrained feature extractor with frozen batch-norm statistics
-    quiet(max_epochs=2, num_sanity_val_steps=1).fit(module, DataLoader(dataset(8), batch_size=4),
-                                                    DataLoader(dataset(4, 1), batch_size=4))
+    with pytest.warns(UserWarning, match=r"Found 3 module\(s\) in eval mode at the start of training \(backbone"):
+        quiet(max_epochs=2, num_sanity_val_steps=1).fit(module, DataLoader(dataset(8), batch_size=4),
+                                                        DataLoader(dataset(4, 1), batch_size=4))
     assert {mode for mode in module.modes if mode[0] == "train"} == {("train", False, True)}
     assert not module.backbone.training and module.head.training

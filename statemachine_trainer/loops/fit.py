@@ -22,6 +22,9 @@ increasing over the whole job.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import attrs
 
 from .._optim import ConfigError
@@ -162,6 +165,7 @@ class FitLoop(TrainerLoop):
         restore_rng(rng)
 
     def on_train_start(self) -> None:
+        _warn_if_modules_in_eval_mode(self.context.module)
         self.context.hooks.on_train_start()
 
     def on_advance_start(self) -> None:
@@ -190,3 +194,13 @@ class FitLoop(TrainerLoop):
 
     def on_fit_end(self) -> None:
         self.context.hooks.on_fit_end()
+
+
+def _warn_if_modules_in_eval_mode(module: Any) -> None:
+    """Training keeps the modes it finds (Lightning 2): say so when some submodules are in eval mode."""
+    in_eval = [name or type(module).__name__ for name, sub in module.named_modules() if not sub.training]
+    if in_eval:
+        warnings.warn(f"Found {len(in_eval)} module(s) in eval mode at the start of training ({', '.join(in_eval[:5])}"
+                      f"{', ...' if len(in_eval) > 5 else ''}); they stay so while training, as in Lightning. If this "
+                      "is intentional (e.g. a frozen backbone), ignore this warning; otherwise call module.train().",
+                      UserWarning, stacklevel=2)
