@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._hook_spec import HOOK_NAMES, OVERRIDABLE, RELAYED, STAGE_HOOKS
+from ._hook_spec import HOOK_NAMES, OVERRIDABLE, RELAYED, STAGE_HOOKS, is_default_hook
 from ._results import Results
 
 __all__ = ["HOOK_NAMES", "HookRelay", "StageRelay"]
@@ -30,7 +30,7 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 
 def _overrides(obj: Any, name: str) -> bool:
     fn = getattr(obj, name, None)
-    return fn is not None and not getattr(fn, "__noop_hook__", False) and not getattr(fn, "__default_hook__", False)
+    return fn is not None and not getattr(fn, "__noop_hook__", False) and not is_default_hook(fn)
 
 
 class StageRelay:
@@ -39,6 +39,10 @@ class StageRelay:
     def __init__(self, relay: HookRelay, stage: str) -> None:
         names = STAGE_HOOKS[stage]
         self.step_name = names.step
+        self.model_eval = getattr(relay, names.model_eval)
+        self.model_train = None if names.model_train is None else getattr(relay, names.model_train)
+        #: Whether the module overrides its model_train hook (otherwise the loop restores the modes it captured).
+        self.model_train_overridden = names.model_train is not None and relay.overrides(names.model_train)
         self.start, self.end = getattr(relay, names.start), getattr(relay, names.end)
         self.epoch_start, self.epoch_end = getattr(relay, names.epoch_start), getattr(relay, names.epoch_end)
         self.batch_start, self.batch_end = getattr(relay, names.batch_start), getattr(relay, names.batch_end)
@@ -48,28 +52,35 @@ class HookRelay:
     """One attribute per relayed hook, each a callable taking the hook's own arguments."""
 
     def __init__(self, module: Any, callbacks: Sequence[Any], trainer: Any, results: Results) -> None:
+        self._overridden: set[str] = set()
         for hook in RELAYED:
             name = hook.name
             targets: list[Callable[..., Any]] = []
             if _overrides(module, name):
                 targets.append(_module_hook(getattr(module, name), name, results))
-            for callback in callbacks:
+            for callback in callbacks if "callback" in hook.owners else ():
                 if _overrides(callback, name):
                     targets.append(_callback_hook(getattr(callback, name), trainer, module))
+            if targets:
+                self._overridden.add(name)
+            elif hook.default:  # nobody overrides it: Lightning's default behaviour, defined on the module
+                targets.append(_module_hook(getattr(module, name), name, results))
             setattr(self, name, _fan_out(targets))
         for hook in OVERRIDABLE:  # the module's own step hooks: the override, or _nothing (the loop does the work)
             name = hook.name
-            setattr(self, name, _module_step_hook(getattr(module, name), name, results)
-                    if _overrides(module, name) else _nothing)
+            overridden = _overrides(module, name)
+            if overridden:
+                self._overridden.add(name)
+            setattr(self, name, _module_step_hook(getattr(module, name), name, results) if overridden else _nothing)
         self._stages = {stage: StageRelay(self, stage) for stage in STAGE_HOOKS}
 
     def overrides(self, name: str) -> bool:
-        """Whether the module or a callback overrides hook ``name`` (so calling it does something).
+        """Whether the module or a callback overrides hook ``name`` (not a no-op stub, not the module's default).
 
-        For an :data:`~._hook_spec.OVERRIDABLE` hook: whether the module replaced
+        For an :data:`~._hook_spec.OVERRIDABLE` step hook: whether the module replaced
         ``TrainingModule``'s default, so the loop must call it instead of doing the work itself.
         """
-        return getattr(self, name) is not _nothing
+        return name in self._overridden
 
     def stage(self, name: str) -> StageRelay:
         """The hooks of evaluation/prediction stage ``name`` ("validate", "test", "predict")."""

@@ -41,6 +41,7 @@ class _Slot:
     """One logged key from one hook: its settings, latest value and epoch accumulator."""
 
     __slots__ = (
+        "dataloader_idx",
         "direct",
         "last",
         "logger",
@@ -66,6 +67,7 @@ class _Slot:
         self.weight = 0  # total batch size seen this epoch (mean's denominator)
         self.metric: Metric | None = None
         self.sync_dist = False  # reduce the epoch value across ranks (DDP) before publishing it
+        self.dataloader_idx: int | None = None  # the evaluation dataloader whose suffix the name has, if any
 
     @property
     def step_key(self) -> str:
@@ -114,9 +116,13 @@ class Results:
         self.reduce = reduce  # the strategy's cross-rank reduction, for self.log(..., sync_dist=True)
         self.fx = "training_step"  # the hook running now; the loops set it before calling user code
         self.stage = "train"  # "train", "validate", "test", "predict", "sanity_check"
+        # The evaluation dataloader now running when there are several (None with one, and in training): it
+        # is part of a slot's key, and a name logged with add_dataloader_idx gets "/dataloader_idx_N".
+        self.dataloader_idx: int | None = None
         self.batch: Any = None  # the batch being processed, for batch-size inference
         self._batch_size: int | None = None
-        self._slots: dict[tuple[str, str, str], _Slot] = {}
+        self._slots: dict[tuple[str, str, str, int | None], _Slot] = {}  # (stage, fx, name, dataloader_idx)
+        self._unique: list[_Slot] = []  # each slot once (a shared one has a key per dataloader)
         self.callback_metrics: dict[str, torch.Tensor] = {}
         self.progress_bar_metrics: dict[str, torch.Tensor] = {}
         self.logged_metrics: dict[str, torch.Tensor] = {}
@@ -128,10 +134,12 @@ class Results:
     # -- the hot path ------------------------------------------------------------------
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True, on_step: bool | None = None,
             on_epoch: bool | None = None, reduce_fx: str = "mean", batch_size: int | None = None,
-            sync_dist: bool = False) -> None:
-        slot = self._slots.get((self.stage, self.fx, name))
+            sync_dist: bool = False, add_dataloader_idx: bool = True) -> None:
+        slot = self._slots.get((self.stage, self.fx, name, self.dataloader_idx))
         if slot is None:
-            slot = self._new_slot(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx)
+            slot = self._shared_slot(name, add_dataloader_idx)
+        if slot is None:
+            slot = self._new_slot(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, add_dataloader_idx)
             slot.sync_dist = sync_dist
         if slot.direct:
             self._publish(slot, value)
@@ -163,8 +171,17 @@ class Results:
             self._batch_size = _infer_batch_size(self.batch)
         return self._batch_size
 
+    def _shared_slot(self, name: str, add_dataloader_idx: bool) -> _Slot | None:
+        """With several dataloaders and ``add_dataloader_idx=False``: the one slot every dataloader logs into."""
+        if add_dataloader_idx or self.dataloader_idx is None:
+            return None
+        slot = self._slots.get((self.stage, self.fx, name, None))
+        if slot is not None:
+            self._slots[(self.stage, self.fx, name, self.dataloader_idx)] = slot  # found at once next time
+        return slot
+
     def _new_slot(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None,
-                  on_epoch: bool | None, reduce_fx: str) -> _Slot:
+                  on_epoch: bool | None, reduce_fx: str, add_dataloader_idx: bool = True) -> _Slot:
         if not isinstance(name, str) or not name:
             raise LogError(f"self.log() needs a non-empty str name, got {name!r}.")
         if reduce_fx not in _REDUCE_FX:
@@ -185,9 +202,14 @@ class Results:
         # A value logged from an epoch-level hook (on_validation_epoch_end, ...) has no epoch left to
         # reduce over: it is published at once, so callbacks running after the hook see it.
         direct = self.fx not in STEP_HOOKS and self.fx not in EVAL_STEP_HOOKS
-        slot = _Slot(name, self.stage, on_step and not direct, True if direct else on_epoch, prog_bar, logger,
-                     reduce_fx, direct)
-        self._slots[(self.stage, self.fx, name)] = slot
+        suffixed = add_dataloader_idx and self.dataloader_idx is not None
+        slot = _Slot(f"{name}/dataloader_idx_{self.dataloader_idx}" if suffixed else name, self.stage,
+                     on_step and not direct, True if direct else on_epoch, prog_bar, logger, reduce_fx, direct)
+        slot.dataloader_idx = self.dataloader_idx if suffixed else None
+        self._slots[(self.stage, self.fx, name, self.dataloader_idx)] = slot
+        self._unique.append(slot)
+        if not suffixed:
+            self._slots[(self.stage, self.fx, name, None)] = slot  # shared: other dataloaders find it there
         return slot
 
     def _publish(self, slot: _Slot, value: Any) -> None:
@@ -213,12 +235,12 @@ class Results:
     # -- views ---------------------------------------------------------------------------
     def step_metrics(self) -> dict[str, torch.Tensor]:
         """The latest per-step training values (what a logger writes every few steps)."""
-        return {s.step_key: s.last.detach() for s in self._slots.values()
+        return {s.step_key: s.last.detach() for s in self._unique
                 if s.stage == "train" and s.on_step and s.logger and s.last is not None}
 
     def refresh_step_views(self) -> None:
         """Copy the latest per-step values into callback_metrics and progress_bar_metrics."""
-        for slot in self._slots.values():
+        for slot in self._unique:
             if slot.stage == "train" and slot.on_step and slot.last is not None:
                 last = slot.last = slot.last.detach()
                 self.callback_metrics[slot.step_key] = last
@@ -230,7 +252,7 @@ class Results:
     def epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
         """Reduce ``stage``'s per-epoch values, publish them, and return what goes to the logger."""
         out = {}
-        for slot in self._slots.values():
+        for slot in self._unique:
             if slot.stage != stage or not slot.on_epoch or slot.direct:
                 continue
             value = slot.epoch_value(self.reduce if slot.sync_dist else None)
@@ -247,7 +269,7 @@ class Results:
 
     def reset_stage(self, stage: str) -> None:
         """Forget a stage's partial epoch values (a new run of an evaluation loop)."""
-        for slot in self._slots.values():
+        for slot in self._unique:
             if slot.stage == stage:
                 slot.total, slot.weight, slot.last = None, 0, None
                 if slot.metric is not None:
@@ -261,24 +283,30 @@ class Results:
         attributes); only the fact that a slot reports one is recorded here.
         """
         slots = []
-        for (stage, fx, name), slot in self._slots.items():
-            slots.append({"stage": stage, "fx": fx, "name": name, "on_step": slot.on_step, "on_epoch": slot.on_epoch,
+        for (stage, fx, name, dataloader_idx), slot in self._slots.items():
+            if dataloader_idx != slot.dataloader_idx:
+                continue  # another dataloader's key for a shared slot: rebuilt at its first log after a resume
+            slots.append({"stage": stage, "fx": fx, "name": name, "dataloader_idx": dataloader_idx, "on_step": slot.on_step, "on_epoch": slot.on_epoch,
                           "prog_bar": slot.prog_bar, "logger": slot.logger, "reduce_fx": slot.reduce_fx,
                           "direct": slot.direct, "sync_dist": slot.sync_dist, "weight": slot.weight, "has_metric": slot.metric is not None,
                           "last": None if slot.last is None else slot.last.detach(), "total": slot.total})
-        return {"fx": self.fx, "stage": self.stage, "slots": slots,
+        return {"fx": self.fx, "stage": self.stage, "dataloader_idx": self.dataloader_idx, "slots": slots,
                 "callback_metrics": dict(self.callback_metrics), "progress_bar_metrics": dict(self.progress_bar_metrics),
                 "logged_metrics": dict(self.logged_metrics), "pending_log": dict(self.pending_log)}
 
     def load_state_dict(self, state: dict[str, Any], metrics: dict[str, Metric] | None = None) -> None:
         self.fx, self.stage = state["fx"], state["stage"]
-        self._slots = {}
+        self.dataloader_idx = state.get("dataloader_idx")  # absent in checkpoints from before several loaders
+        self._slots, self._unique = {}, []
         for entry in state["slots"]:
-            slot = _Slot(entry["name"], entry["stage"], entry["on_step"], entry["on_epoch"], entry["prog_bar"],
+            index = entry.get("dataloader_idx")
+            name = entry["name"] if index is None else f"{entry['name']}/dataloader_idx_{index}"
+            slot = _Slot(name, entry["stage"], entry["on_step"], entry["on_epoch"], entry["prog_bar"],
                          entry["logger"], entry["reduce_fx"], entry["direct"])
             slot.last, slot.total, slot.weight = entry["last"], entry["total"], entry["weight"]
-            slot.sync_dist = entry["sync_dist"]
-            self._slots[(entry["stage"], entry["fx"], entry["name"])] = slot
+            slot.sync_dist, slot.dataloader_idx = entry["sync_dist"], index
+            self._slots[(entry["stage"], entry["fx"], entry["name"], index)] = slot
+            self._unique.append(slot)
         for view in ("callback_metrics", "progress_bar_metrics", "logged_metrics", "pending_log"):
             setattr(self, view, dict(state[view]))
 

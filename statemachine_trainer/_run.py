@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,7 +40,7 @@ import torch
 from ._flags import FLAG_NAMES, TrainerConfig
 from ._optim import ConfigError
 from ._results import Results
-from .data._source import BatchSource, count_batches
+from .data._source import BatchSource, count_batches, is_loader_collection, source_key
 
 if TYPE_CHECKING:
     from ._hooks import HookRelay
@@ -118,7 +118,7 @@ class Run:
         self.callbacks, self.loggers = callbacks, loggers
         self.module: Any = None
         self.datamodule: Any = None  # the DataModule given to the entry point, if any
-        self.sources: dict[str, Any] = {}  # stage name -> BatchSource
+        self.sources: dict[str, Any] = {}  # source_key(stage, dataloader_idx) -> BatchSource ("validate/1")
         self.results = Results(strategy.reduce)
         self.hooks: HookRelay | None = None
         self.optimization: Optimization | None = None
@@ -361,14 +361,28 @@ class Run:
         for stage, loader in loaders.items():
             if stage not in _LIMIT_NAMES:
                 raise ConfigError(f"use_data({stage}=...): the stages are {', '.join(_LIMIT_NAMES)}.")
+            for index in range(len(self.stage_sources(stage))):
+                del self.sources[source_key(stage, index)]
             if loader is None:
-                self.sources.pop(stage, None)
-            else:
-                self.sources[stage] = self._source(stage, loader)
-        validate = self.sources.get("validate")
-        self.val_enabled = self.state == "fit" and validate is not None and validate.num_batches > 0
+                continue
+            several = is_loader_collection(loader)
+            if several and stage == "train":
+                raise ConfigError(f"The training data is a {type(loader).__name__} of {len(loader)} dataloaders; "
+                                  "training takes one. Combine them into one dataset (torch.utils.data."
+                                  "ConcatDataset) or one loader that yields the batches together.")
+            group = (list(loader.values()) if isinstance(loader, Mapping) else list(loader)) if several else [loader]
+            for index, one in enumerate(group):
+                self.sources[source_key(stage, index)] = self._source(stage, one)
+        self.val_enabled = self.state == "fit" and any(s.num_batches > 0 for s in self.stage_sources("validate"))
         if "train" in self.sources:
             self.val_check_batches = self.config.val_check_batches(self.sources["train"].num_batches)
+
+    def stage_sources(self, stage: str) -> list[BatchSource]:
+        """The sources of ``stage``, by ``dataloader_idx`` (several for a list or dict of evaluation loaders)."""
+        found: list[BatchSource] = []
+        while (source := self.sources.get(source_key(stage, len(found)))) is not None:
+            found.append(source)
+        return found
 
     def _source(self, stage: str, loader: Any) -> BatchSource:
         loader = self.strategy.shard(loader)  # strategy="ddp": this rank's part of the data

@@ -29,6 +29,7 @@ from torch import nn
 from ._hook_spec import default_hook, install_stubs
 from ._optim import ConfigError
 from ._results import LogError
+from .data._source import move_to_device
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -80,7 +81,7 @@ class TrainingModule(nn.Module):
     def test_step(self, batch: Any, batch_idx: int) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define test_step(self, batch, batch_idx) to be tested.")
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         """By default, the module applied to the batch (its first element if it is a tuple/list)."""
         if isinstance(batch, (list, tuple)):
             batch = batch[0]
@@ -88,6 +89,47 @@ class TrainingModule(nn.Module):
 
     def configure_optimizers(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define configure_optimizers() to be trained.")
+
+    # -- hooks with a default behaviour (Lightning's); the no-op ones are generated from _hook_spec ----------
+    @default_hook
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a fetched batch before it moves to the device (e.g. CPU augmentation); return it."""
+        return batch
+
+    @default_hook
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move the batch to ``device``: every tensor (anything with ``.to``) in nested lists, tuples and dicts.
+
+        Override for a batch type of your own; call ``super()`` for the rest.
+        """
+        return move_to_device(batch, device)
+
+    @default_hook
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change the batch once it is on the device (e.g. GPU augmentation); return it."""
+        return batch
+
+    @default_hook
+    def on_validation_model_eval(self) -> None:
+        self.eval()
+
+    @default_hook
+    def on_validation_model_train(self) -> None:
+        """Called after validation only when overridden; otherwise each submodule's mode is restored as it was."""
+        self.train()
+
+    @default_hook
+    def on_test_model_eval(self) -> None:
+        self.eval()
+
+    @default_hook
+    def on_test_model_train(self) -> None:
+        """Called after testing only when overridden; otherwise each submodule's mode is restored as it was."""
+        self.train()
+
+    @default_hook
+    def on_predict_model_eval(self) -> None:
+        self.eval()
 
     # -- data (optional: Trainer.fit/validate/... can take loaders instead) ------------------------
     train_dataloader: Any = None
@@ -98,7 +140,7 @@ class TrainingModule(nn.Module):
     # -- logging ----------------------------------------------------------------------------------
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool = True, on_step: bool | None = None,
             on_epoch: bool | None = None, reduce_fx: str = "mean", sync_dist: bool = False,
-            batch_size: int | None = None, rank_zero_only: bool = False) -> None:
+            batch_size: int | None = None, rank_zero_only: bool = False, add_dataloader_idx: bool = True) -> None:
         """Record a scalar (tensor, number or torchmetrics ``Metric``) under ``name``.
 
         ``on_step``/``on_epoch`` default to per-step in training steps and
@@ -111,6 +153,9 @@ class TrainingModule(nn.Module):
         rank 0 only (e.g. under ``if self.trainer.is_global_zero``), so the value
         is never reduced across ranks -- the other ranks would wait forever --
         and callbacks on other ranks cannot monitor it, as in Lightning.
+        ``add_dataloader_idx``: with several evaluation dataloaders, ``name``
+        gets the suffix ``/dataloader_idx_N``; pass False to log one value under
+        ``name`` over all of them.
         """
         run = self._run
         if run is None:
@@ -119,7 +164,8 @@ class TrainingModule(nn.Module):
             raise LogError(f"self.log({name!r}, ..., sync_dist=True, rank_zero_only=True): a value logged on rank 0 "
                            "only cannot be reduced across ranks (the other ranks never join the reduction); drop "
                            "sync_dist, or log it on every rank without rank_zero_only.")
-        run.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size, sync_dist)
+        run.results.log(name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, batch_size, sync_dist,
+                        add_dataloader_idx)
 
     def log_dict(self, values: Mapping[str, Any], **kwargs: Any) -> None:
         for name, value in values.items():
@@ -449,13 +495,15 @@ class FunctionModule(TrainingModule):
     def configure_optimizers(self) -> Any:
         return self._fns["configure"](self.model)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+    # dataloader_idx: with several evaluation dataloaders, the values logged get its suffix (the functions
+    # keep their three arguments).
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         return self._eval("validation", "val_loss", batch, batch_idx)
 
-    def test_step(self, batch: Any, batch_idx: int) -> Any:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         return self._eval("test", "test_loss", batch, batch_idx)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         fn = self._fns["predict"]
         return super().predict_step(batch, batch_idx) if fn is None else fn(self.model, batch, batch_idx)
 

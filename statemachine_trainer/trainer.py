@@ -56,6 +56,7 @@ from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
 from ._run import Run
 from ._strategy import launched_rank_zero, make_strategy
+from .data._source import is_loader_collection
 from .datamodule import DataModule
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .loops._base import TrainerLoop
@@ -196,14 +197,14 @@ class Trainer:
     def validate(self, model: TrainingModule | None = None, dataloaders: Any = None,
                  ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True,
                  datamodule: DataModule | None = None) -> list[dict[str, float]]:
-        """Run the validation loop once; without ``model``, on the last fit's, from its best checkpoint."""
-        return [self._evaluate("validate", model, dataloaders, ckpt_path, datamodule, verbose)]
+        """One dict of logged epoch values per dataloader; without ``model``, the last fit's, from its best checkpoint."""
+        return _per_dataloader(self._evaluate("validate", model, dataloaders, ckpt_path, datamodule, verbose))
 
     def test(self, model: TrainingModule | None = None, dataloaders: Any = None,
              ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True,
              datamodule: DataModule | None = None) -> list[dict[str, float]]:
-        """Run the test loop once; without ``model``, on the last fit's, from its best checkpoint."""
-        return [self._evaluate("test", model, dataloaders, ckpt_path, datamodule, verbose)]
+        """One dict of logged epoch values per dataloader; without ``model``, the last fit's, from its best checkpoint."""
+        return _per_dataloader(self._evaluate("test", model, dataloaders, ckpt_path, datamodule, verbose))
 
     def predict(self, model: TrainingModule | None = None, dataloaders: Any = None,
                 datamodule: DataModule | None = None, return_predictions: bool | None = None,
@@ -234,10 +235,12 @@ class Trainer:
 
     def _evaluate(self, stage: str, model: TrainingModule | None, dataloaders: Any,
                   ckpt_path: str | os.PathLike[str] | None, datamodule: DataModule | None,
-                  verbose: bool) -> dict[str, float]:
+                  verbose: bool) -> Any:
         results = self._run_entry(stage, model, dataloaders, ckpt_path, datamodule)
-        if verbose and self.strategy.is_rank_zero and results:
-            print(_results_table(stage, results))
+        if verbose and self.strategy.is_rank_zero:
+            for one in _per_dataloader(results):
+                if one:
+                    print(_results_table(stage, one))
         return results
 
     def _run_entry(self, stage: str, model: TrainingModule | None, dataloaders: Any,
@@ -442,7 +445,9 @@ class Trainer:
                 raise ConfigError(f"No {stage} data: pass a dataloader to trainer.{_entry(stage)}(model, ...) or "
                                   f"define {type(owner).__name__}.{method}().")
             return None
-        _check_one_loader(loader, stage)
+        if stage == "train" and is_loader_collection(loader):  # evaluation stages take several (dataloader_idx)
+            raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; training takes one "
+                              "dataloader: combine them into one dataset (torch.utils.data.ConcatDataset).")
         return loader
 
     def _new_run(self, stage: str) -> Run:
@@ -562,6 +567,11 @@ class Trainer:
 
 
 
+def _per_dataloader(result: Any) -> list[dict[str, float]]:
+    """An evaluation loop returns a dict for one dataloader and a list of dicts for several."""
+    return result if isinstance(result, list) else [result]
+
+
 def _entry(stage: str) -> str:
     return {"train": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
 
@@ -600,13 +610,6 @@ def _hyperparameters(model: TrainingModule, datamodule: DataModule | None) -> di
                               "one of them.")
         merged[name] = value
     return merged
-
-
-def _check_one_loader(loader: Any, stage: str) -> None:
-    """One dataloader per stage (the one place this rule lives)."""
-    if isinstance(loader, (list, tuple)) and loader and all(
-            isinstance(x, torch.utils.data.DataLoader) for x in loader):
-        raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; pass one dataloader.")
 
 
 def _results_table(stage: str, results: dict[str, float]) -> str:

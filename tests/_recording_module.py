@@ -7,8 +7,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Callback, TrainingModule
-from statemachine_trainer._hook_spec import LIFECYCLE
+from statemachine_trainer._hook_spec import HOOKS, LIFECYCLE
 from statemachine_trainer._hooks import HOOK_NAMES
+
+#: Hooks only the module has (Lightning's ModelHooks/DataHooks): a callback never sees them.
+MODULE_ONLY = frozenset(h.name for h in HOOKS if "callback" not in h.owners)
 
 
 def tiny_loader(n: int = 8, batch_size: int = 4, shuffle: bool = False) -> DataLoader:
@@ -19,8 +22,11 @@ def tiny_loader(n: int = 8, batch_size: int = 4, shuffle: bool = False) -> DataL
 
 
 def _recorder(name: str):
+    default = getattr(TrainingModule, name)
+
     def hook(self, *args):
         self.calls.append(name)
+        return default(self, *args)  # a no-op stub, or Lightning's default (return/move the batch, eval/train)
     hook.__name__ = name
     return hook
 
@@ -69,4 +75,5 @@ def _callback_recorder(name: str):
 
 
 for _name in HOOK_NAMES:
-    setattr(RecordingCallback, _name, _callback_recorder(_name))
+    if _name not in MODULE_ONLY:
+        setattr(RecordingCallback, _name, _callback_recorder(_name))

@@ -10,7 +10,7 @@ import pytest
 
 import statemachine_trainer
 from statemachine_trainer import Callback, TrainingModule
-from statemachine_trainer._hook_spec import HOOK_NAMES, HOOKS, STAGE_HOOKS
+from statemachine_trainer._hook_spec import HOOK_NAMES, HOOKS, STAGE_HOOKS, is_default_hook
 from statemachine_trainer._hooks import HookRelay
 from statemachine_trainer._results import Results
 
@@ -109,10 +109,10 @@ def test_module_callback_and_datamodule_stubs_are_the_specs_hooks_with_the_specs
     classes = {"module": (TrainingModule, ["self"]), "callback": (Callback, ["self", "trainer", "module"]),
                "datamodule": (DataModule, ["self"])}
     for hook in HOOKS:
-        if hook.default:  # the module's own step hooks: a working default, no stub, no callback hook
+        if hook.default:  # a real default on the module (Lightning's): no stub, no callback hook
             assert not hasattr(Callback, hook.name) and not hasattr(DataModule, hook.name), hook.name
             default = getattr(TrainingModule, hook.name)
-            assert getattr(default, "__default_hook__", False), hook.name
+            assert is_default_hook(default), hook.name
             names = [name.lstrip("*") for name in hook.params]
             assert list(inspect.signature(default).parameters) == ["self", *names], hook.name
             continue

@@ -49,6 +49,7 @@ class ProgressBar(Callback):
         self._train_task: TaskID | None = None
         self._eval_task: TaskID | None = None
         self._eval_total = 0
+        self._eval_done = 0  # evaluation batches done in this run, over every dataloader
         self._sanity = False
 
     # -- switching on and off ------------------------------------------------------------------
@@ -119,8 +120,8 @@ class ProgressBar(Callback):
         self._eval_start(trainer, "sanity" if self._sanity else "validate")
 
     def on_validation_batch_end(self, trainer: Run, module: TrainingModule, outputs: Any, batch: Any,
-                                batch_idx: int) -> None:
-        self._eval_batch_end(batch_idx)
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_end()
 
     def on_validation_end(self, trainer: Run, module: TrainingModule) -> None:
         self._eval_end(trainer)
@@ -129,8 +130,8 @@ class ProgressBar(Callback):
         self._eval_start(trainer, "test")
 
     def on_test_batch_end(self, trainer: Run, module: TrainingModule, outputs: Any, batch: Any,
-                          batch_idx: int) -> None:
-        self._eval_batch_end(batch_idx)
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_end()
 
     def on_test_end(self, trainer: Run, module: TrainingModule) -> None:
         self._eval_end(trainer)
@@ -139,8 +140,8 @@ class ProgressBar(Callback):
         self._eval_start(trainer, "predict")
 
     def on_predict_batch_end(self, trainer: Run, module: TrainingModule, outputs: Any, batch: Any,
-                             batch_idx: int) -> None:
-        self._eval_batch_end(batch_idx)
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_batch_end()
 
     def on_predict_end(self, trainer: Run, module: TrainingModule) -> None:
         self._eval_end(trainer)
@@ -149,13 +150,15 @@ class ProgressBar(Callback):
         if not self.enabled:
             return
         self._eval_total = _eval_batches(trainer, kind)
+        self._eval_done = 0  # batches of every dataloader so far (batch_idx restarts with each)
         self._eval_task = self._display().add_task(_EVAL_TITLES[kind], total=self._eval_total, metrics="")
         self._progress.refresh()
 
-    def _eval_batch_end(self, batch_idx: int) -> None:
+    def _eval_batch_end(self) -> None:
         if not self.enabled or self._eval_task is None:
             return
-        done = batch_idx + 1
+        self._eval_done += 1
+        done = self._eval_done
         if done % self.refresh_rate == 0 or done == self._eval_total:
             self._progress.update(self._eval_task, completed=done)
             self._progress.refresh()
@@ -197,8 +200,7 @@ def _is_terminal(console: Console | None) -> bool:
 
 def _eval_batches(trainer: Run, kind: str) -> int:
     stage = "validate" if kind == "sanity" else kind
-    source = trainer.sources.get(stage)
-    total = 0 if source is None else source.num_batches
+    counts = [source.num_batches for source in trainer.stage_sources(stage)]  # every dataloader of the stage
     if kind == "sanity" and trainer.num_sanity_val_steps >= 0:
-        total = min(total, trainer.num_sanity_val_steps)
-    return total
+        counts = [min(count, trainer.num_sanity_val_steps) for count in counts]  # that many of each
+    return sum(counts)

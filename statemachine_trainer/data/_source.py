@@ -1,4 +1,10 @@
-"""``BatchSource``: a dataloader seen by a loop -- how many batches, and the next one on the right device.
+"""``BatchSource``: a dataloader seen by a loop -- how many batches, and the next one.
+
+The batch comes back as the loader yields it: moving it to the device is the
+module's ``transfer_batch_to_device`` hook, which the loops fire after
+``on_before_batch_transfer`` (see ``loops/_fetch.py``).  A stage with several
+dataloaders (validation, test, prediction) has one source per loader, keyed
+by :func:`source_key`.
 
 Limits (``limit_*_batches``) are resolved here once per run, so loops only ask
 "is there another batch?" by comparing a counter with ``num_batches``.
@@ -6,12 +12,36 @@ Limits (``limit_*_batches``) are resolved here once per run, so loops only ask
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+import torch
 
 from .._optim import ConfigError
 
-__all__ = ["BatchSource", "count_batches", "move_to_device"]
+__all__ = ["BatchSource", "count_batches", "is_loader_collection", "move_to_device", "source_key"]
+
+
+def source_key(stage: str, dataloader_idx: int) -> str:
+    """Where a stage's ``dataloader_idx``-th source is kept (and its position in checkpoints): "validate/1"."""
+    return stage if dataloader_idx == 0 else f"{stage}/{dataloader_idx}"
+
+
+def is_loader_collection(value: Any) -> bool:
+    """Whether ``value`` is several dataloaders (a list, tuple or dict of them) rather than one loader.
+
+    A list of batches is a loader too, so a list counts as several loaders
+    only when each item is itself iterable and not a batch-like value.
+    """
+    items = list(value.values()) if isinstance(value, Mapping) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        return False
+    return all(_looks_like_loader(item) for item in items)
+
+
+def _looks_like_loader(item: Any) -> bool:
+    return (hasattr(item, "__iter__") and not isinstance(item, (torch.Tensor, list, tuple, Mapping, str, bytes))
+            and not hasattr(item, "shape"))
 
 
 def count_batches(loader: Any, limit: float | None, what: str) -> int:
@@ -61,7 +91,6 @@ class BatchSource:
     def __init__(self, loader: Any, num_batches: int, device: Any) -> None:
         self.loader, self.num_batches, self.device = loader, num_batches, device
         self._iterator: Iterator[Any] | None = None
-        self._on_cpu = str(device) == "cpu"
         self.resumable = callable(getattr(loader, "state_dict", None)) and callable(
             getattr(loader, "load_state_dict", None))
 
@@ -77,9 +106,7 @@ class BatchSource:
     def next_batch(self) -> Any:
         if self._iterator is None:
             self._iterator = iter(self.loader)  # after a resume: a resumable loader starts at its position
-        batch = next(self._iterator)
-        # On CPU every tensor is already where it must be; skip the walk over the batch.
-        return batch if self._on_cpu else move_to_device(batch, self.device)
+        return next(self._iterator)
 
     def refetch(self) -> None:
         """Make the next batch the one in flight when the checkpoint was taken (a resumable loader only)."""

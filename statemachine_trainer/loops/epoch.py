@@ -5,8 +5,8 @@
     START    --run-->                            ADVANCE  / reset, on_run_start
     ADVANCE  --advance [stop_validation_due]-->  VALIDATE                   # stopping: validate first
     ADVANCE  --advance [done]-->                 END      / on_run_end
-    ADVANCE  --advance [val_due]-->              VALIDATE / advance         # a batch, then validation
-    ADVANCE  --advance-->                        ADVANCE  / advance         # a batch
+    ADVANCE  --advance [val_due]-->              VALIDATE / FETCH, advance  # a batch, then validation
+    ADVANCE  --advance-->                        ADVANCE  / FETCH, advance  # a batch
     VALIDATE --validate [skipped]-->             END      / on_run_end     # the batch returned -1
     VALIDATE --validate [stopping]-->            END      / run_validation, on_run_end
     VALIDATE --validate-->                       ADVANCE  / run_validation
@@ -26,6 +26,12 @@ that batch runs once: ``stopping`` sends it on to END.
 the batch loop's ``skipped`` as the next epoch begins.  As in Lightning, the
 epoch's remaining validation goes with it, even when it was due after that
 batch (``skipped`` in VALIDATE).
+
+``FETCH`` (``loops/_fetch.py``) takes the next batch and runs the module's
+batch transfer hooks on it.  A ``None`` batch (a loader may yield one on
+purpose) is not given to the model: as in Lightning, the loop warns, skips
+``on_train_batch_start`` and the step, and calls ``on_train_batch_end(None,
+None, batch_idx)``; the batch still counts.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any
 
 from ..machine import ADVANCE, END, START, Loop, Row, Table
 from ..state import BatchProgress
-from ._base import TrainerLoop
+from ._fetch import FETCH, FetchingLoop
 from .batch import BatchLoop
 from .evaluation import EvaluationLoop
 
@@ -48,8 +54,8 @@ EPOCH_TABLE = Table(
         Row("run", START, ADVANCE, hooks=("reset", "on_run_start")),
         Row("advance", ADVANCE, "VALIDATE", conditions="stop_validation_due"),
         Row("advance", ADVANCE, END, conditions="done", hooks="on_run_end"),
-        Row("advance", ADVANCE, "VALIDATE", conditions="val_due", hooks="advance"),
-        Row("advance", ADVANCE, ADVANCE, hooks="advance"),
+        Row("advance", ADVANCE, "VALIDATE", conditions="val_due", hooks=(*FETCH, "advance")),
+        Row("advance", ADVANCE, ADVANCE, hooks=(*FETCH, "advance")),
         Row("validate", "VALIDATE", END, conditions="skipped", hooks="on_run_end"),
         Row("validate", "VALIDATE", END, conditions="stopping", hooks=("run_validation", "on_run_end")),
         Row("validate", "VALIDATE", ADVANCE, hooks="run_validation"),
@@ -57,7 +63,7 @@ EPOCH_TABLE = Table(
 )
 
 
-class TrainingEpochLoop(TrainerLoop):
+class TrainingEpochLoop(FetchingLoop):
     table = EPOCH_TABLE
     progress_class = BatchProgress
 
@@ -65,6 +71,9 @@ class TrainingEpochLoop(TrainerLoop):
         super().__init__()
         self.batch_loop: Loop = BatchLoop()
         self.val_loop: Loop = EvaluationLoop("validate")
+
+    def on_attach(self) -> None:
+        self.skip_transfer_hooks()
 
     # -- conditions ------------------------------------------------------------------------
     @property
@@ -140,28 +149,36 @@ class TrainingEpochLoop(TrainerLoop):
                           "restarts the loader and is not the uninterrupted run's. Wrap the loader in "
                           "statemachine_trainer.data.ResumableLoader for an exact resume.", stacklevel=2)
 
+    def fetch(self) -> None:
+        self.progress.increment_ready()
+        self.hold(self.context.sources["train"].next_batch(), 0)
+
     def advance(self) -> Any:
         run, progress = self.context, self.progress
         source = run.sources["train"]
+        batch_idx = progress.current.ready - 1
         if self.restarting:
-            # Re-entered on resume: the checkpoint was taken while batch `ready - 1` was being processed,
-            # and its counters were already moved.  Fetch that batch again instead of the next one.
-            batch_idx = progress.current.ready - 1
+            # Re-entered on resume: the checkpoint was taken while this batch was being processed, and its
+            # counters were already moved.  Fetch it again (and transfer it again) instead of the next one.
             source.refetch()
+            batch = self.transfer(source.next_batch(), 0)
         else:
-            batch_idx = progress.current.ready
-            progress.increment_ready()
-        batch = source.next_batch()
+            batch = self.take_batch()
         run.results.new_batch(batch)
         progress.is_last_batch = batch_idx + 1 >= source.num_batches
         run.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch)
         if not self.restarting:
             progress.increment_started()
-        self.batch_loop.run(batch, batch_idx)
+        if batch is None:
+            _warn_none_batch()
+            run.hooks.on_train_batch_end(None, None, batch_idx)
+        else:
+            self.batch_loop.run(batch, batch_idx)
         progress.increment_processed()
-        if self.batch_loop.stepped:  # the batch loop's fields say so, also after a resume mid-batch
+        if batch is not None and self.batch_loop.stepped:  # the batch loop's fields say so, also after a resume
             run.step_schedulers("step")
         progress.increment_completed()
+        self.done_with_batch()
         if progress.total.completed % run.config.log_every_n_steps == 0:
             run.log_step_metrics()
 
@@ -170,3 +187,10 @@ class TrainingEpochLoop(TrainerLoop):
 
     def on_run_end(self) -> None:
         self.context.sources["train"].end_epoch()
+
+
+def _warn_none_batch() -> None:
+    # Lightning's words, so a search for them finds the explanation; shown once per place (warnings' default).
+    warnings.warn("train_dataloader yielded None. If this was on purpose, ignore this warning: the batch is "
+                  "skipped (no on_train_batch_start, no training_step, no optimizer step; on_train_batch_end "
+                  "gets outputs=None).", UserWarning, stacklevel=2)

@@ -30,9 +30,13 @@ increasing over the whole job.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import attrs
 
 from .._optim import ConfigError
+from ..checkpoint import capture_rng, restore_rng
 from ..machine import ADVANCE, END, START, Loop, Row, Table
 from ..state import Position, Progress
 from ._base import TrainerLoop
@@ -70,6 +74,8 @@ class FitLoop(TrainerLoop):
     def __init__(self) -> None:
         super().__init__()
         self.epoch_loop: Loop = TrainingEpochLoop()
+        # Only inside the sanity_check hook, in which checkpoints wait (checkpointable): never part of a state.
+        self._sanity_checking = False
 
     # -- the counters a run reads (Lightning's trainer.current_epoch, global_step, ...) -------
     @property
@@ -105,8 +111,13 @@ class FitLoop(TrainerLoop):
 
     @property
     def sanity_checking(self) -> bool:
-        val_loop = self.epoch_loop.val_loop
-        return val_loop.fields.sanity and val_loop.state != "START"
+        """True from ``on_sanity_check_start`` to ``on_sanity_check_end``, both included (as in Lightning)."""
+        return self._sanity_checking
+
+    @property
+    def checkpointable(self) -> bool:
+        # The sanity check runs on borrowed RNG states (see sanity_check): nothing in it may be checkpointed.
+        return not self._sanity_checking
 
     # -- conditions ------------------------------------------------------------------------
     @property
@@ -164,20 +175,35 @@ class FitLoop(TrainerLoop):
         self.context.hooks.on_fit_start()
 
     def sanity_check(self) -> None:
+        """A few validation batches before training, leaving no trace on the run.
+
+        Creating a DataLoader iterator draws a seed from torch's global RNG
+        (even unshuffled), and ``validation_step`` may draw too: the RNG states
+        are put back afterwards, so the training batch order and dropout masks
+        are the same with and without a sanity check (Lightning: isolate_rng).
+        """
         run = self.context
         if run.config.num_sanity_val_steps == 0 or not run.val_enabled:
             return
-        run.hooks.on_sanity_check_start()
-        self.epoch_loop.val_loop.run(sanity=True)
-        run.hooks.on_sanity_check_end()
+        rng = capture_rng()
+        self._sanity_checking = True
+        try:
+            run.hooks.on_sanity_check_start()
+            self.epoch_loop.val_loop.run(sanity=True)
+            run.hooks.on_sanity_check_end()
+        finally:
+            self._sanity_checking = False
+        restore_rng(rng)
 
     def on_train_start(self) -> None:
+        _warn_if_modules_in_eval_mode(self.context.module)
         self.context.hooks.on_train_start()
 
     def on_advance_start(self) -> None:
         run = self.context
         self.progress.increment_ready()
-        run.module.train()
+        # No module.train() here: as in Lightning 2, training keeps the modes the user set (a frozen backbone
+        # in eval mode stays so); evaluation gives each submodule back the mode it found.
         run.results.stage = "train"
         run.hooks.on_train_epoch_start()
         self.progress.increment_started()
@@ -199,3 +225,13 @@ class FitLoop(TrainerLoop):
 
     def on_fit_end(self) -> None:
         self.context.hooks.on_fit_end()
+
+
+def _warn_if_modules_in_eval_mode(module: Any) -> None:
+    """Training keeps the modes it finds (Lightning 2): say so when some submodules are in eval mode."""
+    in_eval = [name or type(module).__name__ for name, sub in module.named_modules() if not sub.training]
+    if in_eval:
+        warnings.warn(f"Found {len(in_eval)} module(s) in eval mode at the start of training ({', '.join(in_eval[:5])}"
+                      f"{', ...' if len(in_eval) > 5 else ''}); they stay so while training, as in Lightning. If this "
+                      "is intentional (e.g. a frozen backbone), ignore this warning; otherwise call module.train().",
+                      UserWarning, stacklevel=2)

@@ -2,52 +2,76 @@
 
 ::
 
-    START   --run [skip]-->      END     / on_skip
-    START   --run-->             ADVANCE / reset, on_run_start     # eval mode, on_predict_start, _epoch_start
-    ADVANCE --advance [done]-->  END     / on_run_end              # _epoch_end, _end; returns the predictions
-    ADVANCE --advance-->         ADVANCE / advance                 # _batch_start, predict_step, _batch_end
+    START   --run [skip]-->               END     / on_skip
+    START   --run-->                      ADVANCE / reset, on_run_start   # on_predict_model_eval, _start, _epoch_start
+    ADVANCE --advance [done]-->           END     / on_run_end            # _epoch_end, _end; returns the predictions
+    ADVANCE --advance [dataloader_done]--> ADVANCE / next_dataloader      # the next of several dataloaders
+    ADVANCE --advance-->                  ADVANCE / fetch, <transfer hooks>, advance  # _batch_start, step, _batch_end
+
+With several dataloaders (a list or dict), ``predict_step`` and the batch
+hooks get ``dataloader_idx`` and the run returns one list of predictions per
+dataloader, as in Lightning.  The module's submodules get their training
+modes back at the end (Lightning has no ``on_predict_model_train``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import torch
 
 from ..machine import Table
 from ..state import BatchProgress
-from ._base import TrainerLoop
-from .evaluation import EVALUATION_TABLE
+from ._fetch import FetchingLoop
+from .evaluation import EVALUATION_TABLE, capture_modes, check_dataloader_idx, restore_modes
 
 if TYPE_CHECKING:
     from .._hooks import StageRelay
+    from ..data import BatchSource
 
-__all__ = ["PREDICTION_TABLE", "PredictionLoop"]
+__all__ = ["PREDICTION_TABLE", "PredictionFields", "PredictionLoop"]
 
 # The same rows as evaluation: per-batch work differs, the shape of the run does not.
 PREDICTION_TABLE = Table(name="PredictionLoop", states=EVALUATION_TABLE.states, rows=EVALUATION_TABLE.rows)
 
 
-class PredictionLoop(TrainerLoop):
+@attrs.define
+class PredictionFields:
+    modes: dict[str, bool] = attrs.field(factory=dict)  # each submodule's training mode when the run started
+    dataloader_idx: int = 0  # the dataloader running now (0 with one)
+    loader_start: int = 0  # progress.current.ready when this dataloader began: batch_idx counts from here
+
+
+class PredictionLoop(FetchingLoop):
     table = PREDICTION_TABLE
     progress_class = BatchProgress
+    fields_class = PredictionFields
 
     def __init__(self) -> None:
         super().__init__()
-        self._predictions: list[Any] = []
+        self._predictions: list[list[Any]] = []  # dataloaders x batches
         self._hooks: StageRelay | None = None  # the predict hooks, resolved when a run attaches
+        self._sources: list[BatchSource] = []
 
     def on_attach(self) -> None:
-        self._hooks = self.context.hooks.stage("predict")
+        run = self.context
+        self._hooks = run.hooks.stage("predict")
+        self.skip_transfer_hooks()
+        check_dataloader_idx(run, "predict", len(run.stage_sources("predict")))
 
     @property
     def skip(self) -> bool:
-        source = self.context.sources.get("predict")
-        return source is None or source.num_batches == 0
+        return not any(source.num_batches for source in self.context.stage_sources("predict"))
 
     @property
     def done(self) -> bool:
-        return self.progress.current.completed >= self.context.sources["predict"].num_batches
+        return self.fields.dataloader_idx + 1 >= len(self._sources) and self.dataloader_done
+
+    @property
+    def dataloader_done(self) -> bool:
+        source = self._sources[self.fields.dataloader_idx]
+        return self.progress.current.completed - self.fields.loader_start >= source.num_batches
 
     @property
     def checkpointable(self) -> bool:
@@ -60,37 +84,56 @@ class PredictionLoop(TrainerLoop):
 
     def reset(self) -> None:
         self.progress.reset_on_run()
-        self._predictions = []
+        self.fields.dataloader_idx = self.fields.loader_start = 0
+        self._sources = self.context.stage_sources("predict")
+        self._predictions = [[] for _ in self._sources]
 
     def on_run_start(self) -> None:
         run = self.context
-        run.module.eval()
-        run.results.stage = "predict"
-        run.sources["predict"].start_epoch(0)
+        self.fields.modes = capture_modes(run.module)
+        self._enter()
+        self._sources[0].start_epoch(0)
         self._hooks.start()
         self._hooks.epoch_start()
 
     def on_restart(self) -> None:
+        self._sources = self.context.stage_sources("predict")
         self.context.resume_source("predict")
-        self.context.module.eval()
+        self._enter()
+
+    def _enter(self) -> None:
+        self._hooks.model_eval()
+        self.context.results.stage = "predict"
+
+    def next_dataloader(self) -> None:
+        self._sources[self.fields.dataloader_idx].end_epoch()
+        self.fields.dataloader_idx += 1
+        self.fields.loader_start = self.progress.current.ready
+        self._sources[self.fields.dataloader_idx].start_epoch(0)
+
+    def fetch(self) -> None:
+        index = self.fields.dataloader_idx
+        self.progress.increment_ready()
+        self.hold(self._sources[index].next_batch(), index)
 
     def advance(self) -> None:
-        run, progress = self.context, self.progress
-        batch_idx = progress.current.ready
-        progress.increment_ready()
-        batch = run.sources["predict"].next_batch()
-        self._hooks.batch_start(batch, batch_idx)
+        run, progress, index = self.context, self.progress, self.fields.dataloader_idx
+        batch_idx = progress.current.ready - 1 - self.fields.loader_start
+        batch = self.take_batch()
+        args = (batch, batch_idx, index) if len(self._sources) > 1 else (batch, batch_idx)
+        self._hooks.batch_start(*args)
         progress.increment_started()
         with torch.no_grad(), run.precision.autocast():
-            outputs = run.module.predict_step(batch, batch_idx)
+            outputs = run.module.predict_step(*args)
         progress.increment_processed()
-        self._hooks.batch_end(outputs, batch, batch_idx)
-        self._predictions.append(outputs)
+        self._hooks.batch_end(outputs, *args)
+        self._predictions[index].append(outputs)
         progress.increment_completed()
 
     def on_run_end(self) -> list[Any]:
-        self.context.sources["predict"].end_epoch()
+        self._sources[self.fields.dataloader_idx].end_epoch()
         self._hooks.epoch_end()
         self._hooks.end()
+        restore_modes(self.context.module, self.fields.modes)
         predictions, self._predictions = self._predictions, []
-        return predictions
+        return predictions if len(predictions) > 1 else predictions[0]
