@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Callback, Trainer, TrainingModule, seed_everything
-from statemachine_trainer.state import OptimizerProgress, Progress, ProcessedTracker, StartedTracker
+from statemachine_trainer.state import OptimizerProgress, ProcessedTracker, Progress, StartedTracker
 
 
 def loader(n: int = 4, shuffle: bool = False) -> DataLoader:
