@@ -622,3 +622,146 @@ def test_sanity_checking_is_true_throughout_the_sanity_check():
     module = SanityFlag()
     quiet(max_epochs=1, limit_train_batches=1).fit(module, numbered_loader(2), numbered_loader(2))
     assert module.flags == {"on_sanity_check_start": True, "on_validation_start": True, "validation_step": True}
+
+
+# -- gradient accumulation in the hook sequence ---------------------------------------------------------------------
+def test_fit_hook_sequence_with_gradient_accumulation():
+    """test_hooks.py ``_auto_train_batch`` with accumulate_grad_batches=2 over 3 batches (the window rule of
+    training_epoch_loop.py ``_should_accumulate``): every batch runs training_step and its backward hooks; the
+    optimizer hooks fire only when a window closes -- after batch 1 and after the epoch's last batch 2 (a partial
+    window).  Ours zeroes after each step (README "Hook order"); Lightning zeroes before the backward of a
+    window's first batch (batches 0 and 2): one zero_grad per window either way."""
+    calls = []
+    module = HookedModule(calls)
+    quiet(max_epochs=1, accumulate_grad_batches=2).fit(module, numbered_loader(3))
+    step = [*both("on_before_optimizer_step", "opt0"), *both("on_before_zero_grad", "opt0")]
+    expected = []
+    for i in range(3):
+        expected += [*both("on_train_batch_start", f"batch{i}", i), ("training_step", f"batch{i}", i),
+                     *both("on_before_backward", "loss"), *both("on_after_backward")]
+        expected += [] if i == 0 else step
+        expected += [(name, "OUT", *rest) for name, _, *rest in both("on_train_batch_end", None, f"batch{i}", i)]
+    start = [c[0] for c in calls].index("on_train_epoch_start")
+    got = [(c[0], "OUT", *c[2:]) if c[0].endswith("on_train_batch_end") else c
+           for c in calls[start + 1:] if not c[0].startswith("Callback.")]
+    assert got == [c for c in expected if not c[0].startswith("Callback.")] + [
+        ("on_train_epoch_end",), ("on_train_end",), ("on_fit_end",)]
+
+
+# -- Lightning 2 hooks a ported module overrides (test_hooks.py expected sequences) ----------------------------------
+class OverridesStepHooks(TrainingModule):
+    """Overrides the module hooks Lightning 2 calls around each automatic step and records their arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 2)
+        self.calls = []
+        self.training_steps = 0
+
+    def training_step(self, batch, batch_idx):
+        self.training_steps += 1
+        return self.layer(batch[0]).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def optimizer_index(self, optimizer) -> int:
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning passes its wrapper; ours may too
+        return next(i for i, opt in enumerate(self.trainer.optimizers) if opt is optimizer)
+
+
+class WarmupOptimizerStep(OverridesStepHooks):
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        self.calls.append((epoch, batch_idx, self.optimizer_index(optimizer), callable(optimizer_closure)))
+        for group in optimizer.param_groups:  # the LR-warmup recipe from Lightning's docs
+            group["lr"] = 0.1 * min(1.0, (self.trainer.global_step + 1) / 4)
+        optimizer.step(closure=optimizer_closure)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15: an overridden optimizer_step(epoch, batch_idx, optimizer, "
+                                       "optimizer_closure) is silently ignored (trainloops)")
+def test_overridden_optimizer_step_is_called_with_its_closure():
+    """test_hooks.py::test_trainer_model_hook_system_fit (``{"name": "optimizer_step", "args": (current_epoch, i,
+    ANY, ANY)}``): an overridden optimizer_step is called once per step with (epoch, batch_idx, optimizer,
+    closure); calling optimizer.step(closure=...) runs training_step through the closure, and the lr it sets
+    (the warm-up recipe) is the one the step uses."""
+    module = WarmupOptimizerStep()
+    trainer = quiet(max_epochs=2)
+    trainer.fit(module, numbered_loader(2))
+    assert module.calls == [(0, 0, 0, True), (0, 1, 0, True), (1, 0, 0, True), (1, 1, 0, True)]
+    assert module.training_steps == 4 and trainer.global_step == 4
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+class RecordsZeroGradBackwardClipping(OverridesStepHooks):
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+        self.calls.append(("optimizer_zero_grad", epoch, batch_idx, self.optimizer_index(optimizer)))
+        optimizer.zero_grad()
+
+    def backward(self, loss, *args, **kwargs):
+        self.calls.append(("backward", loss.requires_grad))
+        loss.backward(*args, **kwargs)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        self.calls.append(("configure_gradient_clipping", self.optimizer_index(optimizer), gradient_clip_val,
+                           gradient_clip_algorithm))
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15: overridden optimizer_zero_grad / backward / configure_gradient_clipping "
+                                       "are silently ignored (trainloops)")
+def test_overridden_zero_grad_backward_and_clipping_hooks_are_called():
+    """test_hooks.py::test_trainer_model_hook_system_fit: per step, backward(loss), configure_gradient_clipping(
+    optimizer, gradient_clip_val, gradient_clip_algorithm) with the Trainer's clipping flags, and
+    optimizer_zero_grad(epoch, batch_idx, optimizer) are called, once each (2 batches here)."""
+    module = RecordsZeroGradBackwardClipping()
+    quiet(max_epochs=1, gradient_clip_val=0.5, gradient_clip_algorithm="norm").fit(module, numbered_loader(2))
+    assert sorted(module.calls, key=str) == sorted([
+        ("backward", True), ("backward", True),
+        ("configure_gradient_clipping", 0, 0.5, "norm"), ("configure_gradient_clipping", 0, 0.5, "norm"),
+        ("optimizer_zero_grad", 0, 0, 0), ("optimizer_zero_grad", 0, 1, 0)], key=str)
+
+
+class CustomEpochScheduler:
+    """Not a torch scheduler: its step takes the epoch, so the module's lr_scheduler_step must call it."""
+
+    def __init__(self, optimizer) -> None:
+        self.optimizer = optimizer
+        self.epochs = []
+
+    def step(self, epoch):
+        self.epochs.append(epoch)
+
+    def state_dict(self):
+        return {"epochs": list(self.epochs)}
+
+    def load_state_dict(self, state):
+        self.epochs = list(state["epochs"])
+
+
+class SteppingHook(OverridesStepHooks):
+    def lr_scheduler_step(self, scheduler, metric):
+        if isinstance(scheduler, CustomEpochScheduler):
+            scheduler.step(epoch=self.current_epoch)
+        else:
+            scheduler.step()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.layer.parameters(), lr=1e-2)
+        self.steplr = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+        self.custom = CustomEpochScheduler(optimizer)
+        return [optimizer], [{"scheduler": self.steplr, "interval": "step"}, self.custom]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15: the module hook lr_scheduler_step(scheduler, metric) is not "
+                                       "supported: a custom scheduler's step(epoch) is called without its argument "
+                                       "(unassigned: _run.step_schedulers)")
+def test_lr_scheduler_step_hook():
+    """test_optimizers.py::test_lr_scheduler_step_hook: an overridden lr_scheduler_step(scheduler, metric) steps
+    every scheduler: a step-interval StepLR once per batch (3 epochs x 2 batches) and a custom epoch scheduler
+    with step(epoch=e) once per epoch, e = 0, 1, 2."""
+    module = SteppingHook()
+    quiet(max_epochs=3, limit_train_batches=2).fit(module, numbered_loader(2))
+    assert module.custom.epochs == [0, 1, 2]
+    assert module.steplr.last_epoch == 3 * 2
