@@ -168,6 +168,11 @@ def without_setup(calls: list) -> list:
     return [c for c in calls if c[0] not in ("Callback.setup", "Callback.teardown")]
 
 
+def outputs_masked(calls: list) -> list:
+    """on_train_batch_end's outputs replaced by "OUT" (checked on their own by the tests that are about them)."""
+    return [(c[0], "OUT", *c[2:]) if c[0].endswith("on_train_batch_end") else c for c in calls]
+
+
 # -- test_on_before_zero_grad_called ---------------------------------------------------------------
 @pytest.mark.parametrize("max_steps", [1, 2, 3])
 def test_on_before_zero_grad_called_once_per_optimizer_step(max_steps):
@@ -194,7 +199,7 @@ def test_fit_hook_sequence_automatic_optimization():
     calls = []
     module = HookedModule(calls)
     quiet(max_epochs=1, callbacks=[HookedCallback(calls)]).fit(module, numbered_loader(2), numbered_loader(2))
-    calls = [(c[0], "OUT", *c[2:]) if c[0].endswith("on_train_batch_end") else c for c in without_setup(calls)]
+    calls = outputs_masked(without_setup(calls))
     expected = [
         ("configure_optimizers",),
         *both("on_fit_start"),
@@ -379,9 +384,9 @@ def test_resume_with_more_epochs_hook_sequence(tmp_path):
     calls = []
     trainer = quiet(max_epochs=2, limit_val_batches=0, callbacks=[HookedCallback(calls)])
     trainer.fit(HookedModule(calls), numbered_loader(2), ckpt_path=path)
-    assert without_setup(calls) == [
+    assert outputs_masked(without_setup(calls)) == [
         ("configure_optimizers",), *both("on_fit_start"), *both("on_train_start"), *both("on_train_epoch_start"),
-        *auto_train_batch(0, "loss"), *auto_train_batch(1, "loss"),
+        *auto_train_batch(0, "OUT"), *auto_train_batch(1, "OUT"),
         *both("on_train_epoch_end"), *both("on_train_end"), *both("on_fit_end")]
     assert trainer.global_step == 4 and trainer.current_epoch == 2
 
@@ -396,9 +401,9 @@ def test_resume_with_more_steps_hook_sequence(tmp_path):
     calls = []
     trainer = quiet(max_steps=3, limit_val_batches=0, callbacks=[HookedCallback(calls)])
     trainer.fit(HookedModule(calls), numbered_loader(4), ckpt_path=path)
-    assert without_setup(calls) == [
+    assert outputs_masked(without_setup(calls)) == [
         ("configure_optimizers",), *both("on_fit_start"), *both("on_train_start"),
-        *auto_train_batch(1, "loss"), *auto_train_batch(2, "loss"),
+        *auto_train_batch(1, "OUT"), *auto_train_batch(2, "OUT"),
         *both("on_train_epoch_end"), *both("on_train_end"), *both("on_fit_end")]
     assert trainer.global_step == 3
 
@@ -765,3 +770,44 @@ def test_lr_scheduler_step_hook():
     quiet(max_epochs=3, limit_train_batches=2).fit(module, numbered_loader(2))
     assert module.custom.epochs == [0, 1, 2]
     assert module.steplr.last_epoch == 3 * 2
+
+
+class StaleGradients(TrainingModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 2)
+        for parameter in self.parameters():
+            parameter.grad = torch.ones_like(parameter)  # left over from code that ran before fit
+        self.grads = {}
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def on_train_start(self):
+        self.grads["on_train_start"] = [p.grad for p in self.parameters()]
+
+    def on_validation_start(self):
+        self.grads["on_validation_start"] = [p.grad for p in self.parameters()]
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15: gradients left on the module before fit/validate are kept (the first "
+                                       "step adds to them); Lightning calls module.zero_grad() as each run starts "
+                                       "(lifecycle / trainloops)")
+@pytest.mark.parametrize("entry", ["fit", "validate"])
+def test_each_run_starts_with_zeroed_gradients(entry):
+    """test_hooks.py::test_trainer_model_hook_system_fit / _eval (``{"name": "zero_grad"}`` right after
+    on_fit_start, and after setup in validate/test/predict): every run starts by zeroing the module's gradients,
+    so gradients left from before fit never reach the first optimizer step."""
+    module = StaleGradients()
+    if entry == "fit":
+        quiet(max_steps=1, num_sanity_val_steps=0).fit(module, numbered_loader(2))
+    else:
+        quiet().validate(module, numbered_loader(2))
+    (grads,) = module.grads.values()
+    assert all(g is None or not g.any() for g in grads)
