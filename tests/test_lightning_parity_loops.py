@@ -158,6 +158,24 @@ def test_should_stop_waits_for_min_epochs_to_complete(min_epochs, steps, epochs)
     assert (trainer.global_step, trainer.current_epoch) == (steps, epochs)
 
 
+class StopOnFitStart(Boring):
+    def on_fit_start(self):
+        self.trainer.should_stop = True
+
+    def on_train_epoch_start(self):
+        self.steps_per_epoch["on_train_epoch_start"] = 1
+
+
+def test_should_stop_on_fit_start_trains_nothing():
+    """utilities.py::_parse_loop_limits ("the default value is 0 so no training will be done when should_stop is
+    triggered `on_fit_start`") with fit_loop.py ``done``: should_stop set in on_fit_start (min_epochs unset) ends
+    the fit before any epoch starts: no on_train_epoch_start, no step, current_epoch 0."""
+    module = StopOnFitStart()
+    trainer = quiet(max_epochs=3)
+    trainer.fit(module, loader(2))
+    assert (trainer.global_step, trainer.current_epoch, module.steps_per_epoch) == (0, 0, {})
+
+
 class StopAtEpochEnd(Callback):
     def on_train_epoch_end(self, trainer, module):
         trainer.should_stop = True
