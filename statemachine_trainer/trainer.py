@@ -23,12 +23,15 @@ it.  Lightning's read-only names (``trainer.current_epoch``,
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 
@@ -42,11 +45,13 @@ from ._config import (
     defines,
     resolve_device,
 )
+from ._flag_effects import RunModes, add_flag_callbacks, set_torch_flags
 from ._flags import FLAG_NAMES, TrainerConfig
 from ._hooks import HookRelay
 from ._optim import ConfigError, parse_optimizers
 from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
+from ._refused import missing_attribute, refuse_flags
 from ._run import Run
 from ._strategy import launched_rank_zero, make_strategy
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
@@ -89,38 +94,53 @@ class Trainer:
     def __init__(
         self,
         *,
+        accelerator: str = "auto",
+        strategy: str = "auto",
+        devices: int = 1,
+        num_nodes: int = 1,
+        precision: str | int = "32",
+        logger: Any = None,
+        callbacks: Sequence[Any] | Any | None = None,
+        fast_dev_run: bool | int = False,
         max_epochs: int | None = None,
         min_epochs: int = 0,
         max_steps: int = -1,
+        max_time: str | timedelta | dict[str, int] | None = None,
         limit_train_batches: float | None = None,
         limit_val_batches: float | None = None,
         limit_test_batches: float | None = None,
         limit_predict_batches: float | None = None,
+        overfit_batches: float = 0.0,
         val_check_interval: float | None = None,
         check_val_every_n_epoch: int = 1,
-        num_sanity_val_steps: int = 2,
-        fast_dev_run: bool | int = False,
+        num_sanity_val_steps: int | None = None,
+        log_every_n_steps: int | None = None,
+        enable_checkpointing: bool | None = None,
+        enable_progress_bar: bool | None = None,
+        enable_model_summary: bool | None = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
-        precision: str | int = "32",
-        accelerator: str = "auto",
-        devices: int = 1,
-        strategy: str = "auto",
         deterministic: bool = False,
-        callbacks: Sequence[Any] | Any | None = None,
-        logger: Any = True,
-        enable_progress_bar: bool = True,
-        enable_checkpointing: bool = True,
+        benchmark: bool | None = None,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        profiler: Any = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        sync_batchnorm: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
-        log_every_n_steps: int = 50,
+        **unknown: Any,
     ) -> None:
-        self.device = resolve_device(accelerator)
-        self.strategy = make_strategy(strategy, devices, self.device.type)
-        if not launched_rank_zero(self.strategy):  # loggers and the progress bar live on rank 0 only
-            logger, enable_progress_bar = False, False
-        self.precision = Precision(precision, self.device)
+        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed`` is ours.
+
+        A Lightning flag this Trainer lacks (``resume_from_checkpoint``,
+        ``gpus``, ``auto_lr_find``...) raises ConfigError naming the
+        replacement; a misspelt one suggests the right name.
+        """
+        refuse_flags(unknown, _TRAINER_FLAGS)
         self.config = TrainerConfig.from_flags(
             max_epochs=max_epochs, min_epochs=min_epochs, max_steps=max_steps,
             limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
@@ -130,10 +150,25 @@ class Trainer:
             accumulate_grad_batches=accumulate_grad_batches, gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm, deterministic=deterministic, seed=seed,
             log_every_n_steps=log_every_n_steps, default_root_dir=default_root_dir, logger=logger,
-            enable_progress_bar=enable_progress_bar, enable_checkpointing=enable_checkpointing)
+            enable_progress_bar=enable_progress_bar, enable_checkpointing=enable_checkpointing,
+            enable_model_summary=enable_model_summary, max_time=max_time, overfit_batches=overfit_batches,
+            reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs, detect_anomaly=detect_anomaly,
+            inference_mode=inference_mode, benchmark=benchmark, num_nodes=num_nodes,
+            use_distributed_sampler=use_distributed_sampler, sync_batchnorm=sync_batchnorm, profiler=profiler,
+            barebones=barebones)
+        self.device = resolve_device(accelerator)
+        self.strategy = make_strategy(strategy, devices, self.device.type, self.config.num_nodes,
+                                      self.config.sync_batchnorm, self.config.use_distributed_sampler)
+        if not launched_rank_zero(self.strategy):  # loggers and the progress bar live on rank 0 only
+            self.config = attrs.evolve(self.config, logger=False, enable_progress_bar=False)
+        self.precision = Precision(precision, self.device)
+        set_torch_flags(self.config)
         self.callbacks = default_callbacks(callbacks, self.config.enable_progress_bar,
                                            self.config.enable_checkpointing)
+        add_flag_callbacks(self.callbacks, self.config)
         self.loggers = default_loggers(self.config.logger, self.config.default_root_dir)
+        self._modes = RunModes(self.config)  # detect_anomaly and the profiler, around each run
+        self._requested_data: dict[str, bool] = {}  # stage -> its loader came from *_dataloader() (reloadable)
 
         self.fit_loop: Loop = FitLoop()
         self.validate_loop: Loop = EvaluationLoop("validate")
@@ -243,7 +278,7 @@ class Trainer:
         # Only reached for names not found normally: the flags, read from the checked config.
         if name in FLAG_NAMES:
             return getattr(self.config, name)
-        raise AttributeError(f"'Trainer' object has no attribute {name!r}")
+        raise missing_attribute("Trainer", name, [*dir(type(self)), *FLAG_NAMES])
 
     # -- checkpoints --------------------------------------------------------------------------------
     def request_checkpoint(self, path: str | os.PathLike[str], on_written: Any = None) -> None:
@@ -339,6 +374,7 @@ class Trainer:
         method = {"train": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader",
                   "predict": "predict_dataloader"}[stage]
         loader = given
+        self._requested_data[stage] = given is None
         if loader is None and callable(getattr(module, method, None)):
             loader = getattr(module, method)()
         if loader is None:
@@ -351,10 +387,16 @@ class Trainer:
             raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; pass one dataloader.")
         return loader
 
+    def _reload_loader(self, stage: str) -> Any:
+        """The loader ``*_dataloader()`` returns now (``reload_dataloaders_every_n_epochs``); None if given to fit."""
+        if not self._requested_data.get(stage):
+            return None
+        return self._loader(self.run.module, None, stage, required=False)
+
     def _new_run(self, stage: str) -> Run:
         run = Run(self.config, stage, self.strategy, self.precision, self.device, self.callbacks, self.loggers,
                   request_checkpoint=self._boundaries.request, save_checkpoint=self.save_checkpoint,
-                  configure_optimization=self._reconfigure_optimization)
+                  configure_optimization=self._reconfigure_optimization, reload_data=self._reload_loader)
         run.fit_loop = next((node for _, node in self.fit_loop.walk() if isinstance(node, FitLoop)), None)
         return run
 
@@ -426,8 +468,10 @@ class Trainer:
         for _, node in root.walk():
             if isinstance(node, TrainerLoop):
                 node.on_attach()
+        self._modes.enter(run, root)
 
     def _finish(self, run: Run, root: Loop) -> None:
+        self._modes.exit(run, root)
         for callback in self.callbacks:
             callback.teardown(run, run.module, run.state)
         for logger in self.loggers:
@@ -446,3 +490,7 @@ def _manual_progress(run: Run) -> Any:
     def progress() -> Any:
         return run.fit_loop.epoch_loop.batch_loop.manual_loop.progress
     return progress
+
+
+#: Every flag ``Trainer()`` takes, for the did-you-mean of a misspelt one.
+_TRAINER_FLAGS = tuple(name for name in inspect.signature(Trainer.__init__).parameters if name not in ("self", "unknown"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import attrs
-import torch
 
 from .._hook_spec import STAGE_HOOKS
 from ..machine import ADVANCE, END, START, Row, Table
@@ -123,7 +122,7 @@ class EvaluationLoop(TrainerLoop):
         if not self.restarting:
             progress.increment_started()
         run.results.fx = self._step_name
-        with torch.no_grad(), run.precision.autocast():
+        with run.evaluation_grad_mode(), run.precision.autocast():
             outputs = getattr(run.module, self._step_name)(batch, batch_idx)
         progress.increment_processed()
         self._hooks.batch_end(outputs, batch, batch_idx)

@@ -59,6 +59,7 @@ class FitLoop(TrainerLoop):
     def __init__(self) -> None:
         super().__init__()
         self.epoch_loop: Loop = TrainingEpochLoop()
+        self._stop_cause: str | None = None  # who asked to stop (request_stop); not state: the asker re-asks
 
     # -- the counters a run reads (Lightning's trainer.current_epoch, global_step, ...) -------
     @property
@@ -86,6 +87,11 @@ class FitLoop(TrainerLoop):
     @should_stop.setter
     def should_stop(self, value: bool) -> None:
         self.fields.should_stop = bool(value)
+
+    def request_stop(self, reason: str) -> None:
+        """Set ``should_stop`` and say why, for ``stop_reason`` (e.g. the Timer of ``max_time``)."""
+        self.fields.should_stop = True
+        self._stop_cause = reason
 
     @property
     def sanity_checking(self) -> bool:
@@ -116,7 +122,7 @@ class FitLoop(TrainerLoop):
         if config.max_epochs != -1 and epoch >= config.max_epochs:
             return f"max_epochs={config.max_epochs} reached"
         if self.fields.should_stop and epoch >= config.min_epochs:
-            return "should_stop was set (e.g. by EarlyStopping)"
+            return self._stop_cause or "should_stop was set (e.g. by EarlyStopping)"
         return None
 
     # -- hooks -----------------------------------------------------------------------------
@@ -127,6 +133,7 @@ class FitLoop(TrainerLoop):
     def reset(self) -> None:
         self.progress.reset_on_run()
         self.fields.should_stop = False
+        self._stop_cause = None
         self.fields.first_step = self.global_step
 
     def on_fit_start(self) -> None:
@@ -143,8 +150,12 @@ class FitLoop(TrainerLoop):
     def on_train_start(self) -> None:
         self.context.hooks.on_train_start()
 
+    def on_restart(self) -> None:
+        self.context.reload_data(resumed=True)  # reload_dataloaders_every_n_epochs: the resumed epoch's loaders
+
     def on_advance_start(self) -> None:
         run = self.context
+        run.reload_data()  # reload_dataloaders_every_n_epochs, before on_train_epoch_start as in Lightning
         self.progress.increment_ready()
         run.module.train()
         run.results.stage = "train"

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..machine import Table
 from ..state import BatchProgress
 from ._base import TrainerLoop
@@ -81,7 +79,7 @@ class PredictionLoop(TrainerLoop):
         batch = run.sources["predict"].next_batch()
         self._hooks.batch_start(batch, batch_idx)
         progress.increment_started()
-        with torch.no_grad(), run.precision.autocast():
+        with run.evaluation_grad_mode(), run.precision.autocast():
             outputs = run.module.predict_step(batch, batch_idx)
         progress.increment_processed()
         self._hooks.batch_end(outputs, batch, batch_idx)
