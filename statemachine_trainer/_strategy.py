@@ -251,6 +251,9 @@ def make_strategy(strategy: str | None, devices: int, accelerator: str, num_node
     if strategy == "ddp":
         if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
             raise ConfigError(f"devices={devices!r} must be an int >= 1: the number of processes on this machine.")
+        if sync_batchnorm and accelerator != "cuda":
+            raise ConfigError("sync_batchnorm=True needs CUDA devices: torch's SyncBatchNorm (and DDP with it) runs "
+                              "on GPUs only. Use accelerator='cuda', or drop sync_batchnorm on CPU.")
         return DDP(devices, accelerator, num_nodes, sync_batchnorm, use_distributed_sampler)
     raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process) or 'ddp' (torch DistributedDataParallel).")
 
