@@ -198,8 +198,8 @@ def test_dataloaders_are_requested_again_every_n_epochs(every, expected):
     assert module.requested == {"train": expected, "val": expected}
     for epoch in range(4):  # each epoch trains on the data its reload epoch built
         built = max(e for e in expected if e <= epoch)
-        batches = [b for b, e in zip(module.seen["train"], module.epochs, strict=True) if e == epoch]
-        assert sorted(sum(batches, [])) == [100 * built + i for i in range(8)]
+        samples = [x for b, e in zip(module.seen["train"], module.epochs, strict=True) if e == epoch for x in b]
+        assert sorted(samples) == [100 * built + i for i in range(8)]
 
 
 def test_loaders_passed_to_fit_are_not_reloaded():
