@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import warnings
@@ -145,9 +146,11 @@ def test_elapsed_time_is_saved_and_a_resumed_run_continues_counting(tmp_path):
 # -- overfit_batches --------------------------------------------------------------------------------
 def test_overfit_batches_uses_the_same_first_batches_every_epoch_unshuffled():
     module = Net()
-    with pytest.warns(UserWarning, match="turning off the train dataloader shuffling"):
+    with pytest.warns(UserWarning, match="shuffling") as warned:
         quiet(max_epochs=3, overfit_batches=2, num_sanity_val_steps=0).fit(
             module, numbered(16, shuffle=True), numbered(8, shuffle=True))
+    messages = " ".join(str(w.message) for w in warned)
+    assert "off the train dataloader shuffling" in messages and "off the val dataloader shuffling" in messages
     assert module.seen["train"] == [[0, 1], [2, 3]] * 3
     assert module.seen["val"] == [[0, 1], [2, 3]] * 3  # the val loader's own first batches (Lightning 2)
 
@@ -396,3 +399,15 @@ def test_stop_reason_without_a_timer_is_the_generic_one():
     trainer = quiet(max_epochs=3, callbacks=[StopsAtFitStart()])
     trainer.fit(Net(), numbered(4))
     assert trainer.fit_loop.stop_reason() == "should_stop was set (e.g. by EarlyStopping)"
+
+
+def test_the_readme_lists_every_refused_flag():
+    from pathlib import Path
+
+    from statemachine_trainer._refused import FLAG_ADVICE
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Trainer flags")[1].split("\n## ")[0]
+    assert [flag for flag in FLAG_ADVICE if f"`{flag}`" not in section] == []
+    flags = inspect.signature(Trainer.__init__).parameters
+    assert [f for f in flags if f not in ("self", "unknown") and f"`{f}`" not in section] == []
