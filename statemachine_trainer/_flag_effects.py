@@ -66,7 +66,7 @@ class RunModes:
         config = self.config
         if config.detect_anomaly and run.state == "fit":
             self._anomaly = torch.autograd.set_detect_anomaly(True)  # sets the mode now; __exit__ restores it
-        if config.profiler is not None:
+        if config.profiler.enabled:
             config.profiler.setup(run.state, config.default_root_dir)
             root.profile(config.profiler.wrap)
             self._profiled = root

@@ -119,7 +119,7 @@ class TrainerConfig:
     num_nodes: int = 1  # machines of a ddp run; world size = num_nodes * devices
     use_distributed_sampler: bool = True  # ddp: shard the loaders (False: the user's sampler as it is)
     sync_batchnorm: bool = False  # ddp: BatchNorm layers become SyncBatchNorm
-    profiler: Any = None  # a Profiler (profiler="simple" resolves to SimpleProfiler()), or None
+    profiler: Any = None  # a Profiler: "simple" -> SimpleProfiler(), None -> PassThroughProfiler() (no wrapping)
     barebones: bool = False  # everything that costs speed is off (see _resolve_opt_outs)
 
     @classmethod
@@ -213,11 +213,11 @@ class TrainerConfig:
 
 
 def _resolve_profiler(profiler: Any) -> Any:
-    """``"simple"`` -> a SimpleProfiler; a Profiler as it is; None: no profiling (costs nothing)."""
-    if profiler is None:
-        return None
-    from .profilers import Profiler, SimpleProfiler
+    """``"simple"`` -> a SimpleProfiler; a Profiler as it is; None: a PassThroughProfiler (costs nothing)."""
+    from .profilers import PassThroughProfiler, Profiler, SimpleProfiler
 
+    if profiler is None:
+        return PassThroughProfiler()
     if profiler == "simple":
         return SimpleProfiler()
     if isinstance(profiler, Profiler):

@@ -38,6 +38,7 @@ import torch
 
 from ._flags import FLAG_NAMES, TrainerConfig
 from ._optim import ConfigError
+from ._refused import ATTRIBUTE_ADVICE, FLAG_ADVICE, missing_attribute
 from ._results import Results
 from .data._source import BatchSource, count_batches
 
@@ -200,6 +201,34 @@ class Run:
         return self.config.default_root_dir
 
     @property
+    def lightning_module(self) -> Any:
+        """Lightning's name for the module being run."""
+        return self.module
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def local_rank(self) -> int:
+        env = getattr(self.strategy, "env", None)
+        return 0 if env is None else env.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        env = getattr(self.strategy, "env", None)
+        return 0 if env is None else env.rank // env.local_world_size
+
+    @property
+    def num_devices(self) -> int:
+        """Devices (processes) per node: the ``devices`` flag."""
+        return getattr(self.strategy, "devices", 1)
+
+    @property
     def validation_ends_each_epoch(self) -> bool:
         """Validation runs at most once per epoch, after its last batch, so epoch-end hooks see fresh values.
 
@@ -217,6 +246,8 @@ class Run:
         # Only reached for names not found normally: the flags (run.max_epochs) and a clear error otherwise.
         if name in FLAG_NAMES:
             return getattr(self.config, name)
+        if name in ATTRIBUTE_ADVICE or name in FLAG_ADVICE:
+            raise missing_attribute("trainer (the run)", name, ())
         raise AttributeError(f"The run has no attribute {name!r}. Inside hooks, `trainer` is the run: its parts "
                              "(module, sources, hooks, results, optimization, precision, strategy, callbacks, "
                              "loggers, config), Lightning's counters and the flags; the Trainer's entry points "

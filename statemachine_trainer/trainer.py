@@ -261,6 +261,12 @@ class Trainer:
     module = _FromRun()
     optimization = _FromRun()
     default_root_dir = _FromRun()
+    lightning_module = _FromRun()
+    global_rank = _FromRun()
+    local_rank = _FromRun()
+    node_rank = _FromRun()
+    world_size = _FromRun()
+    num_devices = _FromRun()
 
     @property
     def should_stop(self) -> bool:

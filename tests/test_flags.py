@@ -352,6 +352,21 @@ def test_the_profiler_writes_its_report_to_a_file_and_costs_nothing_when_off(tmp
                 assert all(getattr(fn, "__self__", None) is loop for fn, *_ in bound.steps)
 
 
+def test_without_a_profiler_user_profile_blocks_still_run():
+    class Profiled(Net):
+        def training_step(self, batch, batch_idx):
+            with self.trainer.profiler.profile("my_block"):  # Lightning code does this unconditionally
+                return super().training_step(batch, batch_idx)
+
+    module = Profiled()
+    trainer = quiet(max_epochs=1)
+    trainer.fit(module, numbered(4))
+    assert len(module.seen["train"]) == 2 and trainer.profiler.summary() == ""
+    simple = quiet(max_epochs=1, profiler="simple")
+    simple.fit(Profiled(), numbered(4))
+    assert len(simple.profiler.recorded_durations["my_block"]) == 2
+
+
 def test_profiler_values_are_checked():
     with pytest.raises(ConfigError, match="profiler='advanced' is not available"):
         Trainer(profiler="advanced")
@@ -363,7 +378,7 @@ def test_profiler_values_are_checked():
 def test_barebones_turns_off_everything_that_costs_speed():
     trainer = Trainer(barebones=True, max_epochs=1)
     assert trainer.callbacks == [] and trainer.loggers == []
-    assert trainer.num_sanity_val_steps == 0 and trainer.profiler is None
+    assert trainer.num_sanity_val_steps == 0 and not trainer.profiler.enabled
     module = Net()
     trainer.fit(module, numbered(4), numbered(4))
     assert module.seen["val"] == [[0, 1], [2, 3]]  # validation still runs; only the sanity check is off

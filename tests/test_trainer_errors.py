@@ -216,13 +216,31 @@ def test_an_unknown_flag_without_a_near_name_still_gets_our_error():
         Trainer(zzz_qqq=1)
 
 
-@pytest.mark.parametrize("name, advice", [("lightning_module", "trainer.module"),
-                                          ("world_size", "trainer.strategy.world_size"),
-                                          ("tuner", "there is no tuner")])
+@pytest.mark.parametrize("name, advice", [("model", "trainer.module"), ("accelerator", "trainer.device"),
+                                          ("tuner", "there is no tuner"), ("gpus", "devices=N")])
 def test_reading_a_lightning_attribute_we_lack_names_the_replacement(name, advice):
     with pytest.raises(AttributeError, match=re.escape(advice)):
         getattr(quiet(), name)
     assert not hasattr(quiet(), name)  # still an AttributeError: hasattr/getattr(default) keep working
+
+
+def test_inside_a_run_too_a_lightning_attribute_names_the_replacement():
+    seen = {}
+
+    class Reads(Base):
+        def training_step(self, batch, batch_idx):
+            seen["ranks"] = (self.trainer.global_rank, self.trainer.local_rank, self.trainer.node_rank,
+                             self.trainer.world_size, self.trainer.num_devices)
+            seen["module"] = self.trainer.lightning_module
+            with pytest.raises(AttributeError, match="trainer.module"):
+                self.trainer.model  # noqa: B018
+            return super().training_step(batch, batch_idx)
+
+    module = Reads()
+    trainer = quiet(max_epochs=1)
+    trainer.fit(module, tiny_loader())
+    assert seen == {"ranks": (0, 0, 0, 1, 1), "module": module}
+    assert trainer.lightning_module is module and trainer.global_rank == 0 and trainer.world_size == 1
 
 
 def test_a_misspelt_attribute_suggests_the_right_one():

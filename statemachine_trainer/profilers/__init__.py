@@ -11,7 +11,7 @@ hot path is exactly what it is without this module.  Hooks nest (a parent's
 ``advance`` runs its child loop), so totals overlap, as in Lightning's table.
 """
 
-from ._base import Profiler
+from ._base import PassThroughProfiler, Profiler
 from .simple import SimpleProfiler
 
-__all__ = ["Profiler", "SimpleProfiler"]
+__all__ = ["PassThroughProfiler", "Profiler", "SimpleProfiler"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from .._console import info
 
-__all__ = ["Profiler"]
+__all__ = ["PassThroughProfiler", "Profiler"]
 
 
 class Profiler:
@@ -21,6 +21,9 @@ class Profiler:
     ``{dirpath}/{stage}-{filename}.txt`` (dirpath defaults to the trainer's
     ``default_root_dir``) instead of logging the report, as Lightning does.
     """
+
+    #: Whether the Trainer wraps the loops' hooks with it (PassThroughProfiler: no).
+    enabled = True
 
     def __init__(self, dirpath: str | os.PathLike[str] | None = None, filename: str | None = None) -> None:
         self.dirpath = None if dirpath is None else Path(dirpath)
@@ -80,3 +83,23 @@ class Profiler:
     @staticmethod
     def now() -> float:
         return time.perf_counter()
+
+
+class PassThroughProfiler(Profiler):
+    """``trainer.profiler`` without ``profiler=...``: ``profile(...)`` blocks in user code run as they are.
+
+    Lightning code calls ``with self.trainer.profiler.profile("name"):`` whether or
+    not a profiler was asked for; this one records nothing, and the Trainer does
+    not wrap any hook for it.
+    """
+
+    enabled = False
+
+    def start(self, action: str) -> None:
+        pass
+
+    def stop(self, action: str) -> None:
+        pass
+
+    def summary(self) -> str:
+        return ""
