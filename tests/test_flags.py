@@ -143,6 +143,17 @@ def test_elapsed_time_is_saved_and_a_resumed_run_continues_counting(tmp_path):
     assert stopped.fit_loop.stop_reason().startswith("max_time=0:00:01 reached")
 
 
+def test_a_timer_added_at_resume_counts_from_the_resume(tmp_path):
+    from statemachine_trainer.testing import interrupt_at
+
+    path = tmp_path / "mid.ckpt"
+    quiet(max_epochs=1, callbacks=[interrupt_at("on_train_batch_end", 2, path)]).fit(
+        Net(), ResumableLoader(numbered()))
+    resumed = quiet(max_epochs=100, max_time={"seconds": 0.3})  # the checkpoint holds no Timer state
+    resumed.fit(Slow(), ResumableLoader(numbered()), ckpt_path=path)
+    assert resumed.current_epoch < 99 and "max_time" in resumed.fit_loop.stop_reason()
+
+
 # -- overfit_batches --------------------------------------------------------------------------------
 def test_overfit_batches_uses_the_same_first_batches_every_epoch_unshuffled():
     module = Net()

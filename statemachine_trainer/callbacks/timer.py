@@ -53,19 +53,28 @@ class Timer(Callback):
     # -- hooks ---------------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, module: Any) -> None:
         self._stopped_at = None
-        self._since = time.monotonic()
-        self._check(trainer)  # a resumed budget may already be spent
+        self._check(trainer)  # a budget spent before a resume stops the fit before it trains
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self._since = time.monotonic()  # training time starts here, after the sanity check (Lightning's rule)
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.interval == "step":
+            self._start_if_resumed()
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if self.interval == "epoch":
+            self._start_if_resumed()
             self._check(trainer)
 
     def on_train_end(self, trainer: Any, module: Any) -> None:
         self._stopped_at = self.time_elapsed()
+
+    def _start_if_resumed(self) -> None:
+        # A fit resumed past on_train_start from a checkpoint without this Timer's state: count from here.
+        if self._since is None:
+            self._since = time.monotonic()
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
