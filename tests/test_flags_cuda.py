@@ -12,8 +12,17 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
+class ThroughBatchNorm(Layered):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer.requires_grad_(False)  # unused below: DDP expects every trainable parameter in the graph
+
+    def training_step(self, batch, batch_idx):
+        return self.body(batch[0]).pow(2).mean()
+
+
 def test_sync_batchnorm_converts_batchnorm_under_ddp_on_cuda():
-    module = Layered()
+    module = ThroughBatchNorm()
     trainer = quiet(max_epochs=1, strategy="ddp", devices=1, accelerator="cuda", sync_batchnorm=True)
     trainer.fit(module, numbered(8))
     assert isinstance(module.body[1], nn.SyncBatchNorm)
