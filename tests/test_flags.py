@@ -437,3 +437,25 @@ def test_the_readme_lists_every_refused_flag():
     assert [flag for flag in FLAG_ADVICE if f"`{flag}`" not in section] == []
     flags = inspect.signature(Trainer.__init__).parameters
     assert [f for f in flags if f not in ("self", "unknown") and f"`{f}`" not in section] == []
+
+
+@pytest.mark.parametrize("use_sampler", [True, False])
+def test_under_ddp_use_distributed_sampler_and_max_time(tmp_path, use_sampler):
+    """True: each rank trains on its own half.  False: the loader as given, all of it on every rank; and the
+    Timer's decision (rank 1 is slower) is the same on both ranks, so they stop at the same step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "_ddp_flags.py"), str(use_sampler)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (steps0, seen0, reason0), (steps1, seen1, reason1) = (
+        (tmp_path / f"rank-{rank}.txt").read_text().splitlines() for rank in (0, 1))
+    seen0, seen1 = [int(x) for x in seen0.split()], [int(x) for x in seen1.split()]
+    if use_sampler:
+        assert sorted(seen0 + seen1) == list(range(8)) and not set(seen0) & set(seen1)
+    else:
+        assert seen0 == seen1 and seen0[:8] == list(range(8))  # the whole loader, in its order, on each rank
+        assert steps0 == steps1 and int(steps0) < 50 * 4  # stopped by max_time, together
+        assert reason0.startswith("max_time=0:00:01 reached") and reason1.startswith("max_time=0:00:01 reached")
