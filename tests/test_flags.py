@@ -10,14 +10,21 @@ from datetime import timedelta
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Callback, ConfigError, Trainer, TrainingModule
 from statemachine_trainer.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, Timer
 from statemachine_trainer.data import ResumableLoader
+from statemachine_trainer.machine import IllegalTriggerError
+from statemachine_trainer.machine._dispatch import ENGINES
 from statemachine_trainer.profilers import SimpleProfiler
 from statemachine_trainer.testing import assert_resume_exact
+from statemachine_trainer.testing.strategies import TRIGGERS, scripts, valid_tables
+
+from .test_dispatch import OutOfBudget, Owner
 
 
 def quiet(**flags) -> Trainer:
@@ -459,3 +466,34 @@ def test_under_ddp_use_distributed_sampler_and_max_time(tmp_path, use_sampler):
         assert seen0 == seen1 and seen0[:8] == list(range(8))  # the whole loader, in its order, on each rank
         assert steps0 == steps1 and int(steps0) < 50 * 4  # stopped by max_time, together
         assert reason0.startswith("max_time=0:00:01 reached") and reason1.startswith("max_time=0:00:01 reached")
+
+
+# -- the profiler's timing as the dispatcher binds it: same behaviour, one record per call ---------------
+def _profiled_trace(engine, table, script, triggers, wrap):
+    owner = Owner(script)
+    owner.dispatcher = engine(table, owner, "random")
+    if wrap is not None:
+        owner.dispatcher.wrap_hooks(wrap)
+    trace = []
+    for trigger in triggers:
+        try:
+            trace.append(("ok", owner.dispatcher.fire(trigger), owner.dispatcher.state))
+        except (IllegalTriggerError, OutOfBudget) as exc:
+            trace.append((type(exc).__name__, owner.dispatcher.state))
+    return trace, owner.calls
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(ENGINES)), valid_tables(), scripts(), st.lists(st.sampled_from(TRIGGERS), max_size=12))
+def test_profiling_changes_no_hook_and_times_every_call(engine_name, table, script, triggers):
+    engine = ENGINES[engine_name]
+    profiler = SimpleProfiler()
+    plain = _profiled_trace(engine, table, script, triggers, None)
+    profiled = _profiled_trace(engine, table, script, triggers, profiler.wrap)
+    assert profiled == plain  # same hooks, same order, same states and errors
+    # A hook stopped by the budget raised before recording its call; its timing is still recorded (as it should:
+    # it ran).  Compare counts on the runs without one.
+    assume(not any(step[0] == "OutOfBudget" for step in plain[0]))
+    counts = {action.split(".", 1)[1]: len(times) for action, times in profiler.recorded_durations.items()}
+    hooks = plain[1]
+    assert counts == {hook: hooks.count(hook) for hook in set(hooks)}  # one timing per call of each hook
