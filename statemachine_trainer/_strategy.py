@@ -239,8 +239,27 @@ def launched_rank_zero(strategy: SingleProcess) -> bool:
     return env is None or env.rank == 0
 
 
+def resolve_devices(devices: Any, accelerator: str, strategy: str | None) -> Any:
+    """Lightning's ``devices`` forms as a count: ``"auto"``/``-1`` (all GPUs under ddp, else 1) and ``"2"``.
+
+    A list of device indices cannot be honoured by a process-per-device
+    launcher that numbers devices itself: the error says to pick them with
+    ``CUDA_VISIBLE_DEVICES`` instead.
+    """
+    if devices in ("auto", -1, "-1"):
+        return max(torch.cuda.device_count(), 1) if strategy == "ddp" and accelerator == "cuda" else 1
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return int(devices)
+    if isinstance(devices, (list, tuple)) or (isinstance(devices, str) and "," in devices):
+        count = len(devices) if isinstance(devices, (list, tuple)) else len(devices.strip(",").split(","))
+        raise ConfigError(f"devices={devices!r}: choose the GPUs with CUDA_VISIBLE_DEVICES (e.g. "
+                          f"CUDA_VISIBLE_DEVICES=0,1) and pass how many: devices={count}.")
+    return devices
+
+
 def make_strategy(strategy: str | None, devices: int, accelerator: str, num_nodes: int = 1,
                   sync_batchnorm: bool = False, use_distributed_sampler: bool = True) -> SingleProcess:
+    devices = resolve_devices(devices, accelerator, strategy)
     if strategy in (None, "auto", "single"):
         if devices != 1:
             raise ConfigError(f"devices={devices!r} needs strategy='ddp' (one process per device); or use devices=1.")

@@ -96,7 +96,7 @@ class Trainer:
         *,
         accelerator: str = "auto",
         strategy: str = "auto",
-        devices: int = 1,
+        devices: int | str = 1,
         num_nodes: int = 1,
         precision: str | int = "32",
         logger: Any = None,

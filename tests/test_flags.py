@@ -497,3 +497,14 @@ def test_profiling_changes_no_hook_and_times_every_call(engine_name, table, scri
     counts = {action.split(".", 1)[1]: len(times) for action, times in profiler.recorded_durations.items()}
     hooks = plain[1]
     assert counts == {hook: hooks.count(hook) for hook in set(hooks)}  # one timing per call of each hook
+
+
+@pytest.mark.parametrize("devices, count", [("auto", 1), (-1, 1), ("1", 1), (1, 1)])
+def test_lightnings_devices_forms_are_understood(devices, count):
+    assert Trainer(devices=devices, accelerator="cpu", logger=False).world_size == count
+
+
+@pytest.mark.parametrize("devices", [[0, 1], "0,1", (1,)])
+def test_a_device_list_points_to_cuda_visible_devices(devices):
+    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
+        Trainer(devices=devices, accelerator="cpu")
