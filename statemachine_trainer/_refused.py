@@ -14,7 +14,7 @@ from typing import Any
 
 from ._optim import ConfigError
 
-__all__ = ["ATTRIBUTE_ADVICE", "FLAG_ADVICE", "missing_attribute", "refuse_flags"]
+__all__ = ["ATTRIBUTE_ADVICE", "FLAG_ADVICE", "VALUE_ADVICE", "missing_attribute", "refuse_flags", "value_advice"]
 
 #: Trainer flag (Lightning 1.x or 2.x) -> what to do instead here.
 FLAG_ADVICE: dict[str, str] = {
@@ -60,6 +60,30 @@ FLAG_ADVICE: dict[str, str] = {
     "model_registry": "the model registry is not supported; keep the checkpoint directory",
     "val_check_time_interval": "use val_check_interval=<batches or fraction>; time-based intervals are not supported",
 }
+
+#: (flag, Lightning value) -> what to pass instead, for values of flags we have.
+VALUE_ADVICE: dict[tuple[str, str], str] = {
+    ("strategy", "ddp_spawn"): "use strategy='ddp' (our launcher starts the workers from a plain `python script.py`)",
+    ("strategy", "ddp_fork"): "use strategy='ddp' (our launcher starts the workers from a plain `python script.py`)",
+    ("strategy", "ddp_notebook"): "use strategy='ddp' from a script; notebooks cannot fork workers here",
+    ("strategy", "ddp_find_unused_parameters_true"): "use strategy='ddp': several backwards per step already "
+                                                     "find unused parameters",
+    ("strategy", "ddp_find_unused_parameters_false"): "use strategy='ddp'",
+    ("strategy", "fsdp"): "FSDP is not supported by the Trainer; use strategy='ddp'",
+    ("strategy", "deepspeed"): "DeepSpeed is not supported; use strategy='ddp'",
+    ("strategy", "dp"): "DataParallel is gone from Lightning 2 too; use strategy='ddp'",
+    ("accelerator", "tpu"): "TPUs are not supported; use 'cuda' or 'cpu'",
+    ("accelerator", "mps"): "Apple's MPS is not supported yet; use 'cpu'",
+    ("accelerator", "hpu"): "HPUs are not supported; use 'cuda' or 'cpu'",
+    ("accelerator", "ipu"): "IPUs are not supported; use 'cuda' or 'cpu'",
+}
+
+
+def value_advice(flag: str, value: Any) -> str:
+    """`` (advice)`` for a Lightning value of ``flag`` we lack, or "" (callers append it to their error)."""
+    advice = VALUE_ADVICE.get((flag, value)) if isinstance(value, str) else None
+    return f" ({value!r} is Lightning's: {advice})" if advice else ""
+
 
 #: Lightning Trainer attribute -> what to read instead (only reached for names the Trainer lacks).
 ATTRIBUTE_ADVICE: dict[str, str] = {

@@ -274,7 +274,10 @@ def make_strategy(strategy: str | None, devices: int, accelerator: str, num_node
             raise ConfigError("sync_batchnorm=True needs CUDA devices: torch's SyncBatchNorm (and DDP with it) runs "
                               "on GPUs only. Use accelerator='cuda', or drop sync_batchnorm on CPU.")
         return DDP(devices, accelerator, num_nodes, sync_batchnorm, use_distributed_sampler)
-    raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process) or 'ddp' (torch DistributedDataParallel).")
+    from ._refused import value_advice
+
+    raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process) or 'ddp' (torch DistributedDataParallel)"
+                      f"{value_advice('strategy', strategy)}.")
 
 
 def _free_port() -> int:

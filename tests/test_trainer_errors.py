@@ -246,3 +246,12 @@ def test_inside_a_run_too_a_lightning_attribute_names_the_replacement():
 def test_a_misspelt_attribute_suggests_the_right_one():
     with pytest.raises(AttributeError, match="Did you mean 'global_step'"):
         quiet().global_stp  # noqa: B018
+
+
+@pytest.mark.parametrize("flag, value, fragment", [("strategy", "ddp_spawn", "use strategy='ddp' (our launcher"),
+                                                   ("strategy", "fsdp", "FSDP is not supported"),
+                                                   ("accelerator", "mps", "MPS is not supported"),
+                                                   ("accelerator", "tpu", "TPUs are not supported")])
+def test_a_lightning_value_we_lack_names_what_to_pass(flag, value, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        Trainer(**{flag: value})
