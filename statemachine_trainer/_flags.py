@@ -159,6 +159,9 @@ class TrainerConfig:
         check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
         overfit_batches = _check_overfit(overfit_batches)
         max_seconds = parse_duration(max_time)
+        if isinstance(val_check_interval, (str, dict, timedelta)):
+            raise ConfigError(f"val_check_interval={val_check_interval!r}: a time-based interval is not supported "
+                              "here; give a number of training batches (int) or a fraction of the epoch (float).")
         profiler = _resolve_profiler(profiler)
         check_int("min_epochs", min_epochs, 0)
         check_int("max_steps", max_steps, -1)

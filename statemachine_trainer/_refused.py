@@ -58,7 +58,6 @@ FLAG_ADVICE: dict[str, str] = {
     "plugins": "plugins are not supported; use precision=..., strategy='ddp' and callbacks instead",
     "enable_autolog_hparams": "hyperparameters saved with save_hyperparameters() are always logged; nothing to set",
     "model_registry": "the model registry is not supported; keep the checkpoint directory",
-    "val_check_time_interval": "use val_check_interval=<batches or fraction>; time-based intervals are not supported",
 }
 
 #: (flag, Lightning value) -> what to pass instead, for values of flags we have.

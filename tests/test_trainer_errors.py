@@ -255,3 +255,8 @@ def test_a_misspelt_attribute_suggests_the_right_one():
 def test_a_lightning_value_we_lack_names_what_to_pass(flag, value, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         Trainer(**{flag: value})
+
+
+def test_a_time_based_val_check_interval_is_refused_at_construction():
+    with pytest.raises(ConfigError, match="time-based interval is not supported"):
+        Trainer(val_check_interval="00:00:10:00")
