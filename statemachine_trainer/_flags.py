@@ -66,6 +66,28 @@ def _check_overfit(value: Any) -> int | float:
     raise ConfigError(f"overfit_batches={value!r} must be an int >= 0 (batches) or a fraction in [0, 1].")
 
 
+def _check_switches(**switches: Any) -> None:
+    """The on/off flags are bools (``benchmark`` may also be None: leave cuDNN's setting as it is)."""
+    for name, value in switches.items():
+        if not (name == "benchmark" and value is None):
+            check_bool(name, value)
+
+
+def _check_val_check_interval(value: Any) -> None:
+    if isinstance(value, (str, dict, timedelta)):
+        raise ConfigError(f"val_check_interval={value!r}: a time-based interval is not supported here; give a "
+                          "number of training batches (int) or a fraction of the epoch (float).")
+
+
+def _refuse_barebones_opt_ins(barebones: Any, **opt_ins: Any) -> None:
+    """Lightning refuses the features barebones mode cannot measure: fast_dev_run, detect_anomaly, profiler."""
+    check_bool("barebones", barebones)
+    for name, value in opt_ins.items():
+        if barebones and value is not None and value is not False and value != 0:
+            raise ConfigError(f"Trainer(barebones=True, {name}={value!r}): barebones mode measures the raw loop, "
+                              f"so it cannot run with {name}; drop one of the two.")
+
+
 def _resolve_opt_outs(barebones: bool, flags: dict[str, Any]) -> dict[str, Any]:
     """Lightning's rule: barebones turns off what costs speed and refuses a flag that asks for one of them.
 
@@ -137,11 +159,8 @@ class TrainerConfig:
                    use_distributed_sampler: bool = True, sync_batchnorm: bool = False, profiler: Any = None,
                    barebones: bool = False) -> TrainerConfig:
         """Check every flag (ConfigError names the flag and the fix) and resolve what they imply."""
-        check_bool("barebones", barebones)
-        if barebones and (fast_dev_run or detect_anomaly or profiler is not None):
-            given = "fast_dev_run" if fast_dev_run else "detect_anomaly" if detect_anomaly else "profiler"
-            raise ConfigError(f"Trainer(barebones=True, {given}=...): barebones mode measures the raw loop, so it "
-                              f"cannot run with {given}; drop one of the two.")
+        _refuse_barebones_opt_ins(barebones, fast_dev_run=fast_dev_run, detect_anomaly=detect_anomaly,
+                                  profiler=profiler)
         opt_outs = _resolve_opt_outs(barebones, {
             "enable_checkpointing": enable_checkpointing, "logger": logger, "enable_progress_bar": enable_progress_bar,
             "enable_model_summary": enable_model_summary, "num_sanity_val_steps": num_sanity_val_steps,
@@ -149,19 +168,14 @@ class TrainerConfig:
         enable_checkpointing, logger = opt_outs["enable_checkpointing"], opt_outs["logger"]
         enable_progress_bar, enable_model_summary = opt_outs["enable_progress_bar"], opt_outs["enable_model_summary"]
         num_sanity_val_steps, log_every_n_steps = opt_outs["num_sanity_val_steps"], opt_outs["log_every_n_steps"]
-        for name, value in (("enable_model_summary", enable_model_summary), ("detect_anomaly", detect_anomaly),
-                            ("inference_mode", inference_mode), ("use_distributed_sampler", use_distributed_sampler),
-                            ("sync_batchnorm", sync_batchnorm)):
-            check_bool(name, value)
-        if benchmark is not None:
-            check_bool("benchmark", benchmark)
+        _check_switches(enable_model_summary=enable_model_summary, detect_anomaly=detect_anomaly,
+                        inference_mode=inference_mode, use_distributed_sampler=use_distributed_sampler,
+                        sync_batchnorm=sync_batchnorm, benchmark=benchmark)
         check_int("num_nodes", num_nodes, 1)
         check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
         overfit_batches = _check_overfit(overfit_batches)
         max_seconds = parse_duration(max_time)
-        if isinstance(val_check_interval, (str, dict, timedelta)):
-            raise ConfigError(f"val_check_interval={val_check_interval!r}: a time-based interval is not supported "
-                              "here; give a number of training batches (int) or a fraction of the epoch (float).")
+        _check_val_check_interval(val_check_interval)
         profiler = _resolve_profiler(profiler)
         check_int("min_epochs", min_epochs, 0)
         check_int("max_steps", max_steps, -1)
