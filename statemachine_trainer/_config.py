@@ -37,7 +37,9 @@ def resolve_device(accelerator: str) -> torch.device:
             raise ConfigError(f"accelerator={accelerator!r} but torch sees no CUDA device; use accelerator='cpu' "
                               "or 'auto'.")
         return torch.device("cuda", torch.cuda.current_device())
-    raise ConfigError(f"accelerator={accelerator!r}: use 'cpu', 'cuda' or 'auto'.")
+    from ._refused import value_advice
+
+    raise ConfigError(f"accelerator={accelerator!r}: use 'cpu', 'cuda' or 'auto'{value_advice('accelerator', accelerator)}.")
 
 
 def check_module(module: Any, step: str, entry: str) -> None:

@@ -12,6 +12,8 @@ re-checks or re-derives a flag.  Loops and callbacks read it as
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +21,92 @@ import attrs
 
 from ._optim import ConfigError
 
-__all__ = ["TrainerConfig", "check_int"]
+__all__ = ["TrainerConfig", "check_int", "parse_duration"]
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}.")
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
+def parse_duration(value: str | timedelta | dict[str, int] | None, name: str = "max_time") -> float | None:
+    """Seconds from Lightning's duration forms: "DD:HH:MM:SS", a ``timedelta`` or a dict of timedelta's keywords."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r"(\d+):(\d\d):(\d\d):(\d\d)", value.strip())
+        if not match:
+            raise ConfigError(f"{name}={value!r} is not a duration: use \"DD:HH:MM:SS\" (e.g. \"00:12:00:00\" for 12 "
+                              "hours), a datetime.timedelta or a dict such as {'hours': 12}.")
+        days, hours, minutes, seconds = (int(g) for g in match.groups())
+        value = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    elif isinstance(value, dict):
+        try:
+            value = timedelta(**value)
+        except TypeError as exc:
+            raise ConfigError(f"{name}={value!r}: the dict must hold datetime.timedelta's keywords "
+                              f"(weeks, days, hours, minutes, seconds...): {exc}.") from None
+    if not isinstance(value, timedelta):
+        raise ConfigError(f"{name} must be a \"DD:HH:MM:SS\" string, a datetime.timedelta or a dict, got {value!r}.")
+    return value.total_seconds()
+
+
+def _check_overfit(value: Any) -> int | float:
+    if isinstance(value, float) and 0.0 <= value <= 1.0:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ConfigError(f"overfit_batches={value!r} must be an int >= 0 (batches) or a fraction in [0, 1].")
+
+
+def _check_switches(**switches: Any) -> None:
+    """The on/off flags are bools (``benchmark`` may also be None: leave cuDNN's setting as it is)."""
+    for name, value in switches.items():
+        if not (name == "benchmark" and value is None):
+            check_bool(name, value)
+
+
+def _check_val_check_interval(value: Any) -> None:
+    if isinstance(value, (str, dict, timedelta)):
+        raise ConfigError(f"val_check_interval={value!r}: a time-based interval is not supported here; give a "
+                          "number of training batches (int) or a fraction of the epoch (float).")
+
+
+def _refuse_barebones_opt_ins(barebones: Any, **opt_ins: Any) -> None:
+    """Lightning refuses the features barebones mode cannot measure: fast_dev_run, detect_anomaly, profiler."""
+    check_bool("barebones", barebones)
+    for name, value in opt_ins.items():
+        if barebones and value is not None and value is not False and value != 0:
+            raise ConfigError(f"Trainer(barebones=True, {name}={value!r}): barebones mode measures the raw loop, "
+                              f"so it cannot run with {name}; drop one of the two.")
+
+
+def _resolve_opt_outs(barebones: bool, flags: dict[str, Any]) -> dict[str, Any]:
+    """Lightning's rule: barebones turns off what costs speed and refuses a flag that asks for one of them.
+
+    ``flags`` holds the opt-out flags as given (None: not given); returns
+    them resolved.  Outside barebones, None takes Lightning's default.
+    """
+    defaults = {"enable_checkpointing": True, "logger": True, "enable_progress_bar": True,
+                "enable_model_summary": True, "num_sanity_val_steps": 2, "log_every_n_steps": 50}
+    if not barebones:
+        return {name: defaults[name] if value is None else value for name, value in flags.items()}
+    off = {"enable_checkpointing": False, "logger": False, "enable_progress_bar": False,
+           "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 0}
+    for name, value in flags.items():
+        if value is not None and value is not False and value != 0:
+            raise ConfigError(f"Trainer(barebones=True, {name}={value!r}): barebones mode turns {name} off because "
+                              f"it costs speed; drop {name}, or drop barebones=True.")
+    resolved = dict(off)
+    resolved["log_every_n_steps"] = defaults["log_every_n_steps"]  # with no logger, nothing is written at all
+    return resolved
 
 
 @attrs.frozen
@@ -50,6 +131,18 @@ class TrainerConfig:
     logger: Any = True  # what was asked for; False under fast_dev_run and on ranks other than 0
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
+    enable_model_summary: bool = True  # a ModelSummary callback prints the module's layers at fit start
+    max_time: float | None = None  # seconds of training (Timer callback; survives a resume as its state)
+    overfit_batches: int | float = 0.0  # > 0: this many train/val batches, unshuffled, every epoch
+    reload_dataloaders_every_n_epochs: int = 0  # > 0: call *_dataloader() again every n epochs
+    detect_anomaly: bool = False  # fit under torch.autograd.set_detect_anomaly(True)
+    inference_mode: bool = True  # evaluation under torch.inference_mode() (False: torch.no_grad())
+    benchmark: bool | None = None  # torch.backends.cudnn.benchmark; None leaves it (False with deterministic)
+    num_nodes: int = 1  # machines of a ddp run; world size = num_nodes * devices
+    use_distributed_sampler: bool = True  # ddp: shard the loaders (False: the user's sampler as it is)
+    sync_batchnorm: bool = False  # ddp: BatchNorm layers become SyncBatchNorm
+    profiler: Any = None  # a Profiler: "simple" -> SimpleProfiler(), None -> PassThroughProfiler() (no wrapping)
+    barebones: bool = False  # everything that costs speed is off (see _resolve_opt_outs)
 
     @classmethod
     def from_flags(cls, *, max_epochs: int | None, min_epochs: int, max_steps: int,
@@ -57,9 +150,33 @@ class TrainerConfig:
                    limit_predict_batches: Any, val_check_interval: Any, check_val_every_n_epoch: int,
                    num_sanity_val_steps: int, fast_dev_run: bool | int, accumulate_grad_batches: int,
                    gradient_clip_val: float | None, gradient_clip_algorithm: str, deterministic: bool,
-                   seed: int | None, log_every_n_steps: int, default_root_dir: str | os.PathLike[str] | None,
-                   logger: Any, enable_progress_bar: bool, enable_checkpointing: bool) -> TrainerConfig:
+                   seed: int | None, log_every_n_steps: int | None,
+                   default_root_dir: str | os.PathLike[str] | None, logger: Any, enable_progress_bar: bool | None,
+                   enable_checkpointing: bool | None, enable_model_summary: bool | None = None,
+                   max_time: Any = None, overfit_batches: float = 0.0,
+                   reload_dataloaders_every_n_epochs: int = 0, detect_anomaly: bool = False,
+                   inference_mode: bool = True, benchmark: bool | None = None, num_nodes: int = 1,
+                   use_distributed_sampler: bool = True, sync_batchnorm: bool = False, profiler: Any = None,
+                   barebones: bool = False) -> TrainerConfig:
         """Check every flag (ConfigError names the flag and the fix) and resolve what they imply."""
+        _refuse_barebones_opt_ins(barebones, fast_dev_run=fast_dev_run, detect_anomaly=detect_anomaly,
+                                  profiler=profiler)
+        opt_outs = _resolve_opt_outs(barebones, {
+            "enable_checkpointing": enable_checkpointing, "logger": logger, "enable_progress_bar": enable_progress_bar,
+            "enable_model_summary": enable_model_summary, "num_sanity_val_steps": num_sanity_val_steps,
+            "log_every_n_steps": log_every_n_steps})
+        enable_checkpointing, logger = opt_outs["enable_checkpointing"], opt_outs["logger"]
+        enable_progress_bar, enable_model_summary = opt_outs["enable_progress_bar"], opt_outs["enable_model_summary"]
+        num_sanity_val_steps, log_every_n_steps = opt_outs["num_sanity_val_steps"], opt_outs["log_every_n_steps"]
+        _check_switches(enable_model_summary=enable_model_summary, detect_anomaly=detect_anomaly,
+                        inference_mode=inference_mode, use_distributed_sampler=use_distributed_sampler,
+                        sync_batchnorm=sync_batchnorm, benchmark=benchmark)
+        check_int("num_nodes", num_nodes, 1)
+        check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
+        overfit_batches = _check_overfit(overfit_batches)
+        max_seconds = parse_duration(max_time)
+        _check_val_check_interval(val_check_interval)
+        profiler = _resolve_profiler(profiler)
         check_int("min_epochs", min_epochs, 0)
         check_int("max_steps", max_steps, -1)
         check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1)
@@ -82,6 +199,8 @@ class TrainerConfig:
             limits = dict.fromkeys(limits, batches)
             max_epochs, max_steps, num_sanity_val_steps, val_check_interval = 1, -1, 0, None
             logger, enable_checkpointing = False, False
+        if overfit_batches:  # Lightning: overfit_batches wins over limit_*_batches and fast_dev_run for train/val
+            limits["train"] = limits["validate"] = overfit_batches
         return cls(max_epochs=max_epochs, min_epochs=min_epochs, max_steps=max_steps, limits=limits,
                    val_check_interval=val_check_interval, check_val_every_n_epoch=check_val_every_n_epoch,
                    num_sanity_val_steps=num_sanity_val_steps, fast_dev_run=fast_dev_run,
@@ -89,7 +208,12 @@ class TrainerConfig:
                    gradient_clip_algorithm=gradient_clip_algorithm, deterministic=deterministic, seed=seed,
                    log_every_n_steps=log_every_n_steps,
                    default_root_dir=Path(default_root_dir) if default_root_dir is not None else Path.cwd(),
-                   logger=logger, enable_progress_bar=enable_progress_bar, enable_checkpointing=enable_checkpointing)
+                   logger=logger, enable_progress_bar=enable_progress_bar, enable_checkpointing=enable_checkpointing,
+                   enable_model_summary=enable_model_summary, max_time=max_seconds, overfit_batches=overfit_batches,
+                   reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
+                   detect_anomaly=detect_anomaly, inference_mode=inference_mode, benchmark=benchmark,
+                   num_nodes=num_nodes, use_distributed_sampler=use_distributed_sampler,
+                   sync_batchnorm=sync_batchnorm, profiler=profiler, barebones=barebones)
 
 
     def val_check_batches(self, num_batches: int) -> int:
@@ -103,6 +227,22 @@ class TrainerConfig:
                                   "batches.")
             return max(1, int(num_batches * interval))
         return check_int("val_check_interval", interval, 1)
+
+
+def _resolve_profiler(profiler: Any) -> Any:
+    """``"simple"`` -> a SimpleProfiler; a Profiler as it is; None: a PassThroughProfiler (costs nothing)."""
+    from .profilers import PassThroughProfiler, Profiler, SimpleProfiler
+
+    if profiler is None:
+        return PassThroughProfiler()
+    if profiler == "simple":
+        return SimpleProfiler()
+    if isinstance(profiler, Profiler):
+        return profiler
+    if isinstance(profiler, str) and profiler in ("advanced", "pytorch", "xla"):
+        raise ConfigError(f"profiler={profiler!r} is not available here: use profiler='simple' (a per-hook time "
+                          "table), or wrap your own code in torch.profiler.profile().")
+    raise ConfigError(f"profiler={profiler!r}: use 'simple', a SimpleProfiler(...) or None.")
 
 
 #: The flag names readable as ``trainer.<name>`` / ``run.<name>`` (Lightning code reads e.g. ``trainer.max_epochs``).

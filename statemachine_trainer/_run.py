@@ -39,6 +39,7 @@ import torch
 
 from ._flags import FLAG_NAMES, TrainerConfig
 from ._optim import ConfigError
+from ._refused import ATTRIBUTE_ADVICE, FLAG_ADVICE, missing_attribute
 from ._results import Results
 from .data._source import BatchSource, count_batches, is_loader_collection, source_key
 
@@ -84,6 +85,7 @@ class Run:
 
     __slots__ = (
         "_configure_optimization",
+        "_reload",
         "_request",
         "_restored_data",
         "_restored_into",
@@ -111,7 +113,8 @@ class Run:
                  callbacks: list[Any], loggers: list[Any],
                  request_checkpoint: Callable[[Path, Callable[[Path], None] | None], None] | None = None,
                  save_checkpoint: Callable[[Path], Path] | None = None,
-                 configure_optimization: Callable[[Run], None] | None = None) -> None:
+                 configure_optimization: Callable[[Run], None] | None = None,
+                 reload_data: Callable[[str], Any] | None = None) -> None:
         self.config = config
         self.state = stage  # "fit", "validate", "test", "predict"; "idle" once the run has finished
         self.strategy, self.precision, self.device = strategy, precision, device
@@ -128,6 +131,7 @@ class Run:
         self.fit_loop: FitCounters | None = None
         self._request, self._save = request_checkpoint, save_checkpoint
         self._configure_optimization = configure_optimization  # builds self.optimization from the module
+        self._reload = reload_data  # stage -> the loader *_dataloader() returns now (None: given directly)
         self._restored_data: dict[str, Any] = {}  # a checkpoint's data positions, until the reading loop resumes
         self._restored_into: dict[str, Any] = {}  # the sources they were loaded into at restore
 
@@ -258,6 +262,21 @@ class Run:
         return steps if config.max_steps == -1 else min(steps, config.max_steps)
 
     @property
+    def lightning_module(self) -> Any:
+        """Lightning's name for the module being run."""
+        return self.module
+
+    @property
+    def node_rank(self) -> int:
+        env = getattr(self.strategy, "env", None)
+        return 0 if env is None else env.rank // env.local_world_size
+
+    @property
+    def num_devices(self) -> int:
+        """Devices (processes) per node: the ``devices`` flag."""
+        return getattr(self.strategy, "devices", 1)
+
+    @property
     def validation_ends_each_epoch(self) -> bool:
         """Validation runs at most once per epoch, after its last batch, so epoch-end hooks see fresh values.
 
@@ -275,6 +294,8 @@ class Run:
         # Only reached for names not found normally: the flags (run.max_epochs) and a clear error otherwise.
         if name in FLAG_NAMES:
             return getattr(self.config, name)
+        if name in ATTRIBUTE_ADVICE or name in FLAG_ADVICE:
+            raise missing_attribute("trainer (the run)", name, ())
         raise AttributeError(f"The run has no attribute {name!r}. Inside hooks, `trainer` is the run: its parts "
                              "(module, datamodule, sources, hooks, results, optimization, precision, strategy, "
                              "callbacks, loggers, config), Lightning's counters and the flags; the Trainer's entry "
@@ -384,7 +405,35 @@ class Run:
             found.append(source)
         return found
 
+    def reload_data(self, resumed: bool = False) -> None:
+        """``reload_dataloaders_every_n_epochs=n``: call ``*_dataloader()`` again at epochs 0, n, 2n... of training.
+
+        The fit loop calls it as each epoch starts (before
+        ``on_train_epoch_start``, as Lightning), and with ``resumed`` as a fit
+        resumes: the checkpoint's data position then goes to the loader the
+        function returns after the restore, not the one requested before it.
+        Loaders passed to ``fit`` directly are kept.  Epochs count from the
+        first fit, so a resumed run reloads at the same epochs as the
+        uninterrupted one.
+        """
+        every = self.config.reload_dataloaders_every_n_epochs
+        if not every or self._reload is None or self.fit_loop is None:
+            return
+        epoch = self.current_epoch
+        if not resumed and (epoch == 0 or epoch % every):
+            return  # epoch 0's loaders were requested when the fit started
+        loaders = {stage: self._reload(stage) for stage in ("train", "validate") if stage in self.sources}
+        self.use_data(**{stage: loader for stage, loader in loaders.items() if loader is not None})
+
+    def evaluation_grad_mode(self) -> Any:
+        """The context evaluation runs in: ``torch.inference_mode()``, or ``torch.no_grad()`` (inference_mode=False)."""
+        return torch.inference_mode() if self.config.inference_mode else torch.no_grad()
+
     def _source(self, stage: str, loader: Any) -> BatchSource:
+        if self.config.overfit_batches and stage in ("train", "validate") and self.state == "fit":
+            from .data._overfit import without_shuffling
+
+            loader = without_shuffling(loader, stage)  # Lightning: the same first batches every epoch
         loader = self.strategy.shard(loader)  # strategy="ddp": this rank's part of the data
         limit = self.config.limits[stage]
         count = count_batches(loader, limit, _LIMIT_NAMES[stage])

@@ -113,8 +113,11 @@ class DDP(SingleProcess):
     name = "ddp"
     distributed = True
 
-    def __init__(self, devices: int, accelerator: str) -> None:
-        self.devices, self.accelerator = devices, accelerator
+    def __init__(self, devices: int, accelerator: str, num_nodes: int = 1, sync_batchnorm: bool = False,
+                 use_distributed_sampler: bool = True) -> None:
+        self.devices, self.accelerator, self.num_nodes = devices, accelerator, num_nodes
+        self.sync_batchnorm = sync_batchnorm  # BatchNorm layers become SyncBatchNorm before DDP wraps the module
+        self.use_distributed_sampler = use_distributed_sampler  # False: each rank iterates the loader as given
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self._gated = False  # whether losses pass the gate (several backwards per step)
         self._training_step: Any = None
@@ -134,6 +137,10 @@ class DDP(SingleProcess):
         from .distributed import DistributedEnv, launch_workers, should_launch
 
         env = DistributedEnv.from_environ()
+        if self.num_nodes > 1 and env is None:
+            raise ConfigError(f"num_nodes={self.num_nodes} needs a launcher on every node: run the script with "
+                              f"`torchrun --nnodes={self.num_nodes} --nproc-per-node={self.devices} ...` on each "
+                              "machine (this process was started without one).")
         if should_launch(self.devices, env):
             raise SystemExit(launch_workers(self.devices))
         if env is None and self._solo is None:  # devices=1, no launcher: a world of one, still through DDP
@@ -146,6 +153,10 @@ class DDP(SingleProcess):
         from .distributed import join_process_group
 
         env = self.env
+        if self.num_nodes > 1 and env.world_size != self.num_nodes * self.devices:
+            raise ConfigError(f"Trainer(num_nodes={self.num_nodes}, devices={self.devices}) expects a world of "
+                              f"{self.num_nodes * self.devices} processes, but the launcher reports WORLD_SIZE="
+                              f"{env.world_size}; make torchrun's --nnodes and --nproc-per-node match the flags.")
         self.rank, self.world_size, self.is_rank_zero = env.rank, env.world_size, env.rank == 0
         self.local_rank = env.local_rank
         joined = join_process_group(env, "cuda" if device.type == "cuda" else "cpu")
@@ -162,6 +173,8 @@ class DDP(SingleProcess):
         ``find_unused_parameters`` is for.
         """
         device_ids = [device.index] if device.type == "cuda" else None
+        if self.sync_batchnorm:  # in place on the module's children; the parameters stay the optimizer's
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         self._gated = not one_backward
         self.ddp = torch.nn.parallel.DistributedDataParallel(_Forward(module), device_ids=device_ids,
                                                              find_unused_parameters=self._gated)
@@ -192,6 +205,8 @@ class DDP(SingleProcess):
 
         from .data import ResumableLoader
 
+        if not self.use_distributed_sampler:
+            return loader  # Trainer(use_distributed_sampler=False): the user's sampler decides what each rank sees
         if isinstance(loader, DataLoader):
             loader = ResumableLoader(loader)
         if isinstance(loader, ResumableLoader):
@@ -244,16 +259,45 @@ def launched_rank_zero(strategy: SingleProcess) -> bool:
     return env is None or env.rank == 0
 
 
-def make_strategy(strategy: str | None, devices: int, accelerator: str) -> SingleProcess:
+def resolve_devices(devices: Any, accelerator: str, strategy: str | None) -> Any:
+    """Lightning's ``devices`` forms as a count: ``"auto"``/``-1`` (all GPUs under ddp, else 1) and ``"2"``.
+
+    A list of device indices cannot be honoured by a process-per-device
+    launcher that numbers devices itself: the error says to pick them with
+    ``CUDA_VISIBLE_DEVICES`` instead.
+    """
+    if devices in ("auto", -1, "-1"):
+        return max(torch.cuda.device_count(), 1) if strategy == "ddp" and accelerator == "cuda" else 1
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return int(devices)
+    if isinstance(devices, (list, tuple)) or (isinstance(devices, str) and "," in devices):
+        count = len(devices) if isinstance(devices, (list, tuple)) else len(devices.strip(",").split(","))
+        raise ConfigError(f"devices={devices!r}: choose the GPUs with CUDA_VISIBLE_DEVICES (e.g. "
+                          f"CUDA_VISIBLE_DEVICES=0,1) and pass how many: devices={count}.")
+    return devices
+
+
+def make_strategy(strategy: str | None, devices: int, accelerator: str, num_nodes: int = 1,
+                  sync_batchnorm: bool = False, use_distributed_sampler: bool = True) -> SingleProcess:
+    devices = resolve_devices(devices, accelerator, strategy)
     if strategy in (None, "auto", "single"):
         if devices != 1:
             raise ConfigError(f"devices={devices!r} needs strategy='ddp' (one process per device); or use devices=1.")
-        return SingleProcess()
+        if num_nodes != 1:
+            raise ConfigError(f"num_nodes={num_nodes} needs strategy='ddp' (launched with torchrun on every node); "
+                              "or use num_nodes=1.")
+        return SingleProcess()  # sync_batchnorm and use_distributed_sampler only matter with several processes
     if strategy == "ddp":
         if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
             raise ConfigError(f"devices={devices!r} must be an int >= 1: the number of processes on this machine.")
-        return DDP(devices, accelerator)
-    raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process) or 'ddp' (torch DistributedDataParallel).")
+        if sync_batchnorm and accelerator != "cuda":
+            raise ConfigError("sync_batchnorm=True needs CUDA devices: torch's SyncBatchNorm (and DDP with it) runs "
+                              "on GPUs only. Use accelerator='cuda', or drop sync_batchnorm on CPU.")
+        return DDP(devices, accelerator, num_nodes, sync_batchnorm, use_distributed_sampler)
+    from ._refused import value_advice
+
+    raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process) or 'ddp' (torch DistributedDataParallel)"
+                      f"{value_advice('strategy', strategy)}.")
 
 
 def _free_port() -> int:

@@ -28,13 +28,16 @@ it.  Lightning's read-only names (``trainer.current_epoch``,
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 
@@ -49,11 +52,13 @@ from ._config import (
     defines,
     resolve_device,
 )
+from ._flag_effects import RunModes, add_flag_callbacks, set_torch_flags
 from ._flags import FLAG_NAMES, TrainerConfig
 from ._hooks import HookRelay
 from ._optim import ConfigError, parse_optimizers
 from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
+from ._refused import missing_attribute, refuse_flags
 from ._run import Run
 from ._strategy import launched_rank_zero, make_strategy
 from .data._source import is_loader_collection
@@ -99,38 +104,53 @@ class Trainer:
     def __init__(
         self,
         *,
+        accelerator: str = "auto",
+        strategy: str = "auto",
+        devices: int | str = 1,
+        num_nodes: int = 1,
+        precision: str | int = "32",
+        logger: Any = None,
+        callbacks: Sequence[Any] | Any | None = None,
+        fast_dev_run: bool | int = False,
         max_epochs: int | None = None,
         min_epochs: int = 0,
         max_steps: int = -1,
+        max_time: str | timedelta | dict[str, int] | None = None,
         limit_train_batches: float | None = None,
         limit_val_batches: float | None = None,
         limit_test_batches: float | None = None,
         limit_predict_batches: float | None = None,
+        overfit_batches: float = 0.0,
         val_check_interval: float | None = None,
         check_val_every_n_epoch: int = 1,
-        num_sanity_val_steps: int = 2,
-        fast_dev_run: bool | int = False,
+        num_sanity_val_steps: int | None = None,
+        log_every_n_steps: int | None = None,
+        enable_checkpointing: bool | None = None,
+        enable_progress_bar: bool | None = None,
+        enable_model_summary: bool | None = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
-        precision: str | int = "32",
-        accelerator: str = "auto",
-        devices: int = 1,
-        strategy: str = "auto",
         deterministic: bool = False,
-        callbacks: Sequence[Any] | Any | None = None,
-        logger: Any = True,
-        enable_progress_bar: bool = True,
-        enable_checkpointing: bool = True,
+        benchmark: bool | None = None,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        profiler: Any = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        sync_batchnorm: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
-        log_every_n_steps: int = 50,
+        **unknown: Any,
     ) -> None:
-        self.device = resolve_device(accelerator)
-        self.strategy = make_strategy(strategy, devices, self.device.type)
-        if not launched_rank_zero(self.strategy):  # loggers and the progress bar live on rank 0 only
-            logger, enable_progress_bar = False, False
-        self.precision = Precision(precision, self.device)
+        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed`` is ours.
+
+        A Lightning flag this Trainer lacks (``resume_from_checkpoint``,
+        ``gpus``, ``auto_lr_find``...) raises ConfigError naming the
+        replacement; a misspelt one suggests the right name.
+        """
+        refuse_flags(unknown, _TRAINER_FLAGS)
         self.config = TrainerConfig.from_flags(
             max_epochs=max_epochs, min_epochs=min_epochs, max_steps=max_steps,
             limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
@@ -140,12 +160,27 @@ class Trainer:
             accumulate_grad_batches=accumulate_grad_batches, gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm, deterministic=deterministic, seed=seed,
             log_every_n_steps=log_every_n_steps, default_root_dir=default_root_dir, logger=logger,
-            enable_progress_bar=enable_progress_bar, enable_checkpointing=enable_checkpointing)
+            enable_progress_bar=enable_progress_bar, enable_checkpointing=enable_checkpointing,
+            enable_model_summary=enable_model_summary, max_time=max_time, overfit_batches=overfit_batches,
+            reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs, detect_anomaly=detect_anomaly,
+            inference_mode=inference_mode, benchmark=benchmark, num_nodes=num_nodes,
+            use_distributed_sampler=use_distributed_sampler, sync_batchnorm=sync_batchnorm, profiler=profiler,
+            barebones=barebones)
+        self.device = resolve_device(accelerator)
+        self.strategy = make_strategy(strategy, devices, self.device.type, self.config.num_nodes,
+                                      self.config.sync_batchnorm, self.config.use_distributed_sampler)
+        if not launched_rank_zero(self.strategy):  # loggers and the progress bar live on rank 0 only
+            self.config = attrs.evolve(self.config, logger=False, enable_progress_bar=False)
+        self.precision = Precision(precision, self.device)
+        set_torch_flags(self.config)
         if self.config.seed is not None:  # now, so what is built after the Trainer (model, samplers) is seeded too
             seed_everything(self.config.seed)
         self.callbacks = default_callbacks(callbacks, self.config.enable_progress_bar,
                                            self.config.enable_checkpointing)
+        add_flag_callbacks(self.callbacks, self.config)
         self.loggers = default_loggers(self.config.logger, self.config.default_root_dir)
+        self._modes = RunModes(self.config)  # detect_anomaly and the profiler, around each run
+        self._requested_data: dict[str, bool] = {}  # stage -> its loader came from *_dataloader() (reloadable)
 
         self.fit_loop: Loop = FitLoop()
         self.validate_loop: Loop = EvaluationLoop("validate")
@@ -306,9 +341,12 @@ class Trainer:
     datamodule = _FromRun()
     optimization = _FromRun()
     default_root_dir = _FromRun()
+    lightning_module = _FromRun()
     global_rank = _FromRun()
     local_rank = _FromRun()
+    node_rank = _FromRun()
     world_size = _FromRun()
+    num_devices = _FromRun()
     log_dir = _FromRun()
     checkpoint_callback = _FromRun()
     checkpoint_callbacks = _FromRun()
@@ -331,7 +369,7 @@ class Trainer:
         # Only reached for names not found normally: the flags, read from the checked config.
         if name in FLAG_NAMES:
             return getattr(self.config, name)
-        raise AttributeError(f"'Trainer' object has no attribute {name!r}")
+        raise missing_attribute("Trainer", name, [*dir(type(self)), *FLAG_NAMES])
 
     # -- checkpoints --------------------------------------------------------------------------------
     def request_checkpoint(self, path: str | os.PathLike[str], on_written: Any = None) -> None:
@@ -438,6 +476,7 @@ class Trainer:
                   "predict": "predict_dataloader"}[stage]
         owner = run.datamodule if run.datamodule is not None else run.module
         loader = given
+        self._requested_data[stage] = given is None
         if loader is None and callable(getattr(owner, method, None)):
             loader = getattr(owner, method)()
         if loader is None:
@@ -450,10 +489,16 @@ class Trainer:
                               "dataloader: combine them into one dataset (torch.utils.data.ConcatDataset).")
         return loader
 
+    def _reload_loader(self, stage: str) -> Any:
+        """The loader ``*_dataloader()`` returns now (``reload_dataloaders_every_n_epochs``); None if given to fit."""
+        if not self._requested_data.get(stage):
+            return None
+        return self._loader(self.run, None, stage, required=False)
+
     def _new_run(self, stage: str) -> Run:
         run = Run(self.config, stage, self.strategy, self.precision, self.device, self.callbacks, self.loggers,
                   request_checkpoint=self._boundaries.request, save_checkpoint=self.save_checkpoint,
-                  configure_optimization=self._reconfigure_optimization)
+                  configure_optimization=self._reconfigure_optimization, reload_data=self._reload_loader)
         run.fit_loop = next((node for _, node in self.fit_loop.walk() if isinstance(node, FitLoop)), None)
         return run
 
@@ -557,8 +602,10 @@ class Trainer:
         for _, node in root.walk():
             if isinstance(node, TrainerLoop):
                 node.on_attach()
+        self._modes.enter(run, root)
 
     def _finish(self, run: Run, root: Loop) -> None:
+        self._modes.exit(run, root)
         _lifecycle.teardown(run, run.state)
         for logger in self.loggers:
             logger.save()
@@ -626,3 +673,7 @@ def _manual_progress(run: Run) -> Any:
     def progress() -> Any:
         return run.fit_loop.epoch_loop.batch_loop.manual_loop.progress
     return progress
+
+
+#: Every flag ``Trainer()`` takes, for the did-you-mean of a misspelt one.
+_TRAINER_FLAGS = tuple(name for name in inspect.signature(Trainer.__init__).parameters if name not in ("self", "unknown"))

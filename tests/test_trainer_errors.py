@@ -181,3 +181,81 @@ def test_bad_log_calls_name_the_key():
 def test_bad_strategy_flags_fail_at_construction(flags, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         Trainer(**flags)
+
+
+# -- Lightning flags and attributes this Trainer does not have ------------------------------------------
+def _refused_flags():
+    from statemachine_trainer._refused import FLAG_ADVICE
+
+    return sorted(FLAG_ADVICE.items())
+
+
+@pytest.mark.parametrize("flag, advice", _refused_flags())
+def test_a_lightning_flag_we_lack_is_refused_with_its_replacement(flag, advice):
+    with pytest.raises(ConfigError) as info:
+        Trainer(**{flag: 1})
+    message = str(info.value)
+    assert f"Trainer({flag}=...)" in message and advice in message
+
+
+def test_resume_from_checkpoint_points_to_fit_ckpt_path():
+    with pytest.raises(ConfigError, match=re.escape("trainer.fit(module, ckpt_path=...)")):
+        Trainer(resume_from_checkpoint="last.ckpt")
+
+
+@pytest.mark.parametrize("typo, meant", [("max_epoch", "max_epochs"), ("limit_val_batch", "limit_val_batches"),
+                                         ("gradient_clip", "gradient_clip_val"), ("precison", "precision")])
+def test_a_misspelt_flag_suggests_the_right_one(typo, meant):
+    with pytest.raises(ConfigError, match=re.escape(f"unknown flag {typo!r}. Did you mean {meant!r}?")):
+        Trainer(**{typo: 1})
+
+
+def test_an_unknown_flag_without_a_near_name_still_gets_our_error():
+    with pytest.raises(ConfigError, match="unknown flag 'zzz_qqq'.*Trainer flags"):
+        Trainer(zzz_qqq=1)
+
+
+@pytest.mark.parametrize("name, advice", [("model", "trainer.module"), ("accelerator", "trainer.device"),
+                                          ("tuner", "there is no tuner"), ("gpus", "devices=N")])
+def test_reading_a_lightning_attribute_we_lack_names_the_replacement(name, advice):
+    with pytest.raises(AttributeError, match=re.escape(advice)):
+        getattr(quiet(), name)
+    assert not hasattr(quiet(), name)  # still an AttributeError: hasattr/getattr(default) keep working
+
+
+def test_inside_a_run_too_a_lightning_attribute_names_the_replacement():
+    seen = {}
+
+    class Reads(Base):
+        def training_step(self, batch, batch_idx):
+            seen["ranks"] = (self.trainer.global_rank, self.trainer.local_rank, self.trainer.node_rank,
+                             self.trainer.world_size, self.trainer.num_devices)
+            seen["module"] = self.trainer.lightning_module
+            with pytest.raises(AttributeError, match="trainer.module"):
+                self.trainer.model  # noqa: B018
+            return super().training_step(batch, batch_idx)
+
+    module = Reads()
+    trainer = quiet(max_epochs=1)
+    trainer.fit(module, tiny_loader())
+    assert seen == {"ranks": (0, 0, 0, 1, 1), "module": module}
+    assert trainer.lightning_module is module and trainer.global_rank == 0 and trainer.world_size == 1
+
+
+def test_a_misspelt_attribute_suggests_the_right_one():
+    with pytest.raises(AttributeError, match="Did you mean 'global_step'"):
+        quiet().global_stp  # noqa: B018
+
+
+@pytest.mark.parametrize("flag, value, fragment", [("strategy", "ddp_spawn", "use strategy='ddp' (our launcher"),
+                                                   ("strategy", "fsdp", "FSDP is not supported"),
+                                                   ("accelerator", "mps", "MPS is not supported"),
+                                                   ("accelerator", "tpu", "TPUs are not supported")])
+def test_a_lightning_value_we_lack_names_what_to_pass(flag, value, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        Trainer(**{flag: value})
+
+
+def test_a_time_based_val_check_interval_is_refused_at_construction():
+    with pytest.raises(ConfigError, match="time-based interval is not supported"):
+        Trainer(val_check_interval="00:00:10:00")

@@ -134,6 +134,15 @@ class ResumableLoader:
         sharded._build({**self._settings, "seed": self.seed, "rank": rank, "world_size": world_size}, self._rngs)
         return sharded
 
+    def unshuffled(self) -> ResumableLoader:
+        """This loader's data in its sequential order (a new loader; ``overfit_batches`` asks for it)."""
+        if self.delegate is not None:
+            return self
+        plain = object.__new__(ResumableLoader)
+        plain.delegate = None
+        plain._build({**self._settings, "seed": self.seed, "shuffle": False}, self._rngs)
+        return plain
+
     # -- iteration -----------------------------------------------------------------------------------
     def __len__(self) -> int:
         """Batches per epoch (this rank's, when sharded)."""

@@ -199,7 +199,7 @@ class EvaluationLoop(FetchingLoop):
         if not self.restarting:
             progress.increment_started()
         run.results.fx = self._step_name
-        with torch.no_grad(), run.precision.autocast():
+        with run.evaluation_grad_mode(), run.precision.autocast():
             outputs = getattr(run.module, self._step_name)(*args)
         progress.increment_processed()
         self._hooks.batch_end(outputs, *args)

@@ -76,6 +76,7 @@ class FitLoop(TrainerLoop):
         self.epoch_loop: Loop = TrainingEpochLoop()
         # Only inside the sanity_check hook, in which checkpoints wait (checkpointable): never part of a state.
         self._sanity_checking = False
+        self._stop_cause: str | None = None  # who asked to stop (request_stop); not state: the asker re-asks
 
     # -- the counters a run reads (Lightning's trainer.current_epoch, global_step, ...) -------
     @property
@@ -103,6 +104,11 @@ class FitLoop(TrainerLoop):
     @should_stop.setter
     def should_stop(self, value: bool) -> None:
         self.fields.should_stop = bool(value)
+
+    def request_stop(self, reason: str) -> None:
+        """Set ``should_stop`` and say why, for ``stop_reason`` (e.g. the Timer of ``max_time``)."""
+        self.fields.should_stop = True
+        self._stop_cause = reason
 
     @property
     def is_last_batch(self) -> bool:
@@ -143,7 +149,7 @@ class FitLoop(TrainerLoop):
         if config.max_epochs != -1 and epoch >= config.max_epochs:
             return f"max_epochs={config.max_epochs} reached"
         if self.fields.should_stop and epoch >= config.min_epochs:
-            return "should_stop was set (e.g. by EarlyStopping)"
+            return self._stop_cause or "should_stop was set (e.g. by EarlyStopping)"
         return None
 
     # -- resuming ------------------------------------------------------------------------------
@@ -154,12 +160,17 @@ class FitLoop(TrainerLoop):
         return saved
 
     def on_restart(self) -> None:
-        """A resumed fit is a new fit call: fire the start hooks its checkpoint had already passed."""
-        position, hooks = self.position, self.context.hooks
+        """A resumed fit is a new fit call: fire the start hooks its checkpoint had already passed.
+
+        Between them, ``reload_dataloaders_every_n_epochs`` asks for the
+        resumed epoch's loaders (Lightning sets its data up between the two).
+        """
+        position, run = self.position, self.context
         if position.state != START or (position.row == _ENTER_ROW and position.hook > 1):
-            hooks.on_fit_start()
+            run.hooks.on_fit_start()
+        run.reload_data(resumed=True)
         if position.state == ADVANCE or (position.row == _SANITY_ROW and position.hook > 1):
-            hooks.on_train_start()
+            run.hooks.on_train_start()
 
     # -- hooks -----------------------------------------------------------------------------
     def on_skip(self) -> None:
@@ -169,6 +180,7 @@ class FitLoop(TrainerLoop):
     def reset(self) -> None:
         self.progress.reset_on_run()
         self.fields.should_stop = False
+        self._stop_cause = None
         self.fields.first_step = self.global_step
 
     def on_fit_start(self) -> None:
@@ -201,6 +213,7 @@ class FitLoop(TrainerLoop):
 
     def on_advance_start(self) -> None:
         run = self.context
+        run.reload_data()  # reload_dataloaders_every_n_epochs, before on_train_epoch_start as in Lightning
         self.progress.increment_ready()
         # No module.train() here: as in Lightning 2, training keeps the modes the user set (a frozen backbone
         # in eval mode stays so); evaluation gives each submodule back the mode it found.

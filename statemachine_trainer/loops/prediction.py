@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import torch
 
 from ..machine import Table
 from ..state import BatchProgress
@@ -123,7 +122,7 @@ class PredictionLoop(FetchingLoop):
         args = (batch, batch_idx, index) if len(self._sources) > 1 else (batch, batch_idx)
         self._hooks.batch_start(*args)
         progress.increment_started()
-        with torch.no_grad(), run.precision.autocast():
+        with run.evaluation_grad_mode(), run.precision.autocast():
             outputs = run.module.predict_step(*args)
         progress.increment_processed()
         self._hooks.batch_end(outputs, *args)

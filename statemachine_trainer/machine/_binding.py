@@ -16,7 +16,7 @@ import attrs
 
 from ._table import END, Row, Table, TableError
 
-__all__ = ["BoundRow", "abstract_hook", "bind_rows", "check_names", "noop_hook"]
+__all__ = ["BoundRow", "HookWrapper", "abstract_hook", "bind_rows", "check_names", "noop_hook"]
 
 _NOOP = "__noop_hook__"
 
@@ -146,10 +146,17 @@ def _takes_args(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def bind_rows(table: Table, owner: Any, skip: frozenset[str] = frozenset()) -> tuple[BoundRow, ...]:
+#: ``wrap(action, fn)`` returns what to call instead of ``fn`` (a profiler's timing); action is "Class.hook".
+HookWrapper = Callable[[str, Callable[..., Any]], Callable[..., Any]]
+
+
+def bind_rows(table: Table, owner: Any, skip: frozenset[str] = frozenset(),
+              wrap: HookWrapper | None = None) -> tuple[BoundRow, ...]:
     """Resolve every row of ``table`` against ``owner``; once per loop instance, and again per ``skip`` set.
 
-    Library no-ops and the hooks named in ``skip`` are left out (see ``Loop.skip_hooks``).
+    Library no-ops and the hooks named in ``skip`` are left out (see ``Loop.skip_hooks``).  With ``wrap``
+    (see ``Loop.profile``) each kept hook is bound wrapped, so the dispatcher's hot path is the same code
+    with or without it: a run that does not profile pays nothing.
     """
     bound = []
     for i, row in enumerate(table.rows):
@@ -158,7 +165,8 @@ def bind_rows(table: Table, owner: Any, skip: frozenset[str] = frozenset()) -> t
             fn = getattr(owner, name)
             if name in skip or getattr(fn, _NOOP, False):
                 continue
-            hooks.append((fn, _takes_args(fn)))
+            takes = _takes_args(fn)
+            hooks.append((fn if wrap is None else wrap(f"{type(owner).__name__}.{name}", fn), takes))
             kept.append(j)
         bound.append(BoundRow(
             index=i, row=row,

@@ -33,7 +33,7 @@ from typing import Any
 from transitions import Machine
 
 from ..state._position import Position
-from ._binding import BoundRow, bind_rows
+from ._binding import BoundRow, HookWrapper, bind_rows
 from ._table import END, RESTART_TRIGGER, RESTARTING, START, Table
 
 __all__ = ["DirectDispatcher", "Dispatcher", "FinishedRunWarning", "IllegalTriggerError", "LoopStuckError",
@@ -86,6 +86,8 @@ class Dispatcher:
         self.owner = owner
         self.name = name
         self.rows: tuple[BoundRow, ...] = bind_rows(table, owner)
+        self._skip: frozenset[str] = frozenset()  # the hooks rebind() leaves out
+        self._wrap: HookWrapper | None = None  # a profiler's timing around every bound hook (see wrap_hooks)
         self.row: int | None = None  # see Position: the transition under way
         self.hook = 0
         self.queue: deque[str] = deque()
@@ -113,8 +115,14 @@ class Dispatcher:
         if self._busy or self.state not in (START, END):
             raise RuntimeError(f"Loop {self.name!r} can only change which hooks it skips between runs "
                                f"(it is in {self.state}).")
-        self.rows = bind_rows(self.table, self.owner, skip)
+        self.rows = bind_rows(self.table, self.owner, skip, self._wrap)
+        self._skip = skip
         self._index_rows()
+
+    def wrap_hooks(self, wrap: HookWrapper | None) -> None:
+        """Bind every hook through ``wrap`` (None: as it is) from the next run on; only between runs."""
+        self._wrap = wrap
+        self.rebind(self._skip)
 
     def _index_rows(self) -> None:
         """Build the engine's lookups from ``self.rows`` (after binding, and again after ``rebind``)."""

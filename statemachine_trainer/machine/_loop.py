@@ -38,7 +38,7 @@ from ..state import (
     structure_state_set,
     unstructure_state_set,
 )
-from ._binding import abstract_hook, check_names, noop_hook
+from ._binding import HookWrapper, abstract_hook, check_names, noop_hook
 from ._dispatch import ENGINES, Dispatcher
 from ._table import ADVANCE, END, START, Row, Table, TableError
 
@@ -141,6 +141,17 @@ class Loop:
         if unknown:
             raise ValueError(f"{type(self).__name__}.skip_hooks: {unknown} are not hooks of its table.")
         self._machine.rebind(frozenset(names))
+
+    def profile(self, wrap: HookWrapper | None) -> None:
+        """Fire every hook of this loop and its sub-loops through ``wrap(action, fn)`` (None: stop profiling).
+
+        The Trainer passes a profiler's ``wrap`` (``Trainer(profiler="simple")``),
+        which times each hook as ``"LoopClass.hook"``.  The wrapped callables are
+        bound once, here, so a loop that is not profiled runs exactly the code it
+        runs without this method.  Only between runs.
+        """
+        for _, loop in self.walk():
+            loop._machine.wrap_hooks(wrap)
 
     def observe(self, observer: Callable[[Loop], None] | None) -> None:
         """Call ``observer(loop)`` at every transition boundary of this loop and its sub-loops.

@@ -1,0 +1,100 @@
+"""``Timer``: stop training once a time budget is spent (``Trainer(max_time=...)`` adds one).
+
+As Lightning's ``Timer``: the budget is ``"DD:HH:MM:SS"``, a ``timedelta`` or
+a dict of timedelta keywords; it is checked after every training batch
+(``interval="step"``) or epoch (``"epoch"``), and once when a fit starts (a
+resumed run whose budget is already spent stops at once).  Training then
+stops at that batch boundary, through the fit loop's ``should_stop`` (so
+``min_epochs`` still holds) and ``FitLoop.stop_reason`` says
+``"max_time=... reached"``.
+
+The elapsed training time is this callback's state: it is saved in
+checkpoints and a resumed run continues counting from it, so ``max_time``
+bounds the whole job, not each process.  Time spent outside training
+(validation runs inside it count, as in Lightning) is not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from .._console import info
+from .._flags import parse_duration
+from .._optim import ConfigError
+from ._base import Callback
+
+__all__ = ["Timer"]
+
+
+class Timer(Callback):
+    def __init__(self, duration: str | timedelta | dict[str, int] | None = None, interval: str = "step",
+                 verbose: bool = True) -> None:
+        if interval not in ("step", "epoch"):
+            raise ConfigError(f"Timer(interval={interval!r}): use 'step' (check after every training batch) or "
+                              "'epoch'.")
+        self.duration = parse_duration(duration, "Timer(duration)")  # seconds, or None: never stops
+        self.interval, self.verbose = interval, verbose
+        self._offset = 0.0  # training seconds before this process's count began (from a checkpoint)
+        self._since: float | None = None  # time.monotonic() when this process began counting
+        self._stopped_at: float | None = None  # the count, frozen when training ended
+
+    def time_elapsed(self) -> float:
+        """Training seconds so far, across resumes."""
+        if self._stopped_at is not None:
+            return self._stopped_at
+        running = 0.0 if self._since is None else time.monotonic() - self._since
+        return self._offset + running
+
+    def time_remaining(self) -> float | None:
+        return None if self.duration is None else self.duration - self.time_elapsed()
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any, module: Any) -> None:
+        self._stopped_at = None
+        self._check(trainer)  # a budget spent before a resume stops the fit before it trains
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self._since = time.monotonic()  # training time starts here, after the sanity check (Lightning's rule)
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.interval == "step":
+            self._start_if_resumed()
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        if self.interval == "epoch":
+            self._start_if_resumed()
+            self._check(trainer)
+
+    def on_train_end(self, trainer: Any, module: Any) -> None:
+        self._stopped_at = self.time_elapsed()
+
+    def _start_if_resumed(self) -> None:
+        # A fit resumed past on_train_start from a checkpoint without this Timer's state: count from here.
+        if self._since is None:
+            self._since = time.monotonic()
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"time_elapsed": self.time_elapsed()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A resume after on_fit_start ran: count from now on top of the saved time.
+        self._offset, self._since, self._stopped_at = float(state["time_elapsed"]), time.monotonic(), None
+
+    def _check(self, trainer: Any) -> None:
+        if self.duration is None or trainer.fit_loop is None:
+            return
+        spent = self.time_elapsed() >= self.duration
+        if trainer.strategy.world_size > 1:  # every rank must stop at the same batch
+            import torch
+
+            spent = bool(trainer.strategy.reduce(torch.tensor(float(spent)), "max").item())
+        if not spent:
+            return
+        elapsed = timedelta(seconds=int(self.time_elapsed()))
+        trainer.fit_loop.request_stop(f"max_time={timedelta(seconds=self.duration)} reached (elapsed {elapsed})")
+        if self.verbose and trainer.is_global_zero:
+            info(f"Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.")
