@@ -224,8 +224,6 @@ def test_callback_teardown_is_the_last_call_of_fit():
     assert calls.count(("Callback.setup", "fit")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: Callback.setup runs after configure_optimizers; Lightning runs it "
-                                       "before (lifecycle)")
 def test_callback_setup_runs_before_configure_optimizers():
     """test_hooks.py::test_trainer_model_hook_system_fit: Callback.setup(stage="fit") is the first call of a fit,
     before configure_optimizers."""
@@ -234,8 +232,6 @@ def test_callback_setup_runs_before_configure_optimizers():
     assert calls[:2] == [("Callback.setup", "fit"), ("configure_optimizers",)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: on_train_batch_end gets the loss tensor with its graph; Lightning "
-                                       "passes {'loss': loss.detach()} (trainloops)")
 def test_on_train_batch_end_gets_a_dict_with_the_detached_loss():
     """test_hooks.py::test_trainer_model_hook_system_fit (`{"name": "on_train_batch_end", "args": ({"loss": ANY},
     ...)}`) and test_training_loop_flow_scalar.py::test__training_step__tr_batch_end__flow_scalar: a training_step
@@ -273,8 +269,6 @@ def test_training_step_dict_outputs_reach_on_train_batch_end():
     assert all("loss" in out and out["foo"] == 123 for out in module.seen)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: a dict's 'loss' reaches on_train_batch_end with its graph; "
-                                       "Lightning detaches it (trainloops)")
 def test_training_step_dict_loss_reaches_on_train_batch_end_detached():
     """test_training_loop_flow_dict.py::test__training_step__tr_batch_end__flow_dict: the "loss" of a returned
     dict reaches on_train_batch_end detached (no graph kept alive past the step)."""
@@ -336,8 +330,6 @@ class ManualWithClosure(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: manual opt.step(closure) fires on_before_optimizer_step before the "
-                                       "closure runs; Lightning runs the closure first (trainloops)")
 def test_manual_step_runs_the_closure_before_on_before_optimizer_step():
     """test_hooks.py::test_trainer_model_hook_system_fit[manual]: ``opt.step(closure)`` runs the closure (with its
     backward) and only then fires on_before_optimizer_step, so the hook sees this step's gradients."""
@@ -357,8 +349,6 @@ def test_manual_zero_grad_fires_no_hook():
     assert "on_before_zero_grad" not in module.calls
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: manual on_train_batch_end gets the returned loss with its graph; "
-                                       "Lightning detaches 'loss' (trainloops)")
 def test_manual_on_train_batch_end_gets_the_loss_detached():
     """manual.py ManualResult via test_hooks.py::test_trainer_model_hook_system_fit[manual]: what a manual
     training_step returns reaches on_train_batch_end as a dict whose "loss" is detached."""
@@ -374,8 +364,6 @@ def _checkpoint_after(tmp_path, **flags):
     return trainer.save_checkpoint(tmp_path / "first.ckpt")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: resuming a finished run's checkpoint with a larger max_epochs trains "
-                                       "nothing, and a resumed fit skips on_fit_start/on_train_start (trainloops)")
 def test_resume_with_more_epochs_hook_sequence(tmp_path):
     """test_hooks.py::test_trainer_model_hook_system_fit_no_val_and_resume_max_epochs: a checkpoint after 1 epoch
     of 2 batches, resumed with max_epochs=2: on_fit_start, on_train_start, one full epoch (batch_idx 0 and 1,
@@ -528,9 +516,6 @@ def test_eval_steps_see_eval_mode_and_trainable_parameters():
         assert module.modes[stage] == {(False, True, False, False)}, stage
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: after validate/test/predict every submodule is left in one mode "
-                                       "(train, or eval after predict); Lightning restores each submodule's own "
-                                       "mode (_ModuleMode capture/restore) (evaldata: on_*_model_eval/train)")
 @pytest.mark.parametrize("verb", ["validate", "test", "predict"])
 def test_evaluation_restores_each_submodules_mode(verb):
     """test_hooks.py::test_train_eval_mode_restored, evaluation_loop.py/prediction_loop.py ``_module_mode``:
@@ -542,9 +527,6 @@ def test_evaluation_restores_each_submodules_mode(verb):
     assert module.layer.training and not module.frozen.training
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: training puts every submodule in train mode (module.train()); "
-                                       "Lightning restores each submodule's own mode, so a frozen eval() part "
-                                       "stays in eval (evaldata: on_*_model_train / mode restore)")
 def test_frozen_submodule_stays_in_eval_mode_during_training():
     """test_hooks.py::test_train_eval_mode_restored (training half): in training_step the trainable layer is in
     train mode and a submodule the user put in eval() and froze stays in eval mode, also after a validation."""
@@ -619,8 +601,6 @@ class SanityFlag(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: trainer.sanity_checking is False in on_sanity_check_start and in "
-                                       "the sanity check's on_validation_start (evaldata)")
 def test_sanity_checking_is_true_throughout_the_sanity_check():
     """Lightning sets trainer.sanity_checking before on_sanity_check_start and clears it after
     on_sanity_check_end (trainer.py ``_run_sanity_check``), so it is True in every hook of the sanity check."""
@@ -683,8 +663,6 @@ class WarmupOptimizerStep(OverridesStepHooks):
         optimizer.step(closure=optimizer_closure)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: an overridden optimizer_step(epoch, batch_idx, optimizer, "
-                                       "optimizer_closure) is silently ignored (trainloops)")
 def test_overridden_optimizer_step_is_called_with_its_closure():
     """test_hooks.py::test_trainer_model_hook_system_fit (``{"name": "optimizer_step", "args": (current_epoch, i,
     ANY, ANY)}``): an overridden optimizer_step is called once per step with (epoch, batch_idx, optimizer,
@@ -714,8 +692,6 @@ class RecordsZeroGradBackwardClipping(OverridesStepHooks):
                             gradient_clip_algorithm=gradient_clip_algorithm)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: overridden optimizer_zero_grad / backward / configure_gradient_clipping "
-                                       "are silently ignored (trainloops)")
 def test_overridden_zero_grad_backward_and_clipping_hooks_are_called():
     """test_hooks.py::test_trainer_model_hook_system_fit: per step, backward(loss), configure_gradient_clipping(
     optimizer, gradient_clip_val, gradient_clip_algorithm) with the Trainer's clipping flags, and

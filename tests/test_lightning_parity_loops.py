@@ -75,12 +75,7 @@ class SkipRest(Boring):
         return -1 if batch_idx == self.at else None
 
 
-_MINUS_ONE_BUG = pytest.mark.xfail(strict=True, reason="issue 15: on_train_batch_start returning -1 ends every later "
-                                                       "epoch too, not just the current one (trainloops)")
-
-
-@pytest.mark.parametrize(("max_epochs", "at"), [pytest.param(2, 5, marks=_MINUS_ONE_BUG),
-                                                pytest.param(3, 8, marks=_MINUS_ONE_BUG), (4, 12)])
+@pytest.mark.parametrize(("max_epochs", "at"), [(2, 5), (3, 8), (4, 12)])
 def test_on_train_batch_start_return_minus_one(max_epochs, at):
     """test_training_loop.py::test_on_train_batch_start_return_minus_one: returning -1 at batch ``at`` of 10 skips
     the rest of *that* epoch only: every epoch trains ``at`` batches (all 10 when at >= 10), so
@@ -111,8 +106,6 @@ class StopAtBatch4(Boring):
         return super().training_step(batch, batch_idx)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: trainer.should_stop = True mid-epoch skips that epoch's validation "
-                                       "(trainloops)")
 def test_should_stop_mid_epoch_still_validates():
     """test_training_loop.py::test_should_stop_mid_epoch: should_stop set in the 5th training_step ends the epoch
     after that batch, the epoch still counts (current_epoch == 1, global_step == 5) and validation runs once,
@@ -140,14 +133,8 @@ class StopInFirstEpoch(Callback):
             trainer.should_stop = True
 
 
-_MIN_EPOCHS_MID_EPOCH = pytest.mark.xfail(
-    strict=True, reason="issue 15: with should_stop set and min_epochs not yet met, the epoch that will meet "
-                        "min_epochs stops after its first batch (or trains none); Lightning finishes it "
-                        "(_can_stop_early counts processed epochs) (trainloops)")
 
-
-@pytest.mark.parametrize(("min_epochs", "steps", "epochs"), [(0, 2, 1), pytest.param(1, 4, 1, marks=_MIN_EPOCHS_MID_EPOCH),
-                                                             pytest.param(2, 8, 2, marks=_MIN_EPOCHS_MID_EPOCH)])
+@pytest.mark.parametrize(("min_epochs", "steps", "epochs"), [(0, 2, 1), (1, 4, 1), (2, 8, 2)])
 def test_should_stop_waits_for_min_epochs_to_complete(min_epochs, steps, epochs):
     """test_training_epoch_loop.py::test_should_stop_early_stopping_conditions_not_met and
     test_training_loop.py::test_should_stop_early_stopping_conditions_met: should_stop set after batch 2 of 4 of
@@ -181,7 +168,6 @@ class StopAtEpochEnd(Callback):
         trainer.should_stop = True
 
 
-@_MIN_EPOCHS_MID_EPOCH
 def test_should_stop_triggers_validation_once_per_epoch_with_min_epochs():
     """test_training_epoch_loop.py::test_should_stop_triggers_validation_once[min_epochs=3]: a stop requested at
     every epoch end is honoured only once min_epochs=3 are done, and validation ran once per epoch: 3 times."""
@@ -270,8 +256,6 @@ def test_training_batches_continue_the_global_rng_when_seeded_once():
     assert not torch.allclose(first, second)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: the sanity check moves the shuffling RNG, so the training batch order "
-                                       "depends on num_sanity_val_steps (evaldata)")
 def test_sanity_check_does_not_change_the_training_batches():
     """test_training_loop.py::test_training_starts_with_seed[seed_once=False]: with the same seed, the training
     batches are the same with num_sanity_val_steps=0 and =2 (the sanity check must not affect the random
@@ -491,8 +475,6 @@ class NoBatchIdx(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: training_step(self, batch) without batch_idx raises TypeError "
-                                       "(trainloops)")
 def test_no_batch_idx_gradient_accumulation():
     """test_training_epoch_loop.py::test_no_batch_idx_gradient_accumulation: a training_step without batch_idx
     still accumulates: fast_dev_run=4 with accumulate_grad_batches=2 steps after batches 1 and 3."""
@@ -596,8 +578,6 @@ def _none_when_even(items):
     return None if _none_when_even.counter % 2 == 1 else torch.utils.data.default_collate(items)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: a None batch reaches training_step (which crashes) instead of being "
-                                       "skipped with a warning (evaldata)")
 def test_none_batches_are_skipped():
     """test_training_loop_flow_scalar.py::test_training_step_none_batches: a loader that yields None for every
     other batch: Lightning warns ("train_dataloader yielded None"), skips training_step for those batches and
@@ -664,8 +644,6 @@ def test_optimizer_progress_default_factory_and_deepcopy():
 
 
 # -- resume (test_training_epoch_loop.py::test_no_val_on_train_epoch_loop_restart) -----------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 15: resuming a finished run's checkpoint with a larger max_epochs trains "
-                                       "nothing, silently (trainloops)")
 def test_no_val_on_train_epoch_loop_restart(tmp_path):
     """test_training_epoch_loop.py::test_no_val_on_train_epoch_loop_restart: a checkpoint after 1 epoch (1 batch,
     validation included), resumed with max_epochs=2, trains epoch 2 and validates once -- the finished
@@ -691,7 +669,6 @@ def test_prediction_loop_returns_predictions():
     assert quiet(limit_predict_batches=2).predict(PredictIdx(), loader(4)) == [0, 1]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: trainer.predict has no return_predictions argument (evaldata)")
 def test_prediction_loop_return_predictions_false():
     """test_prediction_loop.py::test_prediction_loop_stores_predictions: predict(..., return_predictions=False)
     returns None."""
@@ -770,7 +747,6 @@ class LastBatchFlags(Boring):
         return super().training_step(batch, batch_idx)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: the run context has no is_last_batch (lifecycle)")
 def test_is_last_batch():
     """test_loops.py::test_loop_state_on_complete_run (``is_last_batch``) and test_training_loop.py::
     test_on_train_batch_start_return_minus_one (``assert trainer.is_last_batch``): inside training_step,
