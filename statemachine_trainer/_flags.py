@@ -115,6 +115,7 @@ class TrainerConfig:
 
     max_epochs: int = 1000  # -1: unlimited
     min_epochs: int = 0
+    min_steps: int | None = None  # should_stop is honoured only once this run took this many steps
     max_steps: int = -1  # -1: unlimited
     limits: dict[str, Any] = attrs.Factory(dict)  # stage -> limit_*_batches (None: the whole loader)
     val_check_interval: float | int | None = None
@@ -123,7 +124,7 @@ class TrainerConfig:
     fast_dev_run: bool | int = False
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
-    gradient_clip_algorithm: str = "norm"
+    gradient_clip_algorithm: str | None = None  # None: "norm" (configure_gradient_clipping gets None, as in Lightning)
     deterministic: bool = False
     seed: int | None = None
     log_every_n_steps: int = 50
@@ -145,11 +146,11 @@ class TrainerConfig:
     barebones: bool = False  # everything that costs speed is off (see _resolve_opt_outs)
 
     @classmethod
-    def from_flags(cls, *, max_epochs: int | None, min_epochs: int, max_steps: int,
+    def from_flags(cls, *, max_epochs: int | None, min_epochs: int, max_steps: int, min_steps: int | None = None,
                    limit_train_batches: Any, limit_val_batches: Any, limit_test_batches: Any,
                    limit_predict_batches: Any, val_check_interval: Any, check_val_every_n_epoch: int,
                    num_sanity_val_steps: int, fast_dev_run: bool | int, accumulate_grad_batches: int,
-                   gradient_clip_val: float | None, gradient_clip_algorithm: str, deterministic: bool,
+                   gradient_clip_val: float | None, gradient_clip_algorithm: str | None, deterministic: bool,
                    seed: int | None, log_every_n_steps: int | None,
                    default_root_dir: str | os.PathLike[str] | None, logger: Any, enable_progress_bar: bool | None,
                    enable_checkpointing: bool | None, enable_model_summary: bool | None = None,
@@ -178,6 +179,8 @@ class TrainerConfig:
         _check_val_check_interval(val_check_interval)
         profiler = _resolve_profiler(profiler)
         check_int("min_epochs", min_epochs, 0)
+        if min_steps is not None:
+            check_int("min_steps", min_steps, 0)
         check_int("max_steps", max_steps, -1)
         check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1)
         check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
@@ -186,7 +189,7 @@ class TrainerConfig:
         if max_epochs is None:
             max_epochs = 1000 if max_steps == -1 else -1
         check_int("max_epochs", max_epochs, -1)
-        if gradient_clip_algorithm not in ("norm", "value"):
+        if gradient_clip_algorithm not in (None, "norm", "value"):
             raise ConfigError(f"gradient_clip_algorithm={gradient_clip_algorithm!r}: use 'norm' or 'value'.")
         if gradient_clip_val is not None and not (isinstance(gradient_clip_val, (int, float)) and gradient_clip_val > 0):
             raise ConfigError(f"gradient_clip_val={gradient_clip_val!r} must be a number > 0, or None to not clip.")
@@ -201,7 +204,7 @@ class TrainerConfig:
             logger, enable_checkpointing = False, False
         if overfit_batches:  # Lightning: overfit_batches wins over limit_*_batches and fast_dev_run for train/val
             limits["train"] = limits["validate"] = overfit_batches
-        return cls(max_epochs=max_epochs, min_epochs=min_epochs, max_steps=max_steps, limits=limits,
+        return cls(max_epochs=max_epochs, min_epochs=min_epochs, min_steps=min_steps, max_steps=max_steps, limits=limits,
                    val_check_interval=val_check_interval, check_val_every_n_epoch=check_val_every_n_epoch,
                    num_sanity_val_steps=num_sanity_val_steps, fast_dev_run=fast_dev_run,
                    accumulate_grad_batches=accumulate_grad_batches, gradient_clip_val=gradient_clip_val,

@@ -107,7 +107,7 @@ def manual_outputs(output: Any) -> dict[str, Any]:
 class Optimization:
     def __init__(self, module: Any, setup: OptimizerSetup, precision: Precision, hooks: HookRelay | None,
                  results: Results, accumulate_grad_batches: int, gradient_clip_val: float | None,
-                 gradient_clip_algorithm: str) -> None:
+                 gradient_clip_algorithm: str | None) -> None:
         self.module, self.setup, self.precision, self.results = module, setup, precision, results
         self.accumulate = accumulate_grad_batches
         self.clip_val, self.clip_algorithm = gradient_clip_val, gradient_clip_algorithm
@@ -307,9 +307,10 @@ class Optimization:
         self.run_backward(loss, *args, **kwargs)
         self.hooks.on_after_backward()
 
-    def clip_gradients(self, optimizer: torch.optim.Optimizer, value: float | None, algorithm: str) -> None:
+    def clip_gradients(self, optimizer: torch.optim.Optimizer, value: float | None, algorithm: str | None) -> None:
         if value is None:
             return
+        algorithm = algorithm or "norm"
         self.precision.unscale(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if algorithm == "norm":

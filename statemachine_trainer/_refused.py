@@ -54,7 +54,6 @@ FLAG_ADVICE: dict[str, str] = {
     "log_save_interval": "use log_every_n_steps",
     "row_log_interval": "use log_every_n_steps",
     "enable_pl_optimizer": "optimizers are wrapped as needed; nothing to set",
-    "min_steps": "use min_epochs (should_stop is honoured once min_epochs are done)",
     "plugins": "plugins are not supported; use precision=..., strategy='ddp' and callbacks instead",
     "enable_autolog_hparams": "hyperparameters saved with save_hyperparameters() are always logged; nothing to set",
     "model_registry": "the model registry is not supported; keep the checkpoint directory",

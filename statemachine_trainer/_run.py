@@ -64,6 +64,9 @@ class FitCounters(Protocol):
     def epochs_this_run(self) -> int: ...
 
     @property
+    def can_stop_early(self) -> bool: ...
+
+    @property
     def steps_this_run(self) -> int: ...
 
     should_stop: bool

@@ -114,6 +114,7 @@ class Trainer:
         fast_dev_run: bool | int = False,
         max_epochs: int | None = None,
         min_epochs: int = 0,
+        min_steps: int | None = None,
         max_steps: int = -1,
         max_time: str | timedelta | dict[str, int] | None = None,
         limit_train_batches: float | None = None,
@@ -130,7 +131,7 @@ class Trainer:
         enable_model_summary: bool | None = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str = "norm",
+        gradient_clip_algorithm: str | None = None,
         deterministic: bool = False,
         benchmark: bool | None = None,
         inference_mode: bool = True,
@@ -152,7 +153,7 @@ class Trainer:
         """
         refuse_flags(unknown, _TRAINER_FLAGS)
         self.config = TrainerConfig.from_flags(
-            max_epochs=max_epochs, min_epochs=min_epochs, max_steps=max_steps,
+            max_epochs=max_epochs, min_epochs=min_epochs, min_steps=min_steps, max_steps=max_steps,
             limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
             limit_test_batches=limit_test_batches, limit_predict_batches=limit_predict_batches,
             val_check_interval=val_check_interval, check_val_every_n_epoch=check_val_every_n_epoch,
@@ -263,10 +264,30 @@ class Trainer:
         if val_dataloaders is not None and not has_step:
             raise ConfigError(f"fit() was given val_dataloaders, but {type(model).__name__} defines no "
                               "validation_step; define it, or do not pass validation data.")
-        val = self._loader(run, val_dataloaders, "validate", required=False) if has_step else None
+        val = self._sanity_isolated(lambda: self._loader(run, val_dataloaders, "validate", required=False)) \
+            if has_step else None
         wrapped = not isinstance(self.fit_loop, FitLoop)  # a user's loop around it may bring its own data
         train = self._loader(run, train_dataloaders, "train", required=not wrapped)
         run.use_data(**{name: loader for name, loader in (("train", train), ("validate", val)) if loader is not None})
+
+    def _sanity_isolated(self, request: Any) -> Any:
+        """``request()`` -- the validation loader -- without moving the global RNGs when a sanity check will run.
+
+        Lightning asks for it inside the sanity check, which runs on saved RNG
+        states: whatever ``val_dataloader()`` draws (a dataset built with
+        ``torch.randn``, as the BoringModel's) leaves the training data and
+        weights alone.  Asking here, under the same isolation, keeps a ported
+        program's training bit-identical.
+        """
+        if not self.config.num_sanity_val_steps:
+            return request()
+        from .checkpoint import capture_rng, restore_rng
+
+        saved = capture_rng()
+        try:
+            return request()
+        finally:
+            restore_rng(saved)
 
     def _evaluate(self, stage: str, model: TrainingModule | None, dataloaders: Any,
                   ckpt_path: str | os.PathLike[str] | None, datamodule: DataModule | None,

@@ -12,6 +12,7 @@ hook call with its arguments, in order.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import types
@@ -36,7 +37,8 @@ def load(name: str, ported: bool) -> types.ModuleType:
     source = path.read_text()
     if ported:
         source = port_source(source)
-        assert "lightning" not in source.replace("statemachine_trainer", ""), "the port left a Lightning import"
+        leftover = re.findall(r"^\s*(?:from|import) (?:lightning|pytorch_lightning)\b.*$", source, re.MULTILINE)
+        assert not leftover, f"the port left Lightning imports: {leftover}"
     module = types.ModuleType(f"{'ported' if ported else 'lightning'}_{name}")
     module.__file__ = str(path)
     sys.path.insert(0, str(PROGRAMS))  # the programs share _digits.py
@@ -80,10 +82,39 @@ def test_a_ported_lightning_program_runs_bit_identically(program: str, tmp_path:
     assert_same(theirs, ours)
 
 
+#: Where the hook sequences differ on purpose (README "Differences from Lightning"); the comparison undoes exactly
+#: these, and checks what it undoes in another way.
+#: 1. Where a hook is both the module's and a callback's, the module's runs first (Lightning: the callbacks').
+#: 2. Gradients are zeroed right after the optimizer step (Lightning: before the backward of the next accumulation
+#:    window's first batch): on_before_zero_grad and optimizer_zero_grad are compared by count, not position.
+#: 3. ``*_dataloader()`` is called when fit starts, before configure_optimizers (Lightning: the validation loader
+#:    inside the sanity check, the training loader after it); compared by count.
+MOVED = ("on_before_zero_grad", "optimizer_zero_grad", "train_dataloader", "val_dataloader")
+
+
+def lightning_order(calls: list[tuple[str, str, tuple[Any, ...]]]) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """Our calls with difference 1 undone: a module hook directly followed by the same callback hook swaps."""
+    calls, i = list(calls), 0
+    while i < len(calls) - 1:
+        (who, name, args), following = calls[i], calls[i + 1]
+        if who == "module" and following == ("callback", name, args):
+            calls[i], calls[i + 1] = following, calls[i]
+            i += 2
+        else:
+            i += 1
+    return calls
+
+
+def without_moved(calls: list[tuple[str, str, tuple[Any, ...]]]) -> list[tuple[str, str, tuple[Any, ...]]]:
+    return [call for call in calls if call[1] not in MOVED]
+
+
 @pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
-def test_every_hook_call_matches_lightning(stage: str, tmp_path: Path, hook_runs: dict[str, Any]) -> None:
+def test_every_hook_call_matches_lightning(stage: str, hook_runs: dict[str, Any]) -> None:
     theirs, ours = hook_runs["lightning"]["calls"][stage], hook_runs["ours"]["calls"][stage]
-    assert ours == theirs
+    assert without_moved(lightning_order(ours)) == without_moved(theirs)
+    for name in MOVED:  # differences 2 and 3: the same calls, elsewhere
+        assert sorted(c[:2] for c in ours if c[1] == name) == sorted(c[:2] for c in theirs if c[1] == name), name
 
 
 @pytest.fixture(scope="module")

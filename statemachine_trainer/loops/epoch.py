@@ -86,7 +86,7 @@ class TrainingEpochLoop(FetchingLoop):
         config = run.config
         if config.max_steps != -1 and run.fit_loop.steps_this_run >= config.max_steps:
             return True
-        return run.should_stop and run.fit_loop.epochs_this_run >= config.min_epochs  # self.stopping, inlined
+        return run.should_stop and run.fit_loop.can_stop_early  # self.stopping, inlined
 
     @property
     def skipped(self) -> bool:
@@ -95,12 +95,13 @@ class TrainingEpochLoop(FetchingLoop):
 
     @property
     def stopping(self) -> bool:
-        """``should_stop`` is set and honoured now: ``min_epochs`` epochs are complete (Lightning's ``_can_stop_early``).
+        """``should_stop`` is set and honoured now: ``min_epochs`` epochs are complete and ``min_steps`` steps
+        taken (``FitLoop.can_stop_early``).
 
         So with ``min_epochs=2`` a stop requested in the second epoch lets it finish.
         """
         run = self.context
-        return run.should_stop and run.fit_loop.epochs_this_run >= run.config.min_epochs
+        return run.should_stop and run.fit_loop.can_stop_early
 
     @property
     def stop_validation_due(self) -> bool:

@@ -111,6 +111,13 @@ class FitLoop(TrainerLoop):
         self._stop_cause = reason
 
     @property
+    def can_stop_early(self) -> bool:
+        """Whether ``should_stop`` may end the fit now: ``min_epochs`` complete and ``min_steps`` taken (this run)."""
+        config = self.context.config
+        return (self.epochs_this_run >= config.min_epochs
+                and (config.min_steps is None or self.steps_this_run >= config.min_steps))
+
+    @property
     def is_last_batch(self) -> bool:
         """Whether the training batch under way is the epoch's last."""
         return self.epoch_loop.progress.is_last_batch
@@ -148,7 +155,7 @@ class FitLoop(TrainerLoop):
             return f"max_steps={config.max_steps} reached"
         if config.max_epochs != -1 and epoch >= config.max_epochs:
             return f"max_epochs={config.max_epochs} reached"
-        if self.fields.should_stop and epoch >= config.min_epochs:
+        if self.fields.should_stop and self.can_stop_early:
             return self._stop_cause or "should_stop was set (e.g. by EarlyStopping)"
         return None
 
