@@ -39,6 +39,7 @@ from statemachine_trainer.checkpoint import (
     load_latest_parts,
     save_checkpoint_parts,
 )
+from statemachine_trainer.state import SCHEMA_VERSION
 
 
 def states(step: int, rank: int, big: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -63,7 +64,7 @@ def states(step: int, rank: int, big: int = 0) -> tuple[dict[str, Any], dict[str
         "optimizers": [{"state": {i: {"step": torch.tensor(float(step)), "exp_avg": m} for i, m in enumerate(exp_avg)},
                         "param_groups": [{"lr": lr, "betas": (0.9, 0.999), "params": list(range(len(params)))}]}],
         "schedulers": [{"step_size": 1, "gamma": 0.9, "last_epoch": step, "_last_lr": [lr]}],
-        "loops": {"schema_version": 1, "loops": {"fit_loop": {"position": {"state": "ADVANCE", "row": None,
+        "loops": {"schema_version": SCHEMA_VERSION, "loops": {"fit_loop": {"position": {"state": "ADVANCE", "row": None,
                                                                            "hook": 0, "queue": []},
                                                               "progress": {"total": {"completed": step}}}}},
         "callbacks": {"EarlyStopping": {"best": 0.5, "wait": step}},

@@ -11,6 +11,7 @@ import torch
 
 from statemachine_trainer.checkpoint import save_checkpoint_dir
 from statemachine_trainer.cli import main
+from statemachine_trainer.state import SCHEMA_VERSION
 
 
 def _loops(epoch_state: str = "ADVANCE", row: int | None = 2) -> dict[str, Any]:
@@ -18,7 +19,7 @@ def _loops(epoch_state: str = "ADVANCE", row: int | None = 2) -> dict[str, Any]:
         return {"position": {"state": state, "row": row, "hook": 0, "queue": []},
                 "progress": {"total": {"completed": completed}}, "fields": {}, "extra": {}}
 
-    return {"schema_version": 1, "loops": {"fit_loop": loop("ADVANCE", completed=3),
+    return {"schema_version": SCHEMA_VERSION, "loops": {"fit_loop": loop("ADVANCE", completed=3),
                                            "fit_loop.epoch_loop": loop(epoch_state, row, completed=7),
                                            "fit_loop.val_loop": loop("START")}}
 
@@ -38,7 +39,7 @@ def ckpt(tmp_path: Path) -> Path:
 def test_inspect_text(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", str(ckpt)]) == 0
     out = capsys.readouterr().out
-    assert "format version 1, schema version 1" in out
+    assert f"format version 1, schema version {SCHEMA_VERSION}" in out
     assert "step=7, epoch=1" in out
     assert "stopped at: fit_loop.ADVANCE > epoch_loop.ADVANCE(row 2, hook 0)" in out
     assert "   * fit_loop: ADVANCE  [total.completed=3]" in out

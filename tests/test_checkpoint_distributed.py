@@ -37,6 +37,7 @@ from statemachine_trainer.checkpoint import (
     verify_checkpoint,
 )
 from statemachine_trainer.cli import main
+from statemachine_trainer.state import SCHEMA_VERSION
 
 from ._ckpt_dist_worker import states
 from .test_checkpoint_format import same
@@ -212,7 +213,7 @@ def test_verify_and_inspect_cover_every_part(dist_run: DistRun, tmp_path: Path,
     assert main(["verify", str(path)]) == 0
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "format version 2, schema version 1" in text
+    assert f"format version 2, schema version {SCHEMA_VERSION}" in text
     assert "world size 2: replicated state and 2 rank part(s)" in text
     assert "stopped at: fit_loop.ADVANCE" in text
     assert "  tensors: 12, " in text and "  rank-0 tensors: 3, " in text and "  rank-1 tensors: 3, " in text

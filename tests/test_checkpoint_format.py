@@ -34,6 +34,7 @@ from statemachine_trainer.checkpoint import (
     save_checkpoint_dir,
     verify_checkpoint,
 )
+from statemachine_trainer.state import SCHEMA_VERSION
 
 # -- strategies -----------------------------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ def test_other_versions_are_refused_naming_both(tmp_path: Path) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["schema_version"] = 99
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=r"schema version 99, but this statemachine_trainer reads schema version 1"):
+    with pytest.raises(CheckpointError, match=rf"schema version 99, but this statemachine_trainer reads schema version {SCHEMA_VERSION}"):
         load_checkpoint_dir(path)
 
 

@@ -85,7 +85,7 @@ def _valid() -> dict:
     (lambda d: d["loops"]["fit.epoch_loop"]["progress"]["total"].update(ready=1.5),
      r"\$\.loops\['fit\.epoch_loop'\]\.progress\.total\.ready"),
     (lambda d: d["loops"]["fit"]["position"].update(hook=-1), r"\$\.loops\['fit'\]\.position"),
-    (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), r"schema version 2, but this statemachine_trainer reads"),
+    (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), rf"schema version {SCHEMA_VERSION + 1}, but this statemachine_trainer reads"),
     (lambda d: d["loops"].pop("fit.epoch_loop"), r"\$\.loops: missing key\(s\) \['fit\.epoch_loop'\]"),
     (lambda d: d["loops"]["fit"].pop("extra"), r"\$\.loops\['fit'\]: missing key\(s\) \['extra'\]"),
     (lambda d: d["loops"].update(ghost={}), r"\$\.loops: unexpected key\(s\) \['ghost'\]"),

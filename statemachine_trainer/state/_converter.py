@@ -34,7 +34,9 @@ __all__ = [
 ]
 
 #: Bump when the shape of the state set changes; loading another version is refused.
-SCHEMA_VERSION = 1
+#: 2: the step hooks, FETCH rows and stop rows re-indexed the optimization, epoch and evaluation tables (a saved
+#: row index means another hook now), and evaluation fields hold per-dataloader positions and module modes.
+SCHEMA_VERSION = 2
 
 
 class StateError(ValueError):
