@@ -242,7 +242,9 @@ def test_the_loaders_settings_are_kept():
 
 
 def _note_worker(worker_id: int) -> None:
-    torch.utils.data.get_worker_info().dataset.dataset.calls.value += 1000
+    calls = torch.utils.data.get_worker_info().dataset.dataset.calls
+    with calls.get_lock():  # the other worker may be fetching (and counting) at the same moment
+        calls.value += 1000
 
 
 def test_the_worker_init_fn_is_kept():
