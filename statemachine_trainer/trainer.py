@@ -562,6 +562,7 @@ class Trainer:
         _lifecycle.setup(run, run.state)
         _lifecycle.configure_model(run)
         run.module.to(self.device)  # after setup and configure_model, which may build layers
+        run.module.zero_grad()  # as Lightning: gradients left from before the run never reach its first step
         if path is None:
             return None
         saved = self._read_checkpoint(path)

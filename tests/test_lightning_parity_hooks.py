@@ -772,9 +772,6 @@ class StaleGradients(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: gradients left on the module before fit/validate are kept (the first "
-                                       "step adds to them); Lightning calls module.zero_grad() as each run starts "
-                                       "(lifecycle / trainloops)")
 @pytest.mark.parametrize("entry", ["fit", "validate"])
 def test_each_run_starts_with_zeroed_gradients(entry):
     """test_hooks.py::test_trainer_model_hook_system_fit / _eval (``{"name": "zero_grad"}`` right after
