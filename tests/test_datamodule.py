@@ -16,7 +16,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import statemachine_trainer
 from statemachine_trainer import ConfigError, DataModule, Trainer, TrainingModule
@@ -24,32 +24,7 @@ from statemachine_trainer.callbacks import ModelCheckpoint
 from statemachine_trainer.checkpoint import CheckpointError, load_checkpoint_dir
 from statemachine_trainer.testing import ResumeMismatch, assert_kill_resume_exact, kill_points
 
-
-def points(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g)
-    return TensorDataset(x, (x.sum(1) > 0).long())
-
-
-class Net(TrainingModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
-
-    def test_step(self, batch, batch_idx):
-        self.log("test_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+from ._points_module import Net, points
 
 
 class Points(DataModule):

@@ -21,45 +21,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from statemachine_trainer import Callback, ConfigError, DataModule, Trainer, TrainingModule
 from statemachine_trainer.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 from statemachine_trainer.data import ResumableLoader
 
+from ._points_module import Net, points
+
 LIFECYCLE = ("configure_callbacks", "prepare_data", "setup", "configure_optimizers", "on_fit_start", "on_fit_end",
              "teardown")
 
 
-def points(n: int = 32, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g)
-    return TensorDataset(x, (x.sum(1) > 0).long())
-
-
 def loader(n: int = 32, batch_size: int = 8, seed: int = 0) -> DataLoader:
     return DataLoader(points(n, seed), batch_size=batch_size)
-
-
-class Net(TrainingModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
-
-    def test_step(self, batch, batch_idx):
-        self.log("test_loss", nn.functional.cross_entropy(self(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def quiet(tmp_path, **flags) -> Trainer:
