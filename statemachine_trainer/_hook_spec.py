@@ -14,8 +14,9 @@ callback's; the batch transfer hooks and ``on_*_model_eval/train`` are the
 module's only, as Lightning's ModelHooks/DataHooks).  ``relayed`` hooks are
 fired by loop transitions through the relay; the others are called once per
 run -- the run's lifecycle (``configure_callbacks``, ``prepare_data``,
-``setup``, ``configure_model``, ``teardown``) by :mod:`._lifecycle`, the
-checkpoint hooks by the checkpoint code -- or, for the step hooks below, by
+``setup``, ``configure_model``, ``teardown``) by the rows of the entry loops
+(:mod:`._entry`) through :mod:`._lifecycle`, the checkpoint hooks by the
+checkpoint code -- or, for the step hooks below, by
 their rows.
 
 ``default`` hooks have a real body on ``TrainingModule`` -- Lightning's
@@ -161,7 +162,7 @@ HOOKS: tuple[Hook, ...] = (
 )
 
 HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in HOOKS if h.relayed)
-#: The run's lifecycle hooks (called once per entry point by ``_lifecycle``, not by a loop).
+#: The run's lifecycle hooks (called once per entry point, by the entry loop's rows of the same names).
 LIFECYCLE: tuple[str, ...] = tuple(h.name for h in HOOKS if h.stage == "setup")
 RELAYED: tuple[Hook, ...] = tuple(h for h in HOOKS if h.relayed)
 #: The module's step hooks with a working default: called from their rows only when the module overrides them.

@@ -10,10 +10,12 @@ data module (when one is given), the callbacks and the module::
     ... dataloaders, configure_optimizers, the loop tree runs ...
     teardown(stage)                data module, then callbacks, then module; also after a failure
 
-These hooks run once per entry point, outside the loop tree (nothing of a
-run's state exists yet, or any more), so they are not table rows; they are
-declared in :data:`~statemachine_trainer._hook_spec.HOOKS` with
-``relayed=False`` like the checkpoint hooks, and called only from here.
+Each is called from the row hook of the same name of the entry point's
+:class:`~statemachine_trainer._entry.EntryLoop` (so the lifecycle is a table,
+drawn around the loop tree); they are declared in
+:data:`~statemachine_trainer._hook_spec.HOOKS` with ``relayed=False`` like
+the checkpoint hooks, since they run once per entry point, outside the tree
+whose state a checkpoint holds.
 """
 
 from __future__ import annotations

@@ -63,13 +63,13 @@ def _drawable(obj: Any, tree: bool = False) -> Any:
         return obj() if tree else obj
     if isinstance(obj, (Table, Loop)):
         return obj
-    if isinstance(getattr(obj, "fit_loop", None), Loop):
-        return obj.fit_loop  # a Trainer: draw the tree fit() runs
+    if isinstance(getattr(obj, "entry_loops", None), dict):
+        return obj.entry_loops["fit"]  # a Trainer: fit's lifecycle rows around the tree fit() runs
     if callable(obj):
         made = obj()
-        if isinstance(made, (Table, Loop)):
-            return made
-    raise UsageError(f"{obj!r} is not a Table, a Loop class, a Loop instance or a function returning one")
+        if isinstance(made, (Table, Loop)) or isinstance(getattr(made, "entry_loops", None), dict):
+            return _drawable(made)
+    raise UsageError(f"{obj!r} is not a Table, a Loop class, a Loop instance, a Trainer or a function returning one")
 
 
 def _diagram(args: argparse.Namespace) -> int:

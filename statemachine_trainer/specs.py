@@ -25,6 +25,7 @@ __all__ = ["BUILTIN_LOOPS", "check_specs", "default_specs_dir", "state_schema", 
 
 
 def _builtin_loops() -> dict[str, type[Loop]]:
+    from ._entry import EntryLoop, FitEntryLoop
     from .loops import (
         BatchLoop,
         EvaluationLoop,
@@ -37,7 +38,7 @@ def _builtin_loops() -> dict[str, type[Loop]]:
     )
 
     classes: list[type[Loop]] = [Loop, FitLoop, TrainingEpochLoop, BatchLoop, OptimizerLoop, GeneratorLoop,
-                                 ManualLoop, EvaluationLoop, PredictionLoop]
+                                 ManualLoop, EvaluationLoop, PredictionLoop, FitEntryLoop, EntryLoop]
     return {cls.__name__: cls for cls in classes}
 
 
@@ -86,6 +87,8 @@ def state_schema(loops: dict[str, type[Loop]] | None = None) -> dict[str, Any]:
         _collect(cls, classes)
     per_loop = {}
     for name, loop_cls in loops.items():
+        if not loop_cls.checkpointed:  # the entry loops: never in a state set
+            continue
         _collect(loop_cls.progress_class, classes)
         _collect(loop_cls.fields_class, classes)
         per_loop[name] = {"progress": loop_cls.progress_class.__name__, "fields": loop_cls.fields_class.__name__}

@@ -1,24 +1,18 @@
 """``Trainer``: the flags, the entry points and the checkpoint paths; it assembles a run and runs a loop tree.
 
-The Trainer owns no training logic.  Each entry point, in Lightning's order:
-
-1. *check the arguments* -- the module's steps, dataloaders or a
-   :class:`~statemachine_trainer.datamodule.DataModule` (not both), before
-   anything runs (the flags were checked once, in ``__init__``, into a
-   :class:`TrainerConfig`; ``ConfigError`` names the problem and the fix);
-2. *begin a run* -- a :class:`~statemachine_trainer._run.Run` the module and
-   data module see as ``trainer`` from their first hook on; then the
-   lifecycle hooks of :mod:`._lifecycle` (``configure_callbacks``,
-   ``prepare_data``, ``setup``, ``configure_model``), the dataloaders, ``configure_optimizers``
-   (whose ``self.trainer`` already has the data: ``estimated_stepping_batches``);
-3. *assemble it* -- the device, precision, the hook relay, the logged-values
-   store, one :class:`~statemachine_trainer._optimization.Optimization` and a
-   ``BatchSource`` per dataloader -- and attach every loop of the tree to it;
-4. *run* the stage's root loop (``fit_loop`` for ``fit``: a table, like every
-   loop in the tree, and any loop at all when a user's loop wraps the fit
-   loop), with a :class:`~statemachine_trainer._boundary.BoundaryWriter`
-   observing it so checkpoints are written at transition boundaries; then
-   ``teardown``, also after a failure.
+The Trainer owns no training logic.  Each entry point checks its arguments
+-- the module's steps, dataloaders or a
+:class:`~statemachine_trainer.datamodule.DataModule` (not both) -- before
+anything runs (the flags were checked once, in ``__init__``, into a
+:class:`TrainerConfig`; ``ConfigError`` names the problem and the fix), begins
+a :class:`~statemachine_trainer._run.Run` the module and data module see as
+``trainer`` from their first hook on, and runs the stage's entry loop
+(:mod:`._entry`, ``trainer.entry_loops``): a table whose rows are the run's
+lifecycle in Lightning's order -- ``configure_callbacks``, ``prepare_data``,
+``setup``, ``configure_model``, the data, ``configure_optimizers``, the
+assembly, the stage's loop tree (``fit_loop`` for fit, observed so checkpoints
+are written at its transition boundaries), ``teardown`` (also after a
+failure).
 
 The tree is plain attributes (``trainer.fit_loop.epoch_loop.batch_loop...``),
 so ``trainer.fit_loop = MyLoop()``, ``connect`` and ``replace`` swap parts of
@@ -41,7 +35,7 @@ import attrs
 import numpy as np
 import torch
 
-from . import _lifecycle, _run_state
+from . import _run_state
 from ._boundary import BoundaryWriter
 from ._compile import from_compiled
 from ._config import (
@@ -49,22 +43,18 @@ from ._config import (
     check_optimization_mode,
     default_callbacks,
     default_loggers,
-    defines,
     resolve_device,
 )
+from ._entry import EntryCall, EntryLoop, FitEntryLoop, configure_optimization, request_loader
 from ._flag_effects import RunModes, add_flag_callbacks, set_torch_flags
 from ._flags import FLAG_NAMES, TrainerConfig
-from ._hooks import HookRelay
 from ._optim import ConfigError, parse_optimizers
-from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
 from ._refused import missing_attribute, refuse_flags
 from ._run import Run
 from ._strategy import launched_rank_zero, make_strategy
-from .data._source import is_loader_collection
 from .datamodule import DataModule
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
-from .loops._base import TrainerLoop
 from .machine import Loop
 from .module import TrainingModule
 from .utilities import rank_zero_only
@@ -187,6 +177,10 @@ class Trainer:
         self.validate_loop: Loop = EvaluationLoop("validate")
         self.test_loop: Loop = EvaluationLoop("test")
         self.predict_loop: Loop = PredictionLoop()
+        # Each entry point's lifecycle as a table (setup, configure_optimizers, teardown... as rows), with the
+        # stage's tree as its child: `statemachine-trainer diagram` of a Trainer draws the fit one.
+        self.entry_loops: dict[str, EntryLoop] = {"fit": FitEntryLoop(self), **{
+            stage: EntryLoop(stage, self) for stage in ("validate", "test", "predict")}}
 
         self._boundaries = BoundaryWriter(self.save_checkpoint, self._preemption_path, self.strategy)
         self.run = self._new_run("idle")  # the latest run; an idle one until an entry point assembles one
@@ -212,23 +206,9 @@ class Trainer:
                               "trainer.fit(model, datamodule=dm).")
         model = from_compiled(model)
         check_module(model, "training_step", "fit")
-        run, path = self._begin("fit", model, datamodule, ckpt_path)
-        _lifecycle.prepare_data(run)
-        try:
-            saved = self._set_up(run, path)
-            self._use_fit_data(run, train_dataloaders, val_dataloaders)
-            setup = parse_optimizers(model.configure_optimizers())  # self.trainer and the data are ready
-            check_optimization_mode(model, setup, self.config)
-            self._assemble(run, setup)
-            with self._boundaries.watch(self.fit_loop, getattr(run.fit_loop, "epoch_loop", None)):
-                if saved is not None:
-                    self._restore(saved, whole_run=True)
-                hparams = _hyperparameters(model, datamodule)
-                for logger in self.loggers:  # after a restore: a resumed run logs into the run's own version
-                    logger.log_hyperparams(hparams)
-                self.fit_loop.run()
-        finally:
-            self._finish(run, self.fit_loop)
+        call = EntryCall(model, datamodule, {"train": train_dataloaders, "validate": val_dataloaders}, ckpt_path)
+        self._begin("fit", call)
+        self.entry_loops["fit"].run(call)
 
     def validate(self, model: TrainingModule | None = None, dataloaders: Any = None,
                  ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True,
@@ -250,44 +230,6 @@ class Trainer:
             raise ConfigError(f"return_predictions={return_predictions!r} must be True, False or None.")
         predictions = self._run_entry("predict", model, dataloaders, ckpt_path, datamodule)
         return None if return_predictions is False else predictions
-
-    def _use_fit_data(self, run: Run, train_dataloaders: Any, val_dataloaders: Any) -> None:
-        """The fit's data: the loaders given, else the data module's, else the module's own methods.
-
-        As in Lightning, validation data is read first, and only when the
-        module has a ``validation_step`` to run on it (a data module's
-        ``val_dataloader`` is not called otherwise; loaders passed explicitly
-        without one are refused).
-        """
-        model = run.module
-        has_step = defines(model, "validation_step")
-        if val_dataloaders is not None and not has_step:
-            raise ConfigError(f"fit() was given val_dataloaders, but {type(model).__name__} defines no "
-                              "validation_step; define it, or do not pass validation data.")
-        val = self._sanity_isolated(lambda: self._loader(run, val_dataloaders, "validate", required=False)) \
-            if has_step else None
-        wrapped = not isinstance(self.fit_loop, FitLoop)  # a user's loop around it may bring its own data
-        train = self._loader(run, train_dataloaders, "train", required=not wrapped)
-        run.use_data(**{name: loader for name, loader in (("train", train), ("validate", val)) if loader is not None})
-
-    def _sanity_isolated(self, request: Any) -> Any:
-        """``request()`` -- the validation loader -- without moving the global RNGs when a sanity check will run.
-
-        Lightning asks for it inside the sanity check, which runs on saved RNG
-        states: whatever ``val_dataloader()`` draws (a dataset built with
-        ``torch.randn``, as the BoringModel's) leaves the training data and
-        weights alone.  Asking here, under the same isolation, keeps a ported
-        program's training bit-identical.
-        """
-        if not self.config.num_sanity_val_steps:
-            return request()
-        from .checkpoint import capture_rng, restore_rng
-
-        saved = capture_rng()
-        try:
-            return request()
-        finally:
-            restore_rng(saved)
 
     def _evaluate(self, stage: str, model: TrainingModule | None, dataloaders: Any,
                   ckpt_path: str | os.PathLike[str] | None, datamodule: DataModule | None,
@@ -311,18 +253,9 @@ class Trainer:
         model, ckpt_path = self._model_for(stage, model, ckpt_path)
         model = from_compiled(model)
         check_module(model, STAGE_STEPS[stage], stage)
-        run, path = self._begin(stage, model, datamodule, ckpt_path)
-        _lifecycle.prepare_data(run)
-        root = self._roots()[stage]
-        try:
-            saved = self._set_up(run, path)
-            run.use_data(**{stage: self._loader(run, dataloaders, stage, required=True)})
-            self._assemble(run, None)
-            if saved is not None:
-                self._restore(saved, whole_run=False)
-            return root.run()
-        finally:
-            self._finish(run, root)
+        call = EntryCall(model, datamodule, {stage: dataloaders}, ckpt_path)
+        self._begin(stage, call)
+        return self.entry_loops[stage].run(call)
 
     def _model_for(self, stage: str, model: TrainingModule | None,
                    ckpt_path: str | os.PathLike[str] | None) -> tuple[TrainingModule, Any]:
@@ -428,24 +361,6 @@ class Trainer:
         # Rank 0 picks ("latest" may skip a checkpoint another rank would not see yet): all load the same one.
         return broadcast_object(self._resolve_ckpt_path(ckpt_path) if self.strategy.is_rank_zero else None)
 
-    def _read_checkpoint(self, path: Path) -> tuple[dict[str, Any], Path]:
-        """``(state, path)`` of the checkpoint at ``path`` (every rank its own part and the replicated one)."""
-        if not self.strategy.distributed:
-            from .checkpoint import load_checkpoint_dir
-
-            state, _ = load_checkpoint_dir(path, map_location=self.run.device)
-            return state, path
-        from .checkpoint import load_checkpoint_parts
-
-        replicated, rank_local, _ = load_checkpoint_parts(path, map_location=self.run.device)
-        return {**replicated, **rank_local}, path
-
-    def _restore(self, saved: tuple[dict[str, Any], Path], whole_run: bool) -> None:
-        """Apply a read checkpoint: with ``whole_run`` (fit) everything, otherwise the weights; checked first."""
-        state, path = saved
-        _run_state.check(self.run, self.fit_loop, state, path, whole_run)
-        _run_state.restore(self.run, self.fit_loop, state, whole_run)
-
     def _checkpoint_dir(self) -> Path:
         """Where checkpoints go: the ModelCheckpoint's directory, or ``default_root_dir/checkpoints``."""
         from .callbacks import ModelCheckpoint
@@ -491,30 +406,11 @@ class Trainer:
         return found
 
     # -- assembling and finishing a run -------------------------------------------------------------
-    def _loader(self, run: Run, given: Any, stage: str, required: bool) -> Any:
-        """The dataloader of ``stage``: the one given, else the data module's, else the module's own method."""
-        method = {"train": "train_dataloader", "validate": "val_dataloader", "test": "test_dataloader",
-                  "predict": "predict_dataloader"}[stage]
-        owner = run.datamodule if run.datamodule is not None else run.module
-        loader = given
-        self._requested_data[stage] = given is None
-        if loader is None and callable(getattr(owner, method, None)):
-            loader = getattr(owner, method)()
-        if loader is None:
-            if required:
-                raise ConfigError(f"No {stage} data: pass a dataloader to trainer.{_entry(stage)}(model, ...) or "
-                                  f"define {type(owner).__name__}.{method}().")
-            return None
-        if stage == "train" and is_loader_collection(loader):  # evaluation stages take several (dataloader_idx)
-            raise ConfigError(f"The {stage} data is a {type(loader).__name__} of loaders; training takes one "
-                              "dataloader: combine them into one dataset (torch.utils.data.ConcatDataset).")
-        return loader
-
     def _reload_loader(self, stage: str) -> Any:
         """The loader ``*_dataloader()`` returns now (``reload_dataloaders_every_n_epochs``); None if given to fit."""
         if not self._requested_data.get(stage):
             return None
-        return self._loader(self.run, None, stage, required=False)
+        return request_loader(self, self.run, None, stage, required=False)
 
     def _new_run(self, stage: str) -> Run:
         run = Run(self.config, stage, self.strategy, self.precision, self.device, self.callbacks, self.loggers,
@@ -523,14 +419,14 @@ class Trainer:
         run.fit_loop = next((node for _, node in self.fit_loop.walk() if isinstance(node, FitLoop)), None)
         return run
 
-    def _begin(self, stage: str, module: TrainingModule, datamodule: DataModule | None,
-               ckpt_path: str | os.PathLike[str] | None) -> tuple[Run, Path | None]:
+    def _begin(self, stage: str, call: EntryCall) -> None:
         """A new run with the module and data module attached (``self.trainer`` works from the first hook on).
 
-        Also the checkpoint to load: "best" and "last" are resolved before
-        ``configure_callbacks`` may replace the ModelCheckpoint that names them
-        (Lightning resolves them first too); "latest" and paths after, so the
-        module's own ModelCheckpoint directory is the one searched.
+        "best" and "last" are resolved here, before ``configure_callbacks``
+        may replace the ModelCheckpoint that names them (Lightning resolves
+        them first too); "latest" and paths in the entry loop's
+        ``find_checkpoint``, so the module's own ModelCheckpoint directory is
+        the one searched.
         """
         config = self.config
         if config.deterministic:
@@ -540,62 +436,13 @@ class Trainer:
         rank_zero_only.rank = self.strategy.rank  # ported @rank_zero_only code sees this process's rank
         if config.seed is not None:  # + rank: each rank draws its own dropout masks (its data shard differs anyway)
             seed_everything(config.seed + self.strategy.rank)
-        named_by_callback = ckpt_path in ("best", "last")
-        path = self._checkpoint_path(ckpt_path) if named_by_callback else None
+        if call.ckpt_path in ("best", "last"):
+            call.checkpoint = self._checkpoint_path(call.ckpt_path)
         run = self.run = self._new_run(stage)
-        run.module, run.datamodule = module, datamodule
-        module.trainer = run
-        if datamodule is not None:
-            datamodule.trainer = run
-        self.callbacks = run.callbacks = _lifecycle.merge_callbacks(self.callbacks, module)
-        if ckpt_path is not None and not named_by_callback:
-            path = self._checkpoint_path(ckpt_path)
-        return run, path
-
-    def _set_up(self, run: Run, path: Path | None) -> Any:
-        """``setup`` hooks, the module on its device, and the checkpoint to resume from, read and partly applied.
-
-        A checkpoint's data module state is given back here, before the
-        dataloaders are read (as Lightning does); the rest is checked against
-        the run and applied once the optimizers exist (``_restore``).
-        """
-        _lifecycle.setup(run, run.state)
-        _lifecycle.configure_model(run)
-        run.module.to(self.device)  # after setup and configure_model, which may build layers
-        run.module.zero_grad()  # as Lightning: gradients left from before the run never reach its first step
-        if path is None:
-            return None
-        saved = self._read_checkpoint(path)
-        _run_state.check_datamodule(run, *saved)
-        _run_state.restore_datamodule(run, saved[0])
-        return saved
-
-    def _assemble(self, run: Run, setup: Any) -> None:
-        """The strategy's step, the optimization (fit), the hook relay; the loops are attached last."""
-        module = run.module
-        one_backward = setup is None or Optimization.runs_one_backward(module, setup)
-        # DDP: also gives every rank rank 0's weights
-        forward_step = self.strategy.wrap_step(module, self.device, one_backward)
-        if setup is not None:
-            self._configure_optimization(run, setup, forward_step)
-        # After setup, so a callback that switched itself off there (enabled = False) costs nothing.
-        run.hooks = HookRelay(module, [cb for cb in run.callbacks if cb.enabled], run, run.results)
-        if run.optimization is not None:
-            run.optimization.hooks = run.hooks
-        self._attach(run, self._roots()[run.state])
-
-    def _configure_optimization(self, run: Run, setup: Any, forward_step: Any) -> None:
-        """The run's Optimization for what ``configure_optimizers`` returned, with the strategy's step parts."""
-        config = self.config
-        optimization = Optimization(run.module, setup, self.precision, run.hooks, run.results,
-                                    config.accumulate_grad_batches, config.gradient_clip_val,
-                                    config.gradient_clip_algorithm)
-        optimization.forward_step = forward_step
-        optimization.gate = self.strategy.gate
-        optimization.no_sync = self.strategy.no_sync
-        run.optimization = optimization
-        run.manual_optimizers = tuple(ManualOptimizer(opt, optimization, _manual_progress(run))
-                                      for opt in setup.optimizers)
+        run.module, run.datamodule = call.module, call.datamodule
+        call.module.trainer = run
+        if call.datamodule is not None:
+            call.datamodule.trainer = run
 
     def _reconfigure_optimization(self, run: Run) -> None:
         """``run.reset_optimizers()``: configure_optimizers() again, checked, keeping the strategy's step."""
@@ -605,44 +452,16 @@ class Trainer:
             raise ConfigError(f"reset_optimizers(): configure_optimizers() returned {len(setup.optimizers)} "
                               f"optimizer(s) this time but {len(run.optimization.optimizers)} at fit start; "
                               "return the same number every time.")
-        self._configure_optimization(run, setup, run.optimization.forward_step)
+        configure_optimization(self, run, setup, run.optimization.forward_step)
 
     def _roots(self) -> dict[str, Loop]:
         return {"fit": self.fit_loop, "validate": self.validate_loop, "test": self.test_loop,
                 "predict": self.predict_loop}
 
-    def _attach(self, run: Run, root: Loop) -> None:
-        """Point every loop of every tree at the run; the tree about to run resolves its per-run choices.
-
-        A loop that wraps the fit loop runs evaluation or prediction as its own
-        sub-loops (so their state is in its checkpoints): they are in ``root``.
-        """
-        for tree in self._roots().values():
-            for _, node in tree.walk():
-                if isinstance(node, TrainerLoop):
-                    node.context = run
-        for _, node in root.walk():
-            if isinstance(node, TrainerLoop):
-                node.on_attach()
-        self._modes.enter(run, root)
-
-    def _finish(self, run: Run, root: Loop) -> None:
-        self._modes.exit(run, root)
-        _lifecycle.teardown(run, run.state)
-        for logger in self.loggers:
-            logger.save()
-        root.teardown()
-        run.state = "idle"
-
-
 
 def _per_dataloader(result: Any) -> list[dict[str, float]]:
     """An evaluation loop returns a dict for one dataloader and a list of dicts for several."""
     return result if isinstance(result, list) else [result]
-
-
-def _entry(stage: str) -> str:
-    return {"train": "fit", "validate": "validate", "test": "test", "predict": "predict"}[stage]
 
 
 #: The module method each entry point other than fit runs on every batch.
@@ -669,18 +488,6 @@ def _check_data_args(entry: str, datamodule: Any, **loaders: Any) -> None:
                           "dataloaders or the datamodule, not both.")
 
 
-def _hyperparameters(model: TrainingModule, datamodule: DataModule | None) -> dict[str, Any]:
-    """The module's and the data module's saved hyperparameters, for the loggers (Lightning merges them too)."""
-    merged = model.hyperparameters_to_log()
-    for name, value in (datamodule.hyperparameters_to_log() if datamodule is not None else {}).items():
-        if name in merged and merged[name] != value:
-            raise ConfigError(f"The hyperparameter {name!r} is {merged[name]!r} in {type(model).__name__} but "
-                              f"{value!r} in {type(datamodule).__name__}; the loggers record one set, so rename "
-                              "one of them.")
-        merged[name] = value
-    return merged
-
-
 def _results_table(stage: str, results: dict[str, float]) -> str:
     """What validate/test print with ``verbose=True`` (Lightning's results table, as plain text)."""
     title = f"{stage.capitalize()} metric"
@@ -688,13 +495,6 @@ def _results_table(stage: str, results: dict[str, float]) -> str:
     rule = "-" * (width + 14)
     rows = [f"{name.ljust(width)}{float(value):.6g}" for name, value in sorted(results.items())]
     return "\n".join([rule, title.ljust(width) + "DataLoader 0", rule, *rows, rule])
-
-
-def _manual_progress(run: Run) -> Any:
-    """Where a manual optimizer counts its steps: the fit loop's manual optimization loop."""
-    def progress() -> Any:
-        return run.fit_loop.epoch_loop.batch_loop.manual_loop.progress
-    return progress
 
 
 #: Every flag ``Trainer()`` takes, for the did-you-mean of a misspelt one.

@@ -70,6 +70,9 @@ class Loop:
       a method / property of the class (``TableError`` at definition otherwise).
     * ``progress_class`` / ``fields_class`` -- attrs classes of the loop's state.
     * ``engine`` -- ``"direct"`` (compiled, default) or ``"transitions"``.
+    * ``checkpointed`` -- False for a loop that is never part of a state set
+      (the Trainer's entry loops, which run *around* the tree a checkpoint
+      holds): it is never restored, so diagrams draw no RESTARTING for it.
 
     Pass ``abstract=True`` in the class statement to skip the checks for a base
     class meant to be subclassed further.
@@ -79,6 +82,7 @@ class Loop:
     progress_class: ClassVar[type] = Progress
     fields_class: ClassVar[type] = NoFields
     engine: ClassVar[str] = "direct"
+    checkpointed: ClassVar[bool] = True
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

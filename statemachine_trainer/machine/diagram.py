@@ -19,12 +19,19 @@ from ._table import END, RESTART_TRIGGER, RESTARTING, START, Table
 __all__ = ["to_dot", "to_mermaid"]
 
 
-def _rows(table: Table) -> Iterator[tuple[str, str, str]]:
+def _rows(table: Table, restartable: bool = True) -> Iterator[tuple[str, str, str]]:
     for row in table.rows:
         yield row.source, row.dest, row.label()
-    for state in table.states:
-        if state != END:
-            yield RESTARTING, state, RESTART_TRIGGER
+    if restartable:
+        for state in table.states:
+            if state != END:
+                yield RESTARTING, state, RESTART_TRIGGER
+
+
+def _restartable(obj: Any) -> bool:
+    """Whether a drawn loop can be restored (and so resumes through RESTARTING): not the entry loops."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return not (issubclass(cls, Loop) and not cls.checkpointed)
 
 
 def _resolve(obj: Any) -> tuple[str, Table, list[tuple[str, Any]]]:
@@ -47,7 +54,7 @@ def to_mermaid(obj: Table | type[Loop] | Loop) -> str:
     else:
         label, table, _ = _resolve(obj)
         lines.append(f"    %% {label}")
-        lines += _mermaid_states(table, prefix="", indent=1)
+        lines += _mermaid_states(table, prefix="", indent=1, restartable=_restartable(obj))
     return "\n".join(lines) + "\n"
 
 
@@ -55,13 +62,14 @@ def _mid(prefix: str, state: str) -> str:
     return f"{prefix}__{state}" if prefix else state
 
 
-def _mermaid_states(table: Table, prefix: str, indent: int) -> list[str]:
+def _mermaid_states(table: Table, prefix: str, indent: int, restartable: bool = True) -> list[str]:
     pad = "    " * indent
     out = []
     if prefix:
-        out += [f'{pad}state "{s}" as {_mid(prefix, s)}' for s in (*table.states, RESTARTING)]
+        states = (*table.states, RESTARTING) if restartable else table.states
+        out += [f'{pad}state "{s}" as {_mid(prefix, s)}' for s in states]
     out.append(f"{pad}[*] --> {_mid(prefix, START)}")
-    for source, dest, label in _rows(table):
+    for source, dest, label in _rows(table, restartable):
         out.append(f"{pad}{_mid(prefix, source)} --> {_mid(prefix, dest)}: {label}")
     out.append(f"{pad}{_mid(prefix, END)} --> [*]")
     return out
@@ -71,7 +79,7 @@ def _mermaid_block(loop: Loop, path: str, indent: int) -> list[str]:
     pad = "    " * indent
     ident = path.replace(".", "__")
     out = [f'{pad}state "{path} ({type(loop).__name__})" as {ident} {{']
-    out += _mermaid_states(loop.table, prefix=ident, indent=indent + 1)
+    out += _mermaid_states(loop.table, prefix=ident, indent=indent + 1, restartable=_restartable(loop))
     for name, child in loop.children().items():
         out += _mermaid_block(child, f"{path}.{name}", indent + 1)
     out.append(f"{pad}}}")
@@ -90,12 +98,12 @@ def to_dot(obj: Table | type[Loop] | Loop) -> str:
     if isinstance(obj, Loop):
         lines += _dot_cluster(obj, obj.name, indent=1)
     else:
-        lines += _dot_states(_resolve(obj)[1], prefix="", indent=1)
+        lines += _dot_states(_resolve(obj)[1], prefix="", indent=1, restartable=_restartable(obj))
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def _dot_states(table: Table, prefix: str, indent: int) -> list[str]:
+def _dot_states(table: Table, prefix: str, indent: int, restartable: bool = True) -> list[str]:
     pad = "    " * indent
 
     def node(state: str) -> str:
@@ -105,8 +113,9 @@ def _dot_states(table: Table, prefix: str, indent: int) -> list[str]:
     for state in table.states:
         shape = ", peripheries=2" if state == END else ""
         out.append(f"{pad}{node(state)} [label={_q(state)}{shape}];")
-    out.append(f"{pad}{node(RESTARTING)} [label={_q(RESTARTING)}, style=dashed];")
-    for source, dest, text in _rows(table):
+    if restartable:
+        out.append(f"{pad}{node(RESTARTING)} [label={_q(RESTARTING)}, style=dashed];")
+    for source, dest, text in _rows(table, restartable):
         style = ", style=dashed" if source == RESTARTING else ""
         out.append(f"{pad}{node(source)} -> {node(dest)} [label={_q(text)}{style}];")
     return out
@@ -115,7 +124,7 @@ def _dot_states(table: Table, prefix: str, indent: int) -> list[str]:
 def _dot_cluster(loop: Loop, path: str, indent: int) -> list[str]:
     pad = "    " * indent
     out = [f"{pad}subgraph {_q('cluster_' + path)} {{", f"{pad}    label={_q(f'{path} ({type(loop).__name__})')};"]
-    out += _dot_states(loop.table, prefix=path, indent=indent + 1)
+    out += _dot_states(loop.table, prefix=path, indent=indent + 1, restartable=_restartable(loop))
     for name, child in loop.children().items():
         out += _dot_cluster(child, f"{path}.{name}", indent + 1)
     out.append(f"{pad}}}")
