@@ -45,7 +45,6 @@ from .data._source import is_loader_collection
 from .loops import FitLoop
 from .loops._base import TrainerLoop
 from .machine import END, START, Loop, Row, Table
-from .state import Position
 
 __all__ = ["ENTRY_TABLE", "FIT_ENTRY_TABLE", "EntryCall", "EntryLoop", "FitEntryLoop", "request_loader"]
 
@@ -123,7 +122,8 @@ class EntryLoop(Loop):
 
     def run(self, call: EntryCall) -> Any:  # type: ignore[override]
         """Run the lifecycle for ``call`` from START; return what the stage's tree returned."""
-        self._machine.restore(Position(START))  # an earlier failed call left the machine where it failed
+        self.abandon_run()  # an earlier failed call left the machine where it failed
+        self._recover(call)
         self._call = call
         try:
             super().run()
@@ -134,6 +134,27 @@ class EntryLoop(Loop):
         finally:
             self._call = None
         return call.result
+
+    def _recover(self, call: EntryCall) -> None:
+        """The stage's tree, left inside a transition by an exception that escaped an earlier call, made runnable.
+
+        Evaluation and prediction start over (a pass holds nothing worth
+        keeping).  A fit stopped mid-transition holds half of one: its
+        counters, data position and gradients are not at any boundary, so
+        going on from there would train on a state no uninterrupted run
+        passes through.  It goes on only from a checkpoint, which replaces
+        all of it.
+        """
+        stopped = self.tree.active_path()
+        if not stopped:
+            return
+        if self.stage == "fit" and call.ckpt_path is None:
+            raise ConfigError(f"This trainer's last fit stopped inside a transition ({stopped[-1]}) when an exception "
+                              "escaped it, so its loops are not at a point a run can go on from. Resume from a "
+                              "checkpoint written before the failure -- trainer.fit(model, ckpt_path='latest') -- or "
+                              "start over with a new Trainer.")
+        for _, loop in self.tree.walk():
+            loop.abandon_run()
 
     # -- START -> CONFIGURED -----------------------------------------------------------------
     def configure_callbacks(self) -> None:

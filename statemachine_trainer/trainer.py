@@ -337,9 +337,15 @@ class Trainer:
         callback state, RNG states and what the module's and callbacks'
         ``on_save_checkpoint`` add.  See :mod:`statemachine_trainer.checkpoint`.
         """
-        from .checkpoint import save_checkpoint_dir
+        from .checkpoint import CheckpointError, save_checkpoint_dir
 
         run = self.run
+        stopped = self.fit_loop.active_path() if run.state == "idle" else ()
+        if stopped:
+            raise CheckpointError(f"Cannot save a checkpoint of this trainer: its last fit stopped inside a transition "
+                                  f"({stopped[-1]}) when an exception escaped it, so its state is half of one "
+                                  "transition and would not resume exactly. Resume from a checkpoint written before "
+                                  "the failure (ckpt_path='latest').")
         metadata = {"step": run.global_step, "epoch": run.current_epoch, "stage": run.state}
         if not self.strategy.distributed:
             return save_checkpoint_dir(path, self.capture_state(), metadata)

@@ -9,9 +9,10 @@ is drawn as its fit lifecycle around the fit tree.
 from __future__ import annotations
 
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
-from statemachine_trainer import Callback, Trainer
+from statemachine_trainer import Callback, ConfigError, Trainer
 from statemachine_trainer._entry import ENTRY_TABLE, FIT_ENTRY_TABLE
 from statemachine_trainer.cli import main
 from statemachine_trainer.machine import END
@@ -191,3 +192,69 @@ def test_a_users_loop_as_the_root_is_the_entry_loops_child():
     trainer = Trainer(**FLAGS)
     trainer.fit_loop = Rounds()
     assert trainer.entry_loops["fit"].children() == {"fit_loop": trainer.fit_loop}
+
+
+# -- a run an exception left inside a transition ---------------------------------------------------
+class FailsOnce(Net):
+    """Raises in training_step at one global step, once (the bug is "fixed" before the next call)."""
+
+    def __init__(self, at_step: int) -> None:
+        super().__init__()
+        self.at_step = at_step
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step == self.at_step:
+            self.at_step = -1
+            raise RuntimeError("boom mid-fit")
+        return super().training_step(batch, batch_idx)
+
+
+def checkpointing_trainer(root) -> Trainer:
+    from statemachine_trainer.callbacks import ModelCheckpoint
+
+    flags = {**FLAGS, "enable_checkpointing": True, "max_epochs": 2, "seed": 0}
+    return Trainer(**flags, default_root_dir=root,
+                   callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=1, save_top_k=-1)])
+
+
+def test_after_a_failed_fit_the_trainer_refuses_a_checkpoint_and_a_fit_without_one_then_resumes_exactly(tmp_path):
+    from statemachine_trainer.checkpoint import CheckpointError
+
+    from statemachine_trainer.data import ResumableLoader
+
+    reference = checkpointing_trainer(tmp_path / "straight")  # seeds: the model is built after it, as below
+    straight = FailsOnce(at_step=-1)
+    reference.fit(straight, ResumableLoader(points(32), batch_size=8, shuffle=True))
+
+    trainer = checkpointing_trainer(tmp_path / "failed")
+    model = FailsOnce(at_step=5)
+    loader = ResumableLoader(points(32), batch_size=8, shuffle=True)
+    with pytest.raises(RuntimeError, match="boom mid-fit"):
+        trainer.fit(model, loader)
+    with pytest.raises(CheckpointError, match="stopped inside a transition .*ckpt_path='latest'"):
+        trainer.save_checkpoint(tmp_path / "half.ckpt")
+    assert not (tmp_path / "half.ckpt").exists()
+    with pytest.raises(ConfigError, match="last fit stopped inside a transition"):
+        trainer.fit(model, loader)
+    trainer.fit(model, loader, ckpt_path="latest")
+    assert trainer.global_step == 8
+    for ours, reference in zip(model.parameters(), straight.parameters()):
+        assert torch.equal(ours, reference)
+
+
+def test_an_evaluation_an_exception_stopped_starts_over_at_the_next_call():
+    class FailsInValidation(Net):
+        fail = True
+
+        def validation_step(self, batch, batch_idx):
+            if self.fail and batch_idx == 1:
+                raise RuntimeError("boom in validation")
+            return super().validation_step(batch, batch_idx)
+
+    trainer = Trainer(**FLAGS)
+    model = FailsInValidation()
+    with pytest.raises(RuntimeError, match="boom in validation"):
+        trainer.validate(model, data(), verbose=False)
+    model.fail = False
+    (result,) = trainer.validate(model, data(), verbose=False)
+    assert "val_loss" in result

@@ -132,6 +132,15 @@ class Loop:
         """True from a mid-run ``load_state_dict`` until the resumed transition has completed."""
         return self._machine.restarting
 
+    def abandon_run(self) -> None:
+        """Put this loop (not its sub-loops) back at START, keeping progress and fields; the next run starts afresh.
+
+        For a run an exception left inside a transition (the machine stays in
+        the failed row's source state): the Trainer's entry loops start over
+        this way, and so does an evaluation tree.  Only between runs.
+        """
+        self._machine.restore(Position(START))
+
     def skip_hooks(self, names: Iterable[str]) -> None:
         """Leave the hooks ``names`` out of this loop's rows until the next call: work out once what a run needs.
 
