@@ -16,6 +16,14 @@ installs the observer (the dispatcher reads it afresh at every boundary, so
 one installed inside a hook acts at that hook's end), and it takes itself
 off once everything is written.  Under DDP it observes all the time, since
 the ranks agree on preemption at every batch end.
+
+``Trainer(save_on_exception=True)`` (one process): the writer also observes
+all the time and keeps a copy of the run's state at every boundary *between
+two transitions of the epoch loop* -- before each batch and before each
+mid-epoch validation.  An exception that escapes the tree writes that copy
+(``exception-epoch=E-step=S.ckpt`` beside the other checkpoints), so a
+resume re-runs the failed batch or validation from its start, exactly; the
+exception propagates unchanged, with a note naming the checkpoint.
 """
 
 from __future__ import annotations
@@ -44,6 +52,13 @@ class BoundaryWriter:
         self._root: Loop | None = None  # the tree being watched; None outside watch()
         self._epoch_loop: Loop | None = None  # the loop whose batch ends are where ranks agree on preemption
         self._observing = False  # whether the tree's boundaries call us now
+        self._take_snapshot: Callable[[], Any] | None = None  # save_on_exception: copy the run's state now
+        self._write_snapshot: Callable[[Any], Path] | None = None
+        self._snapshot: Any = None  # the copy taken at the epoch loop's last boundary
+
+    def save_on_exception(self, take: Callable[[], Any], write: Callable[[Any], Path]) -> None:
+        """Keep ``take()`` of every batch boundary; on an exception escaping the tree, ``write`` the last one."""
+        self._take_snapshot, self._write_snapshot = take, write
 
     def request(self, path: Path, on_written: Callable[[Path], None] | None = None) -> None:
         """Write ``path`` at the next checkpointable boundary; outside ``watch`` (no tree running) now."""
@@ -56,14 +71,20 @@ class BoundaryWriter:
     @contextmanager
     def watch(self, root: Loop, epoch_loop: Loop | None) -> Iterator[None]:
         """Observe ``root``'s boundaries and catch preemption signals while the block runs."""
-        self._pending, self._root, self._epoch_loop = [], root, epoch_loop
+        self._pending, self._root, self._epoch_loop, self._snapshot = [], root, epoch_loop, None
         self._guard.on_signal = self._observe
         if self._strategy.world_size > 1:  # the ranks agree on preemption at every batch end
             root.observe(self._at_boundary_ranks)
             self._observing = True
+        elif self._take_snapshot is not None:
+            root.observe(self._at_boundary_snapshotting)
+            self._observing = True
         try:
             with self._guard:
                 yield
+        except Exception as exc:
+            self._save_after(exc)
+            raise
         finally:
             root.observe(None)
             self._root = self._epoch_loop = self._guard.on_signal = None
@@ -84,6 +105,27 @@ class BoundaryWriter:
         if self._guard.signum is not None:  # a signal arrived while we were stepping back: watch again
             self._observe()
 
+    def _at_boundary_snapshotting(self, loop: Loop) -> None:
+        if loop is self._epoch_loop and loop.position.row is None and self._checkpointable():
+            self._snapshot = self._take_snapshot()  # type: ignore[misc]
+        if self._pending or self._guard.signum is not None:
+            self._act(preempt_here=True)
+
+    def _save_after(self, exc: Exception) -> None:
+        """``save_on_exception``: write the last batch boundary's copy, and say where in the exception's notes."""
+        if self._write_snapshot is None or isinstance(exc, Preempted):
+            return
+        if self._snapshot is None:
+            _note(exc, "save_on_exception: the fit failed before its first batch; there was no state to save.")
+            return
+        snapshot, self._snapshot = self._snapshot, None
+        path = self._write_snapshot(snapshot)
+        _note(exc, f"save_on_exception: the state before the failed batch was saved to {path}; fix the cause and "
+                   "resume with trainer.fit(model, ckpt_path='latest') to re-run it exactly.")
+
+    def _checkpointable(self) -> bool:
+        return all(getattr(node, "checkpointable", True) for _, node in self._root.walk())
+
     def _at_boundary_ranks(self, loop: Loop) -> None:
         if loop is self._epoch_loop and _between_batches(loop):
             self._agree_on_preemption()  # raises Preempted on every rank at once
@@ -91,7 +133,7 @@ class BoundaryWriter:
             self._act(preempt_here=False)  # a signal on one rank waits for the agreement above
 
     def _act(self, preempt_here: bool) -> None:
-        if not all(getattr(node, "checkpointable", True) for _, node in self._root.walk()):
+        if not self._checkpointable():
             return  # e.g. between the yields of a generator step: wait for the step to end
         pending, self._pending = self._pending, []
         for path, on_written in pending:
@@ -117,3 +159,13 @@ def _between_batches(loop: Loop) -> bool:
     """The epoch loop just finished a batch: the one boundary per step where ranks agree on preemption."""
     position = loop.position
     return position.row is None and position.state == "ADVANCE"
+
+
+def _note(exc: BaseException, text: str) -> None:
+    """Add ``text`` to the exception's notes (shown under its traceback; Python 3.11+), else warn it."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(text)
+    else:  # pragma: no cover - Python 3.10
+        import warnings
+
+        warnings.warn(text, stacklevel=3)

@@ -22,6 +22,7 @@ it.  Lightning's read-only names (``trainer.current_epoch``,
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import random
@@ -133,9 +134,10 @@ class Trainer:
         reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
+        save_on_exception: bool = False,
         **unknown: Any,
     ) -> None:
-        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed`` is ours.
+        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed`` and ``save_on_exception`` are ours.
 
         A Lightning flag this Trainer lacks (``resume_from_checkpoint``,
         ``gpus``, ``auto_lr_find``...) raises ConfigError naming the
@@ -156,10 +158,14 @@ class Trainer:
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs, detect_anomaly=detect_anomaly,
             inference_mode=inference_mode, benchmark=benchmark, num_nodes=num_nodes,
             use_distributed_sampler=use_distributed_sampler, sync_batchnorm=sync_batchnorm, profiler=profiler,
-            barebones=barebones)
+            barebones=barebones, save_on_exception=save_on_exception)
         self.device = resolve_device(accelerator)
         self.strategy = make_strategy(strategy, devices, self.device.type, self.config.num_nodes,
                                       self.config.sync_batchnorm, self.config.use_distributed_sampler)
+        if self.config.save_on_exception and self.strategy.distributed:
+            raise ConfigError("save_on_exception=True runs in one process only: under DDP an exception on one rank "
+                              "leaves the others waiting inside a collective, with no common boundary to save. "
+                              "Use ModelCheckpoint(every_n_train_steps=...) and resume with ckpt_path='latest'.")
         if not launched_rank_zero(self.strategy):  # loggers and the progress bar live on rank 0 only
             self.config = attrs.evolve(self.config, logger=False, enable_progress_bar=False)
         self.precision = Precision(precision, self.device)
@@ -183,6 +189,8 @@ class Trainer:
             stage: EntryLoop(stage, self) for stage in ("validate", "test", "predict")}}
 
         self._boundaries = BoundaryWriter(self.save_checkpoint, self._preemption_path, self.strategy)
+        if self.config.save_on_exception:
+            self._boundaries.save_on_exception(self._snapshot, self._write_snapshot)
         self.run = self._new_run("idle")  # the latest run; an idle one until an entry point assembles one
 
     # -- the four entry points -------------------------------------------------------------
@@ -357,6 +365,19 @@ class Trainer:
     def capture_state(self) -> dict[str, Any]:
         """The run's state set as a checkpoint holds it (tensors not copied: write or compare it right away)."""
         return _run_state.capture(self.run, self.fit_loop)
+
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The run's state now, copied (``save_on_exception``): what a checkpoint written here would hold."""
+        run = self.run
+        metadata = {"step": run.global_step, "epoch": run.current_epoch, "stage": run.state}
+        return copy.deepcopy(self.capture_state()), metadata
+
+    def _write_snapshot(self, snapshot: tuple[dict[str, Any], dict[str, Any]]) -> Path:
+        from .checkpoint import save_checkpoint_dir
+
+        state, metadata = snapshot
+        path = self._checkpoint_dir() / f"exception-epoch={metadata['epoch']}-step={metadata['step']}.ckpt"
+        return save_checkpoint_dir(path, state, metadata)
 
     def _checkpoint_path(self, ckpt_path: str | os.PathLike[str]) -> Path:
         """The checkpoint ``ckpt_path`` names ("best", "last", "latest" or a path), the same on every rank."""
