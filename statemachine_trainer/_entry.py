@@ -6,7 +6,8 @@ table is Lightning's order of the lifecycle hooks written down::
 
     START      --run-->      CONFIGURED / configure_callbacks, find_checkpoint
     CONFIGURED --advance-->  PREPARED   / prepare_data
-    PREPARED   --advance-->  SET_UP     / setup, configure_model, read_checkpoint
+    PREPARED   --advance-->  SET_UP     / setup, configure_model, read_checkpoint, claim_checkpoint_dir  (fit)
+    PREPARED   --advance-->  SET_UP     / setup, configure_model, read_checkpoint      (validate/test/predict)
     SET_UP     --advance-->  CONNECTED  / connect_data, configure_optimizers, assemble     (fit)
     SET_UP     --advance-->  CONNECTED  / connect_data, assemble                           (validate/test/predict)
     CONNECTED  --advance-->  RAN        / restore_checkpoint, log_hyperparameters, run_tree  (fit)
@@ -50,7 +51,8 @@ __all__ = ["ENTRY_TABLE", "FIT_ENTRY_TABLE", "EntryCall", "EntryLoop", "FitEntry
 
 
 def _entry_table(name: str, fit: bool) -> Table:
-    """The lifecycle table; fit adds ``configure_optimizers`` and the loggers' hyperparameters."""
+    """The lifecycle table; fit adds its checkpoint directory's claim, ``configure_optimizers`` and the hparams."""
+    claim = ("claim_checkpoint_dir",) if fit else ()
     optimizers = ("configure_optimizers",) if fit else ()
     hyperparameters = ("log_hyperparameters",) if fit else ()
     return Table(
@@ -59,7 +61,7 @@ def _entry_table(name: str, fit: bool) -> Table:
         rows=(
             Row("run", START, "CONFIGURED", hooks=("configure_callbacks", "find_checkpoint")),
             Row("advance", "CONFIGURED", "PREPARED", hooks="prepare_data"),
-            Row("advance", "PREPARED", "SET_UP", hooks=("setup", "configure_model", "read_checkpoint")),
+            Row("advance", "PREPARED", "SET_UP", hooks=("setup", "configure_model", "read_checkpoint", *claim)),
             Row("advance", "SET_UP", "CONNECTED", hooks=("connect_data", *optimizers, "assemble")),
             Row("advance", "CONNECTED", "RAN", hooks=("restore_checkpoint", *hyperparameters, "run_tree")),
             Row("advance", "RAN", END, hooks="teardown"),
@@ -249,6 +251,44 @@ class FitEntryLoop(EntryLoop):
 
     def __init__(self, trainer: Any) -> None:
         super().__init__("fit", trainer)
+        self._claim: Any = None  # the checkpoint directory held for this fit (_run_dir)
+
+    def claim_checkpoint_dir(self) -> None:
+        """The run id (new, or the resumed checkpoint's), and the checkpoint directory locked for this run.
+
+        Only when the fit writes checkpoints there (a ModelCheckpoint, or
+        ``save_on_exception``); see :mod:`._run_dir`.
+        """
+        from ._run_dir import claim_run_dir, new_run_id, run_of
+        from .callbacks import ModelCheckpoint
+
+        trainer, run, call = self._trainer, self.run_context, self.call
+        resumed = call.checkpoint is not None
+        writes = trainer.config.save_on_exception or any(
+            isinstance(cb, ModelCheckpoint) and cb.enabled for cb in run.callbacks)
+        run_id, error = None, None
+        if trainer.strategy.is_rank_zero:
+            run_id = (run_of(call.checkpoint) if resumed else None) or trainer.run_id or new_run_id()
+            if writes:
+                try:
+                    self._claim = claim_run_dir(trainer._checkpoint_dir(), run_id, fresh=not resumed)
+                except ConfigError as exc:
+                    error = str(exc)
+        if trainer.strategy.distributed:
+            from .distributed import broadcast_object
+
+            run_id, error = broadcast_object((run_id, error))
+        if error is not None:
+            raise ConfigError(error)
+        trainer.run_id = run_id
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            if self._claim is not None:
+                self._claim, claim = None, self._claim
+                claim.release()
 
     def connect_data(self) -> None:
         """The fit's data: the loaders given, else the data module's, else the module's own methods.

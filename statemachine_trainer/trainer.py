@@ -188,6 +188,7 @@ class Trainer:
         self.entry_loops: dict[str, EntryLoop] = {"fit": FitEntryLoop(self), **{
             stage: EntryLoop(stage, self) for stage in ("validate", "test", "predict")}}
 
+        self.run_id: str | None = None  # the run this trainer's fits belong to; in every checkpoint (_run_dir)
         self._boundaries = BoundaryWriter(self.save_checkpoint, self._preemption_path, self.strategy)
         if self.config.save_on_exception:
             self._boundaries.save_on_exception(self._snapshot, self._write_snapshot)
@@ -354,7 +355,7 @@ class Trainer:
                                   f"({stopped[-1]}) when an exception escaped it, so its state is half of one "
                                   "transition and would not resume exactly. Resume from a checkpoint written before "
                                   "the failure (ckpt_path='latest').")
-        metadata = {"step": run.global_step, "epoch": run.current_epoch, "stage": run.state}
+        metadata = self._metadata()
         if not self.strategy.distributed:
             return save_checkpoint_dir(path, self.capture_state(), metadata)
         from .checkpoint import save_checkpoint_parts
@@ -368,9 +369,15 @@ class Trainer:
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The run's state now, copied (``save_on_exception``): what a checkpoint written here would hold."""
+        return copy.deepcopy(self.capture_state()), self._metadata()
+
+    def _metadata(self) -> dict[str, Any]:
+        """What a checkpoint's manifest records: step and epoch (for ordering), the stage, and the run id."""
         run = self.run
         metadata = {"step": run.global_step, "epoch": run.current_epoch, "stage": run.state}
-        return copy.deepcopy(self.capture_state()), metadata
+        if self.run_id is not None:
+            metadata["run"] = self.run_id
+        return metadata
 
     def _write_snapshot(self, snapshot: tuple[dict[str, Any], dict[str, Any]]) -> Path:
         from .checkpoint import save_checkpoint_dir
