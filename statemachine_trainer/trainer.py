@@ -55,7 +55,7 @@ from ._config import (
 from ._flag_effects import RunModes, add_flag_callbacks, set_torch_flags
 from ._flags import FLAG_NAMES, TrainerConfig
 from ._hooks import HookRelay
-from ._optim import ConfigError, parse_optimizers
+from ._optim import ConfigError, configure_optimizers
 from ._optimization import ManualOptimizer, Optimization
 from ._precision import Precision
 from ._refused import missing_attribute, refuse_flags
@@ -217,7 +217,7 @@ class Trainer:
         try:
             saved = self._set_up(run, path)
             self._use_fit_data(run, train_dataloaders, val_dataloaders)
-            setup = parse_optimizers(model.configure_optimizers())  # self.trainer and the data are ready
+            setup = configure_optimizers(model)  # self.trainer and the data are ready
             check_optimization_mode(model, setup, self.config)
             self._assemble(run, setup)
             with self._boundaries.watch(self.fit_loop, getattr(run.fit_loop, "epoch_loop", None)):
@@ -599,7 +599,7 @@ class Trainer:
 
     def _reconfigure_optimization(self, run: Run) -> None:
         """``run.reset_optimizers()``: configure_optimizers() again, checked, keeping the strategy's step."""
-        setup = parse_optimizers(run.module.configure_optimizers())
+        setup = configure_optimizers(run.module)
         check_optimization_mode(run.module, setup, self.config)
         if len(setup.optimizers) != len(run.optimization.optimizers):
             raise ConfigError(f"reset_optimizers(): configure_optimizers() returned {len(setup.optimizers)} "
