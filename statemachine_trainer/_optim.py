@@ -29,7 +29,8 @@ __all__ = ["ConfigError", "NoOptimizer", "OptimizerSetup", "SchedulerConfig", "c
            "parse_optimizers"]
 
 _SUPPORTED = (
-    "Return one of: an optimizer; a list of optimizers; two lists ([optimizers], [schedulers]); "
+    "Return one of: an optimizer; a list of optimizers; two lists ([optimizers], [schedulers]) or "
+    "([optimizers], scheduler); "
     "a dict {'optimizer': opt, 'lr_scheduler': sched or {'scheduler': sched, 'interval': 'epoch'|'step', "
     "'frequency': n, 'monitor': key}, 'frequency': n}; or a list of such dicts."
 )
