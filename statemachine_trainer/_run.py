@@ -326,8 +326,8 @@ class Run:
         if optimization is None or not optimization.setup.schedulers or not self.module.automatic_optimization:
             return  # the common case, decided before global_step (a sum over loops) is computed
         count = self.global_step if interval == "step" else self.current_epoch + 1
-        hooks = self.hooks
-        step = (hooks.lr_scheduler_step if hooks is not None and hooks.overrides("lr_scheduler_step")
+        # the override through the relay (self.log inside it knows its hook), else the default body
+        step = (optimization.hooks.lr_scheduler_step if optimization.scheduler_step_override
                 else self.module.lr_scheduler_step)
         for config in optimization.setup.schedulers:
             if config.interval != interval or count % config.frequency:
