@@ -38,9 +38,9 @@ from typing import Any
 
 import attrs
 
-from . import _lifecycle, _run_state
+from . import _lifecycle, _optim, _run_state
 from ._config import check_optimization_mode, defines
-from ._optim import ConfigError, parse_optimizers
+from ._optim import ConfigError
 from ._optimization import ManualOptimizer, Optimization
 from .data._source import is_loader_collection
 from .loops import FitLoop
@@ -314,7 +314,7 @@ class FitEntryLoop(EntryLoop):
     def configure_optimizers(self) -> None:
         """``configure_optimizers()``, checked; its ``self.trainer`` already has the data (estimated_stepping_batches)."""
         module = self.run_context.module
-        setup = parse_optimizers(module.configure_optimizers())
+        setup = _optim.configure_optimizers(module)  # called and checked; None -> NoOptimizer, with a warning
         check_optimization_mode(module, setup, self._trainer.config)
         self.call.setup = setup
 

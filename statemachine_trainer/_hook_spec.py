@@ -28,9 +28,9 @@ no-op, and a module that keeps it does not "override" the hook.  Two kinds:
   not overridden, so a loop can leave out what the default makes unnecessary
   (moving a CPU batch to the CPU);
 * the step hooks (``backward``, ``optimizer_step``, ``optimizer_zero_grad``,
-  ``configure_gradient_clipping``; :data:`OVERRIDABLE`): the loops do that
-  work themselves, and a row calls the module's method only when it
-  overrides the default.
+  ``configure_gradient_clipping``, ``lr_scheduler_step``; :data:`OVERRIDABLE`):
+  the loops do that work themselves, and a row (or ``Run.step_schedulers``)
+  calls the module's method only when it overrides the default.
 """
 
 from __future__ import annotations
@@ -156,6 +156,10 @@ HOOKS: tuple[Hook, ...] = (
     _h("configure_gradient_clipping", "optimizer gradient_clip_val gradient_clip_algorithm", "optimizer",
        "Clip before the optimizer steps; the default is self.clip_gradients(...) with the Trainer's flags.",
        per_batch=True, default=True, owners="module", relayed=False),
+    _h("lr_scheduler_step", "scheduler metric", "optimizer",
+       "Step one scheduler when its interval is due (automatic optimization); the default is scheduler.step(), "
+       "or scheduler.step(metric) for a ReduceLROnPlateau. Override it for a scheduler that is not a torch "
+       "LRScheduler.", default=True, owners="module", relayed=False),
     _h("on_save_checkpoint", "checkpoint", "checkpoint", "Add JSON-able entries to checkpoint['extra'] data.",
        relayed=False),
     _h("on_load_checkpoint", "checkpoint", "checkpoint", "Receive what on_save_checkpoint added.", relayed=False),

@@ -148,6 +148,7 @@ class Optimization:
         self.zero_grad_override = overrides("optimizer_zero_grad")
         self.clip_override = overrides("configure_gradient_clipping")
         self.step_override = overrides("optimizer_step")
+        self.scheduler_step_override = overrides("lr_scheduler_step")  # read by Run.step_schedulers
         closure = tuple(isinstance(opt, _NEEDS_CLOSURE) or self.step_override for opt in self.optimizers)
         self.needs_closure, self.any_closure = closure, any(closure)
 

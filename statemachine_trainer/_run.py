@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -313,18 +314,38 @@ class Run:
         (bar.print if bar is not None else print)(*args, **kwargs)
 
     def step_schedulers(self, interval: str) -> None:
-        """Step the schedulers of ``interval`` ("step" or "epoch") that are due; automatic mode only."""
+        """Step the schedulers of ``interval`` ("step" or "epoch") that are due; automatic mode only.
+
+        Each through the module's ``lr_scheduler_step(scheduler, metric)``
+        when it overrides it (Lightning 2), otherwise through its default
+        body; ``metric`` is the monitored value for a ReduceLROnPlateau, else
+        None.  A plateau whose non-strict monitor was never logged is skipped
+        with a warning.
+        """
         optimization = self.optimization
         if optimization is None or not optimization.setup.schedulers or not self.module.automatic_optimization:
             return  # the common case, decided before global_step (a sum over loops) is computed
         count = self.global_step if interval == "step" else self.current_epoch + 1
+        # the override through the relay (self.log inside it knows its hook), else the default body
+        step = (optimization.hooks.lr_scheduler_step if optimization.scheduler_step_override
+                else self.module.lr_scheduler_step)
         for config in optimization.setup.schedulers:
             if config.interval != interval or count % config.frequency:
                 continue
+            metric = None
             if config.reduce_on_plateau:
-                config.scheduler.step(self.monitored(config.monitor, "ReduceLROnPlateau"))
-            else:
-                config.scheduler.step()
+                metric = self._plateau_metric(config)
+                if metric is None:
+                    continue
+            step(config.scheduler, metric)
+
+    def _plateau_metric(self, config: Any) -> torch.Tensor | None:
+        """The plateau's monitored value; None (with Lightning's warning) when it is missing and not strict."""
+        if not config.strict and config.monitor not in self.callback_metrics:
+            warnings.warn(f"ReduceLROnPlateau conditioned on metric {config.monitor} which is not available but "
+                          "strict is set to `False`. Skipping learning rate update.", RuntimeWarning, stacklevel=3)
+            return None
+        return self.monitored(config.monitor, "ReduceLROnPlateau")
 
     def monitored(self, key: str, who: str) -> torch.Tensor:
         """``callback_metrics[key]``, or a clear error listing what was logged."""

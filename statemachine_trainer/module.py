@@ -347,6 +347,19 @@ class TrainingModule(nn.Module):
         """Clip before each automatic step; gets the Trainer's ``gradient_clip_val``/``_algorithm`` flags."""
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    @default_hook
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step ``scheduler`` when its interval is due (automatic mode); ``metric`` is its monitored value or None.
+
+        Override it for a scheduler that is not a torch ``LRScheduler`` (say,
+        one whose ``step`` takes the epoch: ``scheduler.step(epoch=self.current_epoch)``);
+        without an override such a scheduler is refused when the fit starts.
+        """
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
     # -- manual optimization -------------------------------------------------------------------------
     def optimizers(self) -> Any:
         """The optimizers from ``configure_optimizers`` as :class:`~statemachine_trainer.optimizer.TrainingOptimizer`

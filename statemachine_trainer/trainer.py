@@ -49,7 +49,7 @@ from ._config import (
 from ._entry import EntryCall, EntryLoop, FitEntryLoop, configure_optimization, request_loader
 from ._flag_effects import RunModes, add_flag_callbacks, set_torch_flags
 from ._flags import FLAG_NAMES, TrainerConfig
-from ._optim import ConfigError, parse_optimizers
+from ._optim import ConfigError, configure_optimizers
 from ._precision import Precision
 from ._refused import missing_attribute, refuse_flags
 from ._run import Run
@@ -480,7 +480,7 @@ class Trainer:
 
     def _reconfigure_optimization(self, run: Run) -> None:
         """``run.reset_optimizers()``: configure_optimizers() again, checked, keeping the strategy's step."""
-        setup = parse_optimizers(run.module.configure_optimizers())
+        setup = configure_optimizers(run.module)
         check_optimization_mode(run.module, setup, self.config)
         if len(setup.optimizers) != len(run.optimization.optimizers):
             raise ConfigError(f"reset_optimizers(): configure_optimizers() returned {len(setup.optimizers)} "

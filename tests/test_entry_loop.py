@@ -219,7 +219,6 @@ def checkpointing_trainer(root) -> Trainer:
 
 def test_after_a_failed_fit_the_trainer_refuses_a_checkpoint_and_a_fit_without_one_then_resumes_exactly(tmp_path):
     from statemachine_trainer.checkpoint import CheckpointError
-
     from statemachine_trainer.data import ResumableLoader
 
     reference = checkpointing_trainer(tmp_path / "straight")  # seeds: the model is built after it, as below

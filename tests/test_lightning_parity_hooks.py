@@ -735,9 +735,6 @@ class SteppingHook(OverridesStepHooks):
         return [optimizer], [{"scheduler": self.steplr, "interval": "step"}, self.custom]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: the module hook lr_scheduler_step(scheduler, metric) is not "
-                                       "supported: a custom scheduler's step(epoch) is called without its argument "
-                                       "(unassigned: _run.step_schedulers)")
 def test_lr_scheduler_step_hook():
     """test_optimizers.py::test_lr_scheduler_step_hook: an overridden lr_scheduler_step(scheduler, metric) steps
     every scheduler: a step-interval StepLR once per batch (3 epochs x 2 batches) and a custom epoch scheduler

@@ -290,9 +290,6 @@ class PlateauByHand(Boring):
         return [optimizer], [torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: ReduceLROnPlateau without a monitor is refused in manual optimization "
-                                       "too; Lightning requires the monitor only when it steps the scheduler itself "
-                                       "(automatic) (trainloops / _optim)")
 def test_lr_schedulers_reduce_lr_on_plateau_in_manual_optimization():
     """test_manual_optimization.py::test_lr_schedulers_reduce_lr_on_plateau[scheduler_as_dict=False]: in manual
     optimization a ReduceLROnPlateau needs no monitor: the user steps it with a value."""
@@ -366,9 +363,6 @@ def test_manual_optimization_with_non_pytorch_scheduler():
     assert trainer.global_step == 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: in automatic optimization a scheduler without step() is accepted and "
-                                       "fails with a bare AttributeError at the first epoch end; Lightning refuses it "
-                                       "at fit start (trainloops / _optim)")
 def test_automatic_optimization_refuses_a_non_pytorch_scheduler():
     """test_manual_optimization.py::test_manual_optimization_with_non_pytorch_scheduler[automatic]: in automatic
     optimization a scheduler that does not follow torch's LRScheduler interface is refused before training."""
@@ -583,8 +577,6 @@ def test_optimizer_return_options():
             assert _epoch_config(config, getattr(module, f"sched_{name}"))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: ([optimizer], scheduler) -- a list of optimizers and one scheduler "
-                                       "-- is refused; Lightning accepts it (_optim)")
 def test_optimizer_return_list_and_single_scheduler():
     """test_optimizers.py::test_optimizer_return_options ("opt tuple of 1 list"): ([opt], scheduler) gives one
     optimizer and one epoch-interval scheduler config."""
@@ -598,15 +590,77 @@ def test_optimizer_return_list_and_single_scheduler():
     assert _epoch_config(trainer.lr_scheduler_configs[0], trainer.module.sched_a)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: configure_optimizers returning None is refused with a ConfigError; "
-                                       "Lightning warns 'will run with no optimizer' and trains without steps "
-                                       "(_optim; or document as a difference)")
 def test_none_optimizer():
     """test_optimizers.py::test_none_optimizer: configure_optimizers returning None warns ("will run with no
-    optimizer") and the fit runs its training steps without optimizer steps."""
+    optimizer") and the fit runs its training steps and backwards without changing a parameter.  As under
+    Lightning 2.6.6 (its _MockOptimizer's steps count: global_step 3 after 3 batches), each batch is a step."""
     module = Configured(lambda m: None)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = quiet(max_epochs=1, limit_train_batches=2)
     with pytest.warns(UserWarning, match="no optimizer"):
-        quiet(max_epochs=1, limit_train_batches=2).fit(module, loader(2))
+        trainer.fit(module, loader(2))
+    assert module.backwards == 2 and trainer.global_step == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    assert all(p.grad is None for p in module.parameters())  # zeroed after each step, as with any optimizer
+
+
+def test_none_optimizer_counts_towards_max_steps():
+    """With no optimizer, max_steps still ends the fit (each batch is a step), in manual optimization too."""
+    module = Configured(lambda m: None, automatic=False)
+    trainer = quiet(max_epochs=5, max_steps=3)
+    with pytest.warns(UserWarning, match="no optimizer"):
+        trainer.fit(module, loader(2))
+    assert trainer.global_step == 3 and module.backwards == 3
+
+
+@pytest.mark.parametrize("automatic", [True, False], ids=["automatic", "manual"])
+def test_a_scheduler_without_state_dict_is_refused(automatic):
+    """test_optimizers.py::test_invalid_scheduler_missing_state_dict: a scheduler without state_dict /
+    load_state_dict is refused before training in both modes (Lightning: TypeError; ours: ConfigError), since
+    every checkpoint holds each scheduler's state."""
+    class NoState:
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        def step(self):
+            pass
+
+    def make(module):
+        optimizer = sgd(module)
+        return [optimizer], [NoState(optimizer)]
+
+    module = Configured(make, automatic=automatic)
+    with pytest.raises(ConfigError, match="NoState has no state_dict or load_state_dict"):
+        quiet(max_epochs=1).fit(module, loader(2))
+    assert module.backwards == 0
+
+
+def test_manual_optimization_ignores_monitor_and_strict_with_a_warning():
+    """optimizer.py ``_configure_schedulers_manual_opt``: in manual optimization "monitor" and "strict" in an
+    lr_scheduler dict are ignored with a RuntimeWarning naming them (the user steps the scheduler)."""
+    def make(module):
+        optimizer = sgd(module)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "x", "strict": False}}
+
+    trainer = quiet(max_epochs=1, limit_train_batches=1)
+    with pytest.warns(RuntimeWarning, match=r"\['monitor', 'strict'\], which manual optimization ignores"):
+        trainer.fit(Configured(make, automatic=False), loader(2))
+    assert trainer.lr_scheduler_configs[0].monitor is None
+
+
+class SkipsSecondBatch(Configured):
+    def on_train_batch_start(self, batch, batch_idx):
+        return -1 if batch_idx == 1 else None
+
+
+def test_epoch_schedulers_step_after_an_epoch_ended_by_on_train_batch_start():
+    """training_epoch_loop.py: a -1 from on_train_batch_start marks the batch the epoch's last
+    (``increment_by(0, is_last_batch=True)``), so the epoch counts as complete and its schedulers step."""
+    trainer = quiet(max_epochs=2)
+    trainer.fit(SkipsSecondBatch(_steplr("epoch")), loader(4))
+    assert trainer.global_step == 2
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(100.0)
 
 
 def test_configure_optimizer_from_dict():
@@ -652,9 +706,6 @@ def test_lr_scheduler_strict_monitor_never_logged():
     assert module.plateau.last_epoch == 0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: epoch-interval schedulers step at the end of an epoch cut short by "
-                                       "max_steps; Lightning steps them only when the epoch reached its last batch "
-                                       "(_num_ready_batches_reached) (trainloops)")
 def test_epoch_schedulers_do_not_step_for_an_epoch_cut_short_by_max_steps():
     """test_optimizers.py::test_lr_scheduler_strict[complete_epoch=False] and fit_loop.py ``on_advance_end``: with
     max_steps=1 in a 2-batch epoch the epoch never completes, so no epoch-interval scheduler steps: a
@@ -667,9 +718,6 @@ def test_epoch_schedulers_do_not_step_for_an_epoch_cut_short_by_max_steps():
     assert trainer.optimizers[0].param_groups[0]["lr"] == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: 'strict': False in an lr_scheduler dict is accepted but ignored "
-                                       "(a missing monitor still raises); Lightning warns and skips the step "
-                                       "(_optim / Run.step_schedulers)")
 def test_lr_scheduler_not_strict_monitor_never_logged_warns():
     """test_optimizers.py::test_lr_scheduler_strict[strict=False]: with "strict": False a monitor that was never
     logged gives a RuntimeWarning ("not available but strict is set to False") and the scheduler is not
@@ -719,8 +767,6 @@ def test_unsupported_keys_are_refused(where):
         quiet(fast_dev_run=True).fit(Configured(make), loader(2))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: a OneCycleLR left at the default 'epoch' interval is accepted "
-                                       "silently; Lightning warns (unassigned: _optim)")
 def test_onecyclelr_with_epoch_interval_warns():
     """test_optimizers.py::test_onecyclelr_with_epoch_interval_warns: OneCycleLR with the default epoch interval
     warns "Are you sure you didn't mean 'interval': 'step'?"."""

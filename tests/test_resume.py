@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from statemachine_trainer import PREEMPTED_EXIT_CODE, Callback, Trainer, Trainin
 from statemachine_trainer.callbacks import ModelCheckpoint
 from statemachine_trainer.checkpoint import load_checkpoint_dir, verify_checkpoint
 from statemachine_trainer.data import ResumableLoader
+from statemachine_trainer.testing import assert_resume_exact
 
 from .test_optimization_modes import IndexGAN, ManualGAN, YieldGAN, real_loader
 
@@ -234,3 +236,62 @@ def test_resume_of_multi_optimizer_steps_is_bit_identical(tmp_path, cls, n):
             for field, tensor in value.items():
                 assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(opt_b.state_dict()["state"][key][field]))
     assert full.global_step == resumed.global_step
+
+
+# -- schedulers stepped by lr_scheduler_step, epochs cut short, no optimizer ------------------------------------
+class EpochCounter:
+    """A scheduler that is no torch LRScheduler: its step takes the epoch, so the module's lr_scheduler_step
+    steps it; its state (the epochs seen) is checkpointed like a torch scheduler's."""
+
+    def __init__(self, optimizer) -> None:
+        self.optimizer, self.epochs = optimizer, []
+
+    def step(self, epoch):
+        self.epochs.append(epoch)
+
+    def state_dict(self):
+        return {"epochs": list(self.epochs)}
+
+    def load_state_dict(self, state):
+        self.epochs = list(state["epochs"])
+
+
+class SteppedByHook(Net):
+    def lr_scheduler_step(self, scheduler, metric):
+        if isinstance(scheduler, EpochCounter):
+            scheduler.step(epoch=self.current_epoch)
+        else:
+            super().lr_scheduler_step(scheduler, metric)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return [opt], [{"scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.9), "interval": "step"},
+                       EpochCounter(opt)]
+
+
+class WithoutOptimizer(Net):
+    def configure_optimizers(self):
+        return None
+
+
+@pytest.mark.parametrize(("cls", "hook", "call"), [
+    (SteppedByHook, "on_train_batch_end", 3), (SteppedByHook, "on_train_epoch_end", 1),
+    (WithoutOptimizer, "on_train_batch_end", 4)])
+def test_resume_is_exact_with_lr_scheduler_step_and_with_no_optimizer(tmp_path, cls, hook, call):
+    """max_steps=12 ends the third 5-batch epoch after 2 batches: its epoch scheduler does not step (Lightning)."""
+    def trainer(callbacks):
+        return Trainer(max_steps=12, seed=5, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                       enable_model_summary=False, callbacks=callbacks)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # WithoutOptimizer's "no optimizer" warning, once per fit
+        assert_resume_exact(lambda: cls(init_seed=0), trainer, lambda: (ResumableLoader(loader(0), seed=3),), hook,
+                            call, workdir=tmp_path)
+    done = trainer([])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        done.fit(cls(init_seed=0), ResumableLoader(loader(0), seed=3))
+    assert done.global_step == 12 and done.current_epoch == 3  # the cut-short epoch counts as ended
+    if cls is SteppedByHook:
+        assert done.lr_scheduler_configs[1].scheduler.epochs == [0, 1]  # not 2: that epoch was cut short
+        assert done.lr_scheduler_configs[0].scheduler.last_epoch == 12

@@ -72,7 +72,7 @@ def test_resuming_into_a_directory_another_run_also_wrote_is_refused(tmp_path):
     (b_ckpt,) = [p for p in (tmp_path / "b" / "checkpoints").iterdir() if not p.name.startswith(".")]
     shutil.copytree(b_ckpt, tmp_path / "a" / "checkpoints" / "epoch=0-step=9.ckpt")
     assert run_of(find_latest(tmp_path / "a" / "checkpoints")[0]) == other.run_id
-    a_first = [p for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name == "epoch=0-step=2.ckpt"][0]
+    a_first = tmp_path / "a" / "checkpoints" / "epoch=0-step=2.ckpt"
     with pytest.raises(ConfigError, match="holds checkpoints of another run"):
         fit(tmp_path / "a", ckpt_path=a_first, max_epochs=2)
 

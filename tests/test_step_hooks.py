@@ -333,7 +333,12 @@ def test_an_overridden_configure_gradient_clipping_is_called_with_the_flags_even
     assert flagged.args == (True, 0.5, "value")
 
 
-@pytest.mark.parametrize("hook", ["optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping"])
+def _steps_scheduler(self, scheduler, metric):
+    scheduler.step()
+
+
+@pytest.mark.parametrize("hook", ["optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping",
+                                  "lr_scheduler_step"])
 def test_automatic_only_step_hooks_are_refused_in_manual_optimization(hook):
     class Manual(Net):
         automatic_optimization = False
@@ -341,7 +346,7 @@ def test_automatic_only_step_hooks_are_refused_in_manual_optimization(hook):
         def training_step(self, batch, batch_idx):
             self.trained = True
 
-    setattr(Manual, hook, getattr(Recorded, hook))
+    setattr(Manual, hook, vars(Recorded).get(hook, _steps_scheduler))
     module = Manual()
     with pytest.raises(ConfigError, match=f"overrides {hook}, but with automatic_optimization = False"):
         quiet().fit(module, loader(1))
@@ -360,7 +365,8 @@ def test_a_generator_step_with_an_overridden_optimizer_step_is_refused():
 def test_default_step_hooks_are_not_callback_hooks_nor_stubs():
     from statemachine_trainer import Callback
 
-    for name in ("backward", "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping"):
+    for name in ("backward", "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping",
+                 "lr_scheduler_step"):
         assert name not in HOOK_NAMES
         assert not hasattr(Callback, name)
         assert getattr(TrainingModule, name).__default_hook__

@@ -127,6 +127,18 @@ class TrainingEpochLoop(FetchingLoop):
         return number % run.val_check_batches == 0 or number == run.sources["train"].num_batches
 
     @property
+    def reached_end(self) -> bool:
+        """The epoch ran to its last batch, or a -1 from ``on_train_batch_start`` ended it (Lightning's
+        ``_num_ready_batches_reached``): not cut short by ``max_steps`` or a stop.
+
+        Epoch-interval schedulers step only then, as in Lightning.  Read from
+        saved fields, so a resumed run decides as the uninterrupted one.
+        """
+        progress = self.progress
+        return (progress.is_last_batch or self.batch_loop.fields.skipped
+                or progress.current.ready >= self.context.sources["train"].num_batches)
+
+    @property
     def global_step(self) -> int:
         return self.batch_loop.optimizer_steps
 

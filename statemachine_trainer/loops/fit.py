@@ -236,7 +236,8 @@ class FitLoop(TrainerLoop):
         run = self.context
         metrics = run.results.epoch_end("train")
         run.hooks.on_train_epoch_end()
-        run.step_schedulers("epoch")
+        if self.epoch_loop.reached_end:  # an epoch cut short by max_steps or a stop does not count (Lightning)
+            run.step_schedulers("epoch")
         run.log_metrics({**metrics, **run.results.take_pending()})
         self.progress.increment_completed()
 

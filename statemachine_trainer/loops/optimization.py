@@ -62,8 +62,9 @@ overridden ``optimizer_step`` are refused when the fit starts.
 ``training_step``; the step calls ``manual_backward`` and ``opt.step()``
 itself, and those calls fire the backward / optimizer-step hooks (an
 overridden ``backward`` included).  ``optimizer_step``,
-``optimizer_zero_grad`` and ``configure_gradient_clipping`` overrides would
-never be called there: refused when the fit starts.
+``optimizer_zero_grad``, ``configure_gradient_clipping`` and
+``lr_scheduler_step`` overrides would never be called there: refused when the
+fit starts.
 
 What every mode hands ``on_train_batch_end`` is Lightning's: a dict with the
 detached ``"loss"`` (and a dict output's other keys), ``{}`` for None.
@@ -420,7 +421,7 @@ class GeneratorLoop(OptimizerLoop):
 _EXHAUSTED = object()
 
 #: The module's step hooks only automatic optimization calls.
-_AUTOMATIC_ONLY = ("optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping")
+_AUTOMATIC_ONLY = ("optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "lr_scheduler_step")
 
 
 class ManualLoop(TrainerLoop):
@@ -437,9 +438,10 @@ class ManualLoop(TrainerLoop):
         ignored = [name for name in _AUTOMATIC_ONLY if run.hooks.overrides(name)]
         if ignored:
             raise ConfigError(f"{type(run.module).__name__} overrides {', '.join(ignored)}, but with "
-                              "automatic_optimization = False training_step steps the optimizers itself, so the "
-                              "Trainer never calls them. Do that work in training_step (opt.step(), opt.zero_grad(), "
-                              "self.clip_gradients(opt, ...)), or use automatic optimization.")
+                              "automatic_optimization = False training_step steps the optimizers (and schedulers) "
+                              "itself, so the Trainer never calls them. Do that work in training_step (opt.step(), "
+                              "opt.zero_grad(), self.clip_gradients(opt, ...), self.lr_schedulers().step()), or use "
+                              "automatic optimization.")
 
     def reset(self) -> None:
         self.progress.optimizer_position = 0
