@@ -264,8 +264,8 @@ class FitEntryLoop(EntryLoop):
 
         trainer, run, call = self._trainer, self.run_context, self.call
         resumed = call.checkpoint is not None
-        writes = trainer.config.save_on_exception or any(
-            isinstance(cb, ModelCheckpoint) and cb.enabled for cb in run.callbacks)
+        writes = trainer.config.save_on_exception or (not trainer.config.fast_dev_run and any(
+            isinstance(cb, ModelCheckpoint) and cb.enabled for cb in run.callbacks))  # fast_dev_run saves nothing
         run_id, error = None, None
         if trainer.strategy.is_rank_zero:
             run_id = (run_of(call.checkpoint) if resumed else None) or trainer.run_id or new_run_id()
