@@ -28,11 +28,13 @@ it.  Lightning's read-only names (``trainer.current_epoch``,
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import random
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,7 @@ class Trainer:
                                       self.config.sync_batchnorm, self.config.use_distributed_sampler)
         if not launched_rank_zero(self.strategy):  # loggers and the progress bar live on rank 0 only
             self.config = attrs.evolve(self.config, logger=False, enable_progress_bar=False)
+        self.strategy.root_device = self.device
         self.precision = Precision(precision, self.device)
         set_torch_flags(self.config)
         if self.config.seed is not None:  # now, so what is built after the Trainer (model, samplers) is seeded too
@@ -373,6 +376,38 @@ class Trainer:
     checkpoint_callbacks = _FromRun()
     estimated_stepping_batches = _FromRun()
     is_last_batch = _FromRun()
+    ckpt_path = _FromRun()
+    model = _FromRun()
+    training = _FromRun()
+    validating = _FromRun()
+    testing = _FromRun()
+    predicting = _FromRun()
+    interrupted = _FromRun()
+    num_val_batches = _FromRun()
+    num_test_batches = _FromRun()
+    num_predict_batches = _FromRun()
+    num_sanity_val_batches = _FromRun()
+    val_check_interval = _FromRun()
+    train_dataloader = _FromRun()
+    val_dataloaders = _FromRun()
+    test_dataloaders = _FromRun()
+    predict_dataloaders = _FromRun()
+    device_ids = _FromRun()
+    early_stopping_callback = _FromRun()
+    early_stopping_callbacks = _FromRun()
+
+    @contextlib.contextmanager
+    def init_module(self, empty_init: bool | None = None) -> Iterator[None]:
+        """Build the model inside it to create its tensors on this trainer's device, as Lightning's.
+
+        ``empty_init=True`` (skip the initialisation, for sharded strategies)
+        is refused: every strategy here needs initialised weights.
+        """
+        if empty_init:
+            raise ConfigError("trainer.init_module(empty_init=True) skips weight initialisation for sharded "
+                              "strategies, which this Trainer does not have; use trainer.init_module().")
+        with torch.device(self.device):
+            yield
 
     @property
     def should_stop(self) -> bool:
@@ -537,6 +572,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         self.device = self.strategy.setup(self.device)
+        self.strategy.root_device = self.device
         rank_zero_only.rank = self.strategy.rank  # ported @rank_zero_only code sees this process's rank
         if config.seed is not None:  # + rank: each rank draws its own dropout masks (its data shard differs anyway)
             seed_everything(config.seed + self.strategy.rank)
@@ -544,12 +580,14 @@ class Trainer:
         path = self._checkpoint_path(ckpt_path) if named_by_callback else None
         run = self.run = self._new_run(stage)
         run.module, run.datamodule = module, datamodule
+        run.ckpt_path = None if path is None else str(path)
         module.trainer = run
         if datamodule is not None:
             datamodule.trainer = run
         self.callbacks = run.callbacks = _lifecycle.merge_callbacks(self.callbacks, module)
         if ckpt_path is not None and not named_by_callback:
             path = self._checkpoint_path(ckpt_path)
+            run.ckpt_path = str(path)
         return run, path
 
     def _set_up(self, run: Run, path: Path | None) -> Any:
@@ -632,7 +670,7 @@ class Trainer:
         for logger in self.loggers:
             logger.save()
         root.teardown()
-        run.state = "idle"
+        run.end(interrupted=sys.exc_info()[0] is not None)  # called from a `finally`: is an exception under way?
 
 
 
