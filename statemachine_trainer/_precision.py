@@ -31,7 +31,7 @@ class Precision(str):
     """The ``precision`` flag's parts; the object is also Lightning's name for it (a ``str``: ``trainer.precision
     == "32-true"``, ``"bf16-mixed"``, ``"16-mixed"``), so ported code that reads or compares it keeps working."""
 
-    def __new__(cls, precision: str | int, device: torch.device) -> Precision:
+    def __new__(cls, precision: str | int, device: torch.device) -> Precision:  # noqa: PYI034
         name = _checked(precision, device)
         return super().__new__(cls, LIGHTNING_NAMES.get(name, name))
 

@@ -136,7 +136,7 @@ CALLBACK_ADVICE: dict[str, str] = {
 def refused_name(where: str, name: str, advice: dict[str, str]) -> UnsupportedError:
     """The error for importing ``where.<name>``, a Lightning name in ``advice`` we lack (raise it from a module's
     ``__getattr__``: not an AttributeError, which ``from x import name`` would turn into a bare ImportError)."""
-    return UnsupportedError(f"{where}.{name} is Lightning API that statemachine_trainer does not have: instead, "
+    return UnsupportedError(f"{where}.{name} is Lightning API that statemachine_trainer does not have: "
                             f"{advice[name]}.")
 
 

@@ -28,7 +28,7 @@ class TrainerState(str):
     _status: str
     _stage: Any  # () -> the stage now: the run's ``stage`` property, bound
 
-    def __new__(cls, value: str, fn: str | None, status: str, stage: Any) -> TrainerState:
+    def __new__(cls, value: str, fn: str | None, status: str, stage: Any) -> TrainerState:  # noqa: PYI034
         state = super().__new__(cls, value)
         state.fn, state._status, state._stage = fn, status, stage
         return state

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import random
 import sys
@@ -74,10 +75,23 @@ from .utilities import rank_zero_only
 __all__ = ["Trainer", "TrainerConfig", "seed_everything"]
 
 
-def seed_everything(seed: int) -> int:
-    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device) with ``seed``."""
+def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device) with ``seed``; return it.
+
+    Lightning's signature.  ``seed=None`` takes ``PL_GLOBAL_SEED`` from the
+    environment (Lightning's variable), else 0, with a warning.  ``workers``
+    is accepted for ported code: dataloader workers are always seeded here
+    (per batch, from the run's seed, see ``data/_seeding.py``), which is what
+    Lightning's ``workers=True`` asks for.  ``verbose`` logs the seed (the
+    ``statemachine_trainer`` logger, INFO).
+    """
+    if seed is None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        warnings.warn(f"seed_everything() was given no seed; seed set to {seed}.", stacklevel=2)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an int, got {seed!r}.")
+    if verbose:
+        logging.getLogger("statemachine_trainer").info("Seed set to %d", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
