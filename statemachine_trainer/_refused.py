@@ -19,7 +19,7 @@ from typing import Any
 
 from ._optim import ConfigError
 
-__all__ = ["ATTRIBUTE_ADVICE", "CALLBACK_ADVICE", "FLAG_ADVICE", "VALUE_ADVICE", "UnsupportedAttributeError",
+__all__ = ["ATTRIBUTE_ADVICE", "CALLBACK_ADVICE", "FLAG_ADVICE", "LOGGER_ADVICE", "STRATEGY_ADVICE", "VALUE_ADVICE", "UnsupportedAttributeError",
            "UnsupportedError", "missing_attribute", "refuse_flags", "refused_name", "value_advice"]
 
 
@@ -103,7 +103,6 @@ ATTRIBUTE_ADVICE: dict[str, str] = {
     "tuner": "there is no tuner; set the learning rate and batch size yourself",
     "accelerator": "trainer.device (a torch.device)",
     "received_sigterm": "SIGTERM writes a checkpoint and exits with PREEMPTED_EXIT_CODE; nothing to poll",
-    "progress_bar_callback": "trainer.callback(ProgressBar)",
     "accumulation_scheduler": "accumulate_grad_batches (an int)",
     "scaler": "trainer.precision.scaler (a torch.amp.GradScaler under precision='16-mixed', else None)",
     "barebones": "the flags it sets: enable_checkpointing, enable_progress_bar, enable_model_summary, logger",
@@ -130,6 +129,25 @@ CALLBACK_ADVICE: dict[str, str] = {
     "WeightAveraging": "use torch.optim.swa_utils.AveragedModel in your module's hooks",
     "EMAWeightAveraging": "use torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn in your module's hooks",
     "RichModelSummary": "use ModelSummary(max_depth=...)",
+}
+
+
+#: Lightning logger (``lightning.pytorch.loggers.<name>``) -> what to do instead here.
+LOGGER_ADVICE: dict[str, str] = {
+    name: f"use CSVLogger or TensorBoardLogger, or write a Logger subclass (log_metrics, log_hyperparams) that sends "
+          f"to {service}"
+    for name, service in (("WandbLogger", "Weights & Biases (wandb.log)"), ("MLFlowLogger", "MLflow (mlflow.log_metrics)"),
+                          ("CometLogger", "Comet"), ("NeptuneLogger", "Neptune"))
+}
+
+#: ``lightning.pytorch.strategies.<name>`` -> what to pass instead.
+STRATEGY_ADVICE: dict[str, str] = {
+    "DDPStrategy": "pass Trainer(strategy='ddp'); several backwards per step already find unused parameters, and "
+                   "DDP's other settings are not configurable here",
+    "FSDPStrategy": "FSDP is not supported by the Trainer; use strategy='ddp'",
+    "DeepSpeedStrategy": "DeepSpeed is not supported; use strategy='ddp'",
+    "SingleDeviceStrategy": "leave strategy='auto' (one process) and pick the device with accelerator=",
+    "ModelParallelStrategy": "tensor parallelism is not supported; use strategy='ddp'",
 }
 
 

@@ -323,6 +323,12 @@ class Run:
         return found[0] if found else None
 
     @property
+    def progress_bar_callback(self) -> Any:
+        """The progress bar callback, or None (found by its ``refresh_rate`` and ``print``: no upward import)."""
+        return next((cb for cb in self.callbacks if hasattr(cb, "refresh_rate") and callable(getattr(cb, "print", None))),
+                    None)
+
+    @property
     def is_global_zero(self) -> bool:
         """Whether this process is rank 0 (always, without strategy="ddp"): the one that logs and prints."""
         return self.strategy.is_rank_zero

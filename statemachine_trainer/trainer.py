@@ -409,6 +409,7 @@ class Trainer:
     device_ids = _FromRun()
     early_stopping_callback = _FromRun()
     early_stopping_callbacks = _FromRun()
+    progress_bar_callback = _FromRun()
 
     @contextlib.contextmanager
     def init_module(self, empty_init: bool | None = None) -> Iterator[None]:

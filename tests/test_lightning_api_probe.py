@@ -137,6 +137,7 @@ ROWS: tuple[Row, ...] = (
     works("trainer.save_checkpoint(path)", AFTER,
           lambda c: (c.trainer.save_checkpoint(c.tmp / "manual.ckpt"), (c.tmp / "manual.ckpt").exists())[1], True),
     works("trainer.init_module()", AFTER, lambda c: _in_init_module(c), "cpu"),
+    works("trainer.progress_bar_callback", AFTER, lambda c: c.trainer.progress_bar_callback, None),
     refused("trainer.accelerator", AFTER, lambda c: c.trainer.accelerator),
     refused("trainer.received_sigterm", AFTER, lambda c: c.trainer.received_sigterm),
     # Trainer, inside hooks
@@ -241,6 +242,15 @@ ROWS: tuple[Row, ...] = (
     works("ModelSummary(max_depth=2)", FRESH, lambda c: is_("Callback")(c.pl.callbacks.ModelSummary(max_depth=2)), True),
     works("Timer(duration='00:12:00:00')", FRESH,
           lambda c: c.pl.callbacks.Timer(duration="00:12:00:00").time_remaining(), 43200.0),
+    works("Timer.time_elapsed('train') / time_remaining('train')", FRESH,
+          lambda c: (c.pl.callbacks.Timer(duration="00:00:01:00").time_elapsed("train"),
+                     c.pl.callbacks.Timer(duration="00:00:01:00").time_remaining("train")), (0.0, 60.0)),
+    works("from lightning.pytorch.callbacks.model_checkpoint import ModelCheckpoint", FRESH,
+          lambda c: importlib.import_module(f"{c.pl.__name__}.callbacks.model_checkpoint").ModelCheckpoint.__name__,
+          "ModelCheckpoint"),
+    works("from lightning.pytorch.callbacks.progress import TQDMProgressBar", FRESH,
+          lambda c: importlib.import_module(f"{c.pl.__name__}.callbacks.progress").TQDMProgressBar.__name__,
+          "TQDMProgressBar"),
     works("LambdaCallback(on_train_start=fn)", FRESH,
           lambda c: callable(c.pl.callbacks.LambdaCallback(on_train_start=lambda trainer, module: None).on_train_start),
           True),
@@ -255,6 +265,10 @@ ROWS: tuple[Row, ...] = (
     refused("from lightning.pytorch.tuner import Tuner", FRESH,
             lambda c: importlib.import_module(f"{c.pl.__name__}.tuner").Tuner, name="Tuner"),
     # Loggers
+    refused("WandbLogger", FRESH, lambda c: c.pl.loggers.WandbLogger),
+    refused("MLFlowLogger", FRESH, lambda c: c.pl.loggers.MLFlowLogger),
+    refused("from lightning.pytorch.strategies import DDPStrategy", FRESH,
+            lambda c: importlib.import_module(f"{c.pl.__name__}.strategies").DDPStrategy, name="DDPStrategy"),
     works("CSVLogger.log_hyperparams / log_metrics / save", FRESH, lambda c: _use_logger(c.pl.loggers.CSVLogger, c),
           ("probe_csv", 0, "probe_csv/version_0")),
     works("CSVLogger.experiment.log_metrics", FRESH,
@@ -283,6 +297,14 @@ ROWS: tuple[Row, ...] = (
     works("datamodule.hparams / save_hyperparameters", AFTER, lambda c: dict(c.dm.hparams), {"batch_size": 4}),
     works("datamodule.state_dict()", AFTER, lambda c: c.dm.state_dict(), {}),
     works("datamodule.trainer", AFTER, lambda c: c.dm.trainer.current_epoch, 2),
+    # Last (they start new runs of the fitted trainer): the other entry points
+    works("trainer.validate(model, datamodule=dm)", AFTER,
+          lambda c: [sorted(d) for d in c.trainer.validate(c.module, datamodule=c.dm, verbose=False)], [["val_loss"]]),
+    works("trainer.state.fn (after validate)", AFTER, lambda c: (c.trainer.state.fn, c.trainer.state.status),
+          ("validate", "finished")),
+    works("trainer.predict(model, dataloaders)", AFTER,
+          lambda c: [p.shape for p in c.trainer.predict(c.module, DataLoader(_points(8).tensors[0], batch_size=4))],
+          [torch.Size([4, 2])] * 2),
 )
 
 
@@ -345,6 +367,16 @@ def _run_rows(ctx: Context, where: str, outcomes: dict[str, Any]) -> None:
                 outcomes[row.call] = ("raised", error)
 
 
+def _in_hook(ctx: Context, trainer: Any, module: Any, where: str, outcomes: dict[str, Any]) -> None:
+    """Run ``where``'s rows with the hook's trainer and module, then give the context back its own."""
+    saved = ctx.trainer, ctx.module
+    ctx.trainer, ctx.module = trainer, module
+    try:
+        _run_rows(ctx, where, outcomes)
+    finally:
+        ctx.trainer, ctx.module = saved
+
+
 def _in_init_module(ctx: Context) -> str:
     with ctx.trainer.init_module():
         layer = nn.Linear(2, 2)
@@ -395,13 +427,11 @@ def _classes(lib: Lib, outcomes: dict[str, Any], ctx: Context) -> tuple[type, ty
     class Recorder(lib.pl.callbacks.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.current_epoch == 1 and batch_idx == 1:
-                ctx.trainer, ctx.module = trainer, pl_module
-                _run_rows(ctx, TRAIN, outcomes)
+                _in_hook(ctx, trainer, pl_module, TRAIN, outcomes)
 
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
             if batch_idx == 0:
-                ctx.trainer, ctx.module = trainer, pl_module
-                _run_rows(ctx, SANITY if trainer.sanity_checking else VAL, outcomes)
+                _in_hook(ctx, trainer, pl_module, SANITY if trainer.sanity_checking else VAL, outcomes)
 
     return PointsData, Net, Recorder
 
@@ -525,5 +555,13 @@ def test_the_row_is_lightnings(row: Row, lightnings: dict[str, Any]) -> None:
 def test_the_probe_covers_about_eighty_calls() -> None:
     assert len(ROWS) >= 80 and len({row.call for row in ROWS}) == len(ROWS)
     assert {row.where for row in ROWS} == {AFTER, TRAIN, VAL, SANITY, MANUAL, FRESH}
+
+
+def test_the_readme_counts_the_probe() -> None:
+    text = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    refused_rows = sum(row.expect is REFUSED for row in ROWS)
+    assert f"a table of {len(ROWS)} Lightning 2 calls" in text
+    assert f"{len(ROWS) - refused_rows} work and return what Lightning 2.6.6 returns" in text
+    assert f"{refused_rows} are refused by our own error" in text
 
 
