@@ -108,6 +108,9 @@ ATTRIBUTE_ADVICE: dict[str, str] = {
     "barebones": "the flags it sets: enable_checkpointing, enable_progress_bar, enable_model_summary, logger",
     "ckpt_connector": "fit(ckpt_path=...) and trainer.save_checkpoint(path)",
     "lr_find": "there is no tuner; pick the learning rate in configure_optimizers (e.g. from a sweep)",
+    "precision_plugin": "trainer.precision (its autocast() and scaler)",
+    "distributed_sampler_kwargs": "the sharding is the strategy's: trainer.world_size and trainer.global_rank",
+    "enable_validation": "whether validation runs follows from the data: trainer.num_val_batches",
 }
 
 #: Lightning callback (``lightning.pytorch.callbacks.<name>``) -> what to do instead here.

@@ -194,6 +194,11 @@ class Run:
         return self.stage == "predict"
 
     @property
+    def evaluating(self) -> bool:
+        """Validating or testing (Lightning's ``trainer.evaluating``)."""
+        return self.stage in ("validate", "test")
+
+    @property
     def interrupted(self) -> bool:
         """Whether the latest run ended by raising (Lightning: its status is "interrupted")."""
         return self._state.status == "interrupted"

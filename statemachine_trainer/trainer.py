@@ -33,7 +33,6 @@ import inspect
 import logging
 import os
 import random
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -244,8 +243,10 @@ class Trainer:
                 for logger in self.loggers:  # after a restore: a resumed run logs into the run's own version
                     logger.log_hyperparams(hparams)
                 self.fit_loop.run()
-        finally:
-            self._finish(run, self.fit_loop)
+        except BaseException as failure:  # KeyboardInterrupt and preemption too: on_exception, then re-raised
+            self._finish(run, self.fit_loop, failure)
+            raise
+        self._finish(run, self.fit_loop)
 
     def validate(self, model: TrainingModule | None = None, dataloaders: Any = None,
                  ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True,
@@ -337,9 +338,12 @@ class Trainer:
             self._assemble(run, None)
             if saved is not None:
                 self._restore(saved, whole_run=False)
-            return root.run()
-        finally:
-            self._finish(run, root)
+            result = root.run()
+        except BaseException as failure:  # KeyboardInterrupt and preemption too: on_exception, then re-raised
+            self._finish(run, root, failure)
+            raise
+        self._finish(run, root)
+        return result
 
     def _model_for(self, stage: str, model: TrainingModule | None,
                    ckpt_path: str | os.PathLike[str] | None) -> tuple[TrainingModule, Any]:
@@ -396,6 +400,7 @@ class Trainer:
     validating = _FromRun()
     testing = _FromRun()
     predicting = _FromRun()
+    evaluating = _FromRun()
     interrupted = _FromRun()
     num_val_batches = _FromRun()
     num_test_batches = _FromRun()
@@ -410,6 +415,10 @@ class Trainer:
     early_stopping_callback = _FromRun()
     early_stopping_callbacks = _FromRun()
     progress_bar_callback = _FromRun()
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0, above a progress bar that is drawing (Lightning's ``trainer.print``)."""
+        self.run.print(*args, **kwargs)
 
     @contextlib.contextmanager
     def init_module(self, empty_init: bool | None = None) -> Iterator[None]:
@@ -679,13 +688,16 @@ class Trainer:
                 node.on_attach()
         self._modes.enter(run, root)
 
-    def _finish(self, run: Run, root: Loop) -> None:
+    def _finish(self, run: Run, root: Loop, failure: BaseException | None = None) -> None:
+        """End the run: ``on_exception`` when it raised (``failure``), ``teardown``, the loggers."""
         self._modes.exit(run, root)
+        if failure is not None:
+            _lifecycle.on_exception(run, failure)
         _lifecycle.teardown(run, run.state)
         for logger in self.loggers:
             logger.save()
         root.teardown()
-        run.end(interrupted=sys.exc_info()[0] is not None)  # called from a `finally`: is an exception under way?
+        run.end(interrupted=failure is not None)
 
 
 

@@ -137,6 +137,7 @@ ROWS: tuple[Row, ...] = (
     works("trainer.save_checkpoint(path)", AFTER,
           lambda c: (c.trainer.save_checkpoint(c.tmp / "manual.ckpt"), (c.tmp / "manual.ckpt").exists())[1], True),
     works("trainer.init_module()", AFTER, lambda c: _in_init_module(c), "cpu"),
+    works("trainer.print(...)", AFTER, lambda c: c.trainer.print("probe"), None),
     works("trainer.progress_bar_callback", AFTER, lambda c: c.trainer.progress_bar_callback, None),
     refused("trainer.accelerator", AFTER, lambda c: c.trainer.accelerator),
     refused("trainer.received_sigterm", AFTER, lambda c: c.trainer.received_sigterm),
@@ -157,6 +158,7 @@ ROWS: tuple[Row, ...] = (
     works("trainer.validating (in on_validation_batch_end)", VAL, lambda c: c.trainer.validating, True),
     works("trainer.training (in on_validation_batch_end)", VAL, lambda c: c.trainer.training, False),
     works("trainer.state.stage (in on_validation_batch_end)", VAL, lambda c: c.trainer.state.stage, "validate"),
+    works("trainer.evaluating (in on_validation_batch_end)", VAL, lambda c: c.trainer.evaluating, True),
     works("trainer.sanity_checking (in the sanity check)", SANITY, lambda c: c.trainer.sanity_checking, True),
     works("trainer.state.stage (in the sanity check)", SANITY, lambda c: c.trainer.state.stage, "sanity_check"),
     works("trainer.num_sanity_val_batches (in the sanity check)", SANITY,
@@ -251,6 +253,8 @@ ROWS: tuple[Row, ...] = (
     works("from lightning.pytorch.callbacks.progress import TQDMProgressBar", FRESH,
           lambda c: importlib.import_module(f"{c.pl.__name__}.callbacks.progress").TQDMProgressBar.__name__,
           "TQDMProgressBar"),
+    works("Callback.on_exception / trainer.interrupted (a fit that raises)", FRESH, lambda c: _failing_fit(c),
+          (["ValueError"], True, "interrupted")),
     works("LambdaCallback(on_train_start=fn)", FRESH,
           lambda c: callable(c.pl.callbacks.LambdaCallback(on_train_start=lambda trainer, module: None).on_train_start),
           True),
@@ -296,6 +300,10 @@ ROWS: tuple[Row, ...] = (
           4),
     works("datamodule.hparams / save_hyperparameters", AFTER, lambda c: dict(c.dm.hparams), {"batch_size": 4}),
     works("datamodule.state_dict()", AFTER, lambda c: c.dm.state_dict(), {}),
+    works("datamodule.hparams_initial", AFTER, lambda c: dict(c.dm.hparams_initial), {"batch_size": 4}),
+    refused("LightningDataModule.transfer_batch_to_device (defined on a data module)", FRESH,
+            lambda c: type("Moving", (c.DataModule,), {"transfer_batch_to_device": lambda self, b, d, i: b}),
+            name="transfer_batch_to_device"),
     works("datamodule.trainer", AFTER, lambda c: c.dm.trainer.current_epoch, 2),
     # Last (they start new runs of the fitted trainer): the other entry points
     works("trainer.validate(model, datamodule=dm)", AFTER,
@@ -381,6 +389,31 @@ def _in_init_module(ctx: Context) -> str:
     with ctx.trainer.init_module():
         layer = nn.Linear(2, 2)
     return layer.weight.device.type
+
+
+def _failing_fit(ctx: Context) -> tuple[list[str], bool, str]:
+    """A fit whose training_step raises: what on_exception saw, then trainer.interrupted and state.status."""
+    seen: list[str] = []
+
+    class Boom(ctx.lib.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 2)
+
+        def training_step(self, batch, batch_idx):
+            raise ValueError("boom")
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    record = ctx.pl.callbacks.LambdaCallback(on_exception=lambda trainer, module, error: seen.append(
+        type(error).__name__))
+    flags = {**_flags(ctx.lib, ctx.tmp / "boom"), "logger": False, "enable_checkpointing": False,
+             "num_sanity_val_steps": 0}
+    trainer = ctx.pl.Trainer(callbacks=[record], **flags)
+    with pytest.raises(ValueError, match="boom"):
+        trainer.fit(Boom(), DataLoader(_points(8), batch_size=4))
+    return seen, trainer.interrupted, trainer.state.status
 
 
 def _use_logger(cls: type, ctx: Context) -> tuple[str, Any, str]:
@@ -515,7 +548,7 @@ def _passes(row: Row, value: Any) -> bool:
 
 
 #: A refusal says what to do: one of these (the advice tables' verbs) must be in its message.
-_FIX_WORDS = ("use ", "pass ", "call ", "set ", "read ", "log ", "export with", "freeze ", "instead", "there is no")
+_FIX_WORDS = ("use ", "pass ", "call ", "set ", "read ", "log ", "export with", "freeze ", "move ", "instead", "there is no")
 
 
 def _describe(outcome: Any) -> str:
