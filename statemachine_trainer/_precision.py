@@ -43,6 +43,10 @@ class Precision(str):
         self._dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
         self._unscaled: set[int] = set()
 
+    def __getnewargs__(self) -> tuple[str, torch.device]:  # type: ignore[override]
+        # copy and pickle rebuild it through __new__, which needs the flag and the device
+        return self.precision, self.device
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self._dtype is None:
             return _NO_AUTOCAST

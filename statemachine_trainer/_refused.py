@@ -176,10 +176,10 @@ def refuse_flags(unknown: dict[str, Any], known: Iterable[str]) -> None:
 def missing_attribute(owner: str, name: str, known: Iterable[str]) -> AttributeError:
     """The error for ``trainer.<name>`` that does not exist: Lightning's replacement, or did-you-mean."""
     if name in ATTRIBUTE_ADVICE:
-        return UnsupportedAttributeError(f"{owner}.{name} is a Lightning Trainer attribute this Trainer does not "
+        return UnsupportedAttributeError(f"trainer.{name} is a Lightning Trainer attribute this Trainer does not "
                                          f"have; use {ATTRIBUTE_ADVICE[name]}.")
     if name in FLAG_ADVICE:
-        return UnsupportedAttributeError(f"{owner}.{name} is a Lightning flag this Trainer does not have: "
+        return UnsupportedAttributeError(f"trainer.{name} is a Lightning flag this Trainer does not have: "
                                          f"{FLAG_ADVICE[name]}.")
     close = difflib.get_close_matches(name, [k for k in known if not k.startswith("_")], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""

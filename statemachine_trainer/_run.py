@@ -161,8 +161,7 @@ class Run:
 
     def end(self, interrupted: bool) -> None:
         """The run is over: ``state`` becomes "idle", its status "finished" (or "interrupted": it raised)."""
-        self._state = TrainerState("idle", self._state.fn, "interrupted" if interrupted else "finished",
-                                   self._state._stage)
+        self._state = self._state.ended(interrupted)
 
     @property
     def stage(self) -> str | None:

@@ -33,6 +33,14 @@ class TrainerState(str):
         state.fn, state._status, state._stage = fn, status, stage
         return state
 
+    def __getnewargs__(self) -> tuple[str, str | None, str, Any]:  # type: ignore[override]
+        # copy and pickle rebuild it through __new__
+        return str(self), self.fn, self._status, self._stage
+
+    def ended(self, interrupted: bool) -> TrainerState:
+        """This state once its run is over: "idle", status "finished" (or "interrupted": it raised), ``fn`` kept."""
+        return TrainerState("idle", self.fn, "interrupted" if interrupted else "finished", self._stage)
+
     @property
     def status(self) -> str:
         return self._status
