@@ -104,6 +104,7 @@ class EntryLoop(Loop):
         self.name = stage
         self._trainer = trainer  # private: not a sub-loop; the tree is ``children()``
         self._call: EntryCall | None = None
+        self._failure: BaseException | None = None  # what escaped this call's rows, for on_exception
 
     def children(self) -> dict[str, Loop]:
         """The stage's tree, read from the Trainer now (``trainer.fit_loop = MyLoop()`` swaps it)."""
@@ -129,12 +130,13 @@ class EntryLoop(Loop):
         self._call = call
         try:
             super().run()
-        except BaseException:
+        except BaseException as failure:  # KeyboardInterrupt and preemption too: on_exception, then re-raised
             if self.state in _TEAR_DOWN_ON_FAILURE:
+                self._failure = failure
                 self.teardown()
             raise
         finally:
-            self._call = None
+            self._call = self._failure = None
         return call.result
 
     def _recover(self, call: EntryCall) -> None:
@@ -169,6 +171,7 @@ class EntryLoop(Loop):
         call = self.call
         if call.ckpt_path is not None and call.checkpoint is None:
             call.checkpoint = self._trainer._checkpoint_path(call.ckpt_path)
+            self.run_context.ckpt_path = str(call.checkpoint)
 
     # -- CONFIGURED -> PREPARED -> SET_UP ------------------------------------------------------
     def prepare_data(self) -> None:
@@ -232,16 +235,18 @@ class EntryLoop(Loop):
         self.call.result = self.tree.run()
 
     def teardown(self) -> None:
-        """The user's ``teardown(stage)`` hooks (also after a failure); then the run's resources are released."""
-        trainer, run = self._trainer, self.run_context
+        """``on_exception`` after a failure, the user's ``teardown(stage)`` hooks; then the run's resources released."""
+        trainer, run, failure = self._trainer, self.run_context, self._failure
         trainer._modes.exit(run, self.tree)
         try:
+            if failure is not None:
+                _lifecycle.on_exception(run, failure)
             _lifecycle.teardown(run, self.stage)
         finally:
             for logger in trainer.loggers:
                 logger.save()
             self.tree.teardown()
-            run.state = "idle"
+            run.end(interrupted=failure is not None)
 
 
 class FitEntryLoop(EntryLoop):

@@ -63,7 +63,7 @@ def is_default_hook(fn: Any) -> bool:
 class Hook:
     name: str
     params: tuple[str, ...]  # after (trainer, module) for a callback, after self for the module
-    stage: str  # fit, train, validate, test, predict, sanity, optimizer, setup, checkpoint, data (every stage)
+    stage: str  # fit, train, validate, test, predict, sanity, optimizer, setup, checkpoint, exception, data
     doc: str
     per_batch: bool = False  # fired once per batch: self.log inside it defaults to on_step in training
     relayed: bool = True  # fired by a loop transition through the relay
@@ -163,6 +163,9 @@ HOOKS: tuple[Hook, ...] = (
     _h("on_save_checkpoint", "checkpoint", "checkpoint", "Add JSON-able entries to checkpoint['extra'] data.",
        relayed=False),
     _h("on_load_checkpoint", "checkpoint", "checkpoint", "Receive what on_save_checkpoint added.", relayed=False),
+    _h("on_exception", "exception", "exception", "The run raised (KeyboardInterrupt and preemption included): "
+       "callbacks, then the data module, before teardown; the exception still propagates.",
+       owners="callback datamodule", relayed=False),
 )
 
 HOOK_NAMES: tuple[str, ...] = tuple(h.name for h in HOOKS if h.relayed)

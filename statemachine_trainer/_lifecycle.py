@@ -8,11 +8,13 @@ data module (when one is given), the callbacks and the module::
     setup(stage)                   data module, then callbacks, then module
     configure_model()              module, with its new tensors created on the run's device
     ... dataloaders, configure_optimizers, the loop tree runs ...
+    on_exception(exception)        callbacks, then data module; only when the run raised
     teardown(stage)                data module, then callbacks, then module; also after a failure
 
 Each is called from the row hook of the same name of the entry point's
 :class:`~statemachine_trainer._entry.EntryLoop` (so the lifecycle is a table,
-drawn around the loop tree); they are declared in
+drawn around the loop tree; ``on_exception`` from the ``teardown`` row, when
+a row raised); they are declared in
 :data:`~statemachine_trainer._hook_spec.HOOKS` with ``relayed=False`` like
 the checkpoint hooks, since they run once per entry point, outside the tree
 whose state a checkpoint holds.
@@ -30,7 +32,7 @@ from ._optim import ConfigError
 if TYPE_CHECKING:
     from ._run import Run
 
-__all__ = ["configure_model", "merge_callbacks", "prepare_data", "setup", "teardown"]
+__all__ = ["configure_model", "merge_callbacks", "on_exception", "prepare_data", "setup", "teardown"]
 
 
 def merge_callbacks(callbacks: list[Any], module: Any) -> list[Any]:
@@ -80,6 +82,14 @@ def configure_model(run: Run) -> None:
     if not _is_stub(run.module, "configure_model"):
         with torch.device(run.device):
             run.module.configure_model()
+
+
+def on_exception(run: Run, exception: BaseException) -> None:
+    """The run raised: ``on_exception(exception)`` on the callbacks, then the data module (Lightning's order)."""
+    for callback in run.callbacks:
+        callback.on_exception(run, run.module, exception)
+    if run.datamodule is not None:
+        run.datamodule.on_exception(exception)
 
 
 def teardown(run: Run, stage: str) -> None:

@@ -22,25 +22,30 @@ __all__ = ["PRECISIONS", "Precision"]
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 #: Lightning's other spellings of the same three (``precision=16`` is ``"16-mixed"`` there too).
 ALIASES = {"32-true": "32", "16": "16-mixed", "bf16": "bf16-mixed"}
+#: Ours -> Lightning 2's name (what ``trainer.precision`` reads as).
+LIGHTNING_NAMES = {"32": "32-true"}
 _NO_AUTOCAST = contextlib.nullcontext()  # reusable and stateless: one for every full-precision step
 
 
-class Precision:
+class Precision(str):
+    """The ``precision`` flag's parts; the object is also Lightning's name for it (a ``str``: ``trainer.precision
+    == "32-true"``, ``"bf16-mixed"``, ``"16-mixed"``), so ported code that reads or compares it keeps working."""
+
+    def __new__(cls, precision: str | int, device: torch.device) -> Precision:  # noqa: PYI034
+        name = _checked(precision, device)
+        return super().__new__(cls, LIGHTNING_NAMES.get(name, name))
+
     def __init__(self, precision: str | int, device: torch.device) -> None:
-        given = precision
-        precision = str(precision)
-        precision = ALIASES.get(precision, precision)
-        if isinstance(given, bool) or precision not in PRECISIONS:
-            raise ConfigError(f"precision={given!r} is not supported; use one of {', '.join(PRECISIONS)} (or "
-                              f"Lightning's aliases {', '.join(map(repr, ALIASES))}, 16 and 32).")
-        if precision == "16-mixed" and device.type != "cuda":
-            raise ConfigError("precision='16-mixed' needs a CUDA device (float16 autocast with a GradScaler); on CPU "
-                              "use precision='bf16-mixed' or '32'.")
-        self.precision = precision
+        precision = _checked(precision, device)
+        self.precision = precision  # our name: one of PRECISIONS
         self.device = device
         self.scaler = torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
         self._dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
         self._unscaled: set[int] = set()
+
+    def __getnewargs__(self) -> tuple[str, torch.device]:  # type: ignore[override]
+        # copy and pickle rebuild it through __new__, which needs the flag and the device
+        return self.precision, self.device
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self._dtype is None:
@@ -78,3 +83,15 @@ class Precision:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+def _checked(precision: str | int, device: torch.device) -> str:
+    """``precision`` as one of :data:`PRECISIONS` (Lightning's aliases resolved), or ConfigError."""
+    name = ALIASES.get(str(precision), str(precision))
+    if isinstance(precision, bool) or name not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r} is not supported; use one of {', '.join(PRECISIONS)} (or "
+                          f"Lightning's aliases {', '.join(map(repr, ALIASES))}, 16 and 32).")
+    if name == "16-mixed" and device.type != "cuda":
+        raise ConfigError("precision='16-mixed' needs a CUDA device (float16 autocast with a GradScaler); on CPU "
+                          "use precision='bf16-mixed' or '32'.")
+    return name

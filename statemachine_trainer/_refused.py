@@ -1,9 +1,14 @@
-"""Lightning's Trainer flags and attributes this Trainer does not have, each with what to use instead.
+"""Lightning's names this library does not have -- Trainer flags and attributes, callbacks -- each with what to use.
 
-A ported script that passes one of them gets a :class:`ConfigError` naming
-the flag and the replacement, never a bare ``TypeError``; a name that is not
-Lightning's either gets a did-you-mean error.  The advice is data (two
-tables), so the README's flag table and the errors say the same thing.
+A ported script that passes one of those flags gets a :class:`ConfigError`
+naming the flag and the replacement, never a bare ``TypeError``; one that
+reads such an attribute gets an :class:`UnsupportedAttributeError` (still an
+``AttributeError``, so ``getattr(trainer, name, default)`` keeps working)
+with the replacement; one that imports such a callback gets an
+:class:`UnsupportedError`.  A name that is not Lightning's either gets a
+did-you-mean error.  The advice is data (these tables), so the README and
+the errors say the same thing, and ``tests/test_lightning_api_probe.py``
+checks a table of Lightning calls against it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,17 @@ from typing import Any
 
 from ._optim import ConfigError
 
-__all__ = ["ATTRIBUTE_ADVICE", "FLAG_ADVICE", "VALUE_ADVICE", "missing_attribute", "refuse_flags", "value_advice"]
+__all__ = ["ATTRIBUTE_ADVICE", "CALLBACK_ADVICE", "FLAG_ADVICE", "LOGGER_ADVICE", "STRATEGY_ADVICE", "VALUE_ADVICE", "UnsupportedAttributeError",
+           "UnsupportedError", "missing_attribute", "refuse_flags", "refused_name", "value_advice"]
+
+
+class UnsupportedError(NotImplementedError):
+    """A Lightning API this library does not have; the message says what to use instead."""
+
+
+class UnsupportedAttributeError(UnsupportedError, AttributeError):
+    """Reading a Lightning attribute this library does not have: also an ``AttributeError``, so ``hasattr`` and
+    ``getattr(obj, name, default)`` see it as missing; the message says what to read instead."""
 
 #: Trainer flag (Lightning 1.x or 2.x) -> what to do instead here.
 FLAG_ADVICE: dict[str, str] = {
@@ -87,25 +102,63 @@ def value_advice(flag: str, value: Any) -> str:
 ATTRIBUTE_ADVICE: dict[str, str] = {
     "tuner": "there is no tuner; set the learning rate and batch size yourself",
     "accelerator": "trainer.device (a torch.device)",
-    "model": "trainer.module (DDP's wrapper is trainer.strategy.ddp)",
-    "interrupted": "catch KeyboardInterrupt around trainer.fit; preemption exits with PREEMPTED_EXIT_CODE",
-    "received_sigterm": "SIGTERM writes a checkpoint and exits with PREEMPTED_EXIT_CODE",
-    "ckpt_path": "the path you passed to fit(ckpt_path=...)",
-    "num_val_batches": "trainer.sources['validate'].num_batches inside a run (trainer.run.sources from outside)",
-    "num_test_batches": "trainer.sources['test'].num_batches inside a run (trainer.run.sources from outside)",
-    "num_predict_batches": "trainer.sources['predict'].num_batches inside a run (trainer.run.sources from outside)",
-    "num_sanity_val_batches": "trainer.num_sanity_val_steps",
-    "training": "trainer.state == 'fit'",
-    "validating": "trainer.state == 'validate'",
-    "testing": "trainer.state == 'test'",
-    "predicting": "trainer.state == 'predict'",
-    "early_stopping_callback": "trainer.callback(EarlyStopping)",
-    "early_stopping_callbacks": "[cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)]",
-    "checkpoint_callbacks": "[cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]",
-    "progress_bar_callback": "trainer.callback(ProgressBar)",
+    "received_sigterm": "SIGTERM writes a checkpoint and exits with PREEMPTED_EXIT_CODE; nothing to poll",
     "accumulation_scheduler": "accumulate_grad_batches (an int)",
-    "scaler": "trainer.precision",
+    "scaler": "trainer.precision.scaler (a torch.amp.GradScaler under precision='16-mixed', else None)",
+    "barebones": "the flags it sets: enable_checkpointing, enable_progress_bar, enable_model_summary, logger",
+    "ckpt_connector": "fit(ckpt_path=...) and trainer.save_checkpoint(path)",
+    "lr_find": "there is no tuner; pick the learning rate in configure_optimizers (e.g. from a sweep)",
+    "precision_plugin": "trainer.precision (its autocast() and scaler)",
+    "distributed_sampler_kwargs": "the sharding is the strategy's: trainer.world_size and trainer.global_rank",
+    "enable_validation": "whether validation runs follows from the data: trainer.num_val_batches",
 }
+
+#: Lightning callback (``lightning.pytorch.callbacks.<name>``) -> what to do instead here.
+CALLBACK_ADVICE: dict[str, str] = {
+    "GradientAccumulationScheduler": "a schedule is not supported; use Trainer(accumulate_grad_batches=N)",
+    "StochasticWeightAveraging": "SWA is not built in; use torch.optim.swa_utils (AveragedModel, SWALR) in your "
+                                 "module's hooks",
+    "BackboneFinetuning": "freeze the backbone yourself (module.freeze() on it, or requires_grad_(False)) and "
+                          "unfreeze it in on_train_epoch_start, adding its parameters to the optimizer",
+    "BaseFinetuning": "freeze and unfreeze layers yourself in on_train_epoch_start (requires_grad_)",
+    "LearningRateFinder": "there is no tuner; pick the learning rate in configure_optimizers (e.g. from a sweep)",
+    "BatchSizeFinder": "there is no tuner; set the DataLoader's batch_size yourself",
+    "DeviceStatsMonitor": "log torch.cuda.memory_allocated() and friends yourself with self.log",
+    "ModelPruning": "prune with torch.nn.utils.prune in your module's hooks",
+    "OnExceptionCheckpoint": "every ModelCheckpoint save is atomic, and SIGTERM writes a checkpoint; resume with "
+                             "fit(ckpt_path='latest')",
+    "SpikeDetection": "check the loss yourself in on_train_batch_end",
+    "ThroughputMonitor": "time the steps yourself (e.g. time.perf_counter in on_train_batch_start/end)",
+    "WeightAveraging": "use torch.optim.swa_utils.AveragedModel in your module's hooks",
+    "EMAWeightAveraging": "use torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn in your module's hooks",
+    "RichModelSummary": "use ModelSummary(max_depth=...)",
+}
+
+
+#: Lightning logger (``lightning.pytorch.loggers.<name>``) -> what to do instead here.
+LOGGER_ADVICE: dict[str, str] = {
+    name: f"use CSVLogger or TensorBoardLogger, or write a Logger subclass (log_metrics, log_hyperparams) that sends "
+          f"to {service}"
+    for name, service in (("WandbLogger", "Weights & Biases (wandb.log)"), ("MLFlowLogger", "MLflow (mlflow.log_metrics)"),
+                          ("CometLogger", "Comet"), ("NeptuneLogger", "Neptune"))
+}
+
+#: ``lightning.pytorch.strategies.<name>`` -> what to pass instead.
+STRATEGY_ADVICE: dict[str, str] = {
+    "DDPStrategy": "pass Trainer(strategy='ddp'); several backwards per step already find unused parameters, and "
+                   "DDP's other settings are not configurable here",
+    "FSDPStrategy": "FSDP is not supported by the Trainer; use strategy='ddp'",
+    "DeepSpeedStrategy": "DeepSpeed is not supported; use strategy='ddp'",
+    "SingleDeviceStrategy": "leave strategy='auto' (one process) and pick the device with accelerator=",
+    "ModelParallelStrategy": "tensor parallelism is not supported; use strategy='ddp'",
+}
+
+
+def refused_name(where: str, name: str, advice: dict[str, str]) -> UnsupportedError:
+    """The error for importing ``where.<name>``, a Lightning name in ``advice`` we lack (raise it from a module's
+    ``__getattr__``: not an AttributeError, which ``from x import name`` would turn into a bare ImportError)."""
+    return UnsupportedError(f"{where}.{name} is Lightning API that statemachine_trainer does not have: "
+                            f"{advice[name]}.")
 
 
 def refuse_flags(unknown: dict[str, Any], known: Iterable[str]) -> None:
@@ -123,11 +176,11 @@ def refuse_flags(unknown: dict[str, Any], known: Iterable[str]) -> None:
 def missing_attribute(owner: str, name: str, known: Iterable[str]) -> AttributeError:
     """The error for ``trainer.<name>`` that does not exist: Lightning's replacement, or did-you-mean."""
     if name in ATTRIBUTE_ADVICE:
-        return AttributeError(f"'{owner}' has no attribute {name!r} (a Lightning Trainer attribute); use "
-                              f"{ATTRIBUTE_ADVICE[name]}.")
+        return UnsupportedAttributeError(f"trainer.{name} is a Lightning Trainer attribute this Trainer does not "
+                                         f"have; use {ATTRIBUTE_ADVICE[name]}.")
     if name in FLAG_ADVICE:
-        return AttributeError(f"'{owner}' has no attribute {name!r} (a Lightning flag this Trainer does not have): "
-                              f"{FLAG_ADVICE[name]}.")
+        return UnsupportedAttributeError(f"trainer.{name} is a Lightning flag this Trainer does not have: "
+                                         f"{FLAG_ADVICE[name]}.")
     close = difflib.get_close_matches(name, [k for k in known if not k.startswith("_")], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return AttributeError(f"'{owner}' object has no attribute {name!r}.{hint}")

@@ -42,6 +42,7 @@ from ._flags import FLAG_NAMES, TrainerConfig
 from ._optim import ConfigError
 from ._refused import ATTRIBUTE_ADVICE, FLAG_ADVICE, missing_attribute
 from ._results import Results
+from ._trainer_state import TrainerState
 from .data._source import BatchSource, count_batches, is_loader_collection, source_key
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ class FitCounters(Protocol):
     @property
     def is_last_batch(self) -> bool: ...
 
+    @property
+    def validating(self) -> bool: ...
+
 
 class Run:
     """One run's parts and services; see the module docstring.  Built by the Trainer, read by everything else.
@@ -94,7 +98,9 @@ class Run:
         "_restored_data",
         "_restored_into",
         "_save",
+        "_state",
         "callbacks",
+        "ckpt_path",
         "config",
         "datamodule",
         "device",
@@ -107,7 +113,6 @@ class Run:
         "precision",
         "results",
         "sources",
-        "state",
         "strategy",
         "val_check_batches",
         "val_enabled",
@@ -120,7 +125,10 @@ class Run:
                  configure_optimization: Callable[[Run], None] | None = None,
                  reload_data: Callable[[str], Any] | None = None) -> None:
         self.config = config
-        self.state = stage  # "fit", "validate", "test", "predict"; "idle" once the run has finished
+        # "fit", "validate", "test", "predict"; "idle" once the run has finished (Lightning's fn/status/stage too)
+        self._state = TrainerState(stage, None if stage == "idle" else stage,
+                                   "initializing" if stage == "idle" else "running", lambda: self.stage)
+        self.ckpt_path: str | None = None  # the checkpoint this run loaded (fit/validate/...(ckpt_path=)), if any
         self.strategy, self.precision, self.device = strategy, precision, device
         self.callbacks, self.loggers = callbacks, loggers
         self.module: Any = None
@@ -146,6 +154,54 @@ class Run:
             raise AttributeError(f"trainer.{name} cannot be set: inside a run, `trainer` is the run context, whose "
                                  "attributes are fixed. Set trainer.should_stop = True to stop; keep your own values "
                                  "on the module or the callback.") from None
+
+    @property
+    def state(self) -> TrainerState:
+        """The entry point under way ("fit"...; "idle" after), with Lightning's ``fn``, ``status``, ``stage``."""
+        return self._state
+
+    def end(self, interrupted: bool) -> None:
+        """The run is over: ``state`` becomes "idle", its status "finished" (or "interrupted": it raised)."""
+        self._state = self._state.ended(interrupted)
+
+    @property
+    def stage(self) -> str | None:
+        """Lightning's ``trainer.state.stage``: "train", "sanity_check", "validate" (inside fit too), "test",
+        "predict"; None outside a run."""
+        state = self._state
+        if state == "idle":
+            return None
+        if state != "fit":
+            return str(state)
+        if self.sanity_checking:
+            return "sanity_check"
+        return "validate" if self.fit_loop is not None and self.fit_loop.validating else "train"
+
+    @property
+    def training(self) -> bool:
+        return self.stage == "train"
+
+    @property
+    def validating(self) -> bool:
+        return self.stage == "validate"
+
+    @property
+    def testing(self) -> bool:
+        return self.stage == "test"
+
+    @property
+    def predicting(self) -> bool:
+        return self.stage == "predict"
+
+    @property
+    def evaluating(self) -> bool:
+        """Validating or testing (Lightning's ``trainer.evaluating``)."""
+        return self.stage in ("validate", "test")
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the latest run ended by raising (Lightning: its status is "interrupted")."""
+        return self._state.status == "interrupted"
 
     # -- Lightning's read-only names --------------------------------------------------------
     @property
@@ -182,7 +238,8 @@ class Run:
 
     @property
     def logged_metrics(self) -> dict[str, torch.Tensor]:
-        return self.results.logged_metrics
+        """What went to the loggers: epoch values and the latest per-step training values, as Lightning's."""
+        return {**self.results.logged_metrics, **self.results.step_metrics()}
 
     @property
     def optimizers(self) -> list[Any]:
@@ -200,6 +257,81 @@ class Run:
     def num_training_batches(self) -> int:
         source = self.sources.get("train")
         return 0 if source is None else source.num_batches
+
+    @property
+    def num_val_batches(self) -> list[int]:
+        """Batches per validation dataloader (Lightning's list, with ``limit_val_batches`` applied)."""
+        return [source.num_batches for source in self.stage_sources("validate")]
+
+    @property
+    def num_test_batches(self) -> list[int]:
+        return [source.num_batches for source in self.stage_sources("test")]
+
+    @property
+    def num_predict_batches(self) -> list[int]:
+        return [source.num_batches for source in self.stage_sources("predict")]
+
+    @property
+    def num_sanity_val_batches(self) -> list[int]:
+        """Batches the sanity check runs per validation dataloader (``num_sanity_val_steps``, -1 for all)."""
+        steps = self.config.num_sanity_val_steps
+        return [n if steps < 0 else min(n, steps) for n in self.num_val_batches]
+
+    @property
+    def val_check_interval(self) -> float | int:
+        """The flag as Lightning reads it: 1.0 (once per epoch) when not given."""
+        interval = self.config.val_check_interval
+        return 1.0 if interval is None else interval
+
+    @property
+    def train_dataloader(self) -> Any:
+        """The training dataloader this run reads (None before one is set up)."""
+        source = self.sources.get("train")
+        return None if source is None else source.loader
+
+    @property
+    def val_dataloaders(self) -> Any:
+        return self._loaders("validate")
+
+    @property
+    def test_dataloaders(self) -> Any:
+        return self._loaders("test")
+
+    @property
+    def predict_dataloaders(self) -> Any:
+        return self._loaders("predict")
+
+    def _loaders(self, stage: str) -> Any:
+        """One loader, a list of several, or None: what ``*_dataloader()`` gave, as Lightning returns it."""
+        loaders = [source.loader for source in self.stage_sources(stage)]
+        return None if not loaders else loaders[0] if len(loaders) == 1 else loaders
+
+    @property
+    def model(self) -> Any:
+        """Lightning's ``trainer.model``: the module being run (DDP's wrapper stays inside the strategy)."""
+        return self.module
+
+    @property
+    def device_ids(self) -> list[int]:
+        """The device indices of this node, as Lightning lists them ([0] on CPU)."""
+        return list(range(self.num_devices))
+
+    @property
+    def early_stopping_callbacks(self) -> list[Any]:
+        """The ``EarlyStopping`` callbacks, in order (found by their ``wait_count``: no upward import)."""
+        return [cb for cb in self.callbacks if hasattr(cb, "wait_count") and hasattr(cb, "stopped_epoch")]
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        """The first ``EarlyStopping`` callback, or None."""
+        found = self.early_stopping_callbacks
+        return found[0] if found else None
+
+    @property
+    def progress_bar_callback(self) -> Any:
+        """The progress bar callback, or None (found by its ``refresh_rate`` and ``print``: no upward import)."""
+        return next((cb for cb in self.callbacks if hasattr(cb, "refresh_rate") and callable(getattr(cb, "print", None))),
+                    None)
 
     @property
     def is_global_zero(self) -> bool:

@@ -48,6 +48,8 @@ class SingleProcess:
     distributed = False  # True: a torch.distributed run, whose checkpoints have one part per rank
     rank, world_size, is_rank_zero = 0, 1, True
     local_rank = 0  # the rank on this node: picks the CUDA device; local rank 0 runs prepare_data
+    #: The device this process's module runs on (Lightning's ``strategy.root_device``); the Trainer sets it.
+    root_device = torch.device("cpu")
 
     def launch_if_needed(self) -> None:
         """Nothing to launch."""

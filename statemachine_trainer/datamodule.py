@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._hook_spec import install_stubs
+from ._refused import UnsupportedError
 from .machine import noop_hook
 from .module import HyperParameters, TrainingModule
 
@@ -57,6 +58,15 @@ class DataModule:
     #: Records the calling ``__init__``'s arguments in ``self.hparams``, as ``TrainingModule``'s does.
     save_hyperparameters = TrainingModule.save_hyperparameters
     hyperparameters_to_log = TrainingModule.hyperparameters_to_log
+    hparams_initial = TrainingModule.hparams_initial
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse Lightning's batch transfer hooks on a data module, which the loops would never call."""
+        super().__init_subclass__(**kwargs)
+        defined = [name for name in _MODULE_ONLY_HOOKS if name in vars(cls)]
+        if defined:
+            raise UnsupportedError(f"{cls.__name__}.{defined[0]}: batch transfer hooks are the module's here, not "
+                                   f"the data module's; move {', '.join(defined)} to your TrainingModule.")
 
     @classmethod
     def from_datasets(cls, train_dataset: Any = None, val_dataset: Any = None, test_dataset: Any = None,
@@ -84,6 +94,10 @@ class DataModule:
     @noop_hook  # marked, so a resume can tell a data module that keeps state from one that keeps none
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take back what ``state_dict`` returned, when ``fit`` resumes from a checkpoint."""
+
+
+#: Lightning lets a data module define these; here only the module does (refused at class definition).
+_MODULE_ONLY_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 
 def _loader_factory(dataset: Any, batch_size: int, shuffle: bool, num_workers: int, loader_class: type) -> Any:

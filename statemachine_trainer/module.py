@@ -28,8 +28,10 @@ from torch import nn
 
 from ._hook_spec import default_hook, install_stubs
 from ._optim import ConfigError
+from ._refused import UnsupportedError
 from ._results import LogError
 from .data._source import move_to_device
+from .machine import noop_hook
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -461,10 +463,6 @@ LIGHTNING_ONLY: dict[str, str] = {
 }
 
 
-class UnsupportedError(NotImplementedError):
-    """A Lightning API this library does not have; the message says what to use instead."""
-
-
 def _unsupported(name: str, advice: str, is_property: bool) -> Any:
     def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise UnsupportedError(f"{type(self).__name__}.{name} is Lightning API that statemachine_trainer does not "
@@ -474,6 +472,13 @@ def _unsupported(name: str, advice: str, is_property: bool) -> Any:
     return property(refuse) if is_property else refuse
 
 
+@noop_hook  # adds nothing, so it is not an override: the generated stub's place, with Lightning's return value
+def _no_callbacks(self: TrainingModule) -> list[Any]:
+    """Return callbacks to add to the trainer's (replacing ones of the same type); none by default, as Lightning."""
+    return []
+
+
+TrainingModule.configure_callbacks = _no_callbacks  # type: ignore[method-assign]
 for _name, _advice in LIGHTNING_ONLY.items():
     setattr(TrainingModule, _name, _unsupported(_name, _advice, is_property=_name in ("fabric", "device_mesh")))
 

@@ -22,12 +22,14 @@ it.  Lightning's read-only names (``trainer.current_epoch``,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import logging
 import os
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -63,10 +65,23 @@ from .utilities import rank_zero_only
 __all__ = ["Trainer", "TrainerConfig", "seed_everything"]
 
 
-def seed_everything(seed: int) -> int:
-    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device) with ``seed``."""
+def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device) with ``seed``; return it.
+
+    Lightning's signature.  ``seed=None`` takes ``PL_GLOBAL_SEED`` from the
+    environment (Lightning's variable), else 0, with a warning.  ``workers``
+    is accepted for ported code: dataloader workers are always seeded here
+    (per batch, from the run's seed, see ``data/_seeding.py``), which is what
+    Lightning's ``workers=True`` asks for.  ``verbose`` logs the seed (the
+    ``statemachine_trainer`` logger, INFO).
+    """
+    if seed is None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        warnings.warn(f"seed_everything() was given no seed; seed set to {seed}.", stacklevel=2)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an int, got {seed!r}.")
+    if verbose:
+        logging.getLogger("statemachine_trainer").info("Seed set to %d", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -168,6 +183,7 @@ class Trainer:
                               "Use ModelCheckpoint(every_n_train_steps=...) and resume with ckpt_path='latest'.")
         if not launched_rank_zero(self.strategy):  # loggers and the progress bar live on rank 0 only
             self.config = attrs.evolve(self.config, logger=False, enable_progress_bar=False)
+        self.strategy.root_device = self.device
         self.precision = Precision(precision, self.device)
         set_torch_flags(self.config)
         if self.config.seed is not None:  # now, so what is built after the Trainer (model, samplers) is seeded too
@@ -315,6 +331,44 @@ class Trainer:
     checkpoint_callbacks = _FromRun()
     estimated_stepping_batches = _FromRun()
     is_last_batch = _FromRun()
+    ckpt_path = _FromRun()
+    model = _FromRun()
+    training = _FromRun()
+    validating = _FromRun()
+    testing = _FromRun()
+    predicting = _FromRun()
+    evaluating = _FromRun()
+    interrupted = _FromRun()
+    num_val_batches = _FromRun()
+    num_test_batches = _FromRun()
+    num_predict_batches = _FromRun()
+    num_sanity_val_batches = _FromRun()
+    val_check_interval = _FromRun()
+    train_dataloader = _FromRun()
+    val_dataloaders = _FromRun()
+    test_dataloaders = _FromRun()
+    predict_dataloaders = _FromRun()
+    device_ids = _FromRun()
+    early_stopping_callback = _FromRun()
+    early_stopping_callbacks = _FromRun()
+    progress_bar_callback = _FromRun()
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0, above a progress bar that is drawing (Lightning's ``trainer.print``)."""
+        self.run.print(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def init_module(self, empty_init: bool | None = None) -> Iterator[None]:
+        """Build the model inside it to create its tensors on this trainer's device, as Lightning's.
+
+        ``empty_init=True`` (skip the initialisation, for sharded strategies)
+        is refused: every strategy here needs initialised weights.
+        """
+        if empty_init:
+            raise ConfigError("trainer.init_module(empty_init=True) skips weight initialisation for sharded "
+                              "strategies, which this Trainer does not have; use trainer.init_module().")
+        with torch.device(self.device):
+            yield
 
     @property
     def should_stop(self) -> bool:
@@ -467,6 +521,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         self.device = self.strategy.setup(self.device)
+        self.strategy.root_device = self.device
         rank_zero_only.rank = self.strategy.rank  # ported @rank_zero_only code sees this process's rank
         if config.seed is not None:  # + rank: each rank draws its own dropout masks (its data shard differs anyway)
             seed_everything(config.seed + self.strategy.rank)
@@ -474,6 +529,7 @@ class Trainer:
             call.checkpoint = self._checkpoint_path(call.ckpt_path)
         run = self.run = self._new_run(stage)
         run.module, run.datamodule = call.module, call.datamodule
+        run.ckpt_path = None if call.checkpoint is None else str(call.checkpoint)
         call.module.trainer = run
         if call.datamodule is not None:
             call.datamodule.trainer = run

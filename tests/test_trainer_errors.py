@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import ConfigError, ManualOptimizationError, Trainer, TrainingModule
+from statemachine_trainer._refused import UnsupportedAttributeError
 from statemachine_trainer.loops import GeneratorStepError
 
 from ._recording_module import tiny_loader
@@ -215,10 +216,10 @@ def test_an_unknown_flag_without_a_near_name_still_gets_our_error():
         Trainer(zzz_qqq=1)
 
 
-@pytest.mark.parametrize("name, advice", [("model", "trainer.module"), ("accelerator", "trainer.device"),
+@pytest.mark.parametrize("name, advice", [("received_sigterm", "PREEMPTED_EXIT_CODE"), ("accelerator", "trainer.device"),
                                           ("tuner", "there is no tuner"), ("gpus", "devices=N")])
 def test_reading_a_lightning_attribute_we_lack_names_the_replacement(name, advice):
-    with pytest.raises(AttributeError, match=re.escape(advice)):
+    with pytest.raises(UnsupportedAttributeError, match=re.escape(advice)):
         getattr(quiet(), name)
     assert not hasattr(quiet(), name)  # still an AttributeError: hasattr/getattr(default) keep working
 
@@ -231,8 +232,8 @@ def test_inside_a_run_too_a_lightning_attribute_names_the_replacement():
             seen["ranks"] = (self.trainer.global_rank, self.trainer.local_rank, self.trainer.node_rank,
                              self.trainer.world_size, self.trainer.num_devices)
             seen["module"] = self.trainer.lightning_module
-            with pytest.raises(AttributeError, match="trainer.module"):
-                self.trainer.model  # noqa: B018
+            with pytest.raises(UnsupportedAttributeError, match="there is no tuner"):
+                self.trainer.tuner  # noqa: B018
             return super().training_step(batch, batch_idx)
 
     module = Reads()

@@ -26,6 +26,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .._optim import ConfigError
 from ._base import Callback
 
@@ -38,8 +40,6 @@ __all__ = ["ModelCheckpoint"]
 _DEFAULT_FILENAME = "{epoch}-{step}"
 #: A ``{name}`` or ``{name:spec}`` placeholder of ``filename`` (names may hold ``/`` and ``.``, as logged keys do).
 _PLACEHOLDER = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
-_LAST_NAME = "last"
-_EXT = ".ckpt"
 
 
 class ModelCheckpoint(Callback):
@@ -50,7 +50,16 @@ class ModelCheckpoint(Callback):
     ``"{epoch}-{val_loss:.2f}"`` writes ``epoch=1-val_loss=0.68.ckpt``
     (``auto_insert_metric_name=False`` leaves the ``name=`` out: ``1-0.68``).
     The default is ``"{epoch}-{step}"``.  ``.ckpt`` is appended.
+
+    Lightning's class constants are here too; a subclass may change them
+    (``CHECKPOINT_NAME_LAST = "{epoch}-last"`` names the last checkpoint by
+    the same template rules).
     """
+
+    CHECKPOINT_JOIN_CHAR = "-"
+    CHECKPOINT_EQUALS_CHAR = "="
+    CHECKPOINT_NAME_LAST = "last"
+    FILE_EXTENSION = ".ckpt"
 
     def __init__(self, dirpath: str | os.PathLike[str] | None = None, filename: str | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1, save_last: bool = False,
@@ -79,7 +88,7 @@ class ModelCheckpoint(Callback):
         # What the state_dict holds: --------------------------------------------------------
         self.best_k_models: dict[str, float] = {}  # path -> score of every kept top-k file
         self.best_model_path = ""  # the best kept file ("" until a save); without monitor, the latest
-        self.best_model_score: float | None = None  # its monitored value; None without monitor
+        self._best_score: float | None = None  # its monitored value (best_model_score); None without monitor
         self.kth_best_model_path = ""  # the worst of the kept top-k: the next to go
         self.last_model_path = ""  # last.ckpt once save_last wrote it
         self.last_global_step_saved = -1  # the step of the latest save; -1 before any
@@ -97,7 +106,7 @@ class ModelCheckpoint(Callback):
             "dirpath": None if self.dirpath is None else str(self.dirpath),
             "best_k_models": dict(self.best_k_models),
             "best_model_path": self.best_model_path,
-            "best_model_score": self.best_model_score,
+            "best_model_score": self._best_score,
             "kth_best_model_path": self.kth_best_model_path,
             "last_model_path": self.last_model_path,
             "last_global_step_saved": self.last_global_step_saved,
@@ -113,7 +122,7 @@ class ModelCheckpoint(Callback):
         self.best_k_models = {str(k): float(v) for k, v in state["best_k_models"].items()}
         self.best_model_path = state["best_model_path"]
         score = state["best_model_score"]
-        self.best_model_score = None if score is None else float(score)
+        self._best_score = None if score is None else float(score)
         self.kth_best_model_path = state["kth_best_model_path"]
         self.last_model_path = state["last_model_path"]
 
@@ -164,7 +173,7 @@ class ModelCheckpoint(Callback):
         if self.save_top_k != 0:
             self._save_top_k(trainer)
         if self.save_last:
-            self.last_model_path = str(self.dirpath / f"{_LAST_NAME}{_EXT}")
+            self.last_model_path = self._path(trainer, self.CHECKPOINT_NAME_LAST)
             trainer.request_checkpoint(self.last_model_path)
 
     def _save_top_k(self, trainer: Run) -> None:
@@ -175,7 +184,7 @@ class ModelCheckpoint(Callback):
         if not self._makes_the_cut(score):
             return
         dropped = self.kth_best_model_path if self._full() else ""
-        path = self._unique_path(self.format_checkpoint_name(trainer), dropped)
+        path = self._unique_path(self._path(trainer, self.filename), dropped)
         if dropped:
             del self.best_k_models[dropped]
         self.best_k_models[path] = score
@@ -201,27 +210,61 @@ class ModelCheckpoint(Callback):
         best_is_max = self.mode == "max" or self.monitor is None
         ranked = sorted(self.best_k_models, key=self.best_k_models.__getitem__, reverse=best_is_max)
         self.best_model_path, self.kth_best_model_path = ranked[0], ranked[-1]
-        self.best_model_score = None if self.monitor is None else self.best_k_models[ranked[0]]
+        self._best_score = None if self.monitor is None else self.best_k_models[ranked[0]]
 
-    def format_checkpoint_name(self, trainer: Run) -> str:
-        """The path for a save now: ``filename`` filled in with epoch, step and logged values."""
-        values: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+    @property
+    def best_model_score(self) -> torch.Tensor | None:
+        """The monitored value of ``best_model_path`` as a tensor (Lightning's type); None without monitor."""
+        return None if self._best_score is None else torch.tensor(self._best_score)
 
+    def format_checkpoint_name(self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None,
+                               prefix: str | None = None) -> str:
+        """Lightning's: the path ``filename`` (default: this callback's) names for these values.
+
+        ``format_checkpoint_name({"epoch": 3, "val_loss": torch.tensor(0.5)})``
+        gives ``<dirpath>/epoch=3-val_loss=0.50.ckpt`` for ``"{epoch}-{val_loss:.2f}"``;
+        ``ver`` appends ``-v<ver>``, ``prefix`` goes in front.  A placeholder
+        with no value is a ConfigError listing the values given.
+        """
+        def value(name: str) -> float:
+            if name not in metrics:
+                raise ConfigError(f"ModelCheckpoint.format_checkpoint_name(): the filename names {name!r}, which is "
+                                  f"not in the metrics given ({', '.join(sorted(metrics)) or 'none'}); pass it.")
+            return float(metrics[name]) if isinstance(metrics[name], torch.Tensor) else metrics[name]
+
+        name = self._fill(filename if filename is not None else self.filename, value)
+        join = self.CHECKPOINT_JOIN_CHAR
+        name = f"{prefix}{join}{name}" if prefix else name
+        name = f"{name}{join}v{ver}" if ver is not None else name
+        return str(self.dirpath / f"{name}{self.FILE_EXTENSION}") if self.dirpath else f"{name}{self.FILE_EXTENSION}"
+
+    def _path(self, trainer: Run, template: str) -> str:
+        """The path for a save now: ``template`` filled in with epoch, step and logged values."""
+        fixed: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+
+        def value(name: str) -> Any:
+            if name in fixed:
+                return fixed[name]
+            return float(trainer.monitored(name, f"ModelCheckpoint(filename={template!r})"))
+
+        return str(self.dirpath / f"{self._fill(template, value)}{self.FILE_EXTENSION}")
+
+    def _fill(self, template: str, value: Any) -> str:
+        """``template`` with each ``{name[:spec]}`` replaced by ``value(name)`` (``name=`` first, by default)."""
         def fill(match: re.Match[str]) -> str:
             name, spec = match.group(1), match.group(2) or ""
-            if name not in values:
-                values[name] = float(trainer.monitored(name, f"ModelCheckpoint(filename={self.filename!r})"))
-            text = format(values[name], spec)
-            return f"{name}={text}" if self.auto_insert_metric_name else text
+            text = format(value(name), spec)
+            return f"{name}{self.CHECKPOINT_EQUALS_CHAR}{text}" if self.auto_insert_metric_name else text
 
-        return str(self.dirpath / f"{_PLACEHOLDER.sub(fill, self.filename)}{_EXT}")
+        return _PLACEHOLDER.sub(fill, template)
 
     def _unique_path(self, path: str, dropped: str) -> str:
         """``path``, or ``path`` with ``-v1``, ``-v2``... when a kept file already has that name."""
         taken = (set(self.best_k_models) - {dropped}) | {self.last_model_path}
-        stem, version = path[: -len(_EXT)], 1
+        ext = self.FILE_EXTENSION
+        stem, version = path[: -len(ext)], 1
         while path in taken:
-            path = f"{stem}-v{version}{_EXT}"
+            path = f"{stem}{self.CHECKPOINT_JOIN_CHAR}v{version}{ext}"
             version += 1
         return path
 

@@ -24,6 +24,8 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .._optim import ConfigError
 from ._base import Callback
 
@@ -58,9 +60,14 @@ class EarlyStopping(Callback):
         self.check_on_train_epoch_end = check_on_train_epoch_end
         # What the state_dict holds: --------------------------------------------------------
         self.wait_count = 0  # checks in a row without improvement; stop when it reaches patience
-        self.best_score = math.inf if mode == "min" else -math.inf  # the best value seen so far
+        self._best = math.inf if mode == "min" else -math.inf  # the best value seen so far (best_score)
         self.stopped_epoch = 0  # the epoch in which this callback asked to stop; 0 if it has not
         self.stop_reason: str | None = None  # why it asked to stop, in words; None if it has not
+
+    @property
+    def best_score(self) -> torch.Tensor:
+        """The best value seen so far, as a tensor (Lightning's type: ``es.best_score.item()`` works)."""
+        return torch.tensor(self._best)
 
     @property
     def state_key(self) -> str:
@@ -68,12 +75,12 @@ class EarlyStopping(Callback):
         return f"EarlyStopping{settings!r}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"wait_count": self.wait_count, "best_score": self.best_score, "stopped_epoch": self.stopped_epoch,
+        return {"wait_count": self.wait_count, "best_score": self._best, "stopped_epoch": self.stopped_epoch,
                 "stop_reason": self.stop_reason, "patience": self.patience}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.wait_count = int(state["wait_count"])
-        self.best_score = float(state["best_score"])
+        self._best = float(state["best_score"])
         self.stopped_epoch = int(state["stopped_epoch"])
         self.stop_reason = state["stop_reason"]
         self.patience = int(state["patience"])
@@ -115,7 +122,7 @@ class EarlyStopping(Callback):
 
     def evaluate(self, current: float) -> str | None:
         """Update the best score and wait count with ``current``; return why to stop, or None to go on."""
-        name, best = self.monitor, self.best_score
+        name, best = self.monitor, self._best
         if self.check_finite and not math.isfinite(current):
             return f"Monitored metric {name} = {current} is not finite. Previous best value was {best:.3f}."
         if self.stopping_threshold is not None and self._better(current, self.stopping_threshold, 0.0):
@@ -125,7 +132,7 @@ class EarlyStopping(Callback):
             return (f"Divergence threshold reached: {name} = {current:.3f} is "
                     f"{'>' if self.mode == 'min' else '<'} {self.divergence_threshold}; the run is diverging.")
         if self._better(current, best, self.min_delta):
-            self.best_score, self.wait_count = current, 0
+            self._best, self.wait_count = current, 0
             return None
         self.wait_count += 1
         if self.wait_count >= self.patience:

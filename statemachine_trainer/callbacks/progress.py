@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .._run import Run
     from ..module import TrainingModule
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "RichProgressBar", "TQDMProgressBar"]
 
 _EVAL_TITLES = {"validate": "Validation", "test": "Testing", "predict": "Predicting", "sanity": "Sanity checking"}
 
@@ -204,3 +204,37 @@ def _eval_batches(trainer: Run, kind: str) -> int:
     if kind == "sanity" and trainer.num_sanity_val_steps >= 0:
         counts = [min(count, trainer.num_sanity_val_steps) for count in counts]  # that many of each
     return sum(counts)
+
+
+class TQDMProgressBar(ProgressBar):
+    """Lightning's ``TQDMProgressBar(refresh_rate, process_position, leave)``, drawn by this bar (rich, not tqdm).
+
+    ``process_position`` stacks tqdm bars of several trainers in one terminal;
+    this bar draws one display, so only 0 is accepted.
+    """
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
+        if process_position != 0:
+            raise ConfigError(f"TQDMProgressBar(process_position={process_position!r}): one progress display is "
+                              "drawn per process here; use process_position=0 (or ProgressBar).")
+        super().__init__(refresh_rate=refresh_rate, leave=leave)
+
+
+class RichProgressBar(ProgressBar):
+    """Lightning's ``RichProgressBar(refresh_rate, leave, theme, console_kwargs)``: this bar, which is rich's.
+
+    ``console_kwargs`` build its ``rich.console.Console``; a custom ``theme``
+    is refused (the bar's look is fixed), so it is never ignored silently.
+    """
+
+    def __init__(self, refresh_rate: int = 1, leave: bool = False, theme: Any = None,
+                 console_kwargs: dict[str, Any] | None = None) -> None:
+        if theme is not None:
+            raise ConfigError("RichProgressBar(theme=...): the bar's look is fixed here; leave theme out (or use "
+                              "ProgressBar(console=rich.console.Console(...)) to choose where it draws).")
+        console = None
+        if console_kwargs is not None:
+            from rich.console import Console
+
+            console = Console(**console_kwargs)
+        super().__init__(refresh_rate=refresh_rate, console=console, leave=leave)

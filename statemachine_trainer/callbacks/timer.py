@@ -23,6 +23,7 @@ from typing import Any
 from .._console import info
 from .._flags import parse_duration
 from .._optim import ConfigError
+from .._refused import UnsupportedError
 from ._base import Callback
 
 __all__ = ["Timer"]
@@ -40,14 +41,17 @@ class Timer(Callback):
         self._since: float | None = None  # time.monotonic() when this process began counting
         self._stopped_at: float | None = None  # the count, frozen when training ended
 
-    def time_elapsed(self) -> float:
-        """Training seconds so far, across resumes."""
+    def time_elapsed(self, stage: str = "train") -> float:
+        """Training seconds so far, across resumes (Lightning's ``stage`` argument: "train", the one counted)."""
+        _check_stage(stage)
         if self._stopped_at is not None:
             return self._stopped_at
         running = 0.0 if self._since is None else time.monotonic() - self._since
         return self._offset + running
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self, stage: str = "train") -> float | None:
+        """Seconds of the budget left (None without one); ``stage`` as in :meth:`time_elapsed`."""
+        _check_stage(stage)
         return None if self.duration is None else self.duration - self.time_elapsed()
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -98,3 +102,10 @@ class Timer(Callback):
         trainer.fit_loop.request_stop(f"max_time={timedelta(seconds=self.duration)} reached (elapsed {elapsed})")
         if self.verbose and trainer.is_global_zero:
             info(f"Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.")
+
+
+def _check_stage(stage: str) -> None:
+    """Lightning's Timer times every stage; this one counts training (validation inside it included) only."""
+    if stage != "train":
+        raise UnsupportedError(f"Timer.time_elapsed({stage!r}): only training time is counted here (stage='train'); "
+                               "time other stages yourself, e.g. with time.perf_counter() in on_validation_start/end.")

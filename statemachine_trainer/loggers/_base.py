@@ -25,6 +25,10 @@ class Logger:
     def save(self) -> None:
         """Flush buffered records to disk."""
 
+    def finalize(self, status: str) -> None:
+        """Lightning's end-of-run call (``status``: "success", "failed"...): write what is buffered."""
+        self.save()
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -72,6 +72,11 @@ class TrainingEpochLoop(FetchingLoop):
         self.batch_loop: Loop = BatchLoop()
         self.val_loop: Loop = EvaluationLoop("validate")
 
+    @property
+    def batch_progress(self) -> BatchProgress:
+        """Lightning's name for this loop's progress: batches ready / started / processed / completed (read-only)."""
+        return self.progress
+
     def on_attach(self) -> None:
         self.skip_transfer_hooks()
 

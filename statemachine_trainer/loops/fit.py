@@ -123,6 +123,26 @@ class FitLoop(TrainerLoop):
         return self.epoch_loop.progress.is_last_batch
 
     @property
+    def validating(self) -> bool:
+        """Whether the epoch loop's validation is running now (Lightning's ``trainer.validating`` inside fit)."""
+        val_loop = getattr(self.epoch_loop, "val_loop", None)
+        return val_loop is not None and val_loop.running
+
+    @property
+    def epoch_progress(self) -> Progress:
+        """Lightning's name for this loop's progress: epochs ready / started / processed / completed (read-only)."""
+        return self.progress
+
+    @property
+    def max_epochs(self) -> int:
+        """The ``max_epochs`` flag (-1: unlimited), read-only here: pass ``Trainer(max_epochs=...)``."""
+        return self.trainer.config.max_epochs
+
+    @property
+    def min_epochs(self) -> int:
+        return self.trainer.config.min_epochs
+
+    @property
     def sanity_checking(self) -> bool:
         """True from ``on_sanity_check_start`` to ``on_sanity_check_end``, both included (as in Lightning)."""
         return self._sanity_checking

@@ -239,6 +239,11 @@ class Dispatcher:
     def _illegal(self, trigger: str) -> IllegalTriggerError:
         return IllegalTriggerError(self.name, self.state, trigger, self._allowed.get(self.state, ()))
 
+    @property
+    def busy(self) -> bool:
+        """Whether a ``run()`` or ``fire()`` of this machine is under way (its hooks are running)."""
+        return self._busy
+
     # -- what an engine supplies ----------------------------------------------------------
     def _take_planned(self, planned: Any) -> bool:  # pragma: no cover - engines override
         """Take the driving trigger's row, ``planned = self._plan[state]``; False if no guards passed."""

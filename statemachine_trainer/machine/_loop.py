@@ -128,6 +128,11 @@ class Loop:
         return self._machine.position
 
     @property
+    def running(self) -> bool:
+        """True while this loop's ``run()`` (or a ``fire()``) is under way: inside its hooks and its children's runs."""
+        return self._machine.busy
+
+    @property
     def restarting(self) -> bool:
         """True from a mid-run ``load_state_dict`` until the resumed transition has completed."""
         return self._machine.restarting
