@@ -30,7 +30,7 @@ def test_digits_reaches_95_percent_and_keeps_checkpoints(tmp_path):
     out = run_example("--root", str(tmp_path), cwd=tmp_path)
     last = out.strip().splitlines()[-1]
     assert float(last.removeprefix("val_acc=")) >= 0.95, out
-    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.startswith("."))
     # The best epoch + last.ckpt, and the newest 3 of the --checkpoint-every ones (steps 200, 300, 400 of 460).
     assert "last.ckpt" in checkpoints and len(checkpoints) == 5, checkpoints
     assert [name for name in checkpoints if name.endswith(("step=200.ckpt", "step=300.ckpt", "step=400.ckpt"))]
