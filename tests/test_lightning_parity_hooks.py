@@ -338,9 +338,6 @@ def test_manual_step_runs_the_closure_before_on_before_optimizer_step():
     assert module.calls[:2] == ["closure", "on_before_optimizer_step"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: manual opt.zero_grad() fires on_before_zero_grad; Lightning's "
-                                       "optimizer wrapper fires no hook there (trainloops: manual optimizer wrapper; "
-                                       "or document as a difference)")
 def test_manual_zero_grad_fires_no_hook():
     """test_hooks.py::test_trainer_model_hook_system_fit[manual]: the manual training_step calls opt.zero_grad(),
     and Lightning's expected sequence (``_manual_train_batch``) has no on_before_zero_grad in it."""

@@ -500,8 +500,6 @@ class NoBatchIdxEval(TrainingModule):
         return self.layer(batch[0])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: validation/test/predict steps without batch_idx raise TypeError "
-                                       "(evaldata)")
 def test_evaluation_steps_without_batch_idx():
     """test_evaluation_loop.py::test_evaluation_loop_when_batch_idx_argument_is_not_given and
     test_prediction_loop.py::test_prediction_loop_when_batch_idx_argument_is_not_given: validation_step(self,
@@ -531,9 +529,6 @@ def test_training_step_returning_none_skips_the_step():
     assert trainer.global_step == 8
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: a training_step returning None in automatic optimization skips the "
-                                       "step silently; Lightning warns (UserWarning '`training_step` returned "
-                                       "`None`') (trainloops; or document as a difference)")
 def test_training_step_returning_none_warns():
     """test_training_loop_flow_scalar.py::test_train_step_no_return / test_training_step_no_return_when_even: in
     automatic optimization a None from training_step warns (UserWarning, "training_step returned None")."""
