@@ -14,7 +14,10 @@
 Validation is a state, not a flag: a checkpoint taken during a mid-epoch
 validation says so (``VALIDATE``), and the diagram shows where it happens.
 ``val_due`` looks at the batch about to run: validation follows it when it
-closes a ``val_check_interval`` or is the epoch's last batch.
+closes a ``val_check_interval`` or is the epoch's last batch.  With
+``check_val_every_n_epoch=None`` the interval counts the fit's batches
+instead (``progress.total``, checkpointed, so a resume keeps the count) and
+epoch ends are not special, as Lightning's ``total_batch_idx`` rule.
 
 ``trainer.should_stop`` set during a batch ends the epoch after it (once
 ``min_epochs`` allow), but, as in Lightning 2, not before this epoch's
@@ -111,19 +114,28 @@ class TrainingEpochLoop(FetchingLoop):
         done = self.progress.current.completed
         if not done or not self.stopping or self.batch_loop.fields.skipped or not self._validation_epoch():
             return False
-        return not self._validates_after(done)
+        return not self._validates_after(done, self.progress.total.completed)
 
     @property
     def val_due(self) -> bool:
-        return self._validation_epoch() and self._validates_after(self.progress.current.ready + 1)
+        progress = self.progress
+        return self._validation_epoch() and self._validates_after(progress.current.ready + 1, progress.total.ready + 1)
 
     def _validation_epoch(self) -> bool:
         run = self.context
-        return run.val_enabled and (run.current_epoch + 1) % run.config.check_val_every_n_epoch == 0
+        every = run.config.check_val_every_n_epoch
+        return run.val_enabled and (every is None or (run.current_epoch + 1) % every == 0)
 
-    def _validates_after(self, number: int) -> bool:
-        """Whether the schedule validates after the epoch's ``number``-th batch (counted from 1)."""
+    def _validates_after(self, number: int, total: int) -> bool:
+        """Whether the schedule validates after the epoch's ``number``-th batch, the ``total``-th of all epochs.
+
+        Both count from 1.  ``check_val_every_n_epoch=None``: every
+        ``val_check_interval`` batches of the fit (Lightning's
+        ``total_batch_idx``); otherwise of the epoch, and after its last batch.
+        """
         run = self.context
+        if run.config.check_val_every_n_epoch is None:
+            return total % run.val_check_batches == 0
         return number % run.val_check_batches == 0 or number == run.sources["train"].num_batches
 
     @property
@@ -143,8 +155,9 @@ class TrainingEpochLoop(FetchingLoop):
         self.context.resume_source("train")
         done = self.progress.current.completed
         source = self.context.sources["train"]
-        if done and not source.resumable:
-            # Without the loader's position a mid-epoch resume cannot be exact: say so.
+        if 0 < done < source.num_batches and not source.resumable:
+            # Without the loader's position a mid-epoch resume cannot be exact: say so.  A checkpoint taken after
+            # the epoch's last batch (done == num_batches) reads no more of this epoch, so it needs no position.
             warnings.warn(f"Resuming in the middle of an epoch ({done} of {source.num_batches} batches done) with a "
                           "loader that has no position (no state_dict/load_state_dict): the rest of this epoch "
                           "restarts the loader and is not the uninterrupted run's. Wrap the loader in "
