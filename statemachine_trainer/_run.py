@@ -181,6 +181,7 @@ class Run:
 
     @property
     def logged_metrics(self) -> dict[str, torch.Tensor]:
+        self.results.refresh_step_views()
         return self.results.logged_metrics
 
     @property

@@ -552,15 +552,27 @@ class EpochMetrics(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: a key logged in training_step (per step) and again in "
-                                       "on_train_epoch_end keeps the step value in progress_bar_metrics; Lightning "
-                                       "shows the epoch-end value (unassigned: _results.py)")
 def test_on_train_epoch_end_metrics_collection():
     """test_hooks.py::test_on_train_epoch_end_metrics_collection: a key logged in both training_step and
     on_train_epoch_end ends with on_train_epoch_end's value (111) in the progress-bar metrics."""
     trainer = quiet(max_epochs=3)
     trainer.fit(EpochMetrics(), numbered_loader(2))
     assert trainer.progress_bar_metrics["shared_metric"] == 111
+
+
+def test_the_epoch_end_value_survives_a_resume(tmp_path):
+    """Ours (exact resume): the metric views are part of the checkpoint, and which per-step values they already
+    hold too: a fit resumed from the finished run's checkpoint (nothing left to train) reads the same
+    progress-bar values, shared_metric's epoch-end 111 included."""
+    trainer = quiet(max_epochs=3)
+    trainer.fit(EpochMetrics(), numbered_loader(2))
+    path = trainer.save_checkpoint(tmp_path / "done.ckpt")
+    resumed = quiet(max_epochs=3)
+    resumed.fit(EpochMetrics(), numbered_loader(2), ckpt_path=path)
+    assert resumed.global_step == trainer.global_step == 6
+    values = {key: float(value) for key, value in trainer.progress_bar_metrics.items()}
+    assert {key: float(value) for key, value in resumed.progress_bar_metrics.items()} == values
+    assert values["shared_metric"] == 111
 
 
 def test_on_train_epoch_end_metrics_are_kept_across_epochs():

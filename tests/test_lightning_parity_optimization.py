@@ -104,9 +104,6 @@ class LoggingTwoOptimizers(TwoOptimizersManual):
         self.log("a", super().training_step(batch, batch_idx), on_epoch=True)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: trainer.logged_metrics keeps only the latest logged dict (a_epoch); "
-                                       "Lightning's accumulates every key logged (a_step and a_epoch) (unassigned: "
-                                       "_results / logger connector)")
 def test_multiple_optimizers_manual_log(tmp_path):
     """test_manual_optimization.py::test_multiple_optimizers_manual_log: a value logged with on_epoch=True in a
     manual step ends in trainer.logged_metrics as both a_step and a_epoch."""
