@@ -74,9 +74,12 @@ class TrainingEpochLoop(FetchingLoop):
         super().__init__()
         self.batch_loop: Loop = BatchLoop()
         self.val_loop: Loop = EvaluationLoop("validate")
+        self._across_epochs = False  # check_val_every_n_epoch=None (set as a run attaches)
 
     def on_attach(self) -> None:
         self.skip_transfer_hooks()
+        # check_val_every_n_epoch=None: validation counts the fit's batches, not the epoch's (once per run).
+        self._across_epochs = self.context.config.check_val_every_n_epoch is None
 
     # -- conditions ------------------------------------------------------------------------
     @property
@@ -114,28 +117,30 @@ class TrainingEpochLoop(FetchingLoop):
         done = self.progress.current.completed
         if not done or not self.stopping or self.batch_loop.fields.skipped or not self._validation_epoch():
             return False
-        return not self._validates_after(done, self.progress.total.completed)
+        return not self._validates_after(done)
 
     @property
     def val_due(self) -> bool:
-        progress = self.progress
-        return self._validation_epoch() and self._validates_after(progress.current.ready + 1, progress.total.ready + 1)
+        return self._validation_epoch() and self._validates_after(self.progress.current.ready + 1)
 
     def _validation_epoch(self) -> bool:
         run = self.context
         every = run.config.check_val_every_n_epoch
         return run.val_enabled and (every is None or (run.current_epoch + 1) % every == 0)
 
-    def _validates_after(self, number: int, total: int) -> bool:
-        """Whether the schedule validates after the epoch's ``number``-th batch, the ``total``-th of all epochs.
+    def _validates_after(self, number: int) -> bool:
+        """Whether the schedule validates after the epoch's ``number``-th batch (counted from 1).
 
-        Both count from 1.  ``check_val_every_n_epoch=None``: every
-        ``val_check_interval`` batches of the fit (Lightning's
-        ``total_batch_idx``); otherwise of the epoch, and after its last batch.
+        ``check_val_every_n_epoch=None``: every ``val_check_interval`` batches
+        of the fit (Lightning's ``total_batch_idx``) -- the epoch's number plus
+        the batches of the epochs before it, which ``progress.total`` counts
+        and ``progress.current`` does not; otherwise every
+        ``val_check_interval`` batches of the epoch, and after its last batch.
         """
         run = self.context
-        if run.config.check_val_every_n_epoch is None:
-            return total % run.val_check_batches == 0
+        if self._across_epochs:
+            total, current = self.progress.total, self.progress.current
+            return (number + total.ready - current.ready) % run.val_check_batches == 0
         return number % run.val_check_batches == 0 or number == run.sources["train"].num_batches
 
     @property
