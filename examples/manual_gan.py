@@ -42,7 +42,7 @@ class ManualGAN(GAN):
         self.g_every, self.d_max_grad_norm, self.lr_decay = g_every, d_max_grad_norm, lr_decay
 
     def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> None:
-        opt_g, opt_d = self.optimizers()  # wrappers: their step()/zero_grad() fire the optimizer hooks
+        opt_g, opt_d = self.optimizers()  # wrappers: step() fires on_before_optimizer_step and counts
         (real,) = batch
         z = torch.randn(len(real), self.latent_dim, device=real.device)
         fake = self.generator(z)  # once per batch; the generator's update below reuses its graph

@@ -73,10 +73,17 @@ def _check_switches(**switches: Any) -> None:
             check_bool(name, value)
 
 
-def _check_val_check_interval(value: Any) -> None:
+def _check_val_check_interval(value: Any, every_n_epoch: Any) -> None:
     if isinstance(value, (str, dict, timedelta)):
         raise ConfigError(f"val_check_interval={value!r}: a time-based interval is not supported here; give a "
                           "number of training batches (int) or a fraction of the epoch (float).")
+    if every_n_epoch is None:
+        if isinstance(value, float):
+            raise ConfigError(f"val_check_interval={value!r} is a fraction of an epoch, but check_val_every_n_epoch="
+                              "None counts training batches across epochs: give val_check_interval as an int of "
+                              "batches, or set check_val_every_n_epoch to an int.")
+    else:
+        check_int("check_val_every_n_epoch", every_n_epoch, 1)
 
 
 def _refuse_barebones_opt_ins(barebones: Any, **opt_ins: Any) -> None:
@@ -119,7 +126,7 @@ class TrainerConfig:
     max_steps: int = -1  # -1: unlimited
     limits: dict[str, Any] = attrs.Factory(dict)  # stage -> limit_*_batches (None: the whole loader)
     val_check_interval: float | int | None = None
-    check_val_every_n_epoch: int = 1
+    check_val_every_n_epoch: int | None = 1  # None: every val_check_interval batches counted over the whole fit
     num_sanity_val_steps: int = 2  # -1: the whole validation loader
     fast_dev_run: bool | int = False
     accumulate_grad_batches: int = 1
@@ -149,7 +156,7 @@ class TrainerConfig:
     @classmethod
     def from_flags(cls, *, max_epochs: int | None, min_epochs: int, max_steps: int, min_steps: int | None = None,
                    limit_train_batches: Any, limit_val_batches: Any, limit_test_batches: Any,
-                   limit_predict_batches: Any, val_check_interval: Any, check_val_every_n_epoch: int,
+                   limit_predict_batches: Any, val_check_interval: Any, check_val_every_n_epoch: int | None,
                    num_sanity_val_steps: int, fast_dev_run: bool | int, accumulate_grad_batches: int,
                    gradient_clip_val: float | None, gradient_clip_algorithm: str | None, deterministic: bool,
                    seed: int | None, log_every_n_steps: int | None,
@@ -177,13 +184,12 @@ class TrainerConfig:
         check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
         overfit_batches = _check_overfit(overfit_batches)
         max_seconds = parse_duration(max_time)
-        _check_val_check_interval(val_check_interval)
+        _check_val_check_interval(val_check_interval, check_val_every_n_epoch)
         profiler = _resolve_profiler(profiler)
         check_int("min_epochs", min_epochs, 0)
         if min_steps is not None:
             check_int("min_steps", min_steps, 0)
         check_int("max_steps", max_steps, -1)
-        check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1)
         check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
         check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
         check_int("log_every_n_steps", log_every_n_steps, 1)
@@ -202,6 +208,7 @@ class TrainerConfig:
             batches = 1 if fast_dev_run is True else check_int("fast_dev_run", fast_dev_run, 1)
             limits = dict.fromkeys(limits, batches)
             max_epochs, max_steps, num_sanity_val_steps, val_check_interval = 1, -1, 0, None
+            check_val_every_n_epoch = 1  # Lightning: validation after the one epoch's batches
             logger, enable_checkpointing = False, False
         if overfit_batches:  # Lightning: overfit_batches wins over limit_*_batches and fast_dev_run for train/val
             limits["train"] = limits["validate"] = overfit_batches
@@ -221,8 +228,15 @@ class TrainerConfig:
                    save_on_exception=check_bool("save_on_exception", save_on_exception))
 
 
-    def val_check_batches(self, num_batches: int) -> int:
-        """Validation follows every this many training batches (and the epoch's last), from val_check_interval."""
+    def val_check_batches(self, num_batches: int, validating: bool = True) -> int:
+        """Validation follows every this many training batches, from val_check_interval (``num_batches`` per epoch).
+
+        With ``check_val_every_n_epoch`` set it counts the epoch's batches
+        (and the epoch's last batch validates too), so an int interval longer
+        than the epoch is an error while validation is on (``validating``), as
+        in Lightning; with ``check_val_every_n_epoch=None`` it counts the
+        fit's batches, so any interval is fine.
+        """
         interval = self.val_check_interval
         if interval is None:
             return max(num_batches, 1)
@@ -231,7 +245,12 @@ class TrainerConfig:
                 raise ConfigError(f"val_check_interval={interval} must be a fraction in (0, 1] or an int of "
                                   "batches.")
             return max(1, int(num_batches * interval))
-        return check_int("val_check_interval", interval, 1)
+        check_int("val_check_interval", interval, 1)
+        if validating and self.check_val_every_n_epoch is not None and interval > num_batches:
+            raise ConfigError(f"val_check_interval={interval} must be at most the number of training batches per "
+                              f"epoch ({num_batches}). To validate every {interval} batches counted across epochs, "
+                              "set check_val_every_n_epoch=None; to turn validation off, set limit_val_batches=0.")
+        return interval
 
 
 def _resolve_profiler(profiler: Any) -> Any:

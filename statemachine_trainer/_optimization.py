@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,7 @@ from ._hooks import HookRelay
 from ._optim import ConfigError, OptimizerSetup
 from ._precision import Precision
 from ._results import Results
-from ._step_args import step_arity
+from ._step_args import takes_batch_idx
 from ._strategy import identity_gate
 from .optimizer import TrainingOptimizer
 from .state import OptimizationProgress
@@ -115,7 +116,7 @@ class Optimization:
         self.toggle = len(self.optimizers) > 1 and module.automatic_optimization
         self.pass_index = len(self.optimizers) > 1 and takes_optimizer_idx(module.training_step)
         #: training_step(batch) or training_step(batch, batch_idx): its signature says, once per run.
-        self.takes_batch_idx = step_arity(module.training_step, 2) == 2
+        self.takes_batch_idx = takes_batch_idx(module.training_step)
         #: Per optimizer: whether its step() must get a closure that computes the loss (LBFGS).
         self.needs_closure = tuple(isinstance(opt, _NEEDS_CLOSURE) for opt in self.optimizers)
         self.any_closure = any(self.needs_closure)
@@ -190,7 +191,9 @@ class Optimization:
     def loss_to_backward(self, output: Any) -> torch.Tensor | None:
         """The loss to backpropagate from a step's output; None: the step returned None, skip this optimizer."""
         loss = loss_of(output)
-        if loss is not None and self.accumulate > 1:
+        if loss is None:
+            _warn_no_loss()
+        elif self.accumulate > 1:
             loss = loss / self.accumulate  # the window's gradient is the mean of its micro-batches'
         return loss
 
@@ -274,12 +277,19 @@ class Optimization:
 
     def wrapper_zero_grad(self, optimizer: torch.optim.Optimizer, set_to_none: bool,
                           progress: OptimizationProgress | None) -> None:
-        """``TrainingOptimizer.zero_grad``: ``on_before_zero_grad``, then zero (counted in manual optimization)."""
-        if progress is None:  # inside an overridden optimizer_step: the loop's own rows fire the hooks and count
-            optimizer.zero_grad(set_to_none=set_to_none)
-            return
-        self.before_zero_grad(optimizer, progress)
-        self.zero_grad(optimizer, progress, set_to_none)
+        """``TrainingOptimizer.zero_grad``: zero, with no hook (counted in manual optimization).
+
+        As Lightning's ``LightningOptimizer``, whose ``zero_grad`` is the torch
+        optimizer's own: ``on_before_zero_grad`` and ``optimizer_zero_grad``
+        belong to the automatic loops' STEP row, which fires them.  Inside an
+        overridden ``optimizer_step`` (``progress`` None) that row counts too.
+        """
+        if progress is not None:
+            progress.optimizer.zero_grad.increment_ready()
+            progress.optimizer.zero_grad.increment_started()
+        optimizer.zero_grad(set_to_none=set_to_none)
+        if progress is not None:
+            progress.optimizer.zero_grad.increment_completed()
 
     def _after_closure(self, optimizer: torch.optim.Optimizer) -> None:
         """Between the gradients and the step: ``on_before_optimizer_step``, then clipping in automatic mode."""
@@ -320,6 +330,12 @@ class Optimization:
             torch.nn.utils.clip_grad_value_(params, value)
         else:
             raise ConfigError(f"gradient_clip_algorithm={algorithm!r}: use 'norm' or 'value'.")
+
+
+def _warn_no_loss() -> None:
+    # Lightning's words, so a search for them finds the explanation; shown once per place (warnings' default).
+    warnings.warn("`training_step` returned `None`. If this was on purpose, ignore this warning: this optimizer runs "
+                  "no backward and no step on this batch.", UserWarning, stacklevel=3)
 
 
 def takes_optimizer_idx(step: Callable[..., Any]) -> bool:

@@ -10,6 +10,16 @@ Defaults follow Lightning: values logged from ``training_step`` and the
 per-batch training hooks are per-step; values logged from evaluation steps and
 from any epoch-level hook are per-epoch.  A value logged both ways appears as
 ``name_step`` and ``name_epoch``.
+
+The views (``callback_metrics``, ``progress_bar_metrics``,
+``logged_metrics``) hold, per key, the value written last, as Lightning's
+logger connector, which copies each batch's values into them as the batch
+ends.  Here the per-step values are copied lazily, when a view is read
+(:meth:`Results.refresh_step_views`), and only those logged since the last
+copy (``_Slot.shown``); every other write -- an epoch's reduced values, a
+value logged from an epoch-level hook -- first copies the pending per-step
+values, so the later write wins as in Lightning (``on_train_epoch_end``
+logging a key that ``training_step`` logs too leaves the epoch-end value).
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ class _Slot:
         "on_step",
         "prog_bar",
         "reduce_fx",
+        "shown",
         "stage",
         "sync_dist",
         "total",
@@ -63,6 +74,7 @@ class _Slot:
         self.on_step, self.on_epoch, self.prog_bar, self.logger, self.reduce_fx = (
             on_step, on_epoch, prog_bar, logger, reduce_fx)
         self.last: torch.Tensor | None = None
+        self.shown: torch.Tensor | None = None  # the value of ``last`` last copied into the views (per-step slots)
         self.total: torch.Tensor | None = None  # running sum (mean, sum), or max / min
         self.weight = 0  # total batch size seen this epoch (mean's denominator)
         self.metric: Metric | None = None
@@ -213,6 +225,7 @@ class Results:
         return slot
 
     def _publish(self, slot: _Slot, value: Any) -> None:
+        self.refresh_step_views()  # the step values logged before this one reach the views first
         if isinstance(value, Metric):
             value = value.compute()
             slot_value = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
@@ -239,18 +252,26 @@ class Results:
                 if s.stage == "train" and s.on_step and s.logger and s.last is not None}
 
     def refresh_step_views(self) -> None:
-        """Copy the latest per-step values into callback_metrics and progress_bar_metrics."""
+        """Copy the per-step values logged since the last copy into the views (logged_metrics: ``logger=True``).
+
+        A value copied before is not copied again, so a view written since
+        (an epoch-end value of the same name) keeps the later value.
+        """
         for slot in self._unique:
-            if slot.stage == "train" and slot.on_step and slot.last is not None:
-                last = slot.last = slot.last.detach()
+            last = slot.last
+            if last is not None and last is not slot.shown and slot.on_step and slot.stage == "train":
+                last = slot.last = slot.shown = last.detach()
                 self.callback_metrics[slot.step_key] = last
                 if slot.on_epoch:
                     self.callback_metrics.setdefault(slot.name, last)
                 if slot.prog_bar:
                     self.progress_bar_metrics[slot.step_key] = last
+                if slot.logger:
+                    self.logged_metrics[slot.step_key] = last
 
     def epoch_end(self, stage: str) -> dict[str, torch.Tensor]:
         """Reduce ``stage``'s per-epoch values, publish them, and return what goes to the logger."""
+        self.refresh_step_views()  # the epoch's last step values reach the views before its epoch values
         out = {}
         for slot in self._unique:
             if slot.stage != stage or not slot.on_epoch or slot.direct:
@@ -281,7 +302,10 @@ class Results:
 
         torchmetrics ``Metric`` objects keep their own state (they are module
         attributes); only the fact that a slot reports one is recorded here.
+        The views are brought up to date first, so every slot's ``last`` is
+        in them (``shown``) when they are loaded back.
         """
+        self.refresh_step_views()
         slots = []
         for (stage, fx, name, dataloader_idx), slot in self._slots.items():
             if dataloader_idx != slot.dataloader_idx:
@@ -304,6 +328,7 @@ class Results:
             slot = _Slot(name, entry["stage"], entry["on_step"], entry["on_epoch"], entry["prog_bar"],
                          entry["logger"], entry["reduce_fx"], entry["direct"])
             slot.last, slot.total, slot.weight = entry["last"], entry["total"], entry["weight"]
+            slot.shown = slot.last  # state_dict refreshed the views: they hold it
             slot.sync_dist, slot.dataloader_idx = entry["sync_dist"], index
             self._slots[(entry["stage"], entry["fx"], entry["name"], index)] = slot
             self._unique.append(slot)

@@ -238,8 +238,9 @@ class Run:
 
     @property
     def logged_metrics(self) -> dict[str, torch.Tensor]:
-        """What went to the loggers: epoch values and the latest per-step training values, as Lightning's."""
-        return {**self.results.logged_metrics, **self.results.step_metrics()}
+        """What went to the loggers: epoch values and the latest per-step values, as Lightning's."""
+        self.results.refresh_step_views()
+        return self.results.logged_metrics
 
     @property
     def optimizers(self) -> list[Any]:
@@ -552,7 +553,7 @@ class Run:
                 self.sources[source_key(stage, index)] = self._source(stage, one)
         self.val_enabled = self.state == "fit" and any(s.num_batches > 0 for s in self.stage_sources("validate"))
         if "train" in self.sources:
-            self.val_check_batches = self.config.val_check_batches(self.sources["train"].num_batches)
+            self.val_check_batches = self.config.val_check_batches(self.sources["train"].num_batches, self.val_enabled)
 
     def stage_sources(self, stage: str) -> list[BatchSource]:
         """The sources of ``stage``, by ``dataloader_idx`` (several for a list or dict of evaluation loaders)."""

@@ -7,7 +7,8 @@ ModelCheckpoint lists files that hold the other's state, and
 checkpoints (it has a ModelCheckpoint, or ``save_on_exception``) first
 *claims* the directory:
 
-* a lock (``.run.lock``, ``fcntl.flock``) held until the fit ends -- a second
+* a lock (``.run.lock``, ``fcntl.flock``; it also says who holds it: pid,
+  host, since when) held until the fit ends -- a second
   process fitting into the same directory at the same time is refused, and
   the operating system drops the lock of a process that died (kill -9
   included), so a crashed run never blocks its own resume;
@@ -36,8 +37,7 @@ from ._optim import ConfigError
 
 __all__ = ["RunDirClaim", "claim_run_dir", "new_run_id", "run_of"]
 
-_LOCK = ".run.lock"
-_OWNER = ".run.json"
+_LOCK = ".run.lock"  # the one entry the claim adds to the directory (hidden, like unfinished saves)
 
 
 def new_run_id() -> str:
@@ -85,7 +85,7 @@ def claim_run_dir(directory: Path, run_id: str, fresh: bool) -> RunDirClaim:
                           "(Trainer(default_root_dir=...) or ModelCheckpoint(dirpath=...)).") from None
     try:
         _refuse_foreign_checkpoints(directory, run_id, fresh)
-        _write_owner(directory, run_id)
+        _write_owner(fd, run_id)
     except BaseException:
         os.close(fd)
         raise
@@ -112,18 +112,17 @@ def _refuse_foreign_checkpoints(directory: Path, run_id: str, fresh: bool) -> No
                           "from a copy of this run's checkpoints in a directory of its own.")
 
 
-def _write_owner(directory: Path, run_id: str) -> None:
-    """Who holds the directory, for the message a second process gets (written atomically)."""
+def _write_owner(fd: int, run_id: str) -> None:
+    """Who holds the directory, into the lock file, for the message a second process gets."""
     owner = {"run": run_id, "pid": os.getpid(), "host": socket.gethostname(),
              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    tmp = directory / f".{_OWNER}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(owner))
-    os.replace(tmp, directory / _OWNER)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(owner).encode(), 0)
 
 
 def _owner_text(directory: Path) -> str:
     try:
-        owner: Any = json.loads((directory / _OWNER).read_text())
+        owner: Any = json.loads((directory / _LOCK).read_text())
         return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "owner unknown"

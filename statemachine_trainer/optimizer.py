@@ -12,7 +12,8 @@ does around a step:
   the optimizer's own step, through the precision plugin's loss scaler.  An
   optimizer that evaluates the loss itself (LBFGS) gets the closure, with
   those hooks inside it, as in Lightning.
-* ``zero_grad(set_to_none=True)``: ``on_before_zero_grad``, then the zeroing.
+* ``zero_grad(set_to_none=True)``: the zeroing, with no hook (as Lightning's: the
+  ``on_before_zero_grad`` hook belongs to the automatic loops' step).
 * ``param_groups``, ``state``, ``defaults``, ``state_dict()``,
   ``load_state_dict()``: the wrapped optimizer's, unchanged (e.g. a
   learning-rate warmup writes ``group["lr"]``).
@@ -58,7 +59,7 @@ class TrainingOptimizer:
         return self._optimization.wrapper_step(self.optimizer, closure, progress)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """``on_before_zero_grad``, then zero (or, by default, drop) the gradients of this optimizer's parameters."""
+        """Zero (or, by default, drop) this optimizer's gradients; no hook fires (as in Lightning)."""
         self._optimization.wrapper_zero_grad(self.optimizer, set_to_none,
                                              None if self._progress is None else self._progress())
 

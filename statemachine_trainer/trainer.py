@@ -129,7 +129,7 @@ class Trainer:
         limit_predict_batches: float | None = None,
         overfit_batches: float = 0.0,
         val_check_interval: float | None = None,
-        check_val_every_n_epoch: int = 1,
+        check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
         log_every_n_steps: int | None = None,
         enable_checkpointing: bool | None = None,

@@ -338,9 +338,6 @@ def test_manual_step_runs_the_closure_before_on_before_optimizer_step():
     assert module.calls[:2] == ["closure", "on_before_optimizer_step"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: manual opt.zero_grad() fires on_before_zero_grad; Lightning's "
-                                       "optimizer wrapper fires no hook there (trainloops: manual optimizer wrapper; "
-                                       "or document as a difference)")
 def test_manual_zero_grad_fires_no_hook():
     """test_hooks.py::test_trainer_model_hook_system_fit[manual]: the manual training_step calls opt.zero_grad(),
     and Lightning's expected sequence (``_manual_train_batch``) has no on_before_zero_grad in it."""
@@ -379,21 +376,45 @@ def test_resume_with_more_epochs_hook_sequence(tmp_path):
     assert trainer.global_step == 4 and trainer.current_epoch == 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: resuming a finished run's checkpoint with a larger max_steps trains "
-                                       "nothing, and a resumed fit skips on_fit_start/on_train_start (trainloops)")
 def test_resume_with_more_steps_hook_sequence(tmp_path):
-    """test_hooks.py::test_trainer_model_hook_system_fit_no_val_and_resume_max_steps: a checkpoint after
-    max_steps=1, resumed with max_steps=3: on_fit_start, on_train_start, no on_train_epoch_start (the epoch is
-    under way), batches 1 and 2, then on_train_epoch_end, on_train_end, on_fit_end."""
+    """test_hooks.py::test_trainer_model_hook_system_fit_no_val_and_resume_max_steps: a checkpoint of a run cut
+    short by max_steps=1, taken inside its epoch, resumed with max_steps=3: on_fit_start, on_train_start, no
+    on_train_epoch_start (the epoch is under way), batches 1 and 2, then on_train_epoch_end, on_train_end,
+    on_fit_end.  Lightning's checkpoint is ModelCheckpoint's, written inside on_train_epoch_end before the epoch
+    is counted; ours are written at transition boundaries, so the one inside the epoch is the step's
+    (every_n_train_steps=1).  The loader has a position, so the batches are 1 and 2 (Lightning's test does not
+    look at them: a plain loader restarts there)."""
+    from statemachine_trainer.callbacks import ModelCheckpoint
+    from statemachine_trainer.data import ResumableLoader
+
+    every_step = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    first = quiet(max_steps=1, limit_val_batches=0, enable_checkpointing=True, callbacks=[every_step])
+    first.fit(HookedModule([]), ResumableLoader(numbered_loader(4)))
+    calls = []
+    trainer = quiet(max_steps=3, limit_val_batches=0, callbacks=[HookedCallback(calls)])
+    trainer.fit(HookedModule(calls), ResumableLoader(numbered_loader(4)), ckpt_path=tmp_path / "epoch=0-step=1.ckpt")
+    assert outputs_masked(without_setup(calls)) == [
+        ("configure_optimizers",), *both("on_fit_start"), *both("on_train_start"),
+        *auto_train_batch(1, "OUT"), *auto_train_batch(2, "OUT"),
+        *both("on_train_epoch_end"), *both("on_train_end"), *both("on_fit_end")]
+    assert trainer.global_step == 3 and trainer.current_epoch == 1
+
+
+def test_resume_after_a_fit_ended_by_max_steps_starts_the_next_epoch(tmp_path):
+    """Ours (README "Differences from Lightning"): a checkpoint written after a fit that max_steps=1 ended in the
+    middle of its epoch holds a finished epoch -- its on_train_epoch_end ran and current_epoch counts it -- so a
+    resume with max_steps=3 trains the next epoch from its first batch.  (Lightning, from such a checkpoint, also
+    starts a new epoch, but numbers its batches from the old position: batch_idx 1 and 2 for the loader's first
+    two batches.)"""
     path = _checkpoint_after(tmp_path, max_steps=1)
     calls = []
     trainer = quiet(max_steps=3, limit_val_batches=0, callbacks=[HookedCallback(calls)])
     trainer.fit(HookedModule(calls), numbered_loader(4), ckpt_path=path)
     assert outputs_masked(without_setup(calls)) == [
-        ("configure_optimizers",), *both("on_fit_start"), *both("on_train_start"),
-        *auto_train_batch(1, "OUT"), *auto_train_batch(2, "OUT"),
+        ("configure_optimizers",), *both("on_fit_start"), *both("on_train_start"), *both("on_train_epoch_start"),
+        *auto_train_batch(0, "OUT"), *auto_train_batch(1, "OUT"),
         *both("on_train_epoch_end"), *both("on_train_end"), *both("on_fit_end")]
-    assert trainer.global_step == 3
+    assert trainer.global_step == 3 and trainer.current_epoch == 2
 
 
 # -- test_trainer_model_hook_system_eval / _predict -------------------------------------------------------------
@@ -555,15 +576,27 @@ class EpochMetrics(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: a key logged in training_step (per step) and again in "
-                                       "on_train_epoch_end keeps the step value in progress_bar_metrics; Lightning "
-                                       "shows the epoch-end value (unassigned: _results.py)")
 def test_on_train_epoch_end_metrics_collection():
     """test_hooks.py::test_on_train_epoch_end_metrics_collection: a key logged in both training_step and
     on_train_epoch_end ends with on_train_epoch_end's value (111) in the progress-bar metrics."""
     trainer = quiet(max_epochs=3)
     trainer.fit(EpochMetrics(), numbered_loader(2))
     assert trainer.progress_bar_metrics["shared_metric"] == 111
+
+
+def test_the_epoch_end_value_survives_a_resume(tmp_path):
+    """Ours (exact resume): the metric views are part of the checkpoint, and which per-step values they already
+    hold too: a fit resumed from the finished run's checkpoint (nothing left to train) reads the same
+    progress-bar values, shared_metric's epoch-end 111 included."""
+    trainer = quiet(max_epochs=3)
+    trainer.fit(EpochMetrics(), numbered_loader(2))
+    path = trainer.save_checkpoint(tmp_path / "done.ckpt")
+    resumed = quiet(max_epochs=3)
+    resumed.fit(EpochMetrics(), numbered_loader(2), ckpt_path=path)
+    assert resumed.global_step == trainer.global_step == 6
+    values = {key: float(value) for key, value in trainer.progress_bar_metrics.items()}
+    assert {key: float(value) for key, value in resumed.progress_bar_metrics.items()} == values
+    assert values["shared_metric"] == 111
 
 
 def test_on_train_epoch_end_metrics_are_kept_across_epochs():

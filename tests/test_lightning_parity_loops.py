@@ -299,8 +299,6 @@ def test_val_check_interval_larger_than_the_epoch_is_fine_without_validation():
     assert trainer.global_step == 5 and module.validations == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: val_check_interval larger than the epoch is accepted silently (one "
-                                       "validation at the epoch end); Lightning raises ValueError (flags)")
 def test_val_check_interval_larger_than_the_epoch_raises_with_validation():
     """fit_loop.py ``setup_data`` (the error test_val_check_interval_with_limit_val_batches_zero guards against):
     an int val_check_interval larger than the number of training batches, with validation on and
@@ -311,8 +309,6 @@ def test_val_check_interval_larger_than_the_epoch_raises_with_validation():
     assert module.steps_per_epoch == {}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: check_val_every_n_epoch=None (validate every val_check_interval "
-                                       "batches counted over the whole fit) is refused with a ConfigError (flags)")
 def test_check_val_every_n_epoch_none_counts_batches_across_epochs():
     """training_epoch_loop.py ``_should_check_val_fx`` (``current_iteration = self.total_batch_idx if
     check_val_every_n_epoch is None``): with check_val_every_n_epoch=None and val_check_interval=3, 2 epochs of 5
@@ -321,6 +317,31 @@ def test_check_val_every_n_epoch_none_counts_batches_across_epochs():
     module = Boring()
     quiet(max_epochs=2, val_check_interval=3, check_val_every_n_epoch=None).fit(module, loader(5), loader(1))
     assert [(epoch, b) for epoch, b, _ in module.validations] == [(0, 3), (1, 1), (1, 4)]
+
+
+def test_check_val_every_n_epoch_none_resumes_its_count(tmp_path):
+    """Ours (exact resume): check_val_every_n_epoch=None counts the epoch loop's ``progress.total`` batches, which
+    the checkpoint holds: resumed from a step's checkpoint (before a due validation, mid-epoch, in the next
+    epoch), the run validates where the uninterrupted one did and ends with its weights."""
+    from statemachine_trainer.callbacks import ModelCheckpoint
+    from statemachine_trainer.data import ResumableLoader
+
+    flags = {"max_epochs": 2, "val_check_interval": 3, "check_val_every_n_epoch": None}
+
+    def data():
+        return ResumableLoader(loader(5, shuffle=True), seed=0)
+
+    uninterrupted = Boring()
+    every_step = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    quiet(enable_checkpointing=True, callbacks=[every_step], **flags).fit(uninterrupted, data(), loader(1))
+    assert [step for _, _, step in uninterrupted.validations] == [3, 6, 9]
+    paths = {int(p.name.split("step=")[1].split(".")[0].split("-")[0]): p for p in tmp_path.iterdir() if not p.name.startswith(".")}
+    for step in (3, 4, 7):
+        resumed = Boring()
+        quiet(**flags).fit(resumed, data(), loader(1), ckpt_path=paths[step])
+        assert resumed.validations == [v for v in uninterrupted.validations if v[2] >= step], step
+        for name, tensor in uninterrupted.state_dict().items():
+            assert torch.equal(tensor, resumed.state_dict()[name]), (step, name)
 
 
 @pytest.mark.parametrize("every", [1, 2])
@@ -500,8 +521,6 @@ class NoBatchIdxEval(TrainingModule):
         return self.layer(batch[0])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: validation/test/predict steps without batch_idx raise TypeError "
-                                       "(evaldata)")
 def test_evaluation_steps_without_batch_idx():
     """test_evaluation_loop.py::test_evaluation_loop_when_batch_idx_argument_is_not_given and
     test_prediction_loop.py::test_prediction_loop_when_batch_idx_argument_is_not_given: validation_step(self,
@@ -531,9 +550,6 @@ def test_training_step_returning_none_skips_the_step():
     assert trainer.global_step == 8
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: a training_step returning None in automatic optimization skips the "
-                                       "step silently; Lightning warns (UserWarning '`training_step` returned "
-                                       "`None`') (trainloops; or document as a difference)")
 def test_training_step_returning_none_warns():
     """test_training_loop_flow_scalar.py::test_train_step_no_return / test_training_step_no_return_when_even: in
     automatic optimization a None from training_step warns (UserWarning, "training_step returned None")."""
@@ -682,7 +698,7 @@ def _checkpoints_every_step(tmp_path, data, **flags) -> dict[int, object]:
                     callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)])
     module = Boring()
     trainer.fit(module, data)
-    paths = {int(p.name.split("step=")[1].split(".")[0].split("-")[0]): p for p in tmp_path.iterdir()}
+    paths = {int(p.name.split("step=")[1].split(".")[0].split("-")[0]): p for p in tmp_path.iterdir() if not p.name.startswith(".")}
     return module, paths
 
 
@@ -705,9 +721,6 @@ def test_resume_mid_epoch_warns_without_a_loader_position(tmp_path):
     assert _resume_warnings(ResumableLoader(loader(3), seed=0), paths[1]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: a checkpoint taken after an epoch's last batch (before the epoch "
-                                       "ended) warns about resuming mid-epoch although no batch of it is left "
-                                       "(trainloops: TrainingEpochLoop.on_restart)")
 def test_resume_at_the_end_of_an_epoch_does_not_warn(tmp_path):
     """test_training_epoch_loop.py::test_resume_mid_epoch_warning (resume_step=3 of 3): a checkpoint written after
     the epoch's last batch needs no loader position, so resuming from it does not warn even with a plain

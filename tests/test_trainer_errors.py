@@ -260,3 +260,13 @@ def test_a_lightning_value_we_lack_names_what_to_pass(flag, value, fragment):
 def test_a_time_based_val_check_interval_is_refused_at_construction():
     with pytest.raises(ConfigError, match="time-based interval is not supported"):
         Trainer(val_check_interval="00:00:10:00")
+
+
+def test_check_val_every_n_epoch_none_needs_an_int_interval():
+    """check_val_every_n_epoch=None counts batches across epochs, so a fractional val_check_interval means
+    nothing: refused at construction (Lightning: MisconfigurationException); an int or the default is fine."""
+    with pytest.raises(ConfigError, match=r"val_check_interval=0\.5 is a fraction of an epoch"):
+        Trainer(check_val_every_n_epoch=None, val_check_interval=0.5)
+    assert Trainer(check_val_every_n_epoch=None, val_check_interval=7).check_val_every_n_epoch is None
+    with pytest.raises(ConfigError, match="check_val_every_n_epoch must be an int >= 1"):
+        Trainer(check_val_every_n_epoch=0)

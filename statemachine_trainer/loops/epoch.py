@@ -14,7 +14,10 @@
 Validation is a state, not a flag: a checkpoint taken during a mid-epoch
 validation says so (``VALIDATE``), and the diagram shows where it happens.
 ``val_due`` looks at the batch about to run: validation follows it when it
-closes a ``val_check_interval`` or is the epoch's last batch.
+closes a ``val_check_interval`` or is the epoch's last batch.  With
+``check_val_every_n_epoch=None`` the interval counts the fit's batches
+instead (``progress.total``, checkpointed, so a resume keeps the count) and
+epoch ends are not special, as Lightning's ``total_batch_idx`` rule.
 
 ``trainer.should_stop`` set during a batch ends the epoch after it (once
 ``min_epochs`` allow), but, as in Lightning 2, not before this epoch's
@@ -71,6 +74,7 @@ class TrainingEpochLoop(FetchingLoop):
         super().__init__()
         self.batch_loop: Loop = BatchLoop()
         self.val_loop: Loop = EvaluationLoop("validate")
+        self._across_epochs = False  # check_val_every_n_epoch=None (set as a run attaches)
 
     @property
     def batch_progress(self) -> BatchProgress:
@@ -79,6 +83,8 @@ class TrainingEpochLoop(FetchingLoop):
 
     def on_attach(self) -> None:
         self.skip_transfer_hooks()
+        # check_val_every_n_epoch=None: validation counts the fit's batches, not the epoch's (once per run).
+        self._across_epochs = self.context.config.check_val_every_n_epoch is None
 
     # -- conditions ------------------------------------------------------------------------
     @property
@@ -124,11 +130,22 @@ class TrainingEpochLoop(FetchingLoop):
 
     def _validation_epoch(self) -> bool:
         run = self.context
-        return run.val_enabled and (run.current_epoch + 1) % run.config.check_val_every_n_epoch == 0
+        every = run.config.check_val_every_n_epoch
+        return run.val_enabled and (every is None or (run.current_epoch + 1) % every == 0)
 
     def _validates_after(self, number: int) -> bool:
-        """Whether the schedule validates after the epoch's ``number``-th batch (counted from 1)."""
+        """Whether the schedule validates after the epoch's ``number``-th batch (counted from 1).
+
+        ``check_val_every_n_epoch=None``: every ``val_check_interval`` batches
+        of the fit (Lightning's ``total_batch_idx``) -- the epoch's number plus
+        the batches of the epochs before it, which ``progress.total`` counts
+        and ``progress.current`` does not; otherwise every
+        ``val_check_interval`` batches of the epoch, and after its last batch.
+        """
         run = self.context
+        if self._across_epochs:
+            total, current = self.progress.total, self.progress.current
+            return (number + total.ready - current.ready) % run.val_check_batches == 0
         return number % run.val_check_batches == 0 or number == run.sources["train"].num_batches
 
     @property
@@ -160,8 +177,9 @@ class TrainingEpochLoop(FetchingLoop):
         self.context.resume_source("train")
         done = self.progress.current.completed
         source = self.context.sources["train"]
-        if done and not source.resumable:
-            # Without the loader's position a mid-epoch resume cannot be exact: say so.
+        if 0 < done < source.num_batches and not source.resumable:
+            # Without the loader's position a mid-epoch resume cannot be exact: say so.  A checkpoint taken after
+            # the epoch's last batch (done == num_batches) reads no more of this epoch, so it needs no position.
             warnings.warn(f"Resuming in the middle of an epoch ({done} of {source.num_batches} batches done) with a "
                           "loader that has no position (no state_dict/load_state_dict): the rest of this epoch "
                           "restarts the loader and is not the uninterrupted run's. Wrap the loader in "

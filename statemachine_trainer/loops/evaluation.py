@@ -38,6 +38,7 @@ import torch
 
 from .._hook_spec import STAGE_HOOKS
 from .._optim import ConfigError
+from .._step_args import takes_batch_idx
 from ..data._source import source_key
 from ..machine import ADVANCE, END, START, Row, Table
 from ..state import BatchProgress
@@ -101,10 +102,12 @@ class EvaluationLoop(FetchingLoop):
         self._sources: list[BatchSource] = []  # the stage's sources by dataloader_idx, taken when a run starts
         self._several = False  # more than one dataloader: hooks get dataloader_idx, names get its suffix
         self._checked: int | None = None  # the number of dataloaders the signatures were checked for
+        self._takes_batch_idx = True  # the step's signature has batch_idx (else it is called without it)
 
     def on_attach(self) -> None:
         self._hooks = self.context.hooks.stage(self.stage)
         self.skip_transfer_hooks()
+        self._takes_batch_idx = takes_batch_idx(getattr(self.context.module, self._step_name, None))
         self._checked = None
         self._check_signatures(len(self.context.stage_sources(self.stage)))  # early: before anything runs
 
@@ -200,7 +203,8 @@ class EvaluationLoop(FetchingLoop):
             progress.increment_started()
         run.results.fx = self._step_name
         with run.evaluation_grad_mode(), run.precision.autocast():
-            outputs = getattr(run.module, self._step_name)(*args)
+            step = getattr(run.module, self._step_name)
+            outputs = step(*args) if self._takes_batch_idx else step(batch, *args[2:])
         progress.increment_processed()
         self._hooks.batch_end(outputs, *args)
         progress.increment_completed()

@@ -18,7 +18,10 @@ for those of the two its checkpoint had already passed.  A checkpoint of a
 fit that had ended (written after ``fit`` returned, or from its last hooks)
 resumes to ADVANCE (``resume_position``), where ``done`` is asked again with
 the new run's flags: a larger ``max_epochs`` or ``max_steps`` trains up to the
-new total, the same flags end the fit at once.
+new total, the same flags end the fit at once.  The new steps come in new
+epochs, even when ``max_steps`` had cut the last one short: that epoch's end
+hooks ran and ``current_epoch`` counts it.  A checkpoint taken inside the cut
+epoch (before its end) continues it instead.
 
 The limits count *this run* of the loop (``progress.current`` epochs, steps
 since ``fields.first_step``); the counters users read (``current_epoch``,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .._step_args import takes_batch_idx
 from ..machine import Table
 from ..state import BatchProgress
 from ._fetch import FetchingLoop
@@ -52,10 +53,12 @@ class PredictionLoop(FetchingLoop):
         self._predictions: list[list[Any]] = []  # dataloaders x batches
         self._hooks: StageRelay | None = None  # the predict hooks, resolved when a run attaches
         self._sources: list[BatchSource] = []
+        self._takes_batch_idx = True  # predict_step's signature has batch_idx (else it is called without it)
 
     def on_attach(self) -> None:
         run = self.context
         self._hooks = run.hooks.stage("predict")
+        self._takes_batch_idx = takes_batch_idx(getattr(run.module, "predict_step", None))
         self.skip_transfer_hooks()
         check_dataloader_idx(run, "predict", len(run.stage_sources("predict")))
 
@@ -123,7 +126,8 @@ class PredictionLoop(FetchingLoop):
         self._hooks.batch_start(*args)
         progress.increment_started()
         with run.evaluation_grad_mode(), run.precision.autocast():
-            outputs = run.module.predict_step(*args)
+            step = run.module.predict_step
+            outputs = step(*args) if self._takes_batch_idx else step(batch, *args[2:])
         progress.increment_processed()
         self._hooks.batch_end(outputs, *args)
         self._predictions[index].append(outputs)
