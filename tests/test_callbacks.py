@@ -241,11 +241,11 @@ def test_early_stopping_thresholds_and_non_finite(tmp_path):
     assert good.stopped_epoch == 3 and good.stop_reason.startswith("Stopping threshold reached: score = 2.000")
 
     bad = EarlyStopping(monitor="score", divergence_threshold=10.0)
-    assert fit(tmp_path, Scripted([5.0, 4.0, 11.0]), [bad], max_epochs=20).current_epoch == 3
+    assert fit(tmp_path / "bad", Scripted([5.0, 4.0, 11.0]), [bad], max_epochs=20).current_epoch == 3
     assert bad.stop_reason.startswith("Divergence threshold reached")
 
     nan = EarlyStopping(monitor="score", patience=10)
-    assert fit(tmp_path, Scripted([3.0, math.nan]), [nan], max_epochs=20).current_epoch == 2
+    assert fit(tmp_path / "nan", Scripted([3.0, math.nan]), [nan], max_epochs=20).current_epoch == 2
     assert nan.stop_reason == "Monitored metric score = nan is not finite. Previous best value was 3.000."
 
 
