@@ -93,6 +93,8 @@ class BatchSource:
         self._iterator: Iterator[Any] | None = None
         self.resumable = callable(getattr(loader, "state_dict", None)) and callable(
             getattr(loader, "load_state_dict", None))
+        # A position, but no way to serve the last batch again (torchdata's StatefulDataLoader): see loops/_fetch.py.
+        self.cannot_step_back = self.resumable and not hasattr(loader, "rewind")
 
     def start_epoch(self, epoch: int) -> None:
         if self.resumable and hasattr(self.loader, "set_epoch"):
@@ -104,9 +106,21 @@ class BatchSource:
         self._iterator = iter(self.loader)
 
     def next_batch(self) -> Any:
-        if self._iterator is None:
-            self._iterator = iter(self.loader)  # after a resume: a resumable loader starts at its position
+        if self._iterator is None:  # after a resume: a resumable loader starts at its position
+            self._iterator = self._resumed_iterator()
         return next(self._iterator)
+
+    def _resumed_iterator(self) -> Iterator[Any]:
+        """``iter(loader)`` after a resume, without drawing from torch's global RNG.
+
+        ``iter`` of a DataLoader draws its workers' base seed (and a
+        ``RandomSampler`` without a generator its seed) from torch's global
+        generator.  The uninterrupted run drew them at the start of the
+        epoch, before the checkpoint's RNG state; drawing them again here
+        would shift every later draw (dropout) by one.
+        """
+        with torch.random.fork_rng(devices=[]):
+            return iter(self.loader)
 
     def refetch(self) -> None:
         """Make the next batch the one in flight when the checkpoint was taken (a resumable loader only)."""

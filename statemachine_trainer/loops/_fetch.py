@@ -27,6 +27,15 @@ hooks are kept while the batch is in flight and saved with the loop
 (``on_save_checkpoint``); the replay runs on them, then the checkpoint's
 states are put back.  (Python's and NumPy's generators are not replayed:
 draw from torch in these hooks, or augment in the dataset.)
+
+Fetching the batch in flight again needs a loader that can step back one
+batch (``ResumableLoader.rewind``).  A loader with a position but no way back
+-- torchdata's ``StatefulDataLoader``: its ``state_dict`` after a fetch counts
+that batch as read -- *pins* the batch: the loop is not ``checkpointable``
+from its fetch to the end of its ``advance``, so a checkpoint request or a
+preemption signal waits for the batch to finish (one step at most) and the
+checkpoint holds a position between two batches, which such a loader resumes
+exactly.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ class FetchingLoop(TrainerLoop, abstract=True):
     # The torch RNG states from before the transfer hooks of the batch in flight (from hold() to the end of
     # advance: done_with_batch()); None when no batch is in flight or no transfer hook is overridden.
     _rng_in_flight: dict[str, Any] | None = None
+    _pinned = False  # the batch in flight came from a loader that cannot step back: no checkpoint until it is done
 
     def skip_transfer_hooks(self) -> None:
         """Leave out, for this run, the transfer hooks that would not change the batch (worked out once)."""
@@ -69,7 +79,12 @@ class FetchingLoop(TrainerLoop, abstract=True):
 
     @property
     def checkpointable(self) -> bool:
-        return self._held is _NOTHING
+        return self._held is _NOTHING and not self._pinned
+
+    def fetch_from(self, source: Any, dataloader_idx: int) -> None:
+        """Take ``source``'s next batch and hold it (pinned when the source cannot fetch it again on resume)."""
+        self.hold(source.next_batch(), dataloader_idx)
+        self._pinned = source.cannot_step_back
 
     def hold(self, batch: Any, dataloader_idx: int) -> None:
         """Keep a fetched batch for the transfer hooks and ``advance``."""
@@ -80,6 +95,7 @@ class FetchingLoop(TrainerLoop, abstract=True):
     def done_with_batch(self) -> None:
         """The end of ``advance``: nothing of this batch is needed for a resume any more."""
         self._rng_in_flight = None
+        self._pinned = False
 
     def take_batch(self) -> Any:
         """The batch the transfer hooks produced; the loop holds nothing after this."""
@@ -120,6 +136,7 @@ class FetchingLoop(TrainerLoop, abstract=True):
 
     def teardown(self) -> None:
         self._held = _NOTHING  # a run that failed mid-fetch leaves nothing behind
+        self._pinned = False
         super().teardown()
 
 

@@ -187,7 +187,7 @@ class TrainingEpochLoop(FetchingLoop):
 
     def fetch(self) -> None:
         self.progress.increment_ready()
-        self.hold(self.context.sources["train"].next_batch(), 0)
+        self.fetch_from(self.context.sources["train"], 0)
 
     def advance(self) -> Any:
         run, progress = self.context, self.progress

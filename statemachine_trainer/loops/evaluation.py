@@ -184,7 +184,7 @@ class EvaluationLoop(FetchingLoop):
     def fetch(self, sanity: bool = False) -> None:
         index = self.fields.dataloader_idx
         self.progress.increment_ready()
-        self.hold(self._sources[index].next_batch(), index)
+        self.fetch_from(self._sources[index], index)
 
     def advance(self, sanity: bool = False) -> None:
         run, progress, index = self.context, self.progress, self.fields.dataloader_idx
