@@ -42,6 +42,7 @@ from statemachine_trainer.state import SCHEMA_VERSION
 from ._ckpt_dist_worker import states
 from .test_checkpoint_format import same
 from .test_checkpoint_format import states as state_trees
+from ._ckpt_edit import write_manifest
 
 WORKER = Path(__file__).parent / "_ckpt_dist_worker.py"
 PART_FILES = ["state.json", "tensors.pt", "rank-0/state.json", "rank-0/tensors.pt", "rank-1/state.json",
@@ -165,7 +166,7 @@ def _flip(path: Path) -> None:
 def _edit_manifest(path: Path, change: Any) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     change(manifest)
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(path, manifest)
 
 
 _DAMAGE = {

@@ -26,6 +26,7 @@ from statemachine_trainer.checkpoint._hashing import hash_bytes
 from statemachine_trainer.data import ResumableLoader
 
 from .test_resume import Net, Plateau, assert_same_run, loader
+from ._ckpt_edit import write_manifest
 
 
 def fit_with_checkpoints(root: Path, module: Net, ckpt_path=None, max_epochs: int = 2, **kwargs) -> Trainer:
@@ -136,7 +137,7 @@ def _pickle_payload(ckpt: Path) -> None:
     manifest = json.loads((ckpt / "manifest.json").read_text())
     data = (ckpt / "tensors.pt").read_bytes()
     manifest["files"]["tensors.pt"] = {"size": len(data), manifest["hash"]: hash_bytes(manifest["hash"], data)}
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(ckpt, manifest)
 
 
 def _no_manifest(ckpt: Path) -> None:
