@@ -25,24 +25,31 @@ uninterrupted one.  The parts, by top-level key:
 
 Loading checks every part against the run it goes into *before* applying
 any of it, so a checkpoint from another model fails with the key that does
-not fit, and leaves the module, optimizers and loops untouched.
+not fit, and leaves the module, optimizers and loops untouched: first
+:func:`structure` (the types of every part, through ``_run_schema``, and the
+fit with the module and the loop tree), then :func:`check` once the
+optimizers exist, then :func:`restore`.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import torch
 
 from ._optim import ConfigError
+from .checkpoint import CheckpointError
+from .state import StateError
 
 if TYPE_CHECKING:
     from ._run import Run
     from .machine import Loop
 
-__all__ = ["capture", "check", "check_datamodule", "check_module_state", "check_optimizer_states", "restore",
-           "restore_datamodule", "split"]
+__all__ = ["CheckpointMismatch", "LoopTreeMismatch", "capture", "check", "check_datamodule", "check_module_state",
+           "apply_undoably", "check_optimizer_states", "conforms", "restore", "restore_datamodule", "split", "structure"]
 
 #: The keys a checkpoint written during ``fit`` has (one written outside fit holds weights only).
 RUN_KEYS = ("module", "loops", "callbacks", "rng", "optimizers", "schedulers", "precision", "grads", "metrics",
@@ -92,66 +99,141 @@ def capture(run: Run, root: Loop) -> dict[str, Any]:
     return state
 
 
-def check(run: Run, root: Loop, state: Any, path: Path, whole_run: bool) -> None:
-    """Raise ConfigError naming the first key of ``state`` that does not fit this run; change nothing."""
+class CheckpointMismatch(CheckpointError, ConfigError):
+    """A readable checkpoint that does not fit this run (another model, loop tree, optimizers...).
+
+    Both a :class:`CheckpointError` (the checkpoint is refused) and a
+    ``ConfigError`` (the run is configured for other state), so either catches it.
+    """
+
+
+class LoopTreeMismatch(CheckpointMismatch, StateError):
+    """A checkpoint whose loop state set does not fit this loop tree (also the :class:`StateError` it was)."""
+
+
+def structure(run: Run, root: Loop, state: Any, path: Path, whole_run: bool) -> Any:
+    """Phase one of a resume: the typed checkpoint, checked against everything the run has before ``fit`` builds
+    its optimizers (module, gradients, metrics, loop tree); raises before anything -- even the data module's
+    state -- is applied.  In a multi-process run every rank raises if any rank's part is refused."""
+    typed, own = None, None
+    try:
+        typed = _structure(run, root, state, path, whole_run)
+    except CheckpointError as exc:
+        own = exc
+    if run.strategy.world_size > 1:
+        from .checkpoint._dist import agree
+
+        agree(own, f"to check its part of checkpoint {path}")
+    if own is not None:
+        raise own
+    return typed
+
+
+def _structure(run: Run, root: Loop, state: Any, path: Path, whole_run: bool) -> Any:
+    from ._run_schema import RunCheckpoint, WeightsCheckpoint, structure_checkpoint
+
     if not isinstance(state, dict) or "module" not in state:
-        raise ConfigError(f"{path} holds no module state ($.module); it was not written by a Trainer.")
-    _check_module(run.module, state["module"], path)
+        raise CheckpointMismatch(f"{path} holds no module state ($.module); it was not written by a Trainer.")
+    missing = [key for key in RUN_KEYS if key not in state]
+    if whole_run and missing:
+        raise CheckpointMismatch(f"{path} cannot resume fit(): it has no {', '.join('$.' + k for k in missing)} "
+                                 "(it was written outside fit, so it holds weights only); pass it to "
+                                 "validate/test/predict, or resume from a checkpoint written during fit.")
+    typed = structure_checkpoint(state, RunCheckpoint if whole_run else WeightsCheckpoint, path)
+    _check_module(run.module, typed.module, path)
+    if whole_run:
+        _check_grads(run.module, typed.grads, path)
+        _check_metrics(run.module, typed.metrics, path)
+        try:
+            root.check_state_dict(typed.loops)
+        except ValueError as error:
+            raise LoopTreeMismatch(f"{path} does not match this loop tree: {error}") from None
+    return typed
+
+
+def check(run: Run, root: Loop, typed: Any, path: Path, whole_run: bool) -> None:
+    """Phase two, once the optimizers exist: raise naming the first part of ``typed`` that misfits; change nothing."""
     if not whole_run:
         return
-    missing = [key for key in RUN_KEYS if key not in state]
-    if missing:
-        raise ConfigError(f"{path} cannot resume fit(): it has no {', '.join('$.' + k for k in missing)} "
-                          "(it was written outside fit, so it holds weights only); pass it to "
-                          "validate/test/predict, or resume from a checkpoint written during fit.")
-    _check_optimizers(run, state, path)
-    _check_grads(run.module, state["grads"], path)
-    try:
-        root.check_state_dict(state["loops"])
-    except ValueError as error:
-        raise ConfigError(f"{path} does not match this loop tree: {error}") from None
+    _check_optimizers(run, typed, path)
     if run.strategy.world_size > 1:
         from .distributed import all_equal
 
-        if not all_equal(state["loops"]):
-            raise ConfigError(f"{path}: the ranks' parts put the loop tree at different transitions; the "
-                              "checkpoint is inconsistent, resume from an earlier one.")
+        if not all_equal(typed.loops):
+            raise CheckpointMismatch(f"{path}: the ranks' parts put the loop tree at different transitions; the "
+                                     "checkpoint is inconsistent, resume from an earlier one.")
 
 
-def restore(run: Run, root: Loop, state: dict[str, Any], whole_run: bool) -> None:
-    """Put a checked state set back: weights only, or (``whole_run``) everything ``capture`` took."""
+def restore(run: Run, root: Loop, typed: Any, path: Path, whole_run: bool) -> None:
+    """Put a checked checkpoint back: weights only, or (``whole_run``) everything ``capture`` took.
+
+    The parts whose format another component owns go first, each one's
+    current state kept: if one refuses its part, those already given theirs
+    get their own state back and a :class:`CheckpointMismatch` names the part.
+    The module, gradients, metrics and RNGs, checked completely beforehand,
+    follow.
+    """
     from .checkpoint import restore_rng
 
     module = run.module
-    module.load_state_dict(state["module"])
     if whole_run:
-        _restore_optimization(run, state)
+        apply_undoably(path, _owned_parts(run, root, typed))
+        run.remember_restored_data(typed.data)
+    module.load_state_dict(typed.module)
+    if whole_run:
         params = dict(module.named_parameters())
-        for name, grad in state["grads"].items():
+        for name, grad in typed.grads.items():
             params[name].grad = grad.to(params[name].device)
-        _load_metric_states(module, state["metrics"])
-        run.results.load_state_dict(state["results"])
-        run.restore_data(state["data"])
-        root.load_state_dict(state["loops"])
-        for callback in run.callbacks:
-            if callback.state_key in state["callbacks"]:
-                callback.load_state_dict(state["callbacks"][callback.state_key])
-        for i, logger in enumerate(run.loggers):  # a logger added or removed since just starts afresh
-            if _logger_key(i, logger) in state["loggers"]:
-                logger.load_state_dict(state["loggers"][_logger_key(i, logger)])
-        restore_rng(state["rng"])
-    module.on_load_checkpoint(state.get("extra", {}))
+        _load_metric_states(module, typed.metrics)
+        rng = typed.rng
+        restore_rng({"python": rng.python, "numpy": rng.numpy, "torch": rng.torch}
+                    | ({} if rng.cuda is None else {"cuda": rng.cuda}))
+    module.on_load_checkpoint(typed.extra)
     for callback in run.callbacks:
-        callback.on_load_checkpoint(run, module, state.get("extra", {}))
+        callback.on_load_checkpoint(run, module, typed.extra)
 
 
-def _restore_optimization(run: Run, state: dict[str, Any]) -> None:
+def _owned_parts(run: Run, root: Loop, typed: Any) -> list[tuple[str, Any, Any]]:
+    """``(key path, component, its saved state)`` for each part a component checks itself, in load order."""
     optimization = run.optimization
-    for opt, opt_state in zip(optimization.optimizers, state["optimizers"]):
-        opt.load_state_dict(opt_state)
-    for config, sched_state in zip(optimization.setup.schedulers, state["schedulers"]):
-        config.scheduler.load_state_dict(sched_state)
-    run.precision.load_state_dict(state["precision"])
+    parts: list[tuple[str, Any, Any]] = [(f"$.data.{stage}", run.sources[stage], position)
+                                         for stage, position in typed.data.items() if stage in run.sources]
+    parts.append(("$.results", run.results, typed.results))
+    parts += [(f"$.callbacks[{cb.state_key!r}]", cb, typed.callbacks[cb.state_key]) for cb in run.callbacks
+              if cb.state_key in typed.callbacks]
+    parts += [(f"$.loggers[{_logger_key(i, lg)!r}]", lg, typed.loggers[_logger_key(i, lg)])
+              for i, lg in enumerate(run.loggers) if _logger_key(i, lg) in typed.loggers]  # added since: afresh
+    parts += [(f"$.optimizers[{i}]", opt, attrs.asdict(saved, recurse=False))
+              for i, (opt, saved) in enumerate(zip(optimization.optimizers, typed.optimizers))]
+    parts += [(f"$.schedulers[{i}]", config.scheduler, saved)
+              for i, (config, saved) in enumerate(zip(optimization.setup.schedulers, typed.schedulers))]
+    parts.append(("$.precision", run.precision, typed.precision))
+    parts.append(("$.loops", root, typed.loops))
+    return parts
+
+
+def apply_undoably(path: Path, parts: list[tuple[str, Any, Any]]) -> None:
+    """``load_state_dict`` each part; if one raises, give every component touched its own state back, then raise."""
+    touched: list[tuple[Any, Any]] = []
+    for where, component, saved in parts:
+        touched.append((component, copy.deepcopy(component.state_dict())))
+        try:
+            component.load_state_dict(saved)
+        except Exception as exc:  # noqa: BLE001 -- each component refuses in its own way
+            _undo(touched)
+            raise CheckpointMismatch(f"{path}: {where} was refused by {type(component).__name__} "
+                                     f"({type(exc).__name__}: {str(exc)[:300]}); nothing of the checkpoint was "
+                                     "applied. The state file was edited, or written with other components: "
+                                     "resume from another checkpoint, or with the components that wrote it.") \
+                from None
+
+
+def _undo(touched: list[tuple[Any, Any]]) -> None:
+    for component, before in reversed(touched):
+        try:
+            component.load_state_dict(before)
+        except Exception:  # noqa: BLE001, S110 -- best effort: the refusal raised next is what matters
+            pass
 
 
 # -- the data module ------------------------------------------------------------------------------
@@ -163,20 +245,20 @@ def _datamodule_state(datamodule: Any) -> dict[str, Any]:
     return {"class": type(datamodule).__qualname__, "state": saved}
 
 
-def check_datamodule(run: Run, state: dict[str, Any], path: Path) -> None:
-    """ConfigError when the checkpoint's data module state is not the run's data module's; change nothing."""
+def check_datamodule(run: Run, typed: Any, path: Path) -> None:
+    """Raise when the checkpoint's data module state is not the run's data module's; change nothing."""
     import warnings
 
-    saved, datamodule = state.get("datamodule"), run.datamodule
+    saved, datamodule = typed.datamodule, run.datamodule
     if saved is None:
         if datamodule is not None and not getattr(datamodule.load_state_dict, "__noop_hook__", False):
             warnings.warn(f"{path} holds no data module state (it was written without one); "
                           f"{type(datamodule).__name__}.load_state_dict is not called and the data module keeps "
                           "its own state.", stacklevel=4)
         return
-    if not (isinstance(saved, dict) and set(saved) == {"class", "state"} and isinstance(saved["state"], dict)):
-        raise ConfigError(f"{path}: $.datamodule is not a data module's saved state ({{'class', 'state'}}); the "
-                          "checkpoint was edited or damaged. Resume from another one.")
+    if not (set(saved) == {"class", "state"} and isinstance(saved["class"], str) and isinstance(saved["state"], dict)):
+        raise CheckpointError(f"{path}: $.datamodule is not a data module's saved state ({{'class', 'state'}}); "
+                              "the checkpoint was edited or damaged. Resume from another one.")
     if datamodule is None:
         if saved["state"]:
             warnings.warn(f"{path} holds the state of data module {saved['class']}, but this run has no data "
@@ -184,15 +266,16 @@ def check_datamodule(run: Run, state: dict[str, Any], path: Path) -> None:
         return
     ours = type(datamodule).__qualname__
     if saved["class"] != ours:
-        raise ConfigError(f"{path} holds the state of data module {saved['class']}, but this run's data module is "
-                          f"{ours}; resume with the data module that wrote the checkpoint.")
+        raise CheckpointMismatch(f"{path} holds the state of data module {saved['class']}, but this run's data "
+                                 f"module is {ours}; resume with the data module that wrote the checkpoint.")
 
 
-def restore_datamodule(run: Run, state: dict[str, Any]) -> None:
-    """Give the data module its saved state (checked by ``check_datamodule``), before its dataloaders are read."""
-    saved = state.get("datamodule")
+def restore_datamodule(run: Run, typed: Any, path: Path) -> None:
+    """Give the data module its saved state (checked by ``check_datamodule``), before its dataloaders are read:
+    the first part of a checkpoint applied, so if the data module refuses it nothing else has been."""
+    saved = typed.datamodule
     if saved is not None and run.datamodule is not None:
-        run.datamodule.load_state_dict(saved["state"])
+        apply_undoably(path, [("$.datamodule.state", run.datamodule, saved["state"])])
 
 
 # -- checks ---------------------------------------------------------------------------------------
@@ -207,19 +290,98 @@ def check_module_state(module: torch.nn.Module, saved: Any, path: Path, grads: A
 
 
 def check_optimizer_states(path: Path, optimizers: Any, saved: Any, schedulers: Any, saved_schedulers: Any) -> None:
-    """ConfigError when the saved optimizers/schedulers are not as many as these, or hold other param groups."""
+    """Raise when the saved optimizers/schedulers (typed: ``_run_schema.OptimizerState``, dicts) are not as many
+    as these, hold other param groups, or other kinds of values than these have."""
     if len(saved) != len(optimizers) or len(saved_schedulers) != len(schedulers):
-        raise ConfigError(f"{path} holds {len(saved)} optimizer(s) and {len(saved_schedulers)} "
-                          f"scheduler(s), but {len(optimizers)} and {len(schedulers)} were given "
-                          f"(configure_optimizers() returns them in a Trainer run); {_FIX}.")
+        raise CheckpointMismatch(f"{path} holds {len(saved)} optimizer(s) and {len(saved_schedulers)} "
+                                 f"scheduler(s), but {len(optimizers)} and {len(schedulers)} were given "
+                                 f"(configure_optimizers() returns them in a Trainer run); {_FIX}.")
     for i, (opt, opt_state) in enumerate(zip(optimizers, saved)):
-        groups = opt_state.get("param_groups", []) if isinstance(opt_state, dict) else []
-        sizes = [len(g.get("params", [])) for g in groups]
-        ours = [len(g["params"]) for g in opt.param_groups]
-        if sizes != ours:
-            raise ConfigError(f"{path} does not match optimizer {i} ({type(opt).__name__}): "
-                              f"$.optimizers[{i}].param_groups hold {sizes} parameters per group in the checkpoint "
-                              f"but {ours} here; {_FIX}.")
+        _check_optimizer(path, i, opt, opt_state)
+    for i, (sched, sched_state) in enumerate(zip(schedulers, saved_schedulers)):
+        conforms(sched_state, sched.state_dict(), path, f"$.schedulers[{i}]")
+
+
+def _check_optimizer(path: Path, i: int, opt: Any, saved: Any) -> None:
+    sizes = [len(g.get("params", [])) if isinstance(g.get("params"), list) else -1 for g in saved.param_groups]
+    ours = [len(g["params"]) for g in opt.param_groups]
+    if sizes != ours:
+        raise CheckpointMismatch(f"{path} does not match optimizer {i} ({type(opt).__name__}): "
+                                 f"$.optimizers[{i}].param_groups hold {sizes} parameters per group in the checkpoint "
+                                 f"but {ours} here; {_FIX}.")
+    indices = [p for g in saved.param_groups for p in g["params"]]
+    if sorted(indices) != list(range(len(indices))) or any(type(p) is not int for p in indices):
+        raise CheckpointError(f"{path}: $.optimizers[{i}].param_groups number their parameters {indices[:10]}..., "
+                              f"not 0..{len(indices) - 1} once each; the state file was edited or damaged.")
+    stray = sorted(set(saved.state) - set(indices))
+    if stray:
+        raise CheckpointError(f"{path}: $.optimizers[{i}].state[{stray[0]}] belongs to no parameter of its groups; "
+                              "the state file was edited or damaged.")
+    live = opt.state_dict()["param_groups"]
+    for g, (group, ours_group) in enumerate(zip(saved.param_groups, live)):
+        conforms({k: v for k, v in group.items() if k != "params"},
+                 {k: v for k, v in ours_group.items() if k != "params"}, path, f"$.optimizers[{i}].param_groups[{g}]")
+
+
+def conforms(saved: Any, live: Any, path: Path, where: str) -> None:
+    """Raise :class:`CheckpointError` unless ``saved`` has the shape of ``live`` (what the component holds now).
+
+    Dicts need the same keys (unless the live one is empty: filled as it
+    runs), values the same kinds -- ints for ints, numbers for floats, a bool
+    for a bool, tensors of the same dtype for tensors.  A live None or an
+    empty container accepts anything: its saved form is not known yet.
+    """
+    problem = _misfit(saved, live)
+    if problem is not None:
+        inner, text = problem
+        raise CheckpointError(f"{path}: {where}{inner} {text}; the state file was edited, or written by another "
+                              "version of the component. Use an earlier checkpoint.")
+
+
+def _misfit(saved: Any, live: Any) -> tuple[str, str] | None:
+    if live is None:
+        return None
+    kinds = ((bool, (bool,)), (int, (int,)), (float, (int, float)), (str, (str,)))
+    for live_kind, accepted in kinds:
+        if isinstance(live, live_kind):
+            ok = isinstance(saved, accepted) and (live_kind is bool or not isinstance(saved, bool))
+            return None if ok else ("", f"is {type(saved).__name__} {_short(saved)}, not {live_kind.__name__}")
+    if isinstance(live, torch.Tensor):
+        if not isinstance(saved, torch.Tensor) or saved.dtype != live.dtype:
+            return "", f"is {_describe_value(saved)}, not a {live.dtype} tensor"
+        return None
+    if isinstance(live, dict):
+        return _dict_misfit(saved, live)
+    if isinstance(live, (list, tuple)):
+        if not isinstance(saved, (list, tuple)):
+            return "", f"is {type(saved).__name__}, not a list"
+        for index, (a, b) in enumerate(zip(saved, live)):
+            found = _misfit(a, b)
+            if found is not None:
+                return f"[{index}]{found[0]}", found[1]
+    return None
+
+
+def _dict_misfit(saved: Any, live: dict[Any, Any]) -> tuple[str, str] | None:
+    if not isinstance(saved, dict):
+        return "", f"is {type(saved).__name__}, not a mapping"
+    if live and set(saved) != set(live):
+        unknown, missing = sorted(map(str, set(saved) - set(live))), sorted(map(str, set(live) - set(saved)))
+        return "", f"has keys {unknown} it should not have and lacks {missing}"
+    for key, value in saved.items():
+        found = _misfit(value, live.get(key)) if live else None
+        if found is not None:
+            return f"[{key!r}]{found[0]}", found[1]
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**50 else "<a huge int>"
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _describe_value(value: Any) -> str:
+    return f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else f"{type(value).__name__} {_short(value)}"
 
 
 def _check_module(module: torch.nn.Module, saved: Any, path: Path) -> None:
@@ -228,30 +390,64 @@ def _check_module(module: torch.nn.Module, saved: Any, path: Path) -> None:
     name = type(module).__name__
     missing = [k for k in ours if k not in saved]
     if missing:
-        raise ConfigError(f"{path} does not match {name}: $.module[{missing[0]!r}] is missing from the checkpoint "
-                          f"({len(missing)} key(s) missing); {_FIX}.")
+        raise CheckpointMismatch(f"{path} does not match {name}: $.module[{missing[0]!r}] is missing from the "
+                                 f"checkpoint ({len(missing)} key(s) missing); {_FIX}.")
     unexpected = [k for k in saved if k not in ours]
     if unexpected:
-        raise ConfigError(f"{path} does not match {name}: $.module[{unexpected[0]!r}] is in the checkpoint but "
-                          f"not in the module ({len(unexpected)} unexpected key(s)); {_FIX}.")
+        raise CheckpointMismatch(f"{path} does not match {name}: $.module[{unexpected[0]!r}] is in the checkpoint "
+                                 f"but not in the module ({len(unexpected)} unexpected key(s)); {_FIX}.")
     for key, tensor in ours.items():
-        if isinstance(tensor, torch.Tensor) and tuple(saved[key].shape) != tuple(tensor.shape):
-            raise ConfigError(f"{path} does not match {name}: $.module[{key!r}] has shape "
-                              f"{tuple(saved[key].shape)} in the checkpoint but {tuple(tensor.shape)} in the "
-                              f"module; {_FIX}.")
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        if not isinstance(saved[key], torch.Tensor):
+            raise CheckpointError(f"{path}: $.module[{key!r}] is {_describe_value(saved[key])}, not a tensor; the "
+                                  "state file was edited or damaged.")
+        if tuple(saved[key].shape) != tuple(tensor.shape):
+            raise CheckpointMismatch(f"{path} does not match {name}: $.module[{key!r}] has shape "
+                                     f"{tuple(saved[key].shape)} in the checkpoint but {tuple(tensor.shape)} in the "
+                                     f"module; {_FIX}.")
 
 
-def _check_optimizers(run: Run, state: dict[str, Any], path: Path) -> None:
-    check_optimizer_states(path, run.optimization.optimizers, state["optimizers"],
-                           [c.scheduler for c in run.optimization.setup.schedulers], state["schedulers"])
+def _check_optimizers(run: Run, typed: Any, path: Path) -> None:
+    check_optimizer_states(path, run.optimization.optimizers, typed.optimizers,
+                           [c.scheduler for c in run.optimization.setup.schedulers], typed.schedulers)
+    conforms(typed.precision, run.precision.state_dict(), path, "$.precision")
 
 
 def _check_grads(module: torch.nn.Module, grads: Any, path: Path) -> None:
     params = dict(module.named_parameters())
     for name, grad in grads.items():
         if name not in params or tuple(grad.shape) != tuple(params[name].shape):
-            raise ConfigError(f"{path} does not match {type(module).__name__}: $.grads[{name!r}] has no parameter "
-                              f"of that name and shape; {_FIX}.")
+            raise CheckpointMismatch(f"{path} does not match {type(module).__name__}: $.grads[{name!r}] has no "
+                                     f"parameter of that name and shape; {_FIX}.")
+        if grad.dtype != params[name].dtype:
+            raise CheckpointError(f"{path}: $.grads[{name!r}] is a {grad.dtype} tensor but its parameter is "
+                                  f"{params[name].dtype}; the state file was edited or damaged.")
+
+
+def _check_metrics(module: torch.nn.Module, saved: dict[str, Any], path: Path) -> None:
+    """Each saved metric state has the live metric's state names, tensors where it has tensors (same dtype and
+    shape), lists of tensors where it accumulates lists."""
+    from torchmetrics import Metric
+
+    for name, metric in module.named_modules():
+        if not (isinstance(metric, Metric) and name in saved):
+            continue
+        where, entry = f"$.metrics[{name!r}]", saved[name]
+        if set(entry.state) != set(metric.metric_state) or entry.update_count < 0:
+            raise CheckpointError(f"{path}: {where} holds states {sorted(entry.state)} (update_count "
+                                  f"{entry.update_count}), but {type(metric).__name__} has "
+                                  f"{sorted(metric.metric_state)}; the state file was edited, or written with "
+                                  "another metric.")
+        for key, live in metric.metric_state.items():
+            value = entry.state[key]
+            fits = (isinstance(value, torch.Tensor) and value.dtype == live.dtype and value.shape == live.shape
+                    if isinstance(live, torch.Tensor) else
+                    isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value))
+            if not fits:
+                raise CheckpointError(f"{path}: {where}.state[{key!r}] is {_describe_value(value)}, which "
+                                      f"{type(metric).__name__} cannot hold there; the state file was edited or "
+                                      "damaged.")
 
 
 # -- hyperparameters ---------------------------------------------------------------------------------
@@ -290,11 +486,11 @@ def _load_metric_states(module: torch.nn.Module, states: dict[str, Any]) -> None
         if isinstance(metric, Metric) and name in states:
             metric.reset()  # drops any cached compute() result
             values = {key: list(value) if isinstance(value, (list, tuple)) else value
-                      for key, value in states[name]["state"].items()}
+                      for key, value in states[name].state.items()}
             # A Metric's load_state_dict takes its states whether or not they are persistent.
             metric.load_state_dict(values, strict=False)
             # torchmetrics has no public way to set the update count (compute() warns when it is 0).
-            metric._update_count = states[name]["update_count"]
+            metric._update_count = states[name].update_count
 
 
 def _logger_key(index: int, logger: Any) -> str:

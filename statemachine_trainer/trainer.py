@@ -440,11 +440,11 @@ class Trainer:
         replicated, rank_local, _ = load_checkpoint_parts(path, map_location=self.run.device)
         return {**replicated, **rank_local}, path
 
-    def _restore(self, saved: tuple[dict[str, Any], Path], whole_run: bool) -> None:
-        """Apply a read checkpoint: with ``whole_run`` (fit) everything, otherwise the weights; checked first."""
-        state, path = saved
-        _run_state.check(self.run, self.fit_loop, state, path, whole_run)
-        _run_state.restore(self.run, self.fit_loop, state, whole_run)
+    def _restore(self, saved: tuple[Any, Path], whole_run: bool) -> None:
+        """Apply a structured checkpoint: with ``whole_run`` (fit) everything, otherwise the weights; checked first."""
+        typed, path = saved
+        _run_state.check(self.run, self.fit_loop, typed, path, whole_run)
+        _run_state.restore(self.run, self.fit_loop, typed, path, whole_run)
 
     def _checkpoint_dir(self) -> Path:
         """Where checkpoints go: the ModelCheckpoint's directory, or ``default_root_dir/checkpoints``."""
@@ -565,10 +565,12 @@ class Trainer:
         run.module.zero_grad()  # as Lightning: gradients left from before the run never reach its first step
         if path is None:
             return None
-        saved = self._read_checkpoint(path)
-        _run_state.check_datamodule(run, *saved)
-        _run_state.restore_datamodule(run, saved[0])
-        return saved
+        state, path = self._read_checkpoint(path)
+        # Structured and checked as far as the run allows before the optimizers exist: nothing applied yet.
+        typed = _run_state.structure(run, self.fit_loop, state, path, whole_run=run.state == "fit")
+        _run_state.check_datamodule(run, typed, path)
+        _run_state.restore_datamodule(run, typed, path)
+        return typed, path
 
     def _assemble(self, run: Run, setup: Any) -> None:
         """The strategy's step, the optimization (fit), the hook relay; the loops are attached last."""
