@@ -132,7 +132,10 @@ def structure(run: Run, root: Loop, state: Any, path: Path, whole_run: bool) -> 
 def _structure(run: Run, root: Loop, state: Any, path: Path, whole_run: bool) -> Any:
     from ._run_schema import RunCheckpoint, WeightsCheckpoint, structure_checkpoint
 
-    if not isinstance(state, dict) or "module" not in state:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: $ is a {type(state).__name__}, not the mapping a checkpoint holds; the "
+                              "state file was edited or damaged.")
+    if "module" not in state:
         raise CheckpointMismatch(f"{path} holds no module state ($.module); it was not written by a Trainer.")
     missing = [key for key in RUN_KEYS if key not in state]
     if whole_run and missing:

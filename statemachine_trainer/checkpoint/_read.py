@@ -84,10 +84,8 @@ def load_part(path: Path, part: str, manifest: dict[str, Any], map_location: Any
 def _decode_part(path: Path, part: str, data: Any, tensors: dict[str, Any]) -> Any:
     try:
         return decode(data, tensors)
-    except CheckpointError as exc:
-        if not part:
-            raise
-        raise CheckpointError(f"{path / part}: {exc}") from None  # say which rank's part is damaged
+    except CheckpointError as exc:  # name the file (and so which rank's part) that is damaged
+        raise CheckpointError(f"{path / _prefixed(part, STATE)}: {exc}") from None
 
 
 def load_checkpoint_dir(path: str | os.PathLike[str], map_location: Any = None) -> tuple[Any, dict[str, Any]]:
