@@ -48,8 +48,21 @@ if TYPE_CHECKING:
     from ._run import Run
     from .machine import Loop
 
-__all__ = ["CheckpointMismatch", "LoopTreeMismatch", "capture", "check", "check_datamodule", "check_module_state",
-           "apply_undoably", "check_optimizer_states", "conforms", "restore", "restore_datamodule", "split", "structure"]
+__all__ = [
+    "CheckpointMismatch",
+    "LoopTreeMismatch",
+    "apply_undoably",
+    "capture",
+    "check",
+    "check_datamodule",
+    "check_module_state",
+    "check_optimizer_states",
+    "conforms",
+    "restore",
+    "restore_datamodule",
+    "split",
+    "structure",
+]
 
 #: The keys a checkpoint written during ``fit`` has (one written outside fit holds weights only).
 RUN_KEYS = ("module", "loops", "callbacks", "rng", "optimizers", "schedulers", "precision", "grads", "metrics",

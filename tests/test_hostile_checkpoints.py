@@ -432,7 +432,8 @@ def test_a_prune_killed_half_way_leaves_nothing_visible_and_the_next_save_cleans
     script = (f"import os, signal; from statemachine_trainer.checkpoint import _latest; "
               f"_latest.remove_entry = lambda p: os.kill(os.getpid(), signal.SIGKILL); "
               f"_latest.prune({str(root)!r}, 1)")
-    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    repo = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-c", script], check=False, env={**os.environ, "PYTHONPATH": repo})
     assert result.returncode == -signal.SIGKILL
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["step=2"]
     assert len(_hidden(root)) == 1 and find_latest(root) == (root / "step=2", [])

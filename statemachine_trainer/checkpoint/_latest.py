@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._errors import CheckpointError, WorldSizeError
+from ._fsops import clean_strays, fsync_dir, remove_entry
 from ._manifest import FILES, MANIFEST, read_manifest, step_of
 from ._read import load_checkpoint_dir, verify_checkpoint
-from ._write import clean_strays, fsync_dir, remove_entry
 
 __all__ = ["candidates", "check_keep_last", "find_latest", "load_latest", "prune"]
 

@@ -49,11 +49,12 @@ from typing import Any, NamedTuple, TypeVar
 from . import _dist
 from ._codec import encode
 from ._errors import CheckpointError, WorldSizeError
+from ._fsops import discard, fsync_dir
 from ._hashing import DEFAULT_HASH
 from ._latest import candidates, check_keep_last, prune
 from ._manifest import files_for, rank_dir, read_manifest, world_size_of
 from ._read import load_part, unlisted
-from ._write import check_hash_name, checked_metadata, commit, discard, fsync_dir, manifest, new_tmp, write_part
+from ._write import check_hash_name, checked_metadata, commit, manifest, new_tmp, write_part
 
 __all__ = ["load_checkpoint_parts", "load_latest_parts", "save_checkpoint_parts"]
 

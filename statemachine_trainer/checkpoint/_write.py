@@ -21,9 +21,6 @@ import ctypes
 import datetime
 import json
 import os
-import re
-import shutil
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,13 +31,12 @@ from ..state import SCHEMA_VERSION, StateError, check_json
 from ._codec import encode
 from ._errors import CheckpointError
 from ._files import max_state_bytes, state_too_large
+from ._fsops import clean_strays, discard, fsync_dir, remove_entry
 from ._hashing import DEFAULT_HASH, HASHES, HashingWriter
+from ._latest import prune
 from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARTS_FORMAT_VERSION, STATE, TENSORS, seal
 
-__all__ = ["check_hash_name", "checked_metadata", "clean_strays", "commit", "fsync_dir", "manifest", "new_tmp",
-           "discard", "remove_entry", "save_checkpoint_dir", "write_part"]
-
-_STRAY = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?P<pid>\d+)\Z")
+__all__ = ["check_hash_name", "checked_metadata", "commit", "manifest", "new_tmp", "save_checkpoint_dir", "write_part"]
 
 
 def save_checkpoint_dir(path: str | os.PathLike[str], state: Any, metadata: dict[str, Any] | None = None, *,
@@ -64,8 +60,6 @@ def save_checkpoint_dir(path: str | os.PathLike[str], state: Any, metadata: dict
         discard(tmp)
         raise
     if keep_last is not None:
-        from ._latest import prune
-
         prune(path.parent, keep_last, keep=path)
     return path
 
@@ -148,15 +142,6 @@ def _write_file(path: Path, write: Callable[[BinaryIO], Any], hash_name: str, du
     return {"size": writer.size, hash_name: writer.hexdigest()}
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or new entry in ``path`` durable (POSIX needs the directory itself fsynced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two directory entries in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
@@ -164,26 +149,6 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
     at_fdcwd, rename_exchange = -100, 2
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def remove_entry(path: Path) -> None:
-    """Delete ``path`` without following it: a symlink or file is unlinked, only a real directory is removed whole."""
-    try:
-        is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return
-    if is_dir:
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
-def discard(path: Path) -> None:
-    """:func:`remove_entry`, best effort: cleaning up after a failure must not hide the failure."""
-    try:
-        remove_entry(path)
-    except OSError:
-        pass  # clean_strays() removes it at the next save
 
 
 def _install(tmp: Path, path: Path) -> None:
@@ -206,31 +171,3 @@ def _install(tmp: Path, path: Path) -> None:
     remove_entry(aside)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_strays(parent: Path) -> None:
-    """Remove what killed saves left in ``parent``: temp directories, checkpoints hidden for deletion by
-    pruning (``.<name>.del-<pid>``), and a set-aside old checkpoint (moved back when nothing replaced it)."""
-    for entry in parent.iterdir():
-        match = _STRAY.match(entry.name)
-        if not match:
-            continue
-        pid = int(match["pid"])
-        if pid != os.getpid() and _alive(pid):
-            continue  # another process is saving right now
-        final = parent / match["name"]
-        try:
-            if match["kind"] == "old" and not os.path.lexists(final):
-                os.replace(entry, final)
-            else:
-                remove_entry(entry)
-        except OSError:
-            pass  # removed by someone else meanwhile, or not ours to remove: the next save tries again
