@@ -237,11 +237,14 @@ def apply_undoably(path: Path, parts: list[tuple[str, Any, Any]]) -> None:
             component.load_state_dict(saved)
         except Exception as exc:  # noqa: BLE001 -- each component refuses in its own way
             _undo(touched)
-            raise CheckpointMismatch(f"{path}: {where} was refused by {type(component).__name__} "
-                                     f"({type(exc).__name__}: {str(exc)[:300]}); nothing of the checkpoint was "
-                                     "applied. The state file was edited, or written with other components: "
-                                     "resume from another checkpoint, or with the components that wrote it.") \
-                from None
+            raise _refused(path, where, component, exc) from None
+
+
+def _refused(path: Path, where: str, component: Any, exc: Exception) -> CheckpointMismatch:
+    return CheckpointMismatch(f"{path}: {where} was refused by {type(component).__name__} ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); nothing of the checkpoint was applied. The state file was edited, "
+                              "or written with other components: resume from another checkpoint, or with the "
+                              "components that wrote it.")
 
 
 def _undo(touched: list[tuple[Any, Any]]) -> None:
@@ -291,7 +294,10 @@ def restore_datamodule(run: Run, typed: Any, path: Path) -> None:
     the first part of a checkpoint applied, so if the data module refuses it nothing else has been."""
     saved = typed.datamodule
     if saved is not None and run.datamodule is not None:
-        apply_undoably(path, [("$.datamodule.state", run.datamodule, saved["state"])])
+        try:  # not undoable: its state_dict() is the user's hook, not called at a resume
+            run.datamodule.load_state_dict(saved["state"])
+        except Exception as exc:  # noqa: BLE001 -- the user's load_state_dict refuses in its own way
+            raise _refused(path, "$.datamodule.state", run.datamodule, exc) from None
 
 
 # -- checks ---------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def regular_size(root: Path, name: str) -> int:
         try:
             mode = os.lstat(where).st_mode
         except FileNotFoundError:
-            raise CheckpointError(f"{where} is missing; the checkpoint is incomplete. Use an earlier "
+            raise CheckpointError(f"{root / name} is missing; the checkpoint is incomplete. Use an earlier "
                                   "checkpoint.") from None
         except OSError as exc:
             raise CheckpointError(f"{where} cannot be read ({exc.strerror}); check its permissions, or use an "
