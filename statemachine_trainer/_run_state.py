@@ -348,10 +348,13 @@ def _check_optimizer(path: Path, i: int, opt: Any, saved: Any) -> None:
 def conforms(saved: Any, live: Any, path: Path, where: str) -> None:
     """Raise :class:`CheckpointError` unless ``saved`` has the shape of ``live`` (what the component holds now).
 
-    Dicts need the same keys (unless the live one is empty: filled as it
-    runs), values the same kinds -- ints for ints, numbers for floats, a bool
-    for a bool, tensors of the same dtype for tensors.  A live None or an
-    empty container accepts anything: its saved form is not known yet.
+    Dicts may hold no key the live one lacks (unless the live one is empty:
+    filled as it runs); keys they lack keep their live value, as torch's own
+    loaders fill in what older versions did not save.  Values must be of the
+    same kind -- a number for a number (an lr given as ``1`` is an int until
+    a scheduler scales it), a bool for a bool, a string for a string, a
+    tensor of the same dtype for a tensor.  A live None accepts anything:
+    its saved form is not known yet.
     """
     problem = _misfit(saved, live)
     if problem is not None:
@@ -363,11 +366,12 @@ def conforms(saved: Any, live: Any, path: Path, where: str) -> None:
 def _misfit(saved: Any, live: Any) -> tuple[str, str] | None:
     if live is None:
         return None
-    kinds = ((bool, (bool,)), (int, (int,)), (float, (int, float)), (str, (str,)))
+    kinds = ((bool, (bool,)), (int, (int, float)), (float, (int, float)), (str, (str,)))
     for live_kind, accepted in kinds:
         if isinstance(live, live_kind):
             ok = isinstance(saved, accepted) and (live_kind is bool or not isinstance(saved, bool))
-            return None if ok else ("", f"is {type(saved).__name__} {_short(saved)}, not {live_kind.__name__}")
+            what = "a number" if live_kind in (int, float) else live_kind.__name__
+            return None if ok else ("", f"is {type(saved).__name__} {_short(saved)}, not {what}")
     if isinstance(live, torch.Tensor):
         if not isinstance(saved, torch.Tensor) or saved.dtype != live.dtype:
             return "", f"is {_describe_value(saved)}, not a {live.dtype} tensor"
@@ -387,9 +391,9 @@ def _misfit(saved: Any, live: Any) -> tuple[str, str] | None:
 def _dict_misfit(saved: Any, live: dict[Any, Any]) -> tuple[str, str] | None:
     if not isinstance(saved, dict):
         return "", f"is {type(saved).__name__}, not a mapping"
-    if live and set(saved) != set(live):
-        unknown, missing = sorted(map(str, set(saved) - set(live))), sorted(map(str, set(live) - set(saved)))
-        return "", f"has keys {unknown} it should not have and lacks {missing}"
+    unknown = sorted(map(str, set(saved) - set(live)))
+    if live and unknown:
+        return "", f"has key(s) {unknown}, which {'it' if len(unknown) == 1 else 'they'} should not have"
     for key, value in saved.items():
         found = _misfit(value, live.get(key)) if live else None
         if found is not None:

@@ -238,8 +238,10 @@ STATE_EDITS: list[tuple[str, Callable[[Path], None], str]] = [
         params=[0, 0, 0, 0])), r"\$\.optimizers\[0\]\.param_groups"),
     ("optimizer-state-a-list", _edit(_displace("optimizers", 0, "state", [])), r"\$\.optimizers\[0\]\.state"),
     ("scheduler-unknown-key", _edit(lambda s: s["schedulers"][0].update(bogus=1)), r"\$\.schedulers\[0\]"),
-    ("scheduler-epoch-a-float", _edit(lambda s: s["schedulers"][0].update(last_epoch=1.5)),
-     r"\$\.schedulers\[0\]\['last_epoch'\]"),
+    ("scheduler-epoch-a-string", _edit(lambda s: s["schedulers"][0].update(last_epoch="1")),
+     r"\$\.schedulers\[0\]\['last_epoch'\] is str '1', not a number"),
+    ("scheduler-lrs-not-a-list", _edit(lambda s: s["schedulers"][0].update(_last_lr=0.1)),
+     r"\$\.schedulers\[0\]\['_last_lr'\] is float, not a list"),
     ("loop-position-unknown-state", _edit(lambda s: s["loops"]["loops"]["fit_loop"]["position"].update(
         state="NOWHERE")), r"\$\.loops"),
     ("loop-progress-a-string", _edit(lambda s: s["loops"]["loops"]["fit_loop"].update(progress="many")),
@@ -456,3 +458,25 @@ def test_diff_of_the_same_run_under_two_roots_reports_the_paths_as_a_note(run_ro
     out = capsys.readouterr().out
     assert out.startswith("identical") and "note:" in out and "dirpath" in out
     assert main(["diff", str(a), str(other / "ckpts" / "epoch=0-step=2.ckpt")]) == 1  # a real difference still is
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"\xff\xfe{}", "is not UTF-8"), (b"", "is not valid checkpoint JSON")],
+                         ids=["bad-utf-8", "zero-length"])
+def test_inspect_describes_an_unreadable_state_json_instead_of_crashing(ckpt: Path, capsys, content: bytes,
+                                                                        message: str) -> None:
+    rewrite(ckpt, "state.json", content)
+    capsys.readouterr()
+    assert main(["inspect", str(ckpt)]) == 1
+    out = capsys.readouterr().out
+    assert f"state.json: FAILED - {ckpt / 'state.json'} {message}" in out and "tensors.pt: ok" in out
+
+
+def test_model_checkpoint_deletes_a_symlinked_checkpoint_as_a_link(tmp_path: Path) -> None:
+    from statemachine_trainer.checkpoint import remove_checkpoint
+
+    target = save_checkpoint_dir(tmp_path / "step=1", {"w": torch.ones(1)}, {"step": 1})
+    os.symlink(target, tmp_path / "best.ckpt")
+    remove_checkpoint(tmp_path / "best.ckpt")
+    assert verify_checkpoint(target) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["step=1"]
+    remove_checkpoint(target)
+    assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ size is refused with :class:`WorldSizeError`.  See ``_parts`` for the protocol.
 
 from ._codec import decode, encode
 from ._errors import CheckpointError, WorldSizeError
+from ._fsops import remove_checkpoint
 from ._hashing import DEFAULT_HASH, HASHES
 from ._inspect import compare_checkpoints, diff_checkpoints, first_difference, summarize
 from ._latest import find_latest, load_latest, prune
@@ -53,6 +54,7 @@ __all__ = [
     "load_module_state",
     "prune",
     "read_manifest",
+    "remove_checkpoint",
     "restore_rng",
     "save_checkpoint_dir",
     "save_checkpoint_parts",

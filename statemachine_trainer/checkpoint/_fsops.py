@@ -15,7 +15,7 @@ import shutil
 import stat
 from pathlib import Path
 
-__all__ = ["clean_strays", "discard", "fsync_dir", "remove_entry"]
+__all__ = ["clean_strays", "discard", "fsync_dir", "remove_checkpoint", "remove_entry"]
 
 _STRAY = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?P<pid>\d+)\Z")
 
@@ -77,3 +77,21 @@ def clean_strays(parent: Path) -> None:
                 remove_entry(entry)
         except OSError:
             pass  # removed by someone else meanwhile, or not ours to remove: the next save tries again
+
+
+def hide(path: Path) -> Path:
+    """Rename ``path`` (not what it links to) to its hidden ``.<name>.del-<pid>``: one atomic step after which it
+    is no checkpoint any more; :func:`clean_strays` finishes the delete if this process dies first."""
+    aside = path.parent / f".{path.name}.del-{os.getpid()}"
+    os.replace(path, aside)
+    return aside
+
+
+def remove_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Delete a checkpoint crash-safely: hide it, make that durable, then delete it; a symlink is unlinked only."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    aside = hide(path)
+    fsync_dir(path.parent)
+    remove_entry(aside)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._errors import CheckpointError, WorldSizeError
-from ._fsops import clean_strays, fsync_dir, remove_entry
+from ._fsops import clean_strays, fsync_dir, hide, remove_entry
 from ._manifest import FILES, MANIFEST, read_manifest, step_of
 from ._read import load_checkpoint_dir, verify_checkpoint
 
@@ -122,11 +122,7 @@ def prune(parent: str | os.PathLike[str], keep_last: int, keep: str | os.PathLik
     others = [p for p in complete if p.absolute() != keep_path]
     # The checkpoint just written is always one of the k kept, even when its step sorts it lower.
     doomed = others[keep_last - (len(others) < len(complete)):]
-    hidden = []
-    for path in doomed:
-        aside = path.parent / f".{path.name}.del-{os.getpid()}"
-        os.replace(path, aside)
-        hidden.append(aside)
+    hidden = [hide(path) for path in doomed]
     if hidden:
         fsync_dir(parent)  # the renames are durable before anything is deleted
     for aside in hidden:
