@@ -173,8 +173,8 @@ def structure_checkpoint(state: Any, cls: type, path: Path) -> Any:
 def _describe(exc: Exception, limit: int = 5) -> str:
     try:
         details = cattrs.transform_error(exc, path="$")
-    except Exception:  # noqa: BLE001 -- a message is still better than an error while describing one
-        details = [f"{type(exc).__name__}: {exc}"]
+    except Exception:  # noqa: BLE001 -- e.g. a non-string extra key, which cattrs cannot even print
+        details = [f"$: {type(exc).__name__} (a key that is not a string, or a value of an unexpected kind)"]
     details = [detail if len(detail) < 300 else detail[:297] + "..." for detail in details]
     more = f" (and {len(details) - limit} more)" if len(details) > limit else ""
     return "; ".join(details[:limit]) + more

@@ -160,6 +160,7 @@ def _structure(run: Run, root: Loop, state: Any, path: Path, whole_run: bool) ->
     if whole_run:
         _check_grads(run.module, typed.grads, path)
         _check_metrics(run.module, typed.metrics, path)
+        _check_results(path, typed.results)
         try:
             root.check_state_dict(typed.loops)
         except ValueError as error:
@@ -332,17 +333,54 @@ def _check_optimizer(path: Path, i: int, opt: Any, saved: Any) -> None:
                                  f"$.optimizers[{i}].param_groups hold {sizes} parameters per group in the checkpoint "
                                  f"but {ours} here; {_FIX}.")
     indices = [p for g in saved.param_groups for p in g["params"]]
-    if sorted(indices) != list(range(len(indices))) or any(type(p) is not int for p in indices):
+    if any(type(p) is not int for p in indices) or sorted(indices) != list(range(len(indices))):
         raise CheckpointError(f"{path}: $.optimizers[{i}].param_groups number their parameters {indices[:10]}..., "
                               f"not 0..{len(indices) - 1} once each; the state file was edited or damaged.")
     stray = sorted(set(saved.state) - set(indices))
     if stray:
         raise CheckpointError(f"{path}: $.optimizers[{i}].state[{stray[0]}] belongs to no parameter of its groups; "
                               "the state file was edited or damaged.")
+    _check_param_states(path, i, [p for g in opt.param_groups for p in g["params"]], saved.state)
     live = opt.state_dict()["param_groups"]
-    for g, (group, ours_group) in enumerate(zip(saved.param_groups, live)):
+    filled = _as_loaded(path, i, opt, saved.param_groups)
+    for g, (group, ours_group) in enumerate(zip(filled, live)):
+        where = f"$.optimizers[{i}].param_groups[{g}]"
+        missing = sorted(set(ours_group) - set(group))
+        if missing:
+            raise CheckpointError(f"{path}: {where} lacks {missing}, which {type(opt).__name__} needs to step; the "
+                                  "state file was edited or damaged.")
         conforms({k: v for k, v in group.items() if k != "params"},
-                 {k: v for k, v in ours_group.items() if k != "params"}, path, f"$.optimizers[{i}].param_groups[{g}]")
+                 {k: v for k, v in ours_group.items() if k != "params"}, path, where)
+
+
+def _as_loaded(path: Path, i: int, opt: Any, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The saved param groups as ``opt.load_state_dict`` would leave them: through the optimizer class's own
+    ``__setstate__`` (which fills in keys older torch versions did not save), on a scratch instance."""
+    scratch = object.__new__(type(opt))
+    try:
+        scratch.__setstate__({"defaults": copy.deepcopy(opt.defaults), "state": {},
+                              "param_groups": [copy.deepcopy(group) for group in groups]})
+        return scratch.param_groups
+    except Exception as exc:  # noqa: BLE001 -- whatever the optimizer's own loading raises
+        raise CheckpointError(f"{path}: $.optimizers[{i}].param_groups cannot be loaded into {type(opt).__name__} "
+                              f"({type(exc).__name__}: {str(exc)[:200]}); the state file was edited or "
+                              "damaged.") from None
+
+
+#: Per-parameter buffers of torch's optimizers, which have their parameter's shape (None: not allocated yet).
+_PARAM_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta",
+                           "grad_avg", "sum", "exp_inf", "prev", "step_size", "ax"})
+
+
+def _check_param_states(path: Path, i: int, params: list[torch.Tensor], states: dict[int, Any]) -> None:
+    """What a step would trip over later: a non-tensor buffer, or one not of its parameter's shape."""
+    for index, state in states.items():
+        for key, value in state.items():
+            where = f"$.optimizers[{i}].state[{index}][{key!r}]"
+            if isinstance(value, (str, dict)) or key in _PARAM_SHAPED and value is not None and not (
+                    isinstance(value, torch.Tensor) and value.shape == params[index].shape):
+                raise CheckpointError(f"{path}: {where} is {_describe_value(value)}, not a buffer for a parameter of "
+                                      f"shape {tuple(params[index].shape)}; the state file was edited or damaged.")
 
 
 def conforms(saved: Any, live: Any, path: Path, where: str) -> None:
@@ -381,6 +419,8 @@ def _misfit(saved: Any, live: Any) -> tuple[str, str] | None:
     if isinstance(live, (list, tuple)):
         if not isinstance(saved, (list, tuple)):
             return "", f"is {type(saved).__name__}, not a list"
+        if isinstance(live, tuple) and len(saved) != len(live):  # a tuple is a record (Adam's betas), not a log
+            return "", f"holds {len(saved)} values, not {len(live)}"
         for index, (a, b) in enumerate(zip(saved, live)):
             found = _misfit(a, b)
             if found is not None:
@@ -407,7 +447,9 @@ def _short(value: Any) -> str:
 
 
 def _describe_value(value: Any) -> str:
-    return f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else f"{type(value).__name__} {_short(value)}"
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {_short(value)}"
 
 
 def _check_module(module: torch.nn.Module, saved: Any, path: Path) -> None:
@@ -432,6 +474,39 @@ def _check_module(module: torch.nn.Module, saved: Any, path: Path) -> None:
             raise CheckpointMismatch(f"{path} does not match {name}: $.module[{key!r}] has shape "
                                      f"{tuple(saved[key].shape)} in the checkpoint but {tuple(tensor.shape)} in the "
                                      f"module; {_FIX}.")
+
+
+#: What ``_results``' state keeps under each key it routes logged values by: checked here because its own
+#: ``load_state_dict`` takes them as they are, and a wrong type would only fail at the next ``self.log``.
+_RESULTS_FIELDS = {"fx": (str, type(None)), "stage": (str, type(None)), "dataloader_idx": (int, type(None)),
+                   "slots": (list,), "callback_metrics": (dict,), "progress_bar_metrics": (dict,),
+                   "logged_metrics": (dict,), "pending_log": (dict,)}
+_SLOT_FIELDS = {"stage": (str, type(None)), "fx": (str, type(None)), "name": (str,),
+                "dataloader_idx": (int, type(None)), "on_step": (bool,), "on_epoch": (bool,), "prog_bar": (bool,),
+                "logger": (bool,), "reduce_fx": (str,), "direct": (bool,), "sync_dist": (bool,),
+                "has_metric": (bool,), "weight": (int, float, torch.Tensor),
+                "last": (torch.Tensor, type(None)), "total": (torch.Tensor, int, float, type(None))}
+
+
+def _check_results(path: Path, results: dict[str, Any]) -> None:
+    _check_fields(path, "$.results", results, _RESULTS_FIELDS)
+    for i, slot in enumerate(results.get("slots", [])):
+        if not isinstance(slot, dict):
+            raise CheckpointError(f"{path}: $.results.slots[{i}] is a {type(slot).__name__}, not a mapping; the "
+                                  "state file was edited or damaged.")
+        _check_fields(path, f"$.results.slots[{i}]", slot, _SLOT_FIELDS)
+    for view in ("callback_metrics", "progress_bar_metrics", "logged_metrics", "pending_log"):
+        if any(not isinstance(key, str) for key in results.get(view, {})):
+            raise CheckpointError(f"{path}: $.results.{view} has a key that is not a string; the state file was "
+                                  "edited or damaged.")
+
+
+def _check_fields(path: Path, where: str, data: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> None:
+    for key, kinds in fields.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+            raise CheckpointError(f"{path}: {where}.{key} is {_describe_value(value)}, not "
+                                  f"{' or '.join(k.__name__ for k in kinds)}; the state file was edited or damaged.")
 
 
 def _check_optimizers(run: Run, typed: Any, path: Path) -> None:

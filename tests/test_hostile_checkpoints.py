@@ -237,6 +237,11 @@ STATE_EDITS: list[tuple[str, Callable[[Path], None], str]] = [
     ("optimizer-params-renumbered", _edit(lambda s: s["optimizers"][0]["param_groups"][0].update(
         params=[0, 0, 0, 0])), r"\$\.optimizers\[0\]\.param_groups"),
     ("optimizer-state-a-list", _edit(_displace("optimizers", 0, "state", [])), r"\$\.optimizers\[0\]\.state"),
+    ("optimizer-buffer-a-string", _edit(_displace("optimizers", 0, "state", "__items__", 0, 1, "exp_avg", "x")),
+     r"\$\.optimizers\[0\]\.state\[0\]\['exp_avg'\] is str"),
+    ("optimizer-buffer-misshaped", _with_tensor("bogus", torch.zeros(3), _edit(_displace(
+        "optimizers", 0, "state", "__items__", 0, 1, "exp_avg", {"__tensor__": "bogus"}))),
+     r"\['exp_avg'\] is a torch\.float32 tensor of shape \(3,\), not a buffer for a parameter of shape \(16, 6\)"),
     ("scheduler-unknown-key", _edit(lambda s: s["schedulers"][0].update(bogus=1)), r"\$\.schedulers\[0\]"),
     ("scheduler-epoch-a-string", _edit(lambda s: s["schedulers"][0].update(last_epoch="1")),
      r"\$\.schedulers\[0\]\['last_epoch'\] is str '1', not a number"),
