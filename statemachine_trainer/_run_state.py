@@ -194,7 +194,7 @@ def restore(run: Run, root: Loop, typed: Any, path: Path, whole_run: bool) -> No
 
     module = run.module
     if whole_run:
-        apply_undoably(path, _owned_parts(run, root, typed))
+        _apply_on_every_rank(run, path, _owned_parts(run, root, typed))
         run.remember_restored_data(typed.data)
     module.load_state_dict(typed.module)
     if whole_run:
@@ -229,8 +229,31 @@ def _owned_parts(run: Run, root: Loop, typed: Any) -> list[tuple[str, Any, Any]]
     return parts
 
 
-def apply_undoably(path: Path, parts: list[tuple[str, Any, Any]]) -> None:
-    """``load_state_dict`` each part; if one raises, give every component touched its own state back, then raise."""
+def _apply_on_every_rank(run: Run, path: Path, parts: list[tuple[str, Any, Any]]) -> None:
+    """:func:`apply_undoably`; in a multi-process run, if any rank's components refused, every rank undoes its own
+    and raises (a rank's data position is its own, so one rank alone may refuse)."""
+    touched, own = [], None
+    try:
+        touched = apply_undoably(path, parts)
+    except CheckpointError as exc:
+        own = exc
+    if run.strategy.world_size > 1:
+        from .checkpoint._dist import agree
+
+        try:
+            agree(own, f"to restore its part of checkpoint {path}")
+        except CheckpointError:
+            _undo(touched)
+            raise
+    if own is not None:
+        raise own
+
+
+def apply_undoably(path: Path, parts: list[tuple[str, Any, Any]]) -> list[tuple[Any, Any]]:
+    """``load_state_dict`` each part; if one raises, give every component touched its own state back, then raise.
+
+    Returns each component with the state it had, for an undo decided later.
+    """
     touched: list[tuple[Any, Any]] = []
     for where, component, saved in parts:
         touched.append((component, copy.deepcopy(component.state_dict())))
@@ -239,6 +262,7 @@ def apply_undoably(path: Path, parts: list[tuple[str, Any, Any]]) -> None:
         except Exception as exc:  # noqa: BLE001 -- each component refuses in its own way
             _undo(touched)
             raise _refused(path, where, component, exc) from None
+    return touched
 
 
 def _refused(path: Path, where: str, component: Any, exc: Exception) -> CheckpointMismatch:
