@@ -196,9 +196,12 @@ class EntryLoop(Loop):
         call, run = self.call, self.run_context
         if call.checkpoint is None:
             return
-        call.saved = _read(self._trainer, call.checkpoint)
-        _run_state.check_datamodule(run, *call.saved)
-        _run_state.restore_datamodule(run, call.saved[0])
+        state, path = _read(self._trainer, call.checkpoint)
+        # Structured and checked as far as the run allows before the optimizers exist: nothing applied yet.
+        typed = _run_state.structure(run, self._trainer.fit_loop, state, path, whole_run=self.stage == "fit")
+        _run_state.check_datamodule(run, typed, path)
+        _run_state.restore_datamodule(run, typed, path)
+        call.saved = typed, path
 
     # -- SET_UP -> CONNECTED ---------------------------------------------------------------------
     def connect_data(self) -> None:
@@ -224,12 +227,12 @@ class EntryLoop(Loop):
 
     # -- CONNECTED -> RAN -> END -----------------------------------------------------------------
     def restore_checkpoint(self) -> None:
-        """Apply the checkpoint read in ``read_checkpoint``: the weights, and for fit the whole run; checked first."""
+        """Apply the checkpoint structured in ``read_checkpoint``: the weights, and for fit the whole run; checked first."""
         if self.call.saved is not None:
-            state, path = self.call.saved
+            typed, path = self.call.saved
             whole_run = self.stage == "fit"
-            _run_state.check(self.run_context, self._trainer.fit_loop, state, path, whole_run)
-            _run_state.restore(self.run_context, self._trainer.fit_loop, state, whole_run)
+            _run_state.check(self.run_context, self._trainer.fit_loop, typed, path, whole_run)
+            _run_state.restore(self.run_context, self._trainer.fit_loop, typed, path, whole_run)
 
     def run_tree(self) -> None:
         self.call.result = self.tree.run()

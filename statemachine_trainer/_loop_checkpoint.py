@@ -33,8 +33,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._optim import ConfigError
-from ._run_state import check_module_state, check_optimizer_states
+import attrs
+
+from ._run_schema import LoopCheckpoint, structure_checkpoint
+from ._run_state import CheckpointMismatch, LoopTreeMismatch, apply_undoably, check_module_state, check_optimizer_states
 from .checkpoint import capture_rng, load_checkpoint_dir, restore_rng, save_checkpoint_dir
 from .machine import Loop
 
@@ -69,41 +71,48 @@ def load_loop_checkpoint(path: str | os.PathLike[str], loop: Loop, *, module: An
                          data: Mapping[str, Any] | None = None, map_location: Any = None) -> dict[str, Any]:
     """Restore what ``save_loop_checkpoint`` wrote into these objects; return its ``extra``.
 
-    Every part is checked first (the tree's shape and positions, the module's
-    keys and shapes, the optimizers' parameter groups, the loaders named):
-    a mismatch raises ``ConfigError`` naming the key, and nothing is changed.
-    Then ``loop.run()`` resumes the tree where it was saved.
+    Every part is checked first (its types, the tree's shape and positions,
+    the module's keys and shapes, the optimizers' parameter groups, the
+    loaders named): a damaged or edited checkpoint raises ``CheckpointError``
+    and one that does not fit these objects ``ConfigError`` (both name the
+    key), and nothing is changed.  The loaders, optimizers, schedulers and
+    tree are loaded first; if one of them refuses its part, they all get their
+    own state back.  Then ``loop.run()`` resumes the tree where it was saved.
     """
     path = Path(path)
     state, _ = load_checkpoint_dir(path, map_location=map_location)
-    loop.check_state_dict(state["loops"])  # StateError naming the key path when it is another tree
+    typed = structure_checkpoint(state, LoopCheckpoint, path)
+    try:
+        loop.check_state_dict(typed.loops)
+    except ValueError as error:  # StateError naming the key path when it is another tree
+        raise LoopTreeMismatch(f"{path} does not match this loop tree: {error}") from None
     data = dict(data or {})
-    _check_parts(path, state, module, optimizers, schedulers, data)
+    _check_parts(path, typed, module, optimizers, schedulers, data)
+    parts = [(f"$.data.{name}", loader, typed.data[name]) for name, loader in data.items()]
+    parts += [(f"$.optimizers[{i}]", opt, attrs.asdict(saved, recurse=False))
+              for i, (opt, saved) in enumerate(zip(optimizers, typed.optimizers))]
+    parts += [(f"$.schedulers[{i}]", sched, saved) for i, (sched, saved) in enumerate(zip(schedulers,
+                                                                                             typed.schedulers))]
+    apply_undoably(path, parts + [("$.loops", loop, typed.loops)])
     if module is not None:
-        module.load_state_dict(state["module"])
+        module.load_state_dict(typed.module)
         params = dict(module.named_parameters())
-        for name, grad in state["grads"].items():
+        for name, grad in (typed.grads or {}).items():
             params[name].grad = grad.to(params[name].device)
-    for opt, saved in zip(optimizers, state["optimizers"]):
-        opt.load_state_dict(saved)
-    for sched, saved in zip(schedulers, state["schedulers"]):
-        sched.load_state_dict(saved)
-    for name, loader in data.items():
-        loader.load_state_dict(state["data"][name])
-    loop.load_state_dict(state["loops"])
-    restore_rng(state["rng"])
-    return state["extra"]
+    restore_rng({"python": typed.rng.python, "numpy": typed.rng.numpy, "torch": typed.rng.torch}
+                | ({} if typed.rng.cuda is None else {"cuda": typed.rng.cuda}))
+    return typed.extra
 
 
-def _check_parts(path: Path, state: dict[str, Any], module: Any, optimizers: Sequence[Any],
+def _check_parts(path: Path, typed: Any, module: Any, optimizers: Sequence[Any],
                  schedulers: Sequence[Any], data: dict[str, Any]) -> None:
     if module is not None:
-        if "module" not in state:
-            raise ConfigError(f"{path} holds no module state ($.module): it was saved without module=; load it "
-                              "without module= too.")
-        check_module_state(module, state["module"], path, state.get("grads", {}))
-    check_optimizer_states(path, optimizers, state["optimizers"], schedulers, state["schedulers"])
-    missing = sorted(set(data) - set(state["data"]))
+        if typed.module is None:
+            raise CheckpointMismatch(f"{path} holds no module state ($.module): it was saved without module=; load "
+                                     "it without module= too.")
+        check_module_state(module, typed.module, path, typed.grads or {})
+    check_optimizer_states(path, optimizers, typed.optimizers, schedulers, typed.schedulers)
+    missing = sorted(set(data) - set(typed.data))
     if missing:
-        raise ConfigError(f"{path} holds no position for loader(s) {missing} ($.data has {sorted(state['data'])}); "
-                          "pass the data= names it was saved with.")
+        raise CheckpointMismatch(f"{path} holds no position for loader(s) {missing} ($.data has "
+                                 f"{sorted(typed.data)}); pass the data= names it was saved with.")

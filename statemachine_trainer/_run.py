@@ -601,12 +601,16 @@ class Run:
 
     def restore_data(self, positions: dict[str, Any]) -> None:
         """Put the sources at a checkpoint's positions now, and keep them for sources replaced during the resume."""
-        self._restored_data = dict(positions)
-        self._restored_into = {}
         for stage, position in positions.items():
             if stage in self.sources:
                 self.sources[stage].load_state_dict(position)
-                self._restored_into[stage] = self.sources[stage]
+        self.remember_restored_data(positions)
+
+    def remember_restored_data(self, positions: dict[str, Any]) -> None:
+        """Keep a checkpoint's positions, already loaded into the current sources, for sources replaced during the
+        resume (``resume_source``)."""
+        self._restored_data = dict(positions)
+        self._restored_into = {stage: self.sources[stage] for stage in positions if stage in self.sources}
 
     def resume_source(self, stage: str) -> None:
         """Called by the loop reading ``stage``'s source as it resumes mid-run: put a *new* source at the position.

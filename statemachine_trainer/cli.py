@@ -120,14 +120,20 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError, diff_checkpoints
+    from .checkpoint import CheckpointError, compare_checkpoints
 
     try:
-        difference = diff_checkpoints(args.a, args.b)  # multi-process ones: replicated state, then each rank's part
+        # multi-process ones: replicated state, then each rank's part; stored paths relative to each checkpoint
+        difference, notes = compare_checkpoints(args.a, args.b)
     except CheckpointError as exc:
         print(f"statemachine-trainer: error: {exc}", file=sys.stderr)
         return 2
     print("identical" if difference is None else f"first difference: {difference}")
+    if notes:
+        print(f"note: {len(notes)} stored path(s) differ but point to the same place relative to each checkpoint "
+              "(a run under another root):")
+        print("\n".join(f"  {note}" for note in notes[:5]) + (f"\n  ... and {len(notes) - 5} more" if len(notes) > 5
+                                                                else ""))
     return 0 if difference is None else 1
 
 

@@ -40,6 +40,7 @@ from statemachine_trainer.cli import main
 from statemachine_trainer.state import SCHEMA_VERSION
 
 from ._ckpt_dist_worker import states
+from ._ckpt_edit import write_manifest
 from .test_checkpoint_format import same
 from .test_checkpoint_format import states as state_trees
 
@@ -165,7 +166,7 @@ def _flip(path: Path) -> None:
 def _edit_manifest(path: Path, change: Any) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     change(manifest)
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(path, manifest)
 
 
 _DAMAGE = {

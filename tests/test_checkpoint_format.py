@@ -36,6 +36,8 @@ from statemachine_trainer.checkpoint import (
 )
 from statemachine_trainer.state import SCHEMA_VERSION
 
+from ._ckpt_edit import write_manifest
+
 # -- strategies -----------------------------------------------------------------------------------------
 
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8,
@@ -210,7 +212,7 @@ def test_other_versions_are_refused_naming_both(tmp_path: Path) -> None:
     path = save_checkpoint_dir(tmp_path / "c", _state(), {"step": 1})
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["schema_version"] = 99
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(path, manifest)
     with pytest.raises(CheckpointError, match=rf"schema version 99, but this statemachine_trainer reads schema version {SCHEMA_VERSION}"):
         load_checkpoint_dir(path)
 
@@ -243,7 +245,7 @@ def _pickle_payload(path: Path) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     data = (path / "tensors.pt").read_bytes()
     manifest["files"]["tensors.pt"] = {"size": len(data), manifest["hash"]: _hashing.hash_bytes(manifest["hash"], data)}
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(path, manifest)
 
 
 @pytest.mark.parametrize(("damage", "message"), [

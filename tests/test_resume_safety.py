@@ -25,6 +25,7 @@ from statemachine_trainer.callbacks import ModelCheckpoint
 from statemachine_trainer.checkpoint._hashing import hash_bytes
 from statemachine_trainer.data import ResumableLoader
 
+from ._ckpt_edit import write_manifest
 from .test_resume import Net, Plateau, assert_same_run, loader
 
 
@@ -136,7 +137,7 @@ def _pickle_payload(ckpt: Path) -> None:
     manifest = json.loads((ckpt / "manifest.json").read_text())
     data = (ckpt / "tensors.pt").read_bytes()
     manifest["files"]["tensors.pt"] = {"size": len(data), manifest["hash"]: hash_bytes(manifest["hash"], data)}
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(ckpt, manifest)
 
 
 def _no_manifest(ckpt: Path) -> None:

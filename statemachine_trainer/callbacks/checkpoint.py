@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -278,9 +277,14 @@ def _as_score(value: Any, mode: str) -> float:
 
 
 def _remove(path: str) -> None:
-    """Delete a checkpoint that fell out of the top k (a directory; a stray file is removed too)."""
-    target = Path(path)
-    if target.is_dir():
-        shutil.rmtree(target, ignore_errors=True)
-    else:
-        target.unlink(missing_ok=True)
+    """Delete a checkpoint that fell out of the top k: hidden first, then deleted (a kill in between leaves only a
+    hidden entry, which the next save removes); a symlink is unlinked, never followed."""
+    import warnings
+
+    from ..checkpoint import remove_checkpoint
+
+    try:
+        remove_checkpoint(path)
+    except OSError as exc:  # training goes on; the checkpoint stays, as a valid one
+        warnings.warn(f"ModelCheckpoint could not delete {path}, which fell out of the top k ({exc}); delete it "
+                      "yourself.", stacklevel=2)

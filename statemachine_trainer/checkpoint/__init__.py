@@ -21,8 +21,9 @@ size is refused with :class:`WorldSizeError`.  See ``_parts`` for the protocol.
 
 from ._codec import decode, encode
 from ._errors import CheckpointError, WorldSizeError
+from ._fsops import remove_checkpoint
 from ._hashing import DEFAULT_HASH, HASHES
-from ._inspect import diff_checkpoints, first_difference, summarize
+from ._inspect import compare_checkpoints, diff_checkpoints, first_difference, summarize
 from ._latest import find_latest, load_latest, prune
 from ._manifest import FORMAT, FORMAT_VERSION, PARTS_FORMAT_VERSION, read_manifest
 from ._module_state import load_module_state
@@ -40,6 +41,7 @@ __all__ = [
     "CheckpointError",
     "WorldSizeError",
     "capture_rng",
+    "compare_checkpoints",
     "decode",
     "diff_checkpoints",
     "encode",
@@ -52,6 +54,7 @@ __all__ = [
     "load_module_state",
     "prune",
     "read_manifest",
+    "remove_checkpoint",
     "restore_rng",
     "save_checkpoint_dir",
     "save_checkpoint_parts",

@@ -161,10 +161,24 @@ class _Decoder:
 
     def take(self, name: Any, parts: tuple[Any, ...]) -> torch.Tensor:
         if not isinstance(name, str) or name not in self.tensors:
-            raise CheckpointError(f"{json_path(parts)}: the state refers to tensor {name!r}, which the tensor file "
-                                  "does not hold; the checkpoint is damaged. Use an earlier checkpoint.")
+            raise CheckpointError(f"{json_path(parts)}: the state refers to tensor {_short(name)}, which the tensor "
+                                  "file does not hold; the checkpoint is damaged. Use an earlier checkpoint.")
+        if name in self.used:  # the writer names every tensor once; two references would alias one tensor
+            raise CheckpointError(f"{json_path(parts)}: the state refers to tensor {name!r} a second time; the "
+                                  "state file was edited or damaged. Use an earlier checkpoint.")
         self.used.add(name)
         return self.tensors[name]
+
+    def ndarray(self, value: dict[str, Any], parts: tuple[Any, ...]) -> np.ndarray:
+        tensor = self.take(value["__ndarray__"], parts)
+        try:
+            dtype = np.dtype(value["dtype"])
+            if not isinstance(value["dtype"], str) or dtype.hasobject or dtype.kind not in "biufc":
+                raise TypeError(f"dtype {value['dtype']!r} is not one the writer stores")
+            return tensor.numpy().view(dtype)
+        except (TypeError, ValueError, RuntimeError) as exc:  # an unknown dtype, or one the bytes do not fit
+            raise CheckpointError(f"{json_path(parts)}: {_short(value)} is not a NumPy array this checkpoint can "
+                                  f"hold ({exc}); the state file was edited or damaged.") from None
 
     def walk(self, value: Any, parts: tuple[Any, ...]) -> Any:
         if isinstance(value, list):
@@ -181,14 +195,14 @@ class _Decoder:
         if marker == "__tensor__" and len(value) == 1:
             return self.take(payload, parts)
         if marker == "__ndarray__" and set(value) == {"__ndarray__", "dtype"}:
-            return self.take(payload, parts).numpy().view(np.dtype(value["dtype"]))
+            return self.ndarray(value, parts)
         if marker == "__tuple__" and len(value) == 1 and isinstance(payload, list):
             return tuple(self.walk(item, (*parts, i)) for i, item in enumerate(payload))
         if marker == "__float__" and len(value) == 1 and isinstance(payload, str):
             return _nonfinite_value(payload, parts)
         if marker == "__items__" and len(value) == 1 and isinstance(payload, list):
             return self.items(payload, parts)
-        raise CheckpointError(f"{json_path(parts)}: {value!r} is not valid checkpoint data (unknown or malformed "
+        raise CheckpointError(f"{json_path(parts)}: {_short(value)} is not valid checkpoint data (unknown or malformed "
                               f"marker {marker!r}; markers are {', '.join(_MARKERS)}); the state file was edited or "
                               "damaged.")
 
@@ -197,8 +211,12 @@ class _Decoder:
         for pair in payload:
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise CheckpointError(f"{json_path(parts)}: __items__ entries must be [key, value] pairs, got "
-                                      f"{pair!r}; the state file was edited or damaged.")
+                                      f"{_short(pair)}; the state file was edited or damaged.")
             key = self.walk(pair[0], (*parts, "<key>"))
+            if not _is_key(key):
+                raise CheckpointError(f"{json_path(parts)}: {_short(key)} cannot be a dict key (keys are numbers, "
+                                      "strings, booleans, None and tuples of them); the state file was edited or "
+                                      "damaged.")
             out[key] = self.walk(pair[1], (*parts, key))
         return out
 
@@ -213,6 +231,22 @@ def decode(data: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
                               f"{unused[0]!r}); the checkpoint is damaged or was assembled by hand. Use an earlier "
                               "checkpoint.")
     return obj
+
+
+def _is_key(key: Any) -> bool:
+    """What ``encode`` writes as a dict key: hashable plain values (tensors and containers are refused there)."""
+    if isinstance(key, tuple):
+        return all(_is_key(k) for k in key)
+    return key is None or isinstance(key, (bool, int, float, str))
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut short: a damaged file's value may be megabytes long."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than repr converts
+        text = f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _nonfinite_name(value: float) -> str:

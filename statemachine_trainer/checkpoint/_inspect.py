@@ -10,8 +10,9 @@ replicated state.
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,10 +23,11 @@ import torch
 
 from ._codec import json_path
 from ._errors import CheckpointError
+from ._files import parse_json, read_bounded
 from ._manifest import STATE, TENSORS, rank_dir, read_manifest, world_size_of
 from ._read import file_status, load_all_parts, safe_torch_load, unlisted
 
-__all__ = ["diff_checkpoints", "first_difference", "format_summary", "summarize"]
+__all__ = ["compare_checkpoints", "diff_checkpoints", "first_difference", "format_summary", "summarize"]
 
 
 def _loops(state: Any) -> list[dict[str, Any]]:
@@ -35,7 +37,8 @@ def _loops(state: Any) -> list[dict[str, Any]]:
         return []
     out = []
     for path, entry in loops["loops"].items():  # saved in tree-walk order: parents before children
-        position = entry.get("position", {})
+        entry = entry if isinstance(entry, dict) else {}  # an edited file is described as far as it goes
+        position = entry.get("position") if isinstance(entry.get("position"), dict) else {}
         idle = position.get("row") is None and position.get("state") in ("START", "END")
         out.append({"path": path, "position": position, "mid_run": not idle, "progress": entry.get("progress")})
     return out
@@ -76,7 +79,12 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "ranks": None,
     }
     if status[STATE] is None:
-        summary["loops"] = _loops(json.loads((path / STATE).read_bytes()))
+        try:
+            summary["loops"] = _loops(parse_json(read_bounded(path, STATE, manifest["files"][STATE]["size"]),
+                                                 path / STATE))
+        except CheckpointError as exc:
+            summary["valid"] = False
+            summary["files"][STATE].update(ok=False, problem=str(exc))
     summary["tensors"] = _part_tensors(path, "", summary)
     if world_size is not None:
         summary["ranks"] = [{"rank": r, "tensors": _part_tensors(path, rank_dir(r), summary)}
@@ -99,7 +107,7 @@ def _part_tensors(path: Path, part: str, summary: dict[str, Any]) -> dict[str, A
 
 def _progress_line(progress: Any, prefix: str = "") -> list[str]:
     if not isinstance(progress, dict):
-        return [f"{prefix}={progress}"] if prefix else []
+        return [f"{prefix}={_short(progress, 40)}"] if prefix else []
     parts = []
     for key, value in progress.items():
         parts += _progress_line(value, f"{prefix}.{key}" if prefix else key)
@@ -153,11 +161,11 @@ def _tensor_lines(tensors: dict[str, Any] | None, label: str) -> list[str]:
 
 
 def _position(position: dict[str, Any]) -> str:
-    text = str(position.get("state"))
+    text = _short(position.get("state"), 40)
     if position.get("row") is not None:
-        text += f"(row {position['row']}, hook {position.get('hook', 0)})"
+        text += f"(row {_short(position['row'], 20)}, hook {_short(position.get('hook', 0), 20)})"
     if position.get("queue"):
-        text += f" queued {list(position['queue'])}"
+        text += f" queued {_short(position['queue'])}"
     return text
 
 
@@ -190,7 +198,56 @@ def _kind(value: Any) -> type:
     return type(value)
 
 
-def _diff(a: Any, b: Any, parts: tuple[Any, ...]) -> str | None:
+class _Paths:
+    """Stored file paths, compared as locations relative to each checkpoint rather than as strings.
+
+    A run under another root stores other absolute paths (ModelCheckpoint's
+    ``dirpath``, its best and last checkpoints, and its state key, which
+    names the directory): the same run, not another one.  Two strings count
+    as equal when they are equal once every directory above each checkpoint
+    is written relative to it (``/runs/a/ckpts/x.ckpt`` beside
+    ``/runs/a/ckpts/y.ckpt`` reads ``<checkpoint dir>/x.ckpt``), or when both
+    are paths naming the same place relative to their checkpoint.  Each such
+    pair is kept as a note.
+    """
+
+    def __init__(self, base_a: Path | None = None, base_b: Path | None = None) -> None:
+        self.bases = (base_a, base_b)
+        self.notes: list[str] = []
+        self._patterns = [_ancestor_patterns(base) for base in self.bases if base is not None]
+
+    def _normal(self, value: str, side: int) -> str:
+        for pattern, token in self._patterns[side]:
+            value = pattern.sub(token, value)
+        return value
+
+    def _relative(self, value: str, side: int) -> str:
+        base = self.bases[side]
+        assert base is not None
+        return os.path.relpath(os.path.abspath(value), base)
+
+    def same(self, a: Any, b: Any, where: str) -> bool:
+        if not self._patterns or not (isinstance(a, str) and isinstance(b, str) and os.sep in a and os.sep in b):
+            return False
+        try:
+            same = self._normal(a, 0) == self._normal(b, 1) or self._relative(a, 0) == self._relative(b, 1)
+        except ValueError:  # e.g. an embedded NUL: not a path
+            return False
+        if same:
+            self.notes.append(f"{where}: {_short(a)} != {_short(b)}, the same path relative to each checkpoint")
+        return same
+
+
+def _ancestor_patterns(base: Path) -> list[tuple[re.Pattern[str], str]]:
+    """(regex for a directory above the checkpoint, its replacement), deepest first; the filesystem root excluded."""
+    out = []
+    for level, directory in enumerate([base, *base.parents][:-1]):
+        token = "<checkpoint dir>" + "/.." * level
+        out.append((re.compile(re.escape(str(directory)) + r"(?=$|[/'\"\s,;:)}\]])"), token))
+    return out
+
+
+def _diff(a: Any, b: Any, parts: tuple[Any, ...], paths: _Paths) -> str | None:
     where = json_path(parts)
     if _kind(a) is not _kind(b):
         return f"{where}: {type(a).__name__} {_short(a)} != {type(b).__name__} {_short(b)}"
@@ -201,38 +258,43 @@ def _diff(a: Any, b: Any, parts: tuple[Any, ...]) -> str | None:
         problem = _tensor_difference(torch.from_numpy(a), torch.from_numpy(b))
         return f"{where} (array): {problem}" if problem else None
     if isinstance(a, Mapping):
-        return _diff_dict(a, b, parts)
+        return _diff_dict(a, b, parts, paths)
     if isinstance(a, (list, tuple)):
         for i, (x, y) in enumerate(zip(a, b)):
-            found = _diff(x, y, (*parts, i))
+            found = _diff(x, y, (*parts, i), paths)
             if found:
                 return found
         return None if len(a) == len(b) else f"{where}: length {len(a)} != {len(b)}"
     same = _float_bits(a) == _float_bits(b) if isinstance(a, float) else a == b
-    return None if same else f"{where}: {_short(a)} != {_short(b)}"
+    return None if same or paths.same(a, b, where) else f"{where}: {_short(a)} != {_short(b)}"
 
 
-def _diff_dict(a: Mapping[Any, Any], b: Mapping[Any, Any], parts: tuple[Any, ...]) -> str | None:
+def _diff_dict(a: Mapping[Any, Any], b: Mapping[Any, Any], parts: tuple[Any, ...], paths: _Paths) -> str | None:
+    only_b = [k for k in b if k not in a]
     for key, value in a.items():
-        if key not in b:
-            return f"{json_path((*parts, key))}: only in the first checkpoint"
-        found = _diff(value, b[key], (*parts, key))
+        other = key
+        if key not in b:  # a path as a key (ModelCheckpoint's best_k_models): its counterpart in b, if any
+            other = next((k for k in only_b if paths.same(key, k, json_path((*parts, key)) + " (key)")), None)
+            if other is None:
+                return f"{json_path((*parts, key))}: only in the first checkpoint"
+            only_b.remove(other)
+        found = _diff(value, b[other], (*parts, key), paths)
         if found:
             return found
-    extra = [k for k in b if k not in a]
-    return f"{json_path((*parts, extra[0]))}: only in the second checkpoint" if extra else None
+    return f"{json_path((*parts, only_b[0]))}: only in the second checkpoint" if only_b else None
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    try:
+        text = value if isinstance(value, str) and limit <= 40 else repr(value)
+    except ValueError:  # an int of more digits than Python prints
+        text = f"<{type(value).__name__} too large to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def first_difference(a: Any, b: Any) -> str | None:
     """The first place two decoded states differ (JSON path, both values or the tensors' max difference), or None."""
-    return _diff(a, b, ())
-
-
+    return _diff(a, b, (), _Paths())
 
 
 def _layout(manifest: dict[str, Any]) -> str:
@@ -243,18 +305,30 @@ def _layout(manifest: dict[str, Any]) -> str:
 def diff_checkpoints(a: str | Path, b: str | Path) -> str | None:
     """The first difference between checkpoints ``a`` and ``b`` (replicated state first, then rank by rank), or None.
 
-    Metadata is not compared.  Both are checked completely first; a damaged
-    one raises :class:`CheckpointError`.  A difference inside a rank part is
-    prefixed with it: ``rank-1: $.rng.torch (tensor): values differ ...``.
+    Metadata is not compared, nor where stored paths point (see
+    :func:`compare_checkpoints`).  Both are checked completely first; a
+    damaged one raises :class:`CheckpointError`.  A difference inside a rank
+    part is prefixed with it: ``rank-1: $.rng.torch (tensor): values differ ...``.
+    """
+    return compare_checkpoints(a, b)[0]
+
+
+def compare_checkpoints(a: str | Path, b: str | Path) -> tuple[str | None, list[str]]:
+    """``(first difference or None, notes)``: the runs are compared, not where they were stored.
+
+    A stored path (ModelCheckpoint's ``dirpath`` and checkpoint paths, any
+    string with a separator) that names the same place relative to each
+    checkpoint's directory is no difference; each such pair is a note.
     """
     state_a, ranks_a, manifest_a = load_all_parts(a, map_location="cpu")
     state_b, ranks_b, manifest_b = load_all_parts(b, map_location="cpu")
     if _layout(manifest_a) != _layout(manifest_b):
-        return f"layout: {_layout(manifest_a)} != {_layout(manifest_b)}"
-    found = first_difference(state_a, state_b)
+        return f"layout: {_layout(manifest_a)} != {_layout(manifest_b)}", []
+    paths = _Paths(Path(a).absolute().parent, Path(b).absolute().parent)
+    found = _diff(state_a, state_b, (), paths)
     for rank, (x, y) in enumerate(zip(ranks_a or [], ranks_b or [])):
         if found is not None:
             break
-        found = first_difference(x, y)
+        found = _diff(x, y, (), paths)
         found = found and f"{rank_dir(rank)}: {found}"
-    return found
+    return found, paths.notes

@@ -4,19 +4,29 @@ Checkpoints are ordered by the ``step`` recorded in their manifest, then by
 the manifest's modification time.  Hidden entries (``.name.tmp-123``, an
 unfinished save) are never candidates.  A directory without a readable
 manifest is ordered by a ``step=N`` in its name, so a damaged newest
-checkpoint is still reported as skipped rather than silently ignored.
+checkpoint is still reported as skipped rather than silently ignored.  Every
+candidate that cannot be read -- damaged, edited, unreadable -- is skipped
+with its reason; only a valid checkpoint of another world size stops the
+search (:class:`WorldSizeError`).
+
+Pruning is crash-safe: a checkpoint to delete is first renamed to the hidden
+``.<name>.del-<pid>`` (one atomic step: it stops being a candidate at once),
+then removed; a kill in between leaves only the hidden entry, which the next
+save removes.  Symlinks beside the checkpoints are neither counted nor
+deleted, and never followed by a delete.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ._errors import CheckpointError, WorldSizeError
+from ._fsops import clean_strays, fsync_dir, hide, remove_entry
 from ._manifest import FILES, MANIFEST, read_manifest, step_of
 from ._read import load_checkpoint_dir, verify_checkpoint
 
@@ -27,7 +37,11 @@ _STEP_IN_NAME = re.compile(r"step=(\d+)")
 
 
 def _looks_like_checkpoint(path: Path) -> bool:
-    return path.is_dir() and not path.name.startswith(".") and any((path / n).exists() for n in (MANIFEST, *FILES))
+    try:
+        return path.is_dir() and not path.name.startswith(".") and any(
+            os.path.lexists(path / n) for n in (MANIFEST, *FILES))
+    except OSError:  # unreadable: not something we can resume from, nor report on
+        return False
 
 
 def _order(path: Path) -> tuple[float, int]:
@@ -50,7 +64,11 @@ def candidates(root: str | os.PathLike[str]) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if _looks_like_checkpoint(p)), key=_order, reverse=True)
+    try:
+        entries = list(root.iterdir())
+    except OSError as exc:
+        raise CheckpointError(f"{root} cannot be listed ({exc.strerror}); check its permissions.") from None
+    return sorted((p for p in entries if _looks_like_checkpoint(p)), key=_order, reverse=True)
 
 
 def _first_valid(root: str | os.PathLike[str], attempt: Callable[[Path], _T]
@@ -63,6 +81,8 @@ def _first_valid(root: str | os.PathLike[str], attempt: Callable[[Path], _T]
             raise  # valid, but for another world size: falling back to an older one would silently lose progress
         except CheckpointError as exc:
             skipped.append((path, str(exc)))
+        except OSError as exc:  # e.g. removed by a pruning run while we looked, or permissions
+            skipped.append((path, f"{path} cannot be read ({exc}); use an earlier checkpoint."))
     return None, None, skipped
 
 
@@ -89,16 +109,32 @@ def load_latest(root: str | os.PathLike[str], map_location: Any = None
 
 
 def prune(parent: str | os.PathLike[str], keep_last: int, keep: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Keep ``keep_last`` complete checkpoints in ``parent`` -- ``keep`` and the newest others -- and delete the rest."""
+    """Keep ``keep_last`` complete checkpoints in ``parent`` -- ``keep`` and the newest others -- and delete the rest.
+
+    Each one deleted is hidden first (renamed), then removed: a kill midway
+    leaves no visible half-deleted checkpoint, and the next save cleans up.
+    """
     check_keep_last(keep_last)
-    complete = [p for p in candidates(parent) if _has_manifest(p)]
+    parent = Path(parent)
+    clean_strays(parent)
+    complete = [p for p in candidates(parent) if not _is_link(p) and _has_manifest(p)]
     keep_path = Path(keep).absolute() if keep is not None else None
     others = [p for p in complete if p.absolute() != keep_path]
     # The checkpoint just written is always one of the k kept, even when its step sorts it lower.
     doomed = others[keep_last - (len(others) < len(complete)):]
-    for path in doomed:
-        shutil.rmtree(path)
+    hidden = [hide(path) for path in doomed]
+    if hidden:
+        fsync_dir(parent)  # the renames are durable before anything is deleted
+    for aside in hidden:
+        remove_entry(aside)
     return doomed
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return True  # gone or unreadable: not ours to delete
 
 
 def check_keep_last(keep_last: int | None) -> None:

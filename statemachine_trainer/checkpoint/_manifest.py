@@ -3,7 +3,12 @@
 A directory is a checkpoint only if its manifest parses, names this format
 and versions we read, and every file it lists has the recorded size and
 checksum.  The manifest is written after the data files, so its presence
-means the write finished; the checksums catch damage after the fact.
+means the write finished; the checksums catch damage after the fact.  The
+manifest carries its own checksum too (``"checksum"``: the manifest's hash of
+its canonical JSON without that key), so a flipped bit in a recorded step or
+size cannot pass for a valid, older checkpoint.  Manifests written before the
+checksum existed (same format version) have none and are read as before;
+any key the writer does not write is refused.
 
 Two layouts share the manifest.  Format version 1 is a single-process
 checkpoint: ``state.json`` and ``tensors.pt``.  Format version 2 is a
@@ -22,11 +27,11 @@ from typing import Any
 
 from ..state import SCHEMA_VERSION
 from ._errors import CheckpointError
-from ._hashing import HASHES
+from ._files import MAX_MANIFEST_BYTES, parse_json, read_bounded
+from ._hashing import HASHES, hash_bytes
 
 __all__ = ["FILES", "FORMAT", "FORMAT_VERSION", "MANIFEST", "PARTS_FORMAT_VERSION", "expected_files", "files_for",
-           "rank_dir",
-           "read_manifest", "step_of", "world_size_of"]
+           "rank_dir", "read_manifest", "seal", "step_of", "world_size_of"]
 
 FORMAT = "statemachine-trainer-checkpoint"
 #: Bump when the directory layout or the codec's markers change; other versions are refused.
@@ -36,6 +41,20 @@ PARTS_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 STATE, TENSORS = "state.json", "tensors.pt"
 FILES = (STATE, TENSORS)
+CHECKSUM = "checksum"
+_KEYS = {"format", "format_version", "schema_version", "hash", "created", "files", "metadata", CHECKSUM}
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    """The bytes the manifest's own checksum covers: its JSON without ``checksum``, keys sorted, no spaces."""
+    rest = {k: v for k, v in manifest.items() if k != CHECKSUM}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its own checksum (under the hash it names) added as ``"checksum"``; written last."""
+    return {k: v for k, v in manifest.items() if k != CHECKSUM} | {
+        CHECKSUM: hash_bytes(manifest["hash"], _canonical(manifest))}
 
 
 def rank_dir(rank: int) -> str:
@@ -72,24 +91,46 @@ def _check(path: Path, manifest: Any) -> None:
     version = manifest.get("format_version")
     if version not in (FORMAT_VERSION, PARTS_FORMAT_VERSION) or isinstance(version, bool):
         raise _version_error(path, "format version", version, f"{FORMAT_VERSION} or {PARTS_FORMAT_VERSION}")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if type(manifest.get("schema_version")) is not int or manifest["schema_version"] != SCHEMA_VERSION:
         raise _version_error(path, "schema version", manifest.get("schema_version"), SCHEMA_VERSION)
     hash_name = manifest.get("hash")
-    if hash_name not in HASHES:
+    if not isinstance(hash_name, str) or hash_name not in HASHES:
         raise CheckpointError(f"{path / MANIFEST}: unknown checksum {hash_name!r} (known: {sorted(HASHES)}); the "
                               "manifest is damaged or from a newer version.")
+    _check_own_checksum(path, manifest, hash_name)
+    _check_keys(path, manifest, version)
     world_size = manifest.get("world_size")
     if version == PARTS_FORMAT_VERSION and not (type(world_size) is int and world_size >= 1):
         raise CheckpointError(f"{path / MANIFEST}: \"world_size\" must be a positive integer in a multi-process "
                               f"checkpoint, got {world_size!r}; the manifest is damaged. Use an earlier checkpoint.")
     files, expected = manifest.get("files"), expected_files(manifest)
     if not isinstance(files, dict) or set(files) != set(expected) or not all(
-            isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get(hash_name), str)
-            for entry in files.values()):
+            isinstance(entry, dict) and set(entry) == {"size", hash_name} and type(entry["size"]) is int
+            and entry["size"] >= 0 and isinstance(entry[hash_name], str) for entry in files.values()):
         listed = sorted(files) if isinstance(files, dict) else files
         raise CheckpointError(f"{path / MANIFEST}: \"files\" must list {list(expected)} with their size and "
                               f"{hash_name}, but it lists {listed!r}; the manifest is damaged. Use an earlier "
                               "checkpoint.")
+
+
+def _check_own_checksum(path: Path, manifest: dict[str, Any], hash_name: str) -> None:
+    if CHECKSUM not in manifest:
+        return  # written before manifests carried a checksum (same format version): nothing to compare
+    if manifest[CHECKSUM] != hash_bytes(hash_name, _canonical(manifest)):
+        raise CheckpointError(f"{path / MANIFEST} does not match its own {hash_name} checksum (\"{CHECKSUM}\"); "
+                              "the manifest is corrupted, so the sizes, checksums and step it records cannot be "
+                              "trusted. Use an earlier checkpoint.")
+
+
+def _check_keys(path: Path, manifest: dict[str, Any], version: int) -> None:
+    allowed = _KEYS | ({"world_size"} if version == PARTS_FORMAT_VERSION else set())
+    unknown = sorted(set(manifest) - allowed)
+    if unknown:
+        raise CheckpointError(f"{path / MANIFEST} has key(s) {unknown} that no statemachine_trainer manifest of "
+                              f"format version {version} has; the manifest is damaged. Use an earlier checkpoint.")
+    if not isinstance(manifest.get("created", ""), str) or not isinstance(manifest.get("metadata", {}), dict):
+        raise CheckpointError(f"{path / MANIFEST}: \"created\" must be a string and \"metadata\" an object; the "
+                              "manifest is damaged. Use an earlier checkpoint.")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -98,16 +139,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; a checkpoint is a directory holding {MANIFEST}, "
                               f"{STATE} and {TENSORS}.")
-    try:
-        text = (path / MANIFEST).read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not (path / MANIFEST).exists() and not (path / MANIFEST).is_symlink():
         raise CheckpointError(f"{path}: {MANIFEST} is missing, so the checkpoint was not completely written (or "
-                              "was damaged afterwards); use an earlier checkpoint.") from None
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path / MANIFEST} is not valid JSON ({exc}); the checkpoint is damaged. Use an "
-                              "earlier checkpoint.") from None
+                              "was damaged afterwards); use an earlier checkpoint.")
+    manifest = parse_json(read_bounded(path, MANIFEST, limit=MAX_MANIFEST_BYTES), path / MANIFEST)
     _check(path, manifest)
     return manifest
 

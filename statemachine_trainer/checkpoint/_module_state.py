@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ._errors import CheckpointError
 from ._manifest import read_manifest
 from ._read import load_part
@@ -33,6 +35,15 @@ def load_module_state(path: str | os.PathLike[str], map_location: Any = None, wi
     state = load_part(path, "", read_manifest(path), map_location)
     if not isinstance(state, dict) or not isinstance(state.get("module"), dict):
         raise CheckpointError(f"{path} holds no module state ($.module); it was not written by a Trainer.")
+    for key, value in state["module"].items():  # a module's state_dict: tensors, and _extra_state entries
+        if not isinstance(key, str) or not (isinstance(value, torch.Tensor) or key.endswith("_extra_state")):
+            raise CheckpointError(f"{path}: $.module[{key!r}] is a {type(value).__name__}, not a tensor; the state "
+                                  "file was edited or damaged. Use an earlier checkpoint.")
     if not with_hparams:
         return state["module"]
-    return state["module"], state.get("hparams", _NO_HPARAMS)
+    hparams = state.get("hparams", _NO_HPARAMS)
+    if not (isinstance(hparams, dict) and set(hparams) == {"values", "omitted"} and isinstance(
+            hparams["values"], dict) and isinstance(hparams["omitted"], list)):
+        raise CheckpointError(f"{path}: $.hparams is not {{'values': {{...}}, 'omitted': [...]}}; the state file was "
+                              "edited or damaged. Use an earlier checkpoint.")
+    return state["module"], hparams

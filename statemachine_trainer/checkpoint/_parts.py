@@ -42,7 +42,6 @@ filesystem every rank sees (one machine, or a shared mount).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -50,11 +49,12 @@ from typing import Any, NamedTuple, TypeVar
 from . import _dist
 from ._codec import encode
 from ._errors import CheckpointError, WorldSizeError
+from ._fsops import discard, fsync_dir
 from ._hashing import DEFAULT_HASH
 from ._latest import candidates, check_keep_last, prune
 from ._manifest import files_for, rank_dir, read_manifest, world_size_of
 from ._read import load_part, unlisted
-from ._write import check_hash_name, checked_metadata, commit, fsync_dir, manifest, new_tmp, write_part
+from ._write import check_hash_name, checked_metadata, commit, manifest, new_tmp, write_part
 
 __all__ = ["load_checkpoint_parts", "load_latest_parts", "save_checkpoint_parts"]
 
@@ -103,7 +103,7 @@ def save_checkpoint_parts(path: str | os.PathLike[str], replicated_state: Any, r
         outcome, own = _write_and_commit(rank, world_size, target, plan, encoded, own, keep_last)
     except BaseException:
         if rank == 0 and plan is not None:  # a collective failed (a rank died): leave no temp directory behind
-            shutil.rmtree(plan.tmp, ignore_errors=True)
+            discard(Path(plan.tmp))
         raise
     _dist.raise_reported(outcome, own, f"to save checkpoint {target}")
     return target
@@ -167,7 +167,7 @@ def _commit(gathered: list[tuple[dict[str, Any] | None, _Report]], plan: _Plan |
                                              plan.durable, world_size))
         reports[0] = _dist.describe(error)
     if any(report is not None for report in reports):
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
     return reports, error
 
 

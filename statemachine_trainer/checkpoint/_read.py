@@ -15,7 +15,6 @@ another world size cannot pass for a valid one.
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from ._codec import decode
 from ._errors import CheckpointError, WorldSizeError
+from ._files import max_state_bytes, parse_json, read_bounded, regular_size, state_too_large
 from ._hashing import hash_bytes
 from ._manifest import FILES, MANIFEST, STATE, TENSORS, expected_files, rank_dir, read_manifest, world_size_of
 
@@ -33,15 +33,12 @@ __all__ = ["file_status", "load_all_parts", "load_checkpoint_dir", "load_part", 
 
 
 def _read_checked(path: Path, name: str, manifest: dict[str, Any]) -> bytes:
+    """``path/name``'s bytes once they match the manifest: a regular file of the recorded size (checked before
+    reading, and no more is read), with the recorded checksum."""
     entry, hash_name = manifest["files"][name], manifest["hash"]
-    try:
-        data = (path / name).read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path / name} is missing; the checkpoint is incomplete. Use an earlier "
-                              "checkpoint.") from None
-    if len(data) != entry["size"]:
-        raise CheckpointError(f"{path / name} has {len(data)} bytes but the manifest records {entry['size']}; the "
-                              "file was truncated or overwritten. Use an earlier checkpoint.")
+    if Path(name).name == STATE and entry["size"] > max_state_bytes():
+        raise state_too_large(path / name, entry["size"])
+    data = read_bounded(path, name, size=entry["size"])
     if hash_bytes(hash_name, data) != entry[hash_name]:
         raise CheckpointError(f"{path / name} does not match its {hash_name} checksum in the manifest; the file is "
                               "corrupted. Use an earlier checkpoint.")
@@ -68,10 +65,7 @@ def safe_torch_load(source: Any, where: Path, map_location: Any = None, mmap: bo
 
 
 def _parse_state(data: bytes, where: Path) -> Any:
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{where} is not valid JSON ({exc}); use an earlier checkpoint.") from None
+    return parse_json(data, where)
 
 
 def _prefixed(part: str, name: str) -> str:
@@ -90,10 +84,8 @@ def load_part(path: Path, part: str, manifest: dict[str, Any], map_location: Any
 def _decode_part(path: Path, part: str, data: Any, tensors: dict[str, Any]) -> Any:
     try:
         return decode(data, tensors)
-    except CheckpointError as exc:
-        if not part:
-            raise
-        raise CheckpointError(f"{path / part}: {exc}") from None  # say which rank's part is damaged
+    except CheckpointError as exc:  # name the file (and so which rank's part) that is damaged
+        raise CheckpointError(f"{path / _prefixed(part, STATE)}: {exc}") from None
 
 
 def load_checkpoint_dir(path: str | os.PathLike[str], map_location: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -147,7 +139,7 @@ def unlisted(path: Path, manifest: dict[str, Any], ranks: range | None = None) -
 def _entries(path: Path) -> list[str]:
     try:
         return sorted(os.listdir(path))
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return []  # a missing rank dir is reported by its missing files
 
 
@@ -170,12 +162,14 @@ def file_status(path: Path, manifest: dict[str, Any]) -> dict[str, str | None]:
     return {name: _file_problem(path, name, manifest) for name in expected_files(manifest)}
 
 
-def _decodes(path: Path, part: str) -> str | None:
+def _decodes(path: Path, part: str, manifest: dict[str, Any]) -> str | None:
     """Whether ``part``'s checked files parse and refer to each other exactly; tensors memory-mapped, not read."""
-    state_path, tensors_path = path / _prefixed(part, STATE), path / _prefixed(part, TENSORS)
+    state_name, tensors_name = _prefixed(part, STATE), _prefixed(part, TENSORS)
+    state_path, tensors_path = path / state_name, path / tensors_name
     try:
-        _decode_part(path, part, _parse_state(state_path.read_bytes(), state_path),
-                     safe_torch_load(tensors_path, tensors_path, "cpu", mmap=True))
+        data = _parse_state(_read_checked(path, state_name, manifest), state_path)
+        regular_size(path, tensors_name)  # checked just before; memory-mapped below, so looked at again
+        _decode_part(path, part, data, safe_torch_load(tensors_path, tensors_path, "cpu", mmap=True))
     except CheckpointError as exc:
         return str(exc)
     return None
@@ -201,4 +195,4 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:
         return problems
     world_size = world_size_of(manifest)
     parts = [""] + ([] if world_size is None else [rank_dir(r) for r in range(world_size)])
-    return [p for p in (_decodes(path, part) for part in parts) if p is not None]
+    return [p for p in (_decodes(path, part, manifest) for part in parts) if p is not None]

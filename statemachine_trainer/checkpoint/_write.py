@@ -21,8 +21,6 @@ import ctypes
 import datetime
 import json
 import os
-import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,13 +30,13 @@ import torch
 from ..state import SCHEMA_VERSION, StateError, check_json
 from ._codec import encode
 from ._errors import CheckpointError
+from ._files import max_state_bytes, state_too_large
+from ._fsops import clean_strays, discard, fsync_dir, remove_entry
 from ._hashing import DEFAULT_HASH, HASHES, HashingWriter
-from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARTS_FORMAT_VERSION, STATE, TENSORS
+from ._latest import prune
+from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARTS_FORMAT_VERSION, STATE, TENSORS, seal
 
-__all__ = ["check_hash_name", "checked_metadata", "clean_strays", "commit", "fsync_dir", "manifest", "new_tmp",
-           "save_checkpoint_dir", "write_part"]
-
-_STRAY = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)\Z")
+__all__ = ["check_hash_name", "checked_metadata", "commit", "manifest", "new_tmp", "save_checkpoint_dir", "write_part"]
 
 
 def save_checkpoint_dir(path: str | os.PathLike[str], state: Any, metadata: dict[str, Any] | None = None, *,
@@ -59,11 +57,9 @@ def save_checkpoint_dir(path: str | os.PathLike[str], state: Any, metadata: dict
         files = write_part(tmp, data, tensors, hash_name, durable)
         commit(tmp, path, manifest(files, hash_name, metadata), hash_name, durable)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
     if keep_last is not None:
-        from ._latest import prune
-
         prune(path.parent, keep_last, keep=path)
     return path
 
@@ -78,7 +74,7 @@ def new_tmp(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_strays(path.parent)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_entry(tmp)
     tmp.mkdir()
     return tmp
 
@@ -86,15 +82,19 @@ def new_tmp(path: Path) -> Path:
 def write_part(directory: Path, data: Any, tensors: dict[str, torch.Tensor], hash_name: str,
                durable: bool) -> dict[str, dict[str, Any]]:
     """Write one encoded state as ``state.json`` + ``tensors.pt`` in ``directory``; their manifest entries."""
+    text = _json_bytes(data)
+    if len(text) > max_state_bytes():  # refused now rather than written into a checkpoint no load would accept
+        raise state_too_large(directory / STATE, len(text))
     return {
-        STATE: _write_file(directory / STATE, lambda f: f.write(_json_bytes(data)), hash_name, durable),
+        STATE: _write_file(directory / STATE, lambda f: f.write(text), hash_name, durable),
         TENSORS: _write_file(directory / TENSORS, lambda f: torch.save(tensors, f), hash_name, durable),
     }
 
 
 def commit(tmp: Path, path: Path, entries: dict[str, Any], hash_name: str, durable: bool) -> None:
     """Write manifest ``entries`` into ``tmp`` -- last, once all it lists is on disk -- and install ``tmp`` as ``path``."""
-    _write_file(tmp / MANIFEST, lambda f: f.write(_json_bytes(entries)), hash_name, durable)
+    sealed = seal(entries)
+    _write_file(tmp / MANIFEST, lambda f: f.write(_json_bytes(sealed)), hash_name, durable)
     if durable:
         fsync_dir(tmp)
     _install(tmp, path)
@@ -142,15 +142,6 @@ def _write_file(path: Path, write: Callable[[BinaryIO], Any], hash_name: str, du
     return {"size": writer.size, hash_name: writer.hexdigest()}
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or new entry in ``path`` durable (POSIX needs the directory itself fsynced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two directory entries in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
@@ -161,42 +152,22 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _install(tmp: Path, path: Path) -> None:
-    """Put ``tmp`` at ``path``; an existing ``path`` is replaced without a moment where neither is complete."""
-    if not path.exists():
+    """Put ``tmp`` at ``path``; an existing ``path`` is replaced without a moment where neither is complete.
+
+    An existing ``path`` that is a symlink (``last.ckpt`` linked to another
+    checkpoint) is replaced as a link: the checkpoint it points to is left as it is.
+    """
+    if not os.path.lexists(path):
         os.replace(tmp, path)
         return
-    if _exchange(tmp, path):  # tmp now holds the old checkpoint
-        shutil.rmtree(tmp)
+    if _exchange(tmp, path):  # tmp now holds the old checkpoint (or the old link)
+        remove_entry(tmp)
         return
     # Fallback: a kill between these two renames leaves the old checkpoint under .<name>.old-<pid>;
     # clean_strays() moves it back to <name> on the next save.
     aside = path.parent / f".{path.name}.old-{os.getpid()}"
     os.replace(path, aside)
     os.replace(tmp, path)
-    shutil.rmtree(aside)
+    remove_entry(aside)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_strays(parent: Path) -> None:
-    """Remove temp directories left by killed saves in ``parent`` (restoring a set-aside old checkpoint)."""
-    for entry in parent.iterdir():
-        match = _STRAY.match(entry.name)
-        if not match or not entry.is_dir():
-            continue
-        pid = int(match["pid"])
-        if pid != os.getpid() and _alive(pid):
-            continue  # another process is saving right now
-        final = parent / match["name"]
-        if match["kind"] == "old" and not final.exists():
-            os.replace(entry, final)
-        else:
-            shutil.rmtree(entry, ignore_errors=True)

@@ -160,7 +160,10 @@ def _structure(value: Any, cls: type, path: str) -> Any:
     try:
         return converter.structure(value, cls)
     except Exception as exc:  # cattrs raises ClassValidationError / ExceptionGroup / TypeError
-        details = cattrs.transform_error(exc, path=path)
+        try:
+            details = cattrs.transform_error(exc, path=path)
+        except Exception:  # noqa: BLE001 -- e.g. a non-string extra key, which cattrs cannot even print
+            details = [f"{path}: not a valid {cls.__qualname__} ({type(exc).__name__})"]
         raise StateError("; ".join(details) + f". Expected {cls.__qualname__}; load a state saved by the same "
                          "loop classes.") from exc
 

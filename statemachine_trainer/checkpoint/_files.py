@@ -1,0 +1,167 @@
+"""Reading a checkpoint's files without trusting them: regular files only, sizes known first, JSON bounded.
+
+Theory of operation.  A checkpoint directory may have been damaged by
+accident or edited by someone; reading it must never hang, exhaust memory or
+escape through a bare Python exception.  So, before a byte is read:
+
+* every path component below the checkpoint directory is ``lstat``-ed: a
+  symlink, FIFO, device or socket is refused (a FIFO would block ``open``
+  forever, ``/dev/zero`` would never end);
+* the file's size must equal what the manifest records (the manifest itself
+  must be under :data:`MAX_MANIFEST_BYTES`), and at most that many bytes are
+  read -- through ``O_NOFOLLOW | O_NONBLOCK``, re-checked with ``fstat``, so a
+  file swapped in between the check and the ``open`` is refused too;
+* ``state.json`` may not exceed :func:`max_state_bytes` (64 MiB unless the
+  ``STATEMACHINE_TRAINER_MAX_STATE_MB`` environment variable says otherwise):
+  a checkpoint's non-tensor state is kilobytes, and parsing hundreds of
+  megabytes of JSON takes a minute and gigabytes of memory.
+
+:func:`parse_json` turns bad UTF-8, ``NaN`` literals, integers of more
+digits than Python converts, nesting deeper than :data:`MAX_DEPTH` and any
+other parse failure into :class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from ._errors import CheckpointError
+
+__all__ = ["MAX_DEPTH", "MAX_MANIFEST_BYTES", "check_depth", "max_state_bytes", "parse_json", "read_bounded",
+           "regular_size"]
+
+#: A manifest lists a few files per rank and the caller's metadata: kilobytes.
+MAX_MANIFEST_BYTES = 16 << 20
+#: Deeper JSON than any state the library writes (a state set is about ten levels deep).
+MAX_DEPTH = 100
+_STATE_LIMIT_ENV = "STATEMACHINE_TRAINER_MAX_STATE_MB"
+_DEFAULT_STATE_MB = 64
+
+
+def max_state_bytes() -> int:
+    """The largest ``state.json`` read or written: 64 MiB, or ``$STATEMACHINE_TRAINER_MAX_STATE_MB`` MiB."""
+    value = os.environ.get(_STATE_LIMIT_ENV, "")
+    try:
+        megabytes = int(value) if value else _DEFAULT_STATE_MB
+    except ValueError:
+        raise CheckpointError(f"{_STATE_LIMIT_ENV}={value!r} is not a whole number of MiB; unset it or set it to "
+                              f"e.g. {_DEFAULT_STATE_MB * 4}.") from None
+    return max(megabytes, 1) << 20
+
+
+def state_too_large(where: Path, size: int) -> CheckpointError:
+    return CheckpointError(f"{where} holds {size} bytes of non-tensor state, more than the {max_state_bytes()} "
+                           f"allowed; tensors belong in tensors.pt. If this state is meant to be that large, set "
+                           f"{_STATE_LIMIT_ENV} to a larger number of MiB.")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def regular_size(root: Path, name: str) -> int:
+    """The size of regular file ``root/name``; every component of ``name`` checked with ``lstat`` (no symlinks).
+
+    ``root`` itself may be a symlink (a checkpoint may be linked from elsewhere);
+    nothing inside it may be.
+    """
+    where = root
+    parts = Path(name).parts
+    for i, part in enumerate(parts):
+        where = where / part
+        try:
+            mode = os.lstat(where).st_mode
+        except FileNotFoundError:
+            raise CheckpointError(f"{root / name} is missing; the checkpoint is incomplete. Use an earlier "
+                                  "checkpoint.") from None
+        except OSError as exc:
+            raise CheckpointError(f"{where} cannot be read ({exc.strerror}); check its permissions, or use an "
+                                  "earlier checkpoint.") from None
+        last = i == len(parts) - 1
+        if last and not stat.S_ISREG(mode) or not last and not stat.S_ISDIR(mode):
+            wanted = "a regular file" if last else "a directory"
+            raise CheckpointError(f"{where} is {_kind(mode)}, not {wanted}; a checkpoint holds only the files "
+                                  "its writer made, so it is refused without being read. Use an earlier "
+                                  "checkpoint, or replace the link by the real file.")
+    return os.lstat(where).st_size
+
+
+def read_bounded(root: Path, name: str, size: int | None = None, limit: int | None = None) -> bytes:
+    """The bytes of regular file ``root/name``: exactly ``size`` of them (if given), at most ``limit``.
+
+    Sizes are compared before reading, so a file that is not what the
+    manifest says costs one ``lstat``, not a read.
+    """
+    where = root / name
+    found = regular_size(root, name)
+    if size is not None and found != size:
+        raise CheckpointError(f"{where} has {found} bytes but the manifest records {size}; the file was truncated "
+                              "or overwritten. Use an earlier checkpoint.")
+    if limit is not None and found > limit:
+        raise CheckpointError(f"{where} has {found} bytes, more than the {limit} a checkpoint's {Path(name).name} "
+                              "may hold; it is damaged or not a statemachine_trainer checkpoint.")
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise CheckpointError(f"{where} cannot be opened ({exc.strerror}); it changed while being read, or is not "
+                              "a regular file. Use an earlier checkpoint.") from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or opened.st_size != found:
+            raise CheckpointError(f"{where} changed while being read; read the checkpoint again once nothing "
+                                  "writes to it.")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(found + 1)  # one more: a file still growing is noticed
+    except OSError as exc:
+        raise CheckpointError(f"{where} cannot be read ({exc.strerror}); use an earlier checkpoint.") from None
+    finally:
+        os.close(fd)
+    if len(data) != found:
+        raise CheckpointError(f"{where} changed while being read ({len(data)} bytes, not {found}); read the "
+                              "checkpoint again once nothing writes to it.")
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (the writer stores non-finite floats as markers)")
+
+
+def parse_json(data: bytes, where: Path) -> Any:
+    """``data`` as JSON, every failure -- encoding, syntax, size of numbers, depth -- a :class:`CheckpointError`."""
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start}); the file is "
+                              "damaged. Use an earlier checkpoint.") from None
+    except RecursionError:
+        raise CheckpointError(f"{where} nests its JSON deeper than Python can parse; the file is damaged or not "
+                              "a statemachine_trainer checkpoint. Use an earlier checkpoint.") from None
+    except ValueError as exc:  # JSONDecodeError, a NaN literal, an integer of more than 4300 digits
+        raise CheckpointError(f"{where} is not valid checkpoint JSON ({exc}); the file is damaged. Use an earlier "
+                              "checkpoint.") from None
+    check_depth(value, where)
+    return value
+
+
+def check_depth(value: Any, where: Path, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` (checked without recursion, so the check itself cannot overflow)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise CheckpointError(f"{where} nests its JSON more than {limit} levels deep; no checkpoint the "
+                                  "library writes does. The file is damaged or was edited; use an earlier "
+                                  "checkpoint.")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
