@@ -13,10 +13,22 @@ state taken between two batches names exactly the next one to serve.
 ``load_state_dict`` only sets those integers; the next ``iter()`` asks the
 sampler to start at ``position``.  No batch before it is built or fetched.
 
+The global RNGs (``rngs``, see ``_seeding``).  Serving batch ``k`` seeds the
+named global RNGs twice from its key: before its samples are fetched (in
+whichever process fetches them: the augmentations) and again when ``next()``
+hands it to the consumer (the *training stream*: whatever is drawn until the
+next batch, dropout included).  So between two batches the main process's
+RNGs are a function of ``(seed, epoch, rank, k)`` alone, equal for any
+``num_workers``, in an uninterrupted run and in a resumed one alike.
+
 The batch in flight.  A checkpoint taken while batch ``k`` is being processed
 holds ``position = k + 1``.  To serve batch ``k`` again after resuming, call
 ``rewind(1)`` after ``load_state_dict``; the next batch yielded is ``k``,
 bit-identical (same indices, same key, same collate), then ``k + 1``, ...
+A batch served again (any batch below the highest position served this
+epoch, or below a loaded position) leaves the caller's RNGs as they are: the
+training stream was seeded when it was first served, and the checkpoint's
+RNG states already hold the draws made from it since.
 
 Epoch ends.  ``set_epoch(e)`` with the current epoch keeps the position, so a
 trainer may call it after ``load_state_dict``.  ``iter()`` on an epoch that
@@ -44,7 +56,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._sampler import ResumableSampler, check_state
-from ._seeding import ALL_RNGS, SeededDataset
+from ._seeding import ALL_RNGS, RngStates, SeededDataset, epoch_key, key_of_batch, seeder, training_key
 from ._settings import dataset_settings, is_stateful, loader_settings
 
 __all__ = ["ResumableLoader", "StaleIteratorError"]
@@ -67,7 +79,9 @@ class ResumableLoader:
     Keyword arguments override what was read from ``data``.  ``seed`` defaults
     to the loader's generator seed, else ``torch.initial_seed()``, so
     ``seed_everything`` fixes the data order too.  ``rngs`` names the global
-    RNGs seeded per batch for augmentations (see ``_seeding`` for the cost).
+    RNGs seeded per batch -- for the augmentations, then for the training
+    stream that follows (see the module docstring and ``_seeding``); ``()``
+    leaves every global RNG alone.
     """
 
     def __init__(self, data: Any, *, batch_size: int | None = None, shuffle: bool | None = None,
@@ -92,6 +106,7 @@ class ResumableLoader:
 
     def _build(self, settings: dict[str, Any], rngs: Sequence[str]) -> None:
         self._settings, self._rngs = dict(settings), tuple(rngs)  # what shard() rebuilds from
+        self._seed_training = seeder(rngs)  # seeds the training stream from a key; None for rngs=()
         self.dataset = settings.pop("dataset")
         seed = settings.pop("seed")
         self.seed: int = torch.initial_seed() if seed is None else seed
@@ -110,6 +125,9 @@ class ResumableLoader:
         self.loader = DataLoader(SeededDataset(self.dataset, rngs), batch_sampler=self.batch_sampler,
                                  generator=self._generator, in_order=True, **settings)
         self._position = 0  # batches the consumer received this epoch; 0 <= _position <= len(self)
+        # Batches below this position were served before in this epoch (or by the run a loaded state comes from):
+        # serving one again must not reseed the training stream.  _position <= _served <= len(self).
+        self._served = 0
         self._generation = 0  # bumped whenever the position is set from outside; older iterators go stale
         # Set by load_state_dict/rewind until the next iter(): a position set from outside is served as it is,
         # so a state saved after an epoch's last batch resumes to "nothing left", not to the next epoch.
@@ -160,18 +178,36 @@ class ResumableLoader:
         return self._serve(iter(self.loader), self._generation)
 
     def _serve(self, batches: Iterator[Any], generation: int) -> Iterator[Any]:
+        seed_training = self._seed_training
+        epoch_part = epoch_key(self.seed, self.epoch, self.batch_sampler.rank)
         while True:
             # Checked before pulling: with persistent workers a newer iterator shares `batches`.
             if generation != self._generation:
                 raise StaleIteratorError(
                     "This iterator of a ResumableLoader is stale: the loader's position was changed (iter(), "
                     "load_state_dict, set_epoch or rewind) after it was created. Call iter(loader) again.")
+            position = self._position
+            fresh = position >= self._served
             try:
-                batch = next(batches)
+                batch = next(batches) if fresh else self._serve_again(batches)
             except StopIteration:
                 return
-            self._position += 1  # counted as the consumer receives it, whatever the workers prefetched
+            if fresh:
+                self._served = position + 1
+                if seed_training is not None:
+                    seed_training(training_key(key_of_batch(epoch_part, position)))
+            self._position = position + 1  # counted as the consumer receives it, whatever the workers prefetched
             yield batch
+
+    def _serve_again(self, batches: Iterator[Any]) -> Any:
+        """The next batch, served before: its fetch in this process (no workers) must not move the caller's RNGs."""
+        if self.loader.num_workers or not self._rngs:
+            return next(batches)
+        saved = RngStates(self._rngs)
+        try:
+            return next(batches)
+        finally:
+            saved.restore()
 
     # -- position --------------------------------------------------------------------------------------
     @property
@@ -192,7 +228,7 @@ class ResumableLoader:
             return
         if epoch != self.batch_sampler.epoch:
             self.batch_sampler.set_epoch(epoch)
-            self._position, self._seeked = 0, False
+            self._position, self._served, self._seeked = 0, 0, False
             self._generation += 1
 
     def rewind(self, batches: int = 1) -> None:
@@ -200,6 +236,8 @@ class ResumableLoader:
 
         The way to re-obtain the batch that was in flight when a checkpoint
         was taken: ``load_state_dict(saved); rewind(1)``.  O(1), like any jump.
+        Batches served again leave the caller's global RNGs as they are (the
+        training stream is seeded once per batch, when it is first served).
         """
         if self.delegate is not None:
             raise TypeError(f"{type(self.delegate).__name__} keeps its own position and cannot step back; save its "
@@ -225,4 +263,5 @@ class ResumableLoader:
         check_state(state, _STATE_KEYS, len(self))
         self.seed = self.batch_sampler.seed = state["seed"]
         self.batch_sampler.epoch, self._position, self._seeked = state["epoch"], state["position"], True
+        self._served = self._position  # the saved run served the batches before it; the next one is fresh
         self._generation += 1

@@ -1,0 +1,213 @@
+"""What does exact data cost per step?  A plain loop, the Trainer on a DataLoader, the Trainer on a ResumableLoader.
+
+Run:  python benchmarks/data.py [--steps N] [--repeats R] [--workers 0 2] [--clock wall|cpu] [--quick]
+
+The target (issue 13, item 1; DESIGN.md "Performance targets"): a
+``ResumableLoader`` with its default ``rngs`` (per-batch seeding of torch's,
+Python's and NumPy's global RNGs, what exact mid-epoch resume with random
+augmentations needs) adds <= 25 us per step over a plain ``DataLoader``, in
+the main process, with ``num_workers`` 0 and > 0; and the Trainer on it stays
+within 7% of a plain loop.
+
+What runs
+---------
+The tiny model of ``benchmarks/overhead.py``: a 64 -> 64 -> 10 MLP,
+cross-entropy, SGD, batch 32, one torch thread, one epoch of ``--steps``
+batches over a generated ``TensorDataset``, shuffled.  For each ``num_workers``
+in ``--workers`` (default 0 and 2):
+
+``plain``            the hand-written loop over a shuffled ``DataLoader``;
+``plain+resumable``  the same loop over ``ResumableLoader(that DataLoader)`` (the loader's own cost, no Trainer);
+``trainer``          ``Trainer(max_epochs=1, enable_progress_bar=False, logger=False).fit`` on the ``DataLoader``,
+                     ``self.log("loss", loss)`` every step, ModelCheckpoint at its default;
+``trainer+resumable`` the same fit on ``ResumableLoader(that DataLoader)``, default ``rngs``.
+
+How it is measured
+------------------
+Each step stamps ``time.perf_counter()`` and ``time.process_time()`` as it
+starts (the plain loop at the top of its body, the Trainer in
+``training_step``), so the stamps are taken in the main process whatever the
+workers do.  **us/step** is the mean interval over the last 90% of the epoch
+(start-up, worker launch and the first batches excluded).  All variants run in
+one process, interleaved: every repeat runs each variant once, in an order
+rotated per repeat, after one untimed warm-up run each; the table shows the
+median over repeats, and the ratios are medians' ratios.  ``cpu`` is this
+process's CPU time (the main process's cost, blind to other processes and to
+workers); ``wall`` includes them.  The ratios of ``--clock`` come last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.set_num_threads(1)
+
+BATCH = 32
+LR = 0.05
+CLOCKS = ("wall", "cpu")
+TARGET_US = 25.0
+TARGET_RATIO = 1.07
+
+
+def make_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def make_dataset(steps: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    n = steps * BATCH
+    return TensorDataset(torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def make_loader(dataset: TensorDataset, workers: int, seed: int, resumable: bool) -> Any:
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed))
+    if not resumable:
+        return loader
+    from statemachine_trainer.data import ResumableLoader
+
+    return ResumableLoader(loader)  # the default rngs: torch, random, numpy
+
+
+Stamps = list[tuple[float, float]]
+
+
+def plain_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
+    wall, cpu, append = time.perf_counter, time.process_time, stamps.append
+    model = make_model(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    steps = 0
+    model.train()
+    for x, y in loader:
+        append((wall(), cpu()))
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        last = loss.detach()  # noqa: F841 -- what self.log keeps
+        steps += 1
+    return steps
+
+
+def trainer_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
+    from statemachine_trainer import Trainer, TrainingModule
+
+    wall, cpu, append = time.perf_counter, time.process_time, stamps.append
+
+    class MLP(TrainingModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_model(seed)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            append((wall(), cpu()))
+            x, y = batch
+            loss = F.cross_entropy(self.net(x), y)
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=LR)
+
+    trainer = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, default_root_dir=scratch)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        trainer.fit(MLP(), loader)
+    return trainer.global_step
+
+
+VARIANTS: dict[str, tuple[Callable[[Any, int, Stamps, Path], int], bool]] = {
+    "plain": (plain_run, False),
+    "plain+resumable": (plain_run, True),
+    "trainer": (trainer_run, False),
+    "trainer+resumable": (trainer_run, True),
+}
+
+
+def steady(stamps: list[float]) -> float:
+    """Mean seconds per step over the last 90% of the epoch."""
+    window = stamps[max(1, len(stamps) // 10):]
+    return (window[-1] - window[0]) / (len(window) - 1)
+
+
+def measure(name: str, workers: int, dataset: TensorDataset, seed: int, root: Path) -> tuple[float, float]:
+    run, resumable = VARIANTS[name]
+    stamps: Stamps = []
+    gc.collect()
+    with TemporaryDirectory(dir=root) as scratch:
+        steps = run(make_loader(dataset, workers, seed, resumable), seed, stamps, Path(scratch))
+    expected = len(dataset) // BATCH
+    if steps != expected or len(stamps) != expected:
+        raise AssertionError(f"{name}/{workers}: {steps} steps and {len(stamps)} stamps for {expected} batches")
+    return steady([s[0] for s in stamps]), steady([s[1] for s in stamps])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000, help="steps (one epoch) per run (default 2000)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant, interleaved (default 5)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="num_workers values (default 0 2)")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall", help="the clock of the last ratio lines")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 200 steps, 1 repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats = 200, 1
+    if args.steps < 20 or args.repeats < 1:
+        parser.error("--steps must be >= 20 and --repeats >= 1")
+    print(f"data benchmark: {platform.python_implementation()} {platform.python_version()}, torch {torch.__version__} "
+          f"(1 thread), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {args.steps} steps x "
+          f"{args.repeats} interleaved repeats")
+    cases = [(name, w) for w in args.workers for name in VARIANTS]
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {case: [] for case in cases}
+    dataset, warm = make_dataset(args.steps), make_dataset(max(20, args.steps // 10))
+    with TemporaryDirectory(prefix="data-bench-") as tmp:
+        for name, w in cases:
+            measure(name, w, warm, 1, Path(tmp))
+        for r in range(args.repeats):
+            k = r % len(cases)
+            for name, w in cases[k:] + cases[:k]:
+                times[(name, w)].append(measure(name, w, dataset, 1000 + r, Path(tmp)))
+    median = {case: [statistics.median(t[i] for t in runs) for i in range(2)] for case, runs in times.items()}
+
+    print(f"\n{'variant':<20}{'workers':>8}{'wall us/step':>14}{'cpu us/step':>13}")
+    for name, w in cases:
+        print(f"{name:<20}{w:>8}{median[(name, w)][0] * 1e6:>14.1f}{median[(name, w)][1] * 1e6:>13.1f}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}\n")
+    other = "cpu" if args.clock == "wall" else "wall"
+    for clock in (other, args.clock):  # the chosen clock's ratios come last
+        i = CLOCKS.index(clock)
+        for w in args.workers:
+            def us(name: str, w: int = w) -> float:
+                return median[(name, w)][i] * 1e6
+
+            print(f"[{clock}] workers={w}: ResumableLoader - DataLoader: trainer {us('trainer+resumable') - us('trainer'):+.1f}"
+                  f" us/step, plain loop {us('plain+resumable') - us('plain'):+.1f} us/step (target <= {TARGET_US:g})")
+        for w in args.workers:
+            base = median[("plain", w)][i]
+            print(f"[{clock}] workers={w}: ratio trainer/plain {median[('trainer', w)][i] / base:.3f}, "
+                  f"trainer+resumable/plain {median[('trainer+resumable', w)][i] / base:.3f}, "
+                  f"plain+resumable/plain {median[('plain+resumable', w)][i] / base:.3f} (target <= {TARGET_RATIO:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
