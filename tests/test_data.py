@@ -218,7 +218,7 @@ def test_rngs_empty_leaves_every_global_rng_alone():
 def test_rngs_names_are_checked():
     with pytest.raises(ValueError, match="'cuda'"):
         ResumableLoader(Augmented(4), rngs=("torch", "cuda"))
-    with pytest.raises(ValueError, match="sequence of names"):
+    with pytest.raises(TypeError, match="sequence of names"):
         ResumableLoader(Augmented(4), rngs="torch")
 
 

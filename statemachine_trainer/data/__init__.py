@@ -8,11 +8,21 @@
   permutations, DistributedSampler-compatible sharding, O(1) jumps.
 - :class:`SeededDataset` / :class:`TaggedBatch` -- per-batch seeding of the
   global RNGs, so random augmentations replay exactly with any ``num_workers``.
+
+The global RNGs named in ``rngs`` (default: torch's CPU generator, Python's
+``random``, NumPy's ``np.random``) are seeded from batch ``k``'s key
+(:func:`batch_key`) before its samples are fetched, and from
+:func:`training_key` of it when ``next()`` hands the batch to its consumer;
+nothing is saved and put back.  So until the next batch they are a function
+of ``(seed, epoch, rank, k)`` alone -- the same with any ``num_workers`` and
+after a resume -- and a batch served again (``rewind``, the batch in flight
+at a checkpoint) leaves them as they are.  The contract and its costs:
+``_seeding`` and ``_loader``.
 """
 
 from ._loader import ResumableLoader, StaleIteratorError
 from ._sampler import ResumableSampler
-from ._seeding import ALL_RNGS, SeededDataset, TaggedBatch, batch_key
+from ._seeding import ALL_RNGS, SeededDataset, TaggedBatch, batch_key, training_key
 
 __all__ = [
     "ALL_RNGS",
@@ -22,4 +32,5 @@ __all__ = [
     "StaleIteratorError",
     "TaggedBatch",
     "batch_key",
+    "training_key",
 ]

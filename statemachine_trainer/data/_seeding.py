@@ -11,7 +11,7 @@ a resume it is different.  So every draw is made a function of *what* batch
 is served, not of *who* fetched it or what ran before: every batch carries a
 64-bit key derived from ``(seed, epoch, rank, batch index)``
 (:class:`TaggedBatch`), and two streams are seeded from it, each RNG named in
-``rngs`` with its own derived seed:
+``rngs`` from its own part of the key:
 
 1. the **data stream** -- :class:`SeededDataset` seeds the RNGs before it
    fetches the batch's samples, in whichever process fetches them;
@@ -27,7 +27,9 @@ is saved and put back on this path: seeding costs about 1 µs (torch's CPU
 generator), 3 µs (``random``) and 1 µs (NumPy's global ``RandomState``) per
 stream, while saving and restoring NumPy's and Python's states costs ~60 µs
 (numpy: its getter and setter build and parse 624-word tuples) -- measured
-on this project's 2-core VMs, torch 2.13, NumPy 2.4, Python 3.11.
+with timeit on this project's 2-core VMs, torch 2.13, NumPy 2.4, Python 3.11.
+The main process pays both seedings per batch with ``num_workers=0`` and
+the training stream's alone with workers (``benchmarks/data.py``).
 
 The one exception is a batch served *again* (``rewind``): the batch in flight
 when a checkpoint was taken.  Its training stream was seeded when it was
@@ -37,7 +39,8 @@ is seeded as before (the same augmentations), and in the main process the
 caller's states are saved around that fetch and put back -- once per resume.
 
 torch's generator is seeded through ``torch.default_generator.manual_seed``,
-not ``torch.manual_seed`` (~90 µs: it also seeds every CUDA device).  The
+not ``torch.manual_seed`` (~90 µs: it also seeds the CUDA, MPS, XPU and
+custom devices' generators).  The
 CUDA generators are never touched: GPU dropout continues its own stream,
 which checkpoints capture; a dataset that draws on the GPU in ``__getitem__``
 is not made reproducible by this module.  torch and NumPy take 32-bit seeds.
@@ -109,31 +112,33 @@ class TaggedBatch(list):
         return (TaggedBatch, (list(self), self.key))
 
 
+_MASK32 = (1 << 32) - 1
 _seed_torch = torch.default_generator.manual_seed
 _seed_numpy = np.random.seed
 
-# name -> (seed it from a 64-bit key, save its state, restore a state).  Each library gets its own derived
-# seed: Python's and NumPy's Mersenne Twisters seeded with the same integer yield the same stream, which
-# would correlate two augmentations.
+# name -> (seed it from a 64-bit key, save its state, restore a state).  Each library takes its own part of the
+# (already mixed) key, so no two share a stream: torch its low 32 bits and NumPy its high 32 bits (both take
+# 32-bit seeds, through MT19937's init_genrand), Python's random the whole key (through init_by_array, another
+# initialisation).  No further mixing: it would cost ~0.4 µs a library per batch.
 _RNGS: dict[str, tuple[Callable[[int], Any], Callable[[], Any], Callable[[Any], Any]]] = {
-    "torch": (lambda key: _seed_torch(_mix(key ^ 1)), torch.default_generator.get_state,
+    "torch": (lambda key: _seed_torch(key & _MASK32), torch.default_generator.get_state,
               torch.default_generator.set_state),
-    "random": (lambda key: random.seed(_mix(key ^ 2)), random.getstate, random.setstate),
-    "numpy": (lambda key: _seed_numpy(_mix(key ^ 3) >> 32), np.random.get_state, np.random.set_state),
+    "random": (lambda key: random.seed(key), random.getstate, random.setstate),
+    "numpy": (lambda key: _seed_numpy(key >> 32), np.random.get_state, np.random.set_state),
 }
 
 
 def _seed_all(key: int) -> None:
     """Every RNG of ALL_RNGS seeded from ``key`` (the default ``rngs``, written out: no loop on the hot path)."""
-    _seed_torch(_mix(key ^ 1))
-    random.seed(_mix(key ^ 2))
-    _seed_numpy(_mix(key ^ 3) >> 32)
+    _seed_torch(key & _MASK32)
+    random.seed(key)
+    _seed_numpy(key >> 32)
 
 
 def check_rngs(rngs: Sequence[str]) -> tuple[str, ...]:
-    """``rngs`` as a tuple, or a ValueError naming the unknown entry."""
+    """``rngs`` as a tuple; a TypeError for a bare string, a ValueError naming an unknown entry."""
     if isinstance(rngs, str):
-        raise ValueError(f"rngs={rngs!r} must be a sequence of names, e.g. ({rngs!r},); a bare string is not.")
+        raise TypeError(f"rngs={rngs!r} must be a sequence of names, e.g. ({rngs!r},); a bare string is not.")
     rngs = tuple(rngs)
     for name in rngs:
         if name not in _RNGS:
