@@ -150,16 +150,33 @@ def _set_global_states(states: tuple) -> None:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_between_batches_the_global_rngs_depend_on_the_batch_alone(workers):
+def test_what_a_step_draws_between_batches(workers):
     _reseed_globals(1)
     reference, _ = _adapter(13, 3, True, False, 0)
     expected = [(batch, _draws(2)) for _ in range(2) for batch in reference]  # two epochs
-    _reseed_globals(2)  # another caller state, and the consumer draws more or less between batches
+    # Any num_workers: the same batches and the same draws after each.
+    _reseed_globals(1)
     adapter, _ = _adapter(13, 3, True, False, workers)
-    got = [(batch, _draws(1 + k % 3)[:2]) for _ in range(2) for k, batch in enumerate(adapter)]
+    got = [(batch, _draws(2)) for _ in range(2) for batch in adapter]
     _assert_same_batches([b for b, _ in got], [b for b, _ in expected])
-    assert [d[0] for _, d in got] == [d[0] for _, d in expected]
-    assert len({d[0] for _, d in expected}) == len(expected)  # a new stream per batch and per epoch
+    assert [d for _, d in got] == [d for _, d in expected]
+    # torch's stream runs on, unmoved by loading (the dataset draws from it too): as if nothing were loaded.
+    _reseed_globals(1)
+    assert [d[0] for _, pair in expected for d in pair] == [float(torch.rand(())) for _ in range(2 * len(expected))]
+    # Python's and NumPy's are seeded per batch: the same after each batch whatever the caller drew before.
+    _reseed_globals(2)
+    adapter, _ = _adapter(13, 3, True, False, workers)
+    got = [_draws(1 + k % 3)[0] for _ in range(2) for k, _ in enumerate(adapter)]
+    assert [d[1:] for d in got] == [pair[0][1:] for _, pair in expected]
+    assert len({pair[0][1] for _, pair in expected}) == len(expected)  # a new stream per batch and per epoch
+
+
+def test_torch_initial_seed_is_kept_for_loaders_made_later():
+    """A loader built mid-run (a K-fold round, an active-learning round) seeds itself from torch.initial_seed()."""
+    torch.manual_seed(11)
+    list(_adapter(10, 3, True, False, 0)[0])
+    assert torch.initial_seed() == 11
+    assert ResumableLoader(Augmented(4)).seed == 11
 
 
 def _resume_draws(length: int, batch_size: int, draws: list[int], cut: int, in_flight: bool, workers: int,
@@ -169,10 +186,12 @@ def _resume_draws(length: int, batch_size: int, draws: list[int], cut: int, in_f
     whole, _ = _adapter(length, batch_size, True, False, workers)
     full: list = []
     for k, batch in enumerate(whole):
-        first = _draws(1)  # what the step draws before the checkpoint (taken mid-step when in_flight)
-        if k == cut:
+        first = _draws(1)  # what the step draws before a checkpoint taken inside it (in_flight)
+        if k == cut and in_flight:
             state, states = whole.state_dict(), _global_states()
         full.append((batch, first + _draws(draws[k % len(draws)])))
+        if k == cut and not in_flight:
+            state, states = whole.state_dict(), _global_states()  # between this step and the next batch
     _reseed_globals(2)  # a fresh process
     resumed, _ = _adapter(length, batch_size, True, False, workers)
     resumed.load_state_dict(json.loads(json.dumps(state)))

@@ -13,13 +13,15 @@ state taken between two batches names exactly the next one to serve.
 ``load_state_dict`` only sets those integers; the next ``iter()`` asks the
 sampler to start at ``position``.  No batch before it is built or fetched.
 
-The global RNGs (``rngs``, see ``_seeding``).  Serving batch ``k`` seeds the
-named global RNGs twice from its key: before its samples are fetched (in
-whichever process fetches them: the augmentations) and again when ``next()``
-hands it to the consumer (the *training stream*: whatever is drawn until the
-next batch, dropout included).  So between two batches the main process's
-RNGs are a function of ``(seed, epoch, rank, k)`` alone, equal for any
-``num_workers``, in an uninterrupted run and in a resumed one alike.
+The global RNGs (``rngs``, see ``_seeding``).  Fetching batch ``k`` seeds the
+named global RNGs from its key, in whichever process fetches it (the
+augmentations).  In the main process torch's CPU generator is then put back
+as it was (its stream runs on, unmoved by loading), and when ``next()``
+hands the batch to the consumer Python's and NumPy's generators are seeded
+from the batch's training key (the *training stream*: whatever the step
+draws from them until the next batch).  So what a step draws does not
+depend on ``num_workers``, on how many numbers the augmentations drew, or on
+whether the run was resumed.
 
 The batch in flight.  A checkpoint taken while batch ``k`` is being processed
 holds ``position = k + 1``.  To serve batch ``k`` again after resuming, call
@@ -27,8 +29,7 @@ holds ``position = k + 1``.  To serve batch ``k`` again after resuming, call
 bit-identical (same indices, same key, same collate), then ``k + 1``, ...
 A batch served again (any batch below the highest position served this
 epoch, or below a loaded position) leaves the caller's RNGs as they are: the
-training stream was seeded when it was first served, and the checkpoint's
-RNG states already hold the draws made from it since.
+checkpoint's RNG states already hold the draws its step made.
 
 Epoch ends.  ``set_epoch(e)`` with the current epoch keeps the position, so a
 trainer may call it after ``load_state_dict``.  ``iter()`` on an epoch that
@@ -56,13 +57,26 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._sampler import ResumableSampler, check_state
-from ._seeding import ALL_RNGS, RngStates, SeededDataset, epoch_key, key_of_batch, seeder, training_key
+from ._seeding import (ALL_RNGS, KEPT_RNGS, RngStates, SeededDataset, check_rngs, epoch_key, key_of_batch, seeder,
+                       training_key)
 from ._settings import dataset_settings, is_stateful, loader_settings
 
 __all__ = ["ResumableLoader", "StaleIteratorError"]
 
 _STATE_KEYS = ("epoch", "position", "seed")
 _MASK64 = (1 << 64) - 1
+
+
+_torch_state, _set_torch_state = torch.default_generator.get_state, torch.default_generator.set_state
+
+
+def _keeping_torch(batches: Iterator[Any]) -> Any:
+    """``next(batches)`` with torch's CPU generator put back afterwards (~1 µs: cheap, unlike the others')."""
+    state = _torch_state()
+    try:
+        return next(batches)
+    finally:
+        _set_torch_state(state)
 
 
 class StaleIteratorError(RuntimeError):
@@ -79,9 +93,9 @@ class ResumableLoader:
     Keyword arguments override what was read from ``data``.  ``seed`` defaults
     to the loader's generator seed, else ``torch.initial_seed()``, so
     ``seed_everything`` fixes the data order too.  ``rngs`` names the global
-    RNGs seeded per batch -- for the augmentations, then for the training
-    stream that follows (see the module docstring and ``_seeding``); ``()``
-    leaves every global RNG alone.
+    RNGs seeded per batch for the augmentations, and so taken care of for
+    the training stream that follows (see the module docstring and
+    ``_seeding``); ``()`` leaves every global RNG alone.
     """
 
     def __init__(self, data: Any, *, batch_size: int | None = None, shuffle: bool | None = None,
@@ -105,8 +119,10 @@ class ResumableLoader:
         self._build(settings, rngs)
 
     def _build(self, settings: dict[str, Any], rngs: Sequence[str]) -> None:
-        self._settings, self._rngs = dict(settings), tuple(rngs)  # what shard() rebuilds from
-        self._seed_training = seeder(rngs)  # seeds the training stream from a key; None for rngs=()
+        self._settings, self._rngs = dict(settings), check_rngs(rngs)  # what shard() rebuilds from
+        # Seeds the training stream from a key (None when there is nothing to seed); the RNGs of KEPT_RNGS are
+        # put back around a main-process fetch instead.
+        self._seed_training = seeder([name for name in self._rngs if name not in KEPT_RNGS])
         self.dataset = settings.pop("dataset")
         seed = settings.pop("seed")
         self.seed: int = torch.initial_seed() if seed is None else seed
@@ -179,6 +195,7 @@ class ResumableLoader:
 
     def _serve(self, batches: Iterator[Any], generation: int) -> Iterator[Any]:
         seed_training = self._seed_training
+        keep_torch = "torch" in self._rngs and not self.loader.num_workers  # the fetch runs here: put torch back
         epoch_part = epoch_key(self.seed, self.epoch, self.batch_sampler.rank)
         while True:
             # Checked before pulling: with persistent workers a newer iterator shares `batches`.
@@ -189,7 +206,12 @@ class ResumableLoader:
             position = self._position
             fresh = position >= self._served
             try:
-                batch = next(batches) if fresh else self._serve_again(batches)
+                if not fresh:
+                    batch = self._serve_again(batches)
+                elif keep_torch:
+                    batch = _keeping_torch(batches)
+                else:
+                    batch = next(batches)
             except StopIteration:
                 return
             if fresh:

@@ -1,49 +1,53 @@
-"""Per-batch seeding of the global RNGs: a dataset's augmentations and the training step that follows.
+"""Per-batch seeding of the global RNGs: a dataset's augmentations, and the training step that follows.
 
 Theory of operation
 -------------------
 Random augmentations call ``torch.rand``, ``random.random`` or ``np.random.*``
 inside ``__getitem__``, and the training step draws from the same global
-generators (dropout on the CPU, ``torch.randn`` noise, ...).  With worker
-processes, which worker fetches which batch -- and so which RNG stream a
-sample draws from -- depends on timing and on where the epoch started; after
-a resume it is different.  So every draw is made a function of *what* batch
-is served, not of *who* fetched it or what ran before: every batch carries a
-64-bit key derived from ``(seed, epoch, rank, batch index)``
-(:class:`TaggedBatch`), and two streams are seeded from it, each RNG named in
-``rngs`` from its own part of the key:
+generators (dropout, noise, ...).  With worker processes, which worker
+fetches which batch -- and so which RNG stream a sample draws from --
+depends on timing and on where the epoch started; after a resume it is
+different.  So every batch carries a 64-bit key derived from
+``(seed, epoch, rank, batch index)`` (:class:`TaggedBatch`), and
+:class:`SeededDataset` seeds the RNGs named in ``rngs`` from it before it
+fetches the batch's samples, in whichever process fetches them: the **data
+stream** is a function of *what* is fetched, not of *who* fetches it.
 
-1. the **data stream** -- :class:`SeededDataset` seeds the RNGs before it
-   fetches the batch's samples, in whichever process fetches them;
-2. the **training stream** -- when the batch reaches its consumer (the
-   ``next()`` of a :class:`~statemachine_trainer.data.ResumableLoader` that
-   returns it, in the main process), the loader seeds the RNGs again, from
-   another derivation of the key (:func:`training_key`).
+In the main process (``num_workers=0``) that seeding would hand the training
+step a stream that depends on how many numbers the augmentations drew, and
+on ``num_workers``.  What the step draws from until the next batch -- the
+**training stream** -- is therefore fixed by the loader
+(:class:`~statemachine_trainer.data.ResumableLoader`), per generator, by what
+its state costs to save (timeit on this project's 2-core VMs, torch 2.13,
+NumPy 2.4, Python 3.11):
 
-Until the next batch, then, the main process's named RNGs are at a state
-that depends on the batch key alone: not on ``num_workers``, not on how many
-numbers the augmentations drew, not on whether the run was resumed.  Nothing
-is saved and put back on this path: seeding costs about 1 µs (torch's CPU
-generator), 3 µs (``random``) and 1 µs (NumPy's global ``RandomState``) per
-stream, while saving and restoring NumPy's and Python's states costs ~60 µs
-(numpy: its getter and setter build and parse 624-word tuples) -- measured
-with timeit on this project's 2-core VMs, torch 2.13, NumPy 2.4, Python 3.11.
-The main process pays both seedings per batch with ``num_workers=0`` and
-the training stream's alone with workers (``benchmarks/data.py``).
+* torch's CPU generator: get + set state ~1 µs, so a main-process fetch puts
+  it back.  Its stream runs on across batches as in a plain loop, unmoved by
+  loading: dropout draws from it, checkpoints save it, and
+  ``torch.initial_seed()`` keeps the seed the program set (the loader's own
+  default seed reads it).
+* Python's ``random`` (~15 µs) and NumPy's global ``RandomState`` (~50 µs:
+  its getter and setter build and parse 624-word tuples) are not saved:
+  when ``next()`` hands the batch to its consumer, the loader seeds them
+  from :func:`training_key` of the batch key (~3 µs and ~1 µs).
 
-The one exception is a batch served *again* (``rewind``): the batch in flight
-when a checkpoint was taken.  Its training stream was seeded when it was
-first served and the step has drawn from it since; the checkpoint restored
-the RNGs to that point, so the replay must not touch them.  Its data stream
-is seeded as before (the same augmentations), and in the main process the
-caller's states are saved around that fetch and put back -- once per resume.
+Either way the step's draws are the same with any ``num_workers`` and after
+a resume; per batch the main process pays one torch save/restore plus the
+seedings with ``num_workers=0``, and the training stream's seedings alone
+with workers (``benchmarks/data.py``).
+
+The one exception is a batch served *again* (``rewind``): the batch in
+flight when a checkpoint was taken.  The checkpoint restored the RNGs to a
+point inside its step, so nothing may move them: the data stream is seeded
+for the fetch as before (the same augmentations) and, in the main process,
+every named RNG is saved around it and put back -- once per resume -- and
+the training stream is not seeded again.
 
 torch's generator is seeded through ``torch.default_generator.manual_seed``,
 not ``torch.manual_seed`` (~90 µs: it also seeds the CUDA, MPS, XPU and
-custom devices' generators).  The
-CUDA generators are never touched: GPU dropout continues its own stream,
-which checkpoints capture; a dataset that draws on the GPU in ``__getitem__``
-is not made reproducible by this module.  torch and NumPy take 32-bit seeds.
+custom devices' generators).  The CUDA generators are never touched: GPU
+dropout continues its own stream, which checkpoints capture; a dataset that
+draws on the GPU in ``__getitem__`` is not made reproducible by this module.
 """
 
 from __future__ import annotations
@@ -56,11 +60,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["ALL_RNGS", "RngStates", "SeededDataset", "TaggedBatch", "batch_key", "check_rngs", "epoch_key",
-           "key_of_batch", "seeder", "training_key"]
+__all__ = ["ALL_RNGS", "KEPT_RNGS", "RngStates", "SeededDataset", "TaggedBatch", "batch_key", "check_rngs",
+           "epoch_key", "key_of_batch", "seeder", "training_key"]
 
 #: The global RNGs that can be seeded per batch, by name.
 ALL_RNGS: tuple[str, ...] = ("torch", "random", "numpy")
+
+#: Those whose state is cheap enough to save and put back around a main-process fetch (the rest are seeded
+#: for the training stream instead).
+KEPT_RNGS: tuple[str, ...] = ("torch",)
 
 _MASK64 = (1 << 64) - 1
 _TRAINING = 0x5EED_7EA1_7EA1_5EED  # tells the training stream's key from the data stream's
@@ -90,7 +98,7 @@ def batch_key(seed: int, epoch: int, rank: int, batch: int) -> int:
 
 
 def training_key(key: int) -> int:
-    """The key of the training stream that follows the batch with data key ``key``."""
+    """The key of the training stream (Python's and NumPy's generators) that follows the batch with key ``key``."""
     return _mix(key ^ _TRAINING)
 
 
@@ -180,8 +188,9 @@ class SeededDataset(Dataset):
     DataLoader's map-style fetcher calls ``__getitems__(indices)`` when the
     dataset defines it; that is the one place a whole batch, with its key,
     reaches the dataset -- in the main process or in a worker alike.  The
-    RNGs are left where the fetch left them: the consumer seeds its own
-    stream next (see the module docstring).
+    RNGs are left where the fetch left them: in the main process the loader
+    puts torch's back and seeds the others for the training stream (see the
+    module docstring).
     """
 
     def __init__(self, dataset: Any, rngs: Sequence[str] = ALL_RNGS) -> None:
