@@ -11,12 +11,13 @@
 
 The global RNGs named in ``rngs`` (default: torch's CPU generator, Python's
 ``random``, NumPy's ``np.random``) are seeded from batch ``k``'s key
-(:func:`batch_key`) before its samples are fetched, and from
-:func:`training_key` of it when ``next()`` hands the batch to its consumer;
-nothing is saved and put back.  So until the next batch they are a function
-of ``(seed, epoch, rank, k)`` alone -- the same with any ``num_workers`` and
-after a resume -- and a batch served again (``rewind``, the batch in flight
-at a checkpoint) leaves them as they are.  The contract and its costs:
+(:func:`batch_key`) before its samples are fetched, in whichever process
+fetches them.  In the main process torch's generator is then put back (its
+stream runs on, unmoved by loading), and Python's and NumPy's are seeded
+from :func:`training_key` of the key when ``next()`` hands the batch to its
+consumer.  So what a step draws is the same with any ``num_workers`` and
+after a resume; a batch served again (``rewind``: the batch in flight at a
+checkpoint) leaves every RNG as it is.  The contract and its costs:
 ``_seeding`` and ``_loader``.
 """
 

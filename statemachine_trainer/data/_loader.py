@@ -57,8 +57,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._sampler import ResumableSampler, check_state
-from ._seeding import (ALL_RNGS, KEPT_RNGS, RngStates, SeededDataset, check_rngs, epoch_key, key_of_batch, seeder,
-                       training_key)
+from ._seeding import (
+    ALL_RNGS,
+    KEPT_RNGS,
+    RngStates,
+    SeededDataset,
+    check_rngs,
+    epoch_key,
+    key_of_batch,
+    seeder,
+    training_key,
+)
 from ._settings import dataset_settings, is_stateful, loader_settings
 
 __all__ = ["ResumableLoader", "StaleIteratorError"]
