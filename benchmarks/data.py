@@ -16,6 +16,8 @@ cross-entropy, SGD, batch 32, one torch thread, one epoch of ``--steps``
 batches over a generated ``TensorDataset``, shuffled.  For each ``num_workers``
 in ``--workers`` (default 0 and 2):
 
+``iterate``          only ``for batch in loader`` over a shuffled ``DataLoader`` (``iterate+resumable``: over
+                     ``ResumableLoader(that DataLoader)``): loading's own cost, without a model's noise;
 ``plain``            the hand-written loop over a shuffled ``DataLoader``;
 ``plain+resumable``  the same loop over ``ResumableLoader(that DataLoader)`` (the loader's own cost, no Trainer);
 ``trainer``          ``Trainer(max_epochs=1, enable_progress_bar=False, logger=False).fit`` on the ``DataLoader``,
@@ -25,7 +27,7 @@ in ``--workers`` (default 0 and 2):
 How it is measured
 ------------------
 Each step stamps ``time.perf_counter()`` and ``time.process_time()`` as it
-starts (the plain loop at the top of its body, the Trainer in
+starts (the loops at the top of their body, the Trainer in
 ``training_step``), so the stamps are taken in the main process whatever the
 workers do.  **us/step** is the mean interval over the last 90% of the epoch
 (start-up, worker launch and the first batches excluded).  All variants run in
@@ -108,6 +110,16 @@ def plain_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
     return steps
 
 
+def iterate_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
+    """Only the loop over the loader: what loading itself costs the main process, without a model's noise."""
+    wall, cpu, append = time.perf_counter, time.process_time, stamps.append
+    steps = 0
+    for _batch in loader:
+        append((wall(), cpu()))
+        steps += 1
+    return steps
+
+
 def trainer_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
     from statemachine_trainer import Trainer, TrainingModule
 
@@ -128,7 +140,8 @@ def trainer_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=LR)
 
-    trainer = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, default_root_dir=scratch)
+    trainer = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, enable_model_summary=False,
+                      default_root_dir=scratch)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         trainer.fit(MLP(), loader)
@@ -136,6 +149,8 @@ def trainer_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
 
 
 VARIANTS: dict[str, tuple[Callable[[Any, int, Stamps, Path], int], bool]] = {
+    "iterate": (iterate_run, False),
+    "iterate+resumable": (iterate_run, True),
     "plain": (plain_run, False),
     "plain+resumable": (plain_run, True),
     "trainer": (trainer_run, False),
@@ -183,7 +198,10 @@ def report(times: dict[tuple[str, int], list[tuple[float, float]]], cases: list[
                   f"mins): trainer {paired('trainer+resumable', 'trainer'):+.1f} "
                   f"({stat(('trainer+resumable', w), i, min) - stat(('trainer', w), i, min):+.1f}), plain loop "
                   f"{paired('plain+resumable', 'plain'):+.1f} "
-                  f"({stat(('plain+resumable', w), i, min) - stat(('plain', w), i, min):+.1f}) (target <= {TARGET_US:g})")
+                  f"({stat(('plain+resumable', w), i, min) - stat(('plain', w), i, min):+.1f}), loader alone "
+                  f"{paired('iterate+resumable', 'iterate'):+.1f} "
+                  f"({stat(('iterate+resumable', w), i, min) - stat(('iterate', w), i, min):+.1f}) "
+                  f"(target <= {TARGET_US:g})")
         for w in workers:
             def ratio(name: str, how: Any, w: int = w, i: int = i) -> float:
                 return stat((name, w), i, how) / stat(("plain", w), i, how)
