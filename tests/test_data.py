@@ -17,6 +17,7 @@ from torch.utils.data import (
     Dataset,
     DistributedSampler,
     IterableDataset,
+    TensorDataset,
     WeightedRandomSampler,
 )
 
@@ -132,28 +133,112 @@ def test_unshuffled_augmentations_still_differ_per_epoch():
     assert not any(torch.equal(x[1], y[1]) for x, y in zip(epoch0, epoch1))  # ... new draws
 
 
+# -- the global RNGs between batches -----------------------------------------------------------------------
+def _draws(count: int = 1) -> list[tuple[float, float, float]]:
+    """What a training step draws from each global RNG (moving it, as dropout would), ``count`` times."""
+    return [(float(torch.rand(())), random.random(), float(np.random.rand())) for _ in range(count)]
+
+
 def _global_states() -> tuple:
     return torch.get_rng_state(), random.getstate(), np.random.get_state()
 
 
-def _assert_states_equal(a: tuple, b: tuple) -> None:
-    assert torch.equal(a[0], b[0])
-    assert a[1] == b[1]
-    assert a[2][0] == b[2][0] and np.array_equal(a[2][1], b[2][1]) and a[2][2:] == b[2][2:]
+def _set_global_states(states: tuple) -> None:
+    torch.set_rng_state(states[0])
+    random.setstate(states[1])
+    np.random.set_state(states[2])
 
 
-def test_loading_leaves_the_training_rng_stream_alone():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_what_a_step_draws_between_batches(workers):
+    _reseed_globals(1)
+    reference, _ = _adapter(13, 3, True, False, 0)
+    expected = [(batch, _draws(2)) for _ in range(2) for batch in reference]  # two epochs
+    # Any num_workers: the same batches and the same draws after each.
+    _reseed_globals(1)
+    adapter, _ = _adapter(13, 3, True, False, workers)
+    got = [(batch, _draws(2)) for _ in range(2) for batch in adapter]
+    _assert_same_batches([b for b, _ in got], [b for b, _ in expected])
+    assert [d for _, d in got] == [d for _, d in expected]
+    # torch's stream runs on, unmoved by loading (the dataset draws from it too): as if nothing were loaded.
+    _reseed_globals(1)
+    assert [d[0] for _, pair in expected for d in pair] == [float(torch.rand(())) for _ in range(2 * len(expected))]
+    # Python's and NumPy's are seeded per batch: the same after each batch whatever the caller drew before.
+    _reseed_globals(2)
+    adapter, _ = _adapter(13, 3, True, False, workers)
+    got = [_draws(1 + k % 3)[0] for _ in range(2) for k, _ in enumerate(adapter)]
+    assert [d[1:] for d in got] == [pair[0][1:] for _, pair in expected]
+    assert len({pair[0][1] for _, pair in expected}) == len(expected)  # a new stream per batch and per epoch
+
+
+def test_torch_initial_seed_is_kept_for_loaders_made_later():
+    """A loader built mid-run (a K-fold round, an active-learning round) seeds itself from torch.initial_seed()."""
+    torch.manual_seed(11)
+    list(_adapter(10, 3, True, False, 0)[0])
+    assert torch.initial_seed() == 11
+    assert ResumableLoader(Augmented(4)).seed == 11
+
+
+def _resume_draws(length: int, batch_size: int, draws: list[int], cut: int, in_flight: bool, workers: int,
+                  ) -> tuple[list, list]:
+    """The batches and draws after a checkpoint at batch ``cut``: (uninterrupted, resumed)."""
+    _reseed_globals(1)
+    whole, _ = _adapter(length, batch_size, True, False, workers)
+    full: list = []
+    for k, batch in enumerate(whole):
+        first = _draws(1)  # what the step draws before a checkpoint taken inside it (in_flight)
+        if k == cut and in_flight:
+            state, states = whole.state_dict(), _global_states()
+        full.append((batch, first + _draws(draws[k % len(draws)])))
+        if k == cut and not in_flight:
+            state, states = whole.state_dict(), _global_states()  # between this step and the next batch
+    _reseed_globals(2)  # a fresh process
+    resumed, _ = _adapter(length, batch_size, True, False, workers)
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    _set_global_states(states)  # what restoring the checkpoint's RNG states does
+    tail: list = []
+    if in_flight:
+        resumed.rewind(1)
+        iterator = iter(resumed)
+        batch = next(iterator)  # the batch in flight again: the step goes on from the checkpoint's RNG states
+        tail.append((batch, full[cut][1][:1] + _draws(draws[cut % len(draws)])))
+        tail += [(batch, _draws(1 + draws[(k + cut + 1) % len(draws)])) for k, batch in enumerate(iterator)]
+    else:
+        tail = [(batch, _draws(1 + draws[(k + cut + 1) % len(draws)])) for k, batch in enumerate(resumed)]
+    return full[cut if in_flight else cut + 1:], tail
+
+
+@given(length=st.integers(2, 23), batch_size=st.integers(1, 5), draws=st.lists(st.integers(0, 3), min_size=1,
+       max_size=4), data=st.data(), in_flight=st.booleans())
+def test_the_training_stream_resumes_exactly(length, batch_size, draws, data, in_flight):
+    cut = data.draw(st.integers(0, -(-length // batch_size) - 1))
+    expected, got = _resume_draws(length, batch_size, draws, cut, in_flight, 0)
+    _assert_same_batches([b for b, _ in got], [b for b, _ in expected])
+    assert [d for _, d in got] == [d for _, d in expected]
+
+
+@pytest.mark.parametrize("in_flight", [False, True], ids=["between-batches", "in-flight"])
+def test_the_training_stream_resumes_exactly_with_workers(in_flight):
+    expected, got = _resume_draws(17, 3, [2, 0, 1], 2, in_flight, 2)
+    _assert_same_batches([b for b, _ in got], [b for b, _ in expected])
+    assert [d for _, d in got] == [d for _, d in expected]
+
+
+def test_rngs_empty_leaves_every_global_rng_alone():
     _reseed_globals(5)
     before = _global_states()
-    adapter, _ = _adapter(10, 3, True, False, 0)
-    for _ in range(2):
-        list(adapter)
-    _assert_states_equal(_global_states(), before)
-    # Control: the same dataset under a plain DataLoader does move the global streams.
-    list(DataLoader(Augmented(10), batch_size=3, shuffle=True))
-    moved = _global_states()
-    assert not torch.equal(moved[0], before[0]) and moved[1] != before[1]
-    assert not np.array_equal(moved[2][1], before[2][1])
+    loader = DataLoader(TensorDataset(torch.arange(10.0)), batch_size=3, shuffle=True)
+    list(ResumableLoader(loader, seed=0, rngs=()))
+    after = _global_states()
+    assert torch.equal(after[0], before[0]) and after[1] == before[1]
+    assert np.array_equal(after[2][1], before[2][1])
+
+
+def test_rngs_names_are_checked():
+    with pytest.raises(ValueError, match="'cuda'"):
+        ResumableLoader(Augmented(4), rngs=("torch", "cuda"))
+    with pytest.raises(TypeError, match="sequence of names"):
+        ResumableLoader(Augmented(4), rngs="torch")
 
 
 def test_rewind_serves_the_in_flight_batch_again():

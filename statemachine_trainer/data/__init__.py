@@ -8,11 +8,22 @@
   permutations, DistributedSampler-compatible sharding, O(1) jumps.
 - :class:`SeededDataset` / :class:`TaggedBatch` -- per-batch seeding of the
   global RNGs, so random augmentations replay exactly with any ``num_workers``.
+
+The global RNGs named in ``rngs`` (default: torch's CPU generator, Python's
+``random``, NumPy's ``np.random``) are seeded from batch ``k``'s key
+(:func:`batch_key`) before its samples are fetched, in whichever process
+fetches them.  In the main process torch's generator is then put back (its
+stream runs on, unmoved by loading), and Python's and NumPy's are seeded
+from :func:`training_key` of the key when ``next()`` hands the batch to its
+consumer.  So what a step draws is the same with any ``num_workers`` and
+after a resume; a batch served again (``rewind``: the batch in flight at a
+checkpoint) leaves every RNG as it is.  The contract and its costs:
+``_seeding`` and ``_loader``.
 """
 
 from ._loader import ResumableLoader, StaleIteratorError
 from ._sampler import ResumableSampler
-from ._seeding import ALL_RNGS, SeededDataset, TaggedBatch, batch_key
+from ._seeding import ALL_RNGS, SeededDataset, TaggedBatch, batch_key, training_key
 
 __all__ = [
     "ALL_RNGS",
@@ -22,4 +33,5 @@ __all__ = [
     "StaleIteratorError",
     "TaggedBatch",
     "batch_key",
+    "training_key",
 ]

@@ -13,10 +13,23 @@ state taken between two batches names exactly the next one to serve.
 ``load_state_dict`` only sets those integers; the next ``iter()`` asks the
 sampler to start at ``position``.  No batch before it is built or fetched.
 
+The global RNGs (``rngs``, see ``_seeding``).  Fetching batch ``k`` seeds the
+named global RNGs from its key, in whichever process fetches it (the
+augmentations).  In the main process torch's CPU generator is then put back
+as it was (its stream runs on, unmoved by loading), and when ``next()``
+hands the batch to the consumer Python's and NumPy's generators are seeded
+from the batch's training key (the *training stream*: whatever the step
+draws from them until the next batch).  So what a step draws does not
+depend on ``num_workers``, on how many numbers the augmentations drew, or on
+whether the run was resumed.
+
 The batch in flight.  A checkpoint taken while batch ``k`` is being processed
 holds ``position = k + 1``.  To serve batch ``k`` again after resuming, call
 ``rewind(1)`` after ``load_state_dict``; the next batch yielded is ``k``,
 bit-identical (same indices, same key, same collate), then ``k + 1``, ...
+A batch served again (any batch below the highest position served this
+epoch, or below a loaded position) leaves the caller's RNGs as they are: the
+checkpoint's RNG states already hold the draws its step made.
 
 Epoch ends.  ``set_epoch(e)`` with the current epoch keeps the position, so a
 trainer may call it after ``load_state_dict``.  ``iter()`` on an epoch that
@@ -44,13 +57,35 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._sampler import ResumableSampler, check_state
-from ._seeding import ALL_RNGS, SeededDataset
+from ._seeding import (
+    ALL_RNGS,
+    KEPT_RNGS,
+    RngStates,
+    SeededDataset,
+    check_rngs,
+    epoch_key,
+    key_of_batch,
+    seeder,
+    training_key,
+)
 from ._settings import dataset_settings, is_stateful, loader_settings
 
 __all__ = ["ResumableLoader", "StaleIteratorError"]
 
 _STATE_KEYS = ("epoch", "position", "seed")
 _MASK64 = (1 << 64) - 1
+
+
+_torch_state, _set_torch_state = torch.default_generator.get_state, torch.default_generator.set_state
+
+
+def _keeping_torch(batches: Iterator[Any]) -> Any:
+    """``next(batches)`` with torch's CPU generator put back afterwards (~1 µs: cheap, unlike the others')."""
+    state = _torch_state()
+    try:
+        return next(batches)
+    finally:
+        _set_torch_state(state)
 
 
 class StaleIteratorError(RuntimeError):
@@ -67,7 +102,9 @@ class ResumableLoader:
     Keyword arguments override what was read from ``data``.  ``seed`` defaults
     to the loader's generator seed, else ``torch.initial_seed()``, so
     ``seed_everything`` fixes the data order too.  ``rngs`` names the global
-    RNGs seeded per batch for augmentations (see ``_seeding`` for the cost).
+    RNGs seeded per batch for the augmentations, and so taken care of for
+    the training stream that follows (see the module docstring and
+    ``_seeding``); ``()`` leaves every global RNG alone.
     """
 
     def __init__(self, data: Any, *, batch_size: int | None = None, shuffle: bool | None = None,
@@ -91,7 +128,10 @@ class ResumableLoader:
         self._build(settings, rngs)
 
     def _build(self, settings: dict[str, Any], rngs: Sequence[str]) -> None:
-        self._settings, self._rngs = dict(settings), tuple(rngs)  # what shard() rebuilds from
+        self._settings, self._rngs = dict(settings), check_rngs(rngs)  # what shard() rebuilds from
+        # Seeds the training stream from a key (None when there is nothing to seed); the RNGs of KEPT_RNGS are
+        # put back around a main-process fetch instead.
+        self._seed_training = seeder([name for name in self._rngs if name not in KEPT_RNGS])
         self.dataset = settings.pop("dataset")
         seed = settings.pop("seed")
         self.seed: int = torch.initial_seed() if seed is None else seed
@@ -110,6 +150,9 @@ class ResumableLoader:
         self.loader = DataLoader(SeededDataset(self.dataset, rngs), batch_sampler=self.batch_sampler,
                                  generator=self._generator, in_order=True, **settings)
         self._position = 0  # batches the consumer received this epoch; 0 <= _position <= len(self)
+        # Batches below this position were served before in this epoch (or by the run a loaded state comes from):
+        # serving one again must not reseed the training stream.  _position <= _served <= len(self).
+        self._served = 0
         self._generation = 0  # bumped whenever the position is set from outside; older iterators go stale
         # Set by load_state_dict/rewind until the next iter(): a position set from outside is served as it is,
         # so a state saved after an epoch's last batch resumes to "nothing left", not to the next epoch.
@@ -160,18 +203,42 @@ class ResumableLoader:
         return self._serve(iter(self.loader), self._generation)
 
     def _serve(self, batches: Iterator[Any], generation: int) -> Iterator[Any]:
+        seed_training = self._seed_training
+        keep_torch = "torch" in self._rngs and not self.loader.num_workers  # the fetch runs here: put torch back
+        epoch_part = epoch_key(self.seed, self.epoch, self.batch_sampler.rank)
         while True:
             # Checked before pulling: with persistent workers a newer iterator shares `batches`.
             if generation != self._generation:
                 raise StaleIteratorError(
                     "This iterator of a ResumableLoader is stale: the loader's position was changed (iter(), "
                     "load_state_dict, set_epoch or rewind) after it was created. Call iter(loader) again.")
+            position = self._position
+            fresh = position >= self._served
             try:
-                batch = next(batches)
+                if not fresh:
+                    batch = self._serve_again(batches)
+                elif keep_torch:
+                    batch = _keeping_torch(batches)
+                else:
+                    batch = next(batches)
             except StopIteration:
                 return
-            self._position += 1  # counted as the consumer receives it, whatever the workers prefetched
+            if fresh:
+                self._served = position + 1
+                if seed_training is not None:
+                    seed_training(training_key(key_of_batch(epoch_part, position)))
+            self._position = position + 1  # counted as the consumer receives it, whatever the workers prefetched
             yield batch
+
+    def _serve_again(self, batches: Iterator[Any]) -> Any:
+        """The next batch, served before: its fetch in this process (no workers) must not move the caller's RNGs."""
+        if self.loader.num_workers or not self._rngs:
+            return next(batches)
+        saved = RngStates(self._rngs)
+        try:
+            return next(batches)
+        finally:
+            saved.restore()
 
     # -- position --------------------------------------------------------------------------------------
     @property
@@ -192,7 +259,7 @@ class ResumableLoader:
             return
         if epoch != self.batch_sampler.epoch:
             self.batch_sampler.set_epoch(epoch)
-            self._position, self._seeked = 0, False
+            self._position, self._served, self._seeked = 0, 0, False
             self._generation += 1
 
     def rewind(self, batches: int = 1) -> None:
@@ -200,6 +267,8 @@ class ResumableLoader:
 
         The way to re-obtain the batch that was in flight when a checkpoint
         was taken: ``load_state_dict(saved); rewind(1)``.  O(1), like any jump.
+        Batches served again leave the caller's global RNGs as they are (the
+        training stream is seeded once per batch, when it is first served).
         """
         if self.delegate is not None:
             raise TypeError(f"{type(self.delegate).__name__} keeps its own position and cannot step back; save its "
@@ -225,4 +294,5 @@ class ResumableLoader:
         check_state(state, _STATE_KEYS, len(self))
         self.seed = self.batch_sampler.seed = state["seed"]
         self.batch_sampler.epoch, self._position, self._seeked = state["epoch"], state["position"], True
+        self._served = self._position  # the saved run served the batches before it; the next one is fresh
         self._generation += 1

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from ._seeding import TaggedBatch, batch_key
+from ._seeding import TaggedBatch, epoch_key, key_of_batch
 
 __all__ = ["ResumableSampler", "check_state"]
 
@@ -63,7 +63,8 @@ class ResumableSampler(Sampler[list[int]]):
         self.epoch = 0  # the epoch whose order is served; any int >= 0
         self.position = 0  # batches handed out this epoch; 0 <= position <= len(self)
         self._seeked = False  # position was set from outside since the last iter(): serve it, even at the end
-        self._order: tuple[tuple[int, int], list[int]] | None = None  # ((seed, epoch), this rank's indices)
+        # ((seed, epoch), this rank's indices, the epoch's part of every batch key): computed once per epoch
+        self._order: tuple[tuple[int, int], list[int], int] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -94,10 +95,13 @@ class ResumableSampler(Sampler[list[int]]):
 
         A list rather than a tensor: slicing it per batch costs a third of slicing a tensor and calling tolist().
         """
+        return self._epoch_cache()[1]
+
+    def _epoch_cache(self) -> tuple[tuple[int, int], list[int], int]:
         tag = (self.seed, self.epoch)
         if self._order is None or self._order[0] != tag:
-            self._order = (tag, self._rank_order().tolist())
-        return self._order[1]
+            self._order = (tag, self._rank_order().tolist(), epoch_key(self.seed, self.epoch, self.rank))
+        return self._order
 
     def _rank_order(self) -> torch.Tensor:
         n = self.num_items
@@ -114,8 +118,9 @@ class ResumableSampler(Sampler[list[int]]):
 
     def batch(self, index: int) -> TaggedBatch:
         """Batch ``index`` of the current epoch, in O(batch_size): the jump that makes resuming O(1)."""
+        _, order, epoch_part = self._epoch_cache()
         start = index * self.batch_size
-        return TaggedBatch(self.order()[start:start + self.batch_size], batch_key(self.seed, self.epoch, self.rank, index))
+        return TaggedBatch(order[start:start + self.batch_size], key_of_batch(epoch_part, index))
 
     def __iter__(self) -> Iterator[TaggedBatch]:
         if self.position >= len(self) > 0 and not self._seeked:
