@@ -6,6 +6,7 @@ Every subprocess call carries a timeout, so a hung rank fails the test instead o
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import select
@@ -320,7 +321,7 @@ def test_the_preemption_vote_runs_one_collective_per_ballot_and_acts_on_a_signal
             assert not vote.at_batch_end(signalled=False)
             if len(reductions) > before:
                 ballots.append(batch)
-        gaps = [b - a for a, b in zip(ballots[1:], ballots[2:])]  # the first two ballots only measure the pace
+        gaps = [b - a for a, b in itertools.pairwise(ballots[1:])]  # the first two ballots only measure the pace
         assert ballots[:2] == [0, 1] and gaps and all(2 <= gap <= BALLOT_SECONDS / 0.01 for gap in gaps), ballots
         signalled_at, agreed_at = 60, None
         for batch in range(60, 200):
