@@ -7,7 +7,9 @@ variants (plain/ours x 1/2 processes) run interleaved, ``--repeats`` times,
 and the table shows the median steps/s and ours/plain.  Both sides train the
 same MLP on the same synthetic data with the same DistributedSampler order
 rule, batch 32 per process, Adam, no logging or checkpoints; the clock starts
-after a warm-up of 20 steps and stops after the last, on rank 0.
+after a warm-up of 20 steps and stops after the last, on rank 0.  Rank 0's
+CPU time per step (all its threads) is shown too: on a shared machine it
+moves less with the neighbours' load than steps/s does.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _model():
     return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2))
 
 
-def plain(steps: int) -> float:
+def plain(steps: int) -> tuple[float, float]:
     """A hand-written DDP loop, as the PyTorch tutorial writes it."""
     import torch
     import torch.distributed as dist
@@ -53,20 +55,20 @@ def plain(steps: int) -> float:
     loader = DataLoader(data, batch_size=32, sampler=DistributedSampler(data, shuffle=True, seed=0))
     model = DistributedDataParallel(_model())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    start = None
+    start = cpu = None
     for i, (x, y) in enumerate(loader):
         if i == WARMUP:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    rate = steps / (time.perf_counter() - start)
+    rate, cpu = steps / (time.perf_counter() - start), (time.process_time() - cpu) / steps
     dist.destroy_process_group()
-    return rate
+    return rate, cpu
 
 
-def ours(steps: int) -> float:
+def ours(steps: int) -> tuple[float, float]:
     import torch
     from torch.utils.data import DataLoader
 
@@ -85,14 +87,14 @@ def ours(steps: int) -> float:
             return torch.optim.Adam(self.parameters(), lr=1e-3)
 
     class Clock(Callback):
-        start = end = 0.0
+        start = end = cpu = 0.0
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             if batch_idx == WARMUP:
-                self.start = time.perf_counter()
+                self.start, self.cpu = time.perf_counter(), time.process_time()
 
         def on_train_end(self, trainer, module):
-            self.end = time.perf_counter()
+            self.end, self.cpu = time.perf_counter(), time.process_time() - self.cpu
 
     world_size = int(os.environ["WORLD_SIZE"])
     clock = Clock()
@@ -100,24 +102,25 @@ def ours(steps: int) -> float:
                       logger=False, enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
                       callbacks=[clock])
     trainer.fit(Module(), DataLoader(_data(steps, world_size), batch_size=32, shuffle=True))
-    return steps / (clock.end - clock.start)
+    return steps / (clock.end - clock.start), clock.cpu / steps
 
 
 def worker(variant: str, steps: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    rate = (plain if variant == "plain" else ours)(steps)
+    rate, cpu = (plain if variant == "plain" else ours)(steps)
     if int(os.environ["RANK"]) == 0:
-        print(json.dumps({"steps_per_s": rate}), flush=True)
+        print(json.dumps({"steps_per_s": rate, "cpu_s_per_step": cpu}), flush=True)
 
 
-def measure(variant: str, nproc: int, steps: int) -> float:
+def measure(variant: str, nproc: int, steps: int) -> tuple[float, float]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                __file__, "--worker", variant, "--steps", str(steps)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     line = next(line for line in done.stdout.splitlines() if line.startswith("{"))
-    return json.loads(line)["steps_per_s"]
+    result = json.loads(line)
+    return result["steps_per_s"], result["cpu_s_per_step"]
 
 
 def main() -> None:
@@ -130,14 +133,19 @@ def main() -> None:
         worker(args.worker, args.steps)
         return
     rates: dict[tuple[str, int], list[float]] = {}
+    cpus: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.repeats):
         for nproc in (1, 2):
             for variant in ("plain", "ours"):
-                rates.setdefault((variant, nproc), []).append(measure(variant, nproc, args.steps))
-    print(f"{'processes':>9} {'plain steps/s':>14} {'ours steps/s':>13} {'ours/plain':>10}")
+                rate, cpu = measure(variant, nproc, args.steps)
+                rates.setdefault((variant, nproc), []).append(rate)
+                cpus.setdefault((variant, nproc), []).append(cpu)
+    print(f"{'processes':>9} {'plain CPU us/step':>18} {'ours CPU us/step':>17} {'plain steps/s':>14} "
+          f"{'ours steps/s':>13} {'ours/plain':>10}")
     for nproc in (1, 2):
         p, o = statistics.median(rates[("plain", nproc)]), statistics.median(rates[("ours", nproc)])
-        print(f"{nproc:>9} {p:>14.1f} {o:>13.1f} {o / p:>10.2f}")
+        pc, oc = statistics.median(cpus[("plain", nproc)]) * 1e6, statistics.median(cpus[("ours", nproc)]) * 1e6
+        print(f"{nproc:>9} {pc:>18.0f} {oc:>17.0f} {p:>14.1f} {o:>13.1f} {o / p:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,17 @@ observer for the length of a fit, writes the pending requests at the next
 boundary where every loop is ``checkpointable`` (not, e.g., between the
 yields of a generator step).  A preemption signal (SIGTERM / SIGUSR1) is a
 request too, followed by :class:`Preempted` (exit 75).  Under DDP the ranks
-agree on preemption once per batch, so they all stop at the same boundary.
+vote on preemption at batch ends (a
+:class:`~statemachine_trainer.distributed.PreemptionVote`: a ballot about
+every 0.2 s, on the same batch end everywhere), so they all stop at the same
+boundary.
 
 A boundary comes a dozen times per training step, so in one process the
 writer observes the tree only while it has work: a request or a signal
 installs the observer (the dispatcher reads it afresh at every boundary, so
 one installed inside a hook acts at that hook's end), and it takes itself
-off once everything is written.  Under DDP it observes all the time, since
-the ranks agree on preemption at every batch end.
+off once everything is written.  Under DDP (two ranks or more) it observes
+all the time, since only the vote may decide to preempt, at a batch end.
 
 ``Trainer(save_on_exception=True)`` (one process): the writer also observes
 all the time and keeps a copy of the run's state at every boundary *between
@@ -51,6 +54,7 @@ class BoundaryWriter:
         self._guard = PreemptionGuard()
         self._root: Loop | None = None  # the tree being watched; None outside watch()
         self._epoch_loop: Loop | None = None  # the loop whose batch ends are where ranks agree on preemption
+        self._vote: Any = None  # the ranks' PreemptionVote while a multi-process run is watched, else None
         self._observing = False  # whether the tree's boundaries call us now
         self._take_snapshot: Callable[[], Any] | None = None  # save_on_exception: copy the run's state now
         self._write_snapshot: Callable[[Any], Path] | None = None
@@ -73,7 +77,8 @@ class BoundaryWriter:
         """Observe ``root``'s boundaries and catch preemption signals while the block runs."""
         self._pending, self._root, self._epoch_loop, self._snapshot = [], root, epoch_loop, None
         self._guard.on_signal = self._observe
-        if self._strategy.world_size > 1:  # the ranks agree on preemption at every batch end
+        self._vote = self._strategy.preemption_vote()
+        if self._vote is not None:  # several ranks: they vote on preemption at batch ends
             root.observe(self._at_boundary_ranks)
             self._observing = True
         elif self._take_snapshot is not None:
@@ -82,12 +87,18 @@ class BoundaryWriter:
         try:
             with self._guard:
                 yield
-        except Exception as exc:
-            self._save_after(exc)
+        except BaseException as exc:
+            if self._vote is not None:
+                self._vote.abandon()  # a failed or preempted run: a peer may never complete the ballot in flight
+            if isinstance(exc, Exception):
+                self._save_after(exc)
             raise
+        else:
+            if self._vote is not None:
+                self._vote.close()
         finally:
             root.observe(None)
-            self._root = self._epoch_loop = self._guard.on_signal = None
+            self._root = self._epoch_loop = self._guard.on_signal = self._vote = None
             self._observing = False
 
     def _observe(self) -> None:
@@ -129,8 +140,8 @@ class BoundaryWriter:
     def _at_boundary_ranks(self, loop: Loop) -> None:
         if loop is self._epoch_loop and _between_batches(loop):
             self._agree_on_preemption()  # raises Preempted on every rank at once
-        if self._pending or self._guard.signum is not None:
-            self._act(preempt_here=False)  # a signal on one rank waits for the agreement above
+        if self._pending:
+            self._act(preempt_here=False)  # a signal on one rank waits for the vote above
 
     def _act(self, preempt_here: bool) -> None:
         if not self._checkpointable():
@@ -142,8 +153,8 @@ class BoundaryWriter:
             self._preempt(self._guard.signum)
 
     def _agree_on_preemption(self) -> None:
-        """Preempt on every rank at once if any rank was signalled (reduced one batch late, never blocking)."""
-        if self._strategy.agreed_preemption(self._guard.signum is not None):
+        """Preempt on every rank at once if the vote says some rank was signalled (never blocking on it)."""
+        if self._vote.at_batch_end(self._guard.signum is not None):
             self._preempt(self._guard.signum or signal.SIGTERM)
 
     def _preempt(self, signum: int) -> None:

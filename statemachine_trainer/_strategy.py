@@ -24,9 +24,11 @@ process per device under ``torch.distributed``:
   :class:`~statemachine_trainer.data.ResumableLoader` with this rank's part of
   the seeded permutation, DistributedSampler's padding rule);
 * **agreement** -- what must be the same on every rank is made so without a
-  collective per step, except one: the preemption flag, reduced with a
-  non-blocking all-reduce started at one step's end and read at the next, so
-  every rank acts on it at the same boundary.
+  collective per step.  The preemption flag is voted on at batch ends about
+  every 0.2 s (:class:`~statemachine_trainer.distributed.PreemptionVote`): a
+  non-blocking all-reduce read one ballot later, so every rank acts on it at
+  the same boundary and no step waits on it.  With one process there is no
+  vote: nothing of this runs per step that ``strategy="auto"`` would not run.
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ class SingleProcess:
         """One process: the tensor itself (Lightning adds no world dimension either)."""
         return tensor
 
-    def agreed_preemption(self, local: bool) -> bool:
-        return local
+    def preemption_vote(self) -> Any:
+        """What agrees on preemption at batch ends for one run (a PreemptionVote); None: nobody to agree with."""
+        return None
 
     def teardown(self) -> None:
         """Nothing to leave."""
@@ -123,8 +126,6 @@ class DDP(SingleProcess):
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self._gated = False  # whether losses pass the gate (several backwards per step)
         self._training_step: Any = None
-        self._preempt_flag: torch.Tensor | None = None
-        self._preempt_work: Any = None
         self._solo: Any = None  # the world-of-one environment, when no launcher started us
 
     @property
@@ -226,30 +227,16 @@ class DDP(SingleProcess):
 
         return all_gather_tensor(tensor, group, sync_grads)
 
-    def agreed_preemption(self, local: bool) -> bool:
-        """Whether any rank was signalled by the *previous* call; starts this call's reduction without waiting."""
-        import torch.distributed as dist
+    def preemption_vote(self) -> Any:
+        """A fresh PreemptionVote for a run over several processes; None for a world of one."""
+        from .distributed import PreemptionVote
 
-        from .distributed._group import collective
-
-        if self.world_size == 1:
-            return local  # nobody to agree with
-        agreed = False
-        with collective("agreeing on preemption"):
-            if self._preempt_work is not None:
-                self._preempt_work.wait()
-                agreed = bool(self._preempt_flag.item())
-            self._preempt_flag = torch.tensor([1 if local else 0], dtype=torch.int32)
-            self._preempt_work = dist.all_reduce(self._preempt_flag, op=dist.ReduceOp.MAX, async_op=True)
-        return agreed
+        return PreemptionVote() if self.world_size > 1 else None
 
     def teardown(self) -> None:
         from .distributed import leave_process_group
 
-        if self._preempt_work is not None:
-            with contextlib.suppress(RuntimeError):
-                self._preempt_work.wait()
-        self._preempt_work = self.ddp = None  # the only reference: leave_process_group's collection frees DDP
+        self.ddp = None  # the only reference: leave_process_group's collection frees DDP
         leave_process_group()
 
 

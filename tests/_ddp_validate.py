@@ -1,7 +1,10 @@
 """validate() alone under strategy="ddp" (tests/test_ddp.py): unseeded weights, a rank-dependent value logged
 with sync_dist, and a torchmetrics MeanMetric of rank-dependent values; each rank writes
-"weights-checksum value local metric" to rank-<r>.txt in the working directory."""
+"weights-checksum value local metric" to rank-<r>.txt in the working directory, and at exit, after the Trainer's
+teardown, the names of the threads still running to threads-<r>.txt."""
 
+import atexit
+import os
 from pathlib import Path
 
 import torch
@@ -31,6 +34,15 @@ class Module(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+def _threads_left() -> None:
+    """Registered before the Trainer's teardown, so it runs after it (atexit runs last-registered first)."""
+    tasks = Path("/proc/self/task")
+    if "RANK" in os.environ and tasks.is_dir():  # a worker (the launching parent has no RANK), on Linux
+        names = sorted((task / "comm").read_text().strip() for task in tasks.iterdir())
+        Path(f"threads-{os.environ['RANK']}.txt").write_text(" ".join(names) + "\n")
+
+
+atexit.register(_threads_left)
 trainer = Trainer(strategy="ddp", devices=2, accelerator="cpu", logger=False, enable_progress_bar=False)
 data = TensorDataset(torch.arange(10.0).repeat_interleave(3).view(10, 3))
 module = Module()

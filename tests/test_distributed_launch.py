@@ -6,6 +6,7 @@ Every subprocess call carries a timeout, so a hung rank fails the test instead o
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import select
@@ -289,6 +290,53 @@ def test_a_group_of_one_joins_once_and_converts_errors() -> None:
         dist.leave_process_group()
         dist.leave_process_group()  # twice is fine
     assert not torch.distributed.is_initialized()
+
+
+def test_ballots_come_about_every_ballot_seconds_of_the_slowest_ranks_batches() -> None:
+    from statemachine_trainer.distributed._agreement import BALLOT_SECONDS, MAX_BATCHES, batches_between_ballots
+
+    assert batches_between_ballots(BALLOT_SECONDS / 20) == 20
+    assert batches_between_ballots(BALLOT_SECONDS * 5) == 1  # slow batches: a ballot at every batch end
+    assert batches_between_ballots(BALLOT_SECONDS / 10_000) == MAX_BATCHES  # fast ones: capped
+    assert batches_between_ballots(float("nan")) == MAX_BATCHES
+
+
+def test_the_preemption_vote_runs_one_collective_per_ballot_and_acts_on_a_signal_two_ballots_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group of one, with batches of 10 ms: ballots come every ~BALLOT_SECONDS (not at every batch end), and
+    a signal is acted on at the second ballot after it arrived, not before."""
+    from statemachine_trainer.distributed._agreement import BALLOT_SECONDS
+
+    reductions = []
+    real_all_reduce = torch.distributed.all_reduce
+    monkeypatch.setattr(torch.distributed, "all_reduce",
+                        lambda *args, **kwargs: reductions.append(1) or real_all_reduce(*args, **kwargs))
+    dist.join_process_group(DistributedEnv(0, 1, 0, 1, "127.0.0.1", free_port()), "cpu")
+    try:
+        vote = dist.PreemptionVote()
+        ballots = []
+        for batch in range(60):
+            time.sleep(0.01)
+            before = len(reductions)
+            assert not vote.at_batch_end(signalled=False)
+            if len(reductions) > before:
+                ballots.append(batch)
+        gaps = [b - a for a, b in itertools.pairwise(ballots[1:])]  # the first two ballots only measure the pace
+        assert ballots[:2] == [0, 1] and gaps and all(2 <= gap <= BALLOT_SECONDS / 0.01 for gap in gaps), ballots
+        signalled_at, agreed_at = 60, None
+        for batch in range(60, 200):
+            time.sleep(0.01)
+            before = len(reductions)
+            if vote.at_batch_end(signalled=True):
+                agreed_at = batch
+                break
+            if len(reductions) > before:
+                ballots.append(batch)
+        assert agreed_at is not None and len([b for b in ballots if b >= signalled_at]) == 1  # voted, then read
+        assert len(reductions) == len(ballots)  # nothing is reduced after the decision: no ballot left in flight
+        vote.close()
+    finally:
+        dist.leave_process_group()
 
 
 def test_unknown_accelerator_is_rejected() -> None:

@@ -18,7 +18,8 @@ piece is a thin, checked layer over torch:
 3. **DDP.**  The Trainer wraps the module in
    ``torch.nn.parallel.DistributedDataParallel``, which all-reduces gradients
    in backward.  The few other agreements the loops need are
-   :func:`any_rank` (preemption requested anywhere?), :func:`all_equal` (same
+   :class:`PreemptionVote` (preemption requested anywhere? decided at the same
+   batch end everywhere, with about one collective per 0.2 s), :func:`all_equal` (same
    transition everywhere on resume?), :func:`broadcast_object` and
    :func:`reduce_tensor` (``self.log(..., sync_dist=True)``); all are
    identities without a process group, so single-process code calls them freely.
@@ -37,6 +38,7 @@ same world size):
   be exact, because these shards do not exist there.
 """
 
+from ._agreement import PreemptionVote
 from ._collectives import (
     all_equal,
     all_gather_tensor,
@@ -66,6 +68,7 @@ __all__ = [
     "LAUNCHER_VARIABLES",
     "TIMEOUT_VARIABLE",
     "DistributedEnv",
+    "PreemptionVote",
     "RankFailure",
     "all_equal",
     "all_gather_tensor",

@@ -25,11 +25,25 @@ wins the race anyway: it notices a worker's exit within its 0.1 s monitor
 interval and stops the others with SIGTERM.
 
 gloo raises a plain ``RuntimeError`` (NCCL raises ``DistBackendError``, a
-subclass); :func:`collective` rewraps both as :class:`RankFailure`.  Leave
-the group (:func:`leave_process_group`, in a ``finally``) even after a
-failure: once in ~80 runs, a survivor that exited with its broken gloo group
-still alive aborted in interpreter teardown ("terminate called without an
-active exception", exit -6) instead of exiting with its own code.
+subclass); :func:`collective` rewraps both as :class:`RankFailure`.
+
+Leaving the group must *free* it, not only deregister it.  torch's
+``destroy_process_group`` drops torch's own references, but the gloo backend
+-- and its worker threads -- live on while anything else holds it (a
+``DistributedDataParallel``'s reducer, above all).  A worker thread that is
+still alive when the interpreter finalizes is a crash waiting for a
+scheduler: after running a collective it drops its reference to the work;
+if that is the last one, the work's tensors release their Python objects,
+which needs the GIL, and during finalization Python answers a thread asking
+for the GIL with ``pthread_exit``.  The forced unwind meets a ``noexcept``
+destructor (``~AsyncAllgatherWork`` in the core dump we took) and the C++
+runtime aborts: "terminate called without an active exception", SIGABRT,
+exit 134 from the launcher -- rarely, since the worker must be descheduled
+between finishing the collective and dropping it until the main thread has
+reached finalization (2 in 68 validate-only runs on a loaded 2-core machine,
+while our teardown still left DDP reachable).  So: leave the group (in a
+``finally``, also after a failure) once nothing of ours holds DDP, and the
+backend's destructor joins its threads while Python is whole.
 """
 
 from __future__ import annotations
@@ -139,14 +153,14 @@ def leave_process_group() -> None:
     """Destroy the default group if there is one; safe to call twice or without a group.
 
     Call it in a ``finally``, after a :class:`RankFailure` too: destroying a broken gloo group
-    returns at once, and leaves nothing for interpreter teardown to trip over.
+    returns at once.  The group's threads end here only if nothing else holds the group (see the
+    module docstring): drop your references to DDP first.
     """
     global _joined_timeout
     if dist.is_available() and dist.is_initialized():
         # What still holds the group -- a DistributedDataParallel whose forward never ran, above all -- can sit in
         # reference cycles that only the garbage collector frees.  Free it now, while the group is whole, and the
-        # group itself right after, instead of leaving both to interpreter exit.  (This did not cure the rare
-        # abort at exit of validate-only runs that README lists as a known bug.)
+        # group itself right after, so its worker threads are joined before interpreter finalization.
         gc.collect()
         dist.destroy_process_group()
         gc.collect()
