@@ -27,7 +27,8 @@ def from_compiled(model: Any) -> Any:
     # torch.compile's wrapper type (no public alias).  Importing it costs ~0.15 s once per process, and it must
     # stay: without torch._dynamo imported, a validate-only DDP run leaves gloo's threads alive after the process
     # group is destroyed (tests/test_ddp.py checks that none are; the interpreter-exit abort of issue 16 came from
-    # such threads).  Why the import matters is not understood yet: found by bisection, see the issue notes.
+    # such threads).  Narrowed to torch.distributed._shard, which dynamo imports: imported before the group exists,
+    # the group is freed; imported after it (as DDP's constructor does lazily), it is not.  Why is not known yet.
     from torch._dynamo.eval_frame import OptimizedModule
 
     if not isinstance(model, OptimizedModule):
