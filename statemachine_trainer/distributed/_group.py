@@ -134,6 +134,11 @@ def join_process_group(
         _check_same_world(env, backend)
         return device
     timeout = default_timeout() if timeout is None else timeout
+    # Imported before the group exists, on purpose: DDP's constructor imports torch._dynamo lazily, which imports
+    # this; imported while a group exists, it leaves that group unfreeable by destroy_process_group (gloo's threads
+    # then live into interpreter exit, the abort of issue 16).  Found by bisection; the mechanism is not known yet.
+    import torch.distributed._shard  # noqa: F401
+
     dist.init_process_group(
         backend,
         # tcp:// rather than env:// so the group follows `env`, not whatever os.environ holds;
