@@ -117,7 +117,11 @@ def worker(variant: str, steps: int) -> None:
 def measure(variant: str, nproc: int, steps: int) -> tuple[float, float]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                __file__, "--worker", variant, "--steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        # Seen now and then for either variant on a busy 2-core VM, cause not found yet: show it, don't hide it.
+        tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
+        raise SystemExit(f"the {variant} job ({nproc} process(es)) exited {done.returncode}; its output ends:\n{tail}")
     line = next(line for line in done.stdout.splitlines() if line.startswith("{"))
     result = json.loads(line)
     return result["steps_per_s"], result["cpu_s_per_step"]
