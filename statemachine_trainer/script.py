@@ -1,7 +1,7 @@
 """The flags every resumable training script takes, so a kill -9 is one ``--resume latest`` away.
 
 ``add_run_flags(parser)`` adds ``--root``, ``--checkpoint-every``,
-``--max-steps``, ``--resume``, ``--seed`` and ``--fast-dev-run``;
+``--max-steps``, ``--resume``, ``--overwrite``, ``--seed`` and ``--fast-dev-run``;
 ``trainer_kwargs(args)`` turns them into Trainer arguments (a step-interval
 ``ModelCheckpoint`` under ``ROOT/checkpoints`` keeping the newest three);
 ``save_final(trainer, args)`` writes ``ROOT/final.ckpt`` at the end, which is
@@ -41,6 +41,8 @@ def add_run_flags(parser: argparse.ArgumentParser, *, max_steps_counts: str = "o
                         help=f"stop after N {max_steps_counts} (default: no cap)")
     parser.add_argument("--resume", default=None, metavar="CKPT",
                         help="'latest' (the newest valid checkpoint under ROOT/checkpoints) or a checkpoint path")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over: delete ROOT/checkpoints and ROOT/final.ckpt of an earlier run first")
     parser.add_argument("--seed", type=int, default=0, help="seeds everything: same seed, same run (default 0)")
     parser.add_argument("--fast-dev-run", action="store_true", help=fast_dev_run)
 
@@ -58,6 +60,8 @@ def trainer_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]
     if args.checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}.")
     callbacks: list[Any] = list(overrides.pop("callbacks", []))
+    if args.root is not None and args.resume is None:
+        _start_fresh(Path(args.root), args.overwrite)
     if args.root is not None:
         callbacks.append(ModelCheckpoint(dirpath=Path(args.root) / "checkpoints", save_top_k=3,
                                          every_n_train_steps=args.checkpoint_every))
@@ -67,6 +71,28 @@ def trainer_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]
         "fast_dev_run": 2 if args.fast_dev_run else False, "logger": False, "enable_progress_bar": False,
     }
     return {**kwargs, **overrides}
+
+
+def _start_fresh(root: Path, overwrite: bool) -> None:
+    """A new run under ``root``: an earlier run's checkpoints there are deleted (``--overwrite``) or refused.
+
+    The Trainer refuses a new run into a directory holding another run's
+    checkpoints too (``_run_dir``); here the refusal comes first, naming the
+    script's own ways out.
+    """
+    import shutil
+
+    from .checkpoint._latest import candidates
+
+    checkpoints = root / "checkpoints"
+    found = candidates(checkpoints)
+    if overwrite:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # every rank may do it: ignore_errors, then a fresh directory
+        shutil.rmtree(root / "final.ckpt", ignore_errors=True)
+    elif found:
+        raise ConfigError(f"{checkpoints} holds the checkpoints of an earlier run (newest: {found[0].name}). Resume "
+                          "it with --resume latest, start over with --overwrite (deletes them and ROOT/final.ckpt), "
+                          "or pass another --root.")
 
 
 def save_final(trainer: Any, args: argparse.Namespace) -> Path | None:

@@ -19,6 +19,19 @@ def run_example(*args: str, cwd: Path) -> str:
     return result.stdout
 
 
+def test_running_again_under_the_same_root_is_refused_unless_resumed_or_overwritten(tmp_path):
+    args = ("--epochs", "1", "--root", str(tmp_path))
+    run_example(*args, cwd=tmp_path)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    again = subprocess.run([sys.executable, str(ROOT / "examples" / "digits.py"), *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode != 0
+    assert "holds the checkpoints of an earlier run" in again.stderr and "--overwrite" in again.stderr
+    assert before == sorted(p.name for p in (tmp_path / "checkpoints").iterdir())  # nothing deleted by the refusal
+    run_example(*args, "--overwrite", cwd=tmp_path)  # starts over
+    assert (tmp_path / "final.ckpt" / "manifest.json").is_file()
+
+
 def test_digits_fast_dev_run(tmp_path):
     out = run_example("--fast-dev-run", "--root", str(tmp_path), cwd=tmp_path)
     assert re.fullmatch(r"val_acc=\d\.\d{4}", out.strip().splitlines()[-1])
