@@ -1,6 +1,7 @@
 """What does the Trainer add to one training step, next to a plain loop, Lightning and Ignite?
 
 Run:  python benchmarks/overhead.py [--steps N] [--repeats R] [--quick]
+      python benchmarks/overhead.py --count-calls [--steps N]
 
 The design's performance target (DESIGN.md, "Performance targets"): on a tiny
 model on CPU, the runtime's per-step overhead over a plain PyTorch loop must be
@@ -72,6 +73,14 @@ The checkpoint: the default ``ModelCheckpoint`` saves at epoch end (if the
 installed version saves at all: the script reports whether a checkpoint file
 appeared), and a ``Trainer.save_checkpoint`` of this model is timed separately
 and reported in ms and in us per step of one epoch.
+
+``--count-calls`` measures no time: it counts the Python function calls
+(``sys.setprofile`` "call" events, so deterministic and immune to a busy
+machine) that ``plain`` and ``ours`` make per step -- the difference between
+an epoch of ``2N`` and one of ``N`` steps, divided by ``N``, so setup and
+teardown cancel -- and prints the framework's calls per step (ours - plain)
+with the functions that make them, most frequent first.  It is the profile to
+read when the overhead moves.
 
 The last lines are the verdicts::
 
@@ -367,6 +376,63 @@ def measure_once(variant: Variant, data: Data, seed: int, root: Path, record: bo
 CLOCKS = ("wall", "cpu")
 
 
+# -- counting calls -------------------------------------------------------------------------------
+def count_calls(variant: Variant, steps: int, root: Path) -> dict[tuple[str, int, str], int]:
+    """Python function calls made during one run of ``variant`` over ``steps`` steps, per function."""
+    counts: dict[tuple[str, int, str], int] = {}
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            code = frame.f_code
+            key = (code.co_filename, code.co_firstlineno, code.co_name)
+            counts[key] = counts.get(key, 0) + 1
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"{variant.label}-", dir=root))
+    data = Data(steps)
+    gc.collect()
+    sys.setprofile(profile)
+    try:
+        run = variant.run(data, 0, scratch)
+    finally:
+        sys.setprofile(None)
+    if run.steps_done != steps:
+        raise AssertionError(f"{variant.label}: {run.steps_done} optimizer steps for an epoch of {steps}")
+    return counts
+
+
+def calls_per_step(variant: Variant, steps: int, root: Path) -> dict[tuple[str, int, str], float]:
+    """Calls per step of each function: (an epoch of 2 x steps) - (an epoch of steps), over steps."""
+    count_calls(variant, 20, root)  # warm-up: first-use work (imports, caches) is not per step
+    short, long = count_calls(variant, steps, root), count_calls(variant, 2 * steps, root)
+    return {key: (long.get(key, 0) - short.get(key, 0)) / steps for key in short.keys() | long.keys()}
+
+
+def report_calls(steps: int, top: int = 60) -> None:
+    plain = plain_variant()
+    ours = our_variants()[0][0]
+    with tempfile.TemporaryDirectory(prefix="overhead-calls-") as tmp, quiet():
+        base = calls_per_step(plain, steps, Path(tmp))
+        mine = calls_per_step(ours, steps, Path(tmp))
+    extra = {key: mine.get(key, 0.0) - base.get(key, 0.0) for key in mine.keys() | base.keys()}
+    shown = sorted(((n, key) for key, n in extra.items() if abs(n) >= 0.5), key=lambda item: (-item[0], item[1]))
+    print(f"Python calls per step, counted over epochs of {steps} and {2 * steps} steps (deterministic):")
+    print(f"{'calls/step':>10}  function (ours - plain)")
+    for n, (filename, line, name) in shown[:top]:
+        print(f"{n:>10.2f}  {_short_path(filename)}:{line} {name}")
+    if len(shown) > top:
+        print(f"{'':>10}  ... {len(shown) - top} more")
+    print()
+    print(f"plain: {sum(base.values()):.2f} Python calls/step; ours: {sum(mine.values()):.2f}")
+    print(f"our calls per step over the plain loop = {sum(mine.values()) - sum(base.values()):.2f}")
+
+
+def _short_path(filename: str) -> str:
+    for marker in ("site-packages/", "statemachine_trainer/", "benchmarks/"):
+        if marker in filename:
+            return (marker if marker != "site-packages/" else "") + filename.split(marker, 1)[1]
+    return filename
+
+
 def checkpoint_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.ckpt") if not p.name.startswith("timed-"))
 
@@ -432,11 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke test: 200 steps, 1 repeat")
     parser.add_argument("--clock", choices=CLOCKS, default="wall",
                         help="the clock the verdict lines use (default wall; both tables are printed)")
+    parser.add_argument("--count-calls", action="store_true",
+                        help="time nothing: count the Python calls per step of plain and ours (deterministic)")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.repeats = 200, 1
     if args.steps < 20 or args.repeats < 1:
         parser.error("--steps must be >= 20 and --repeats >= 1")
+    if args.count_calls:
+        report_calls(args.steps)
+        return 0
 
     print(f"overhead benchmark: {platform.python_implementation()} {platform.python_version()} on "
           f"{platform.system()} {platform.machine()} ({os.cpu_count()} CPUs), torch {torch.__version__} "
