@@ -16,6 +16,7 @@ gets that hook's defaults (per-step or per-epoch).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from ._hook_spec import HOOK_NAMES, OVERRIDABLE, RELAYED, STAGE_HOOKS, is_default_hook
@@ -82,6 +83,13 @@ class HookRelay:
         """
         return name in self._overridden
 
+    def idle(self, name: str) -> bool:
+        """Whether calling hook ``name`` does nothing this run (nobody overrides it, and it has no default body).
+
+        A loop may then leave the call out of its step altogether.
+        """
+        return getattr(self, name) is _nothing
+
     def stage(self, name: str) -> StageRelay:
         """The hooks of evaluation/prediction stage ``name`` ("validate", "test", "predict")."""
         return self._stages[name]
@@ -114,10 +122,8 @@ def _module_step_hook(fn: Callable[..., Any], name: str, results: Results) -> Ca
 
 
 def _callback_hook(fn: Callable[..., Any], trainer: Any, module: Any) -> Callable[..., Any]:
-    def call(*args: Any) -> Any:
-        return fn(trainer, module, *args)
-
-    return call
+    # partial, not a closure: it prepends (trainer, module) in C, so a callback's hook costs one Python frame.
+    return partial(fn, trainer, module)
 
 
 def _fan_out(targets: list[Callable[..., Any]]) -> Callable[..., Any]:

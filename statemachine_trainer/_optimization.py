@@ -150,6 +150,11 @@ class Optimization:
         self.clip_override = overrides("configure_gradient_clipping")
         self.step_override = overrides("optimizer_step")
         self.scheduler_step_override = overrides("lr_scheduler_step")  # read by Run.step_schedulers
+        # The two relayed hooks of every automatic step, or None when nobody has them this run (no call per step).
+        self._before_step_hook = None if relay is None or relay.idle("on_before_optimizer_step") else \
+            relay.on_before_optimizer_step
+        self._before_zero_grad_hook = None if relay is None or relay.idle("on_before_zero_grad") else \
+            relay.on_before_zero_grad
         closure = tuple(isinstance(opt, _NEEDS_CLOSURE) or self.step_override for opt in self.optimizers)
         self.needs_closure, self.any_closure = closure, any(closure)
 
@@ -210,7 +215,9 @@ class Optimization:
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         progress.optimizer.step.increment_ready()
-        self._hooks.on_before_optimizer_step(optimizer)
+        hook = self._before_step_hook
+        if hook is not None:
+            hook(optimizer)
 
     def clip(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip before a step: the module's ``configure_gradient_clipping``, or the flags' (``gradient_clip_val``)."""
@@ -228,7 +235,9 @@ class Optimization:
 
     def before_zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         progress.optimizer.zero_grad.increment_ready()
-        self._hooks.on_before_zero_grad(optimizer)
+        hook = self._before_zero_grad_hook
+        if hook is not None:
+            hook(optimizer)
 
     def zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress,
                   set_to_none: bool = True) -> None:

@@ -41,6 +41,8 @@ class Precision(str):
         self.device = device
         self.scaler = torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
         self._dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        #: Whether ``autocast()`` does anything: the hot path skips entering an empty context when not.
+        self.autocasts = self._dtype is not None
         self._unscaled: set[int] = set()
 
     def __getnewargs__(self) -> tuple[str, torch.device]:  # type: ignore[override]

@@ -43,6 +43,11 @@ from ._optim import ConfigError
 __all__ = ["DDP", "SingleProcess", "make_strategy"]
 
 
+def identity_gate(loss: torch.Tensor) -> torch.Tensor:
+    """The loss as it is: the gate with nothing to synchronize (and DDP's forward for a finished loss)."""
+    return loss
+
+
 class SingleProcess:
     """One process, one device: every method is the identity."""
 
@@ -66,9 +71,9 @@ class SingleProcess:
         """The training_step to call; ``one_backward``: whether each step runs exactly one backward."""
         return module.training_step
 
-    def gate(self, loss: torch.Tensor) -> torch.Tensor:
-        """The loss to backpropagate (the identity: nothing to synchronize)."""
-        return identity_gate(loss)
+    #: The loss to backpropagate: the identity, nothing to synchronize (the function itself rather than a method
+    #: calling it, since the Trainer hands ``strategy.gate`` to every backward).
+    gate = staticmethod(identity_gate)
 
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -105,11 +110,6 @@ class _Forward(torch.nn.Module):
 
     def forward(self, compute: Any, *args: Any) -> Any:
         return compute(*args)
-
-
-def identity_gate(loss: torch.Tensor) -> torch.Tensor:
-    """The loss as it is: the gate with nothing to synchronize (and DDP's forward for a finished loss)."""
-    return loss
 
 
 class DDP(SingleProcess):

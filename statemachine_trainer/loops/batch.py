@@ -62,6 +62,9 @@ class BatchLoop(TrainerLoop):
 
     def on_attach(self) -> None:
         self._chosen = self.select_optimization_loop()
+        # on_run_start only relays on_train_batch_start: when that does nothing this run, leave it out of the step.
+        idle = type(self).on_run_start is BatchLoop.on_run_start and self.context.hooks.idle("on_train_batch_start")
+        self.skip_hooks(("on_run_start",) if idle else ())
 
     def select_optimization_loop(self) -> Loop:
         """The sub-loop this module's optimization mode uses."""

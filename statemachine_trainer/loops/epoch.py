@@ -97,7 +97,8 @@ class TrainingEpochLoop(FetchingLoop):
         config = run.config
         if config.max_steps != -1 and run.fit_loop.steps_this_run >= config.max_steps:
             return True
-        return run.should_stop and run.fit_loop.can_stop_early  # self.stopping, inlined
+        fit_loop = run.fit_loop
+        return fit_loop.should_stop and fit_loop.can_stop_early  # self.stopping, inlined (and run.should_stop)
 
     @property
     def skipped(self) -> bool:
@@ -117,7 +118,7 @@ class TrainingEpochLoop(FetchingLoop):
     @property
     def stop_validation_due(self) -> bool:
         """Stopping after a batch that validation does not follow anyway: validate before the epoch ends."""
-        if not self.context.should_stop:  # first: the per-batch cost of this row is one flag read
+        if not self.context.fit_loop.should_stop:  # first: the per-batch cost of this row is one flag read
             return False
         done = self.progress.current.completed
         if not done or not self.stopping or self.batch_loop.fields.skipped or not self._validation_epoch():
@@ -193,7 +194,8 @@ class TrainingEpochLoop(FetchingLoop):
         run, progress = self.context, self.progress
         source = run.sources["train"]
         batch_idx = progress.current.ready - 1
-        if self.restarting:
+        restarting = self.restarting
+        if restarting:
             # Re-entered on resume: the checkpoint was taken while this batch was being processed, and its
             # counters were already moved.  Fetch it again (and transfer it again) instead of the next one.
             source.refetch()
@@ -203,7 +205,7 @@ class TrainingEpochLoop(FetchingLoop):
         run.results.new_batch(batch)
         progress.is_last_batch = batch_idx + 1 >= source.num_batches
         run.optimization.begin_batch(batch_idx, progress.total.ready - 1, progress.is_last_batch)
-        if not self.restarting:
+        if not restarting:
             progress.increment_started()
         if batch is None:
             _warn_none_batch()
@@ -211,7 +213,9 @@ class TrainingEpochLoop(FetchingLoop):
         else:
             self.batch_loop.run(batch, batch_idx)
         progress.increment_processed()
-        if batch is not None and self.batch_loop.stepped:  # the batch loop's fields say so, also after a resume
+        # Step-interval schedulers are due if an optimizer stepped on this batch: the batch loop's fields say so,
+        # also after a resume (asked only when there are schedulers at all).
+        if batch is not None and run.optimization.setup.schedulers and self.batch_loop.stepped:
             run.step_schedulers("step")
         progress.increment_completed()
         self.done_with_batch()

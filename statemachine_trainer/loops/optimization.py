@@ -172,7 +172,7 @@ class OptimizerLoop(TrainerLoop):
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().run(*args, **kwargs)
+            return self._machine.run(args, kwargs)  # Loop.run's body: one frame less per batch
         except BaseException:
             self._release()  # a hook raised between toggle and untoggle: thaw the parameters before it leaves
             raise
@@ -335,6 +335,8 @@ class OptimizerLoop(TrainerLoop):
     def _produce(self, batch: Any, batch_idx: int) -> Any:
         """This optimizer's training_step output (the generator loop: the generator's next yield)."""
         opt = self._opt
+        if not opt.precision.autocasts:  # full precision: no context to enter and leave per step
+            return opt.call_training_step(batch, batch_idx, self._index)
         with opt.precision.autocast():
             return opt.call_training_step(batch, batch_idx, self._index)
 
