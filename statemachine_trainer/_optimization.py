@@ -208,10 +208,13 @@ class Optimization:
         The one place a loss meets the gate: the automatic loops' ``backward``
         row and ``manual_backward`` both come here.
         """
+        gate = self.gate
+        if gate is not identity_gate:  # one process: nothing to pass the loss through
+            loss = gate(loss)
         if self.backward_override:  # the module's backward(loss, *args, **kwargs) gets the scaled loss
-            self.hooks.backward(self.precision.scale(self.gate(loss)), *args, **kwargs)
+            self.hooks.backward(self.precision.scale(loss), *args, **kwargs)
         else:
-            self.precision.backward(self.gate(loss), *args, **kwargs)
+            self.precision.backward(loss, *args, **kwargs)
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
         progress.optimizer.step.increment_ready()

@@ -83,7 +83,10 @@ class FetchingLoop(TrainerLoop, abstract=True):
 
     def fetch_from(self, source: Any, dataloader_idx: int) -> None:
         """Take ``source``'s next batch and hold it (pinned when the source cannot fetch it again on resume)."""
-        self.hold(source.next_batch(), dataloader_idx)
+        # hold(), written out: this runs once per batch
+        self._held, self._held_dataloader_idx = source.next_batch(), dataloader_idx
+        if self._user_transfer and not self.restarting:
+            self._rng_in_flight = _torch_rng()
         self._pinned = source.cannot_step_back
 
     def hold(self, batch: Any, dataloader_idx: int) -> None:

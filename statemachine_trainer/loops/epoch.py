@@ -98,7 +98,7 @@ class TrainingEpochLoop(FetchingLoop):
         if config.max_steps != -1 and run.fit_loop.steps_this_run >= config.max_steps:
             return True
         fit_loop = run.fit_loop
-        return fit_loop.should_stop and fit_loop.can_stop_early  # self.stopping, inlined (and run.should_stop)
+        return fit_loop.should_stop and fit_loop.can_stop_early  # self.stopping, inlined
 
     @property
     def skipped(self) -> bool:

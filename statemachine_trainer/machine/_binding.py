@@ -53,15 +53,16 @@ class BoundRow:
     dest: str = attrs.field(init=False)
     check: Callable[[], Any] | None = attrs.field(init=False)  # all guards as one call; None if unguarded
     enters_end: bool = attrs.field(init=False)
-    # (fn, takes_args, table index, is_last) per kept hook: what DirectDispatcher._take iterates
-    steps: tuple[tuple[Callable[..., Any], bool, int, bool], ...] = attrs.field(init=False)
+    # (fn, takes_args, table index, the index once it returned, a boundary follows in the row) per kept hook:
+    # what DirectDispatcher._take iterates, everything it needs per hook worked out here
+    steps: tuple[tuple[Callable[..., Any], bool, int, int, bool], ...] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         last = len(self.hooks) - 1
         object.__setattr__(self, "dest", self.row.dest)
         object.__setattr__(self, "check", _combine(self.conditions, self.unless))
         object.__setattr__(self, "enters_end", self.row.dest == END)
-        object.__setattr__(self, "steps", tuple((fn, takes, self.hook_index[k], k == last)
+        object.__setattr__(self, "steps", tuple((fn, takes, self.hook_index[k], self.hook_index[k] + 1, k != last)
                                                 for k, (fn, takes) in enumerate(self.hooks)))
 
     def resumed(self, hook: int) -> BoundRow:

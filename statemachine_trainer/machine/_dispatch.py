@@ -300,14 +300,14 @@ class DirectDispatcher(Dispatcher):
             return False
         self.row = bound.index
         result = None
-        for fn, takes_args, index, is_last in bound.steps:
+        for fn, takes_args, index, after, between in bound.steps:
             self.hook = index
             result = fn(*self.args, **self.kwargs) if takes_args else fn()
-            self.hook = index + 1
-            if not is_last:
-                observer = self.observer  # read at each boundary: a hook may have just installed one
-                if observer is not None:
-                    observer(self.owner)  # a boundary between two hooks of one transition
+            self.hook = after
+            # Read at each boundary (a hook may have just installed one): a boundary between two hooks of one
+            # transition.  The common case, no observer, costs one attribute read.
+            if self.observer is not None and between:
+                self.observer(self.owner)
         self.state = bound.dest
         self.row = None
         self.hook = 0
@@ -398,14 +398,12 @@ class TransitionsDispatcher(Dispatcher):
     def _run_hooks(self, bound: BoundRow) -> Any:
         self.row = bound.index
         result = None
-        for fn, takes_args, index, is_last in bound.steps:
+        for fn, takes_args, index, after, between in bound.steps:
             self.hook = index
             result = fn(*self.args, **self.kwargs) if takes_args else fn()
-            self.hook = index + 1
-            if not is_last:
-                observer = self.observer
-                if observer is not None:
-                    observer(self.owner)
+            self.hook = after
+            if self.observer is not None and between:
+                self.observer(self.owner)
         return result if bound.returns_last else None
 
     def _finish_row(self, bound: BoundRow, result: Any) -> None:
