@@ -74,13 +74,13 @@ installed version saves at all: the script reports whether a checkpoint file
 appeared), and a ``Trainer.save_checkpoint`` of this model is timed separately
 and reported in ms and in us per step of one epoch.
 
-``--count-calls`` measures no time: it counts the Python function calls
-(``sys.setprofile`` "call" events, so deterministic and immune to a busy
-machine) that ``plain`` and ``ours`` make per step -- the difference between
-an epoch of ``2N`` and one of ``N`` steps, divided by ``N``, so setup and
-teardown cancel -- and prints the framework's calls per step (ours - plain)
-with the functions that make them, most frequent first.  It is the profile to
-read when the overhead moves.
+``--count-calls`` measures no time: it counts the Python function calls and
+bytecode instructions (``sys.settrace`` "call" and "opcode" events, so
+deterministic and immune to a busy machine) that ``plain`` and ``ours``
+execute per step -- the difference between an epoch of ``2N`` and one of
+``N`` steps, divided by ``N``, so setup and teardown cancel -- and prints the
+framework's share (ours - plain) with the functions it is spent in, most
+bytecodes first.  It is the profile to read when the overhead moves.
 
 The last lines are the verdicts::
 
@@ -377,53 +377,72 @@ CLOCKS = ("wall", "cpu")
 
 
 # -- counting calls -------------------------------------------------------------------------------
-def count_calls(variant: Variant, steps: int, root: Path) -> dict[tuple[str, int, str], int]:
-    """Python function calls made during one run of ``variant`` over ``steps`` steps, per function."""
-    counts: dict[tuple[str, int, str], int] = {}
+Counts = dict[tuple[str, int, str], list[float]]  # function -> [calls, bytecode instructions]
 
-    def profile(frame: Any, event: str, arg: Any) -> None:
+
+def count_calls(variant: Variant, steps: int, root: Path) -> Counts:
+    """Python function calls and bytecode instructions executed in one run of ``variant``, per function."""
+    counts: Counts = {}
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        key = (code.co_filename, code.co_firstlineno, code.co_name)
+        entry = counts.get(key)
+        if entry is None:
+            entry = counts[key] = [0, 0]
         if event == "call":
-            code = frame.f_code
-            key = (code.co_filename, code.co_firstlineno, code.co_name)
-            counts[key] = counts.get(key, 0) + 1
+            frame.f_trace_opcodes, frame.f_trace_lines = True, False
+            entry[0] += 1
+        elif event == "opcode":
+            entry[1] += 1
+        return trace
 
     scratch = Path(tempfile.mkdtemp(prefix=f"{variant.label}-", dir=root))
     data = Data(steps)
     gc.collect()
-    sys.setprofile(profile)
+    sys.settrace(trace)
     try:
         run = variant.run(data, 0, scratch)
     finally:
-        sys.setprofile(None)
+        sys.settrace(None)
     if run.steps_done != steps:
         raise AssertionError(f"{variant.label}: {run.steps_done} optimizer steps for an epoch of {steps}")
     return counts
 
 
-def calls_per_step(variant: Variant, steps: int, root: Path) -> dict[tuple[str, int, str], float]:
-    """Calls per step of each function: (an epoch of 2 x steps) - (an epoch of steps), over steps."""
-    count_calls(variant, 20, root)  # warm-up: first-use work (imports, caches) is not per step
+def counts_per_step(variant: Variant, steps: int, root: Path) -> Counts:
+    """Per step of each function: (an epoch of 2 x steps) - (an epoch of steps), over steps."""
+    count_calls(variant, steps, root)  # warm-up: first-use work (imports, caches) is not per step
     short, long = count_calls(variant, steps, root), count_calls(variant, 2 * steps, root)
-    return {key: (long.get(key, 0) - short.get(key, 0)) / steps for key in short.keys() | long.keys()}
+    zero = [0, 0]
+    return {key: [(b - a) / steps for a, b in zip(short.get(key, zero), long.get(key, zero))]
+            for key in short.keys() | long.keys()}
 
 
-def report_calls(steps: int, top: int = 60) -> None:
+def report_calls(steps: int, top: int = 100) -> None:
     plain = plain_variant()
     ours = our_variants()[0][0]
     with tempfile.TemporaryDirectory(prefix="overhead-calls-") as tmp, quiet():
-        base = calls_per_step(plain, steps, Path(tmp))
-        mine = calls_per_step(ours, steps, Path(tmp))
-    extra = {key: mine.get(key, 0.0) - base.get(key, 0.0) for key in mine.keys() | base.keys()}
-    shown = sorted(((n, key) for key, n in extra.items() if abs(n) >= 0.5), key=lambda item: (-item[0], item[1]))
-    print(f"Python calls per step, counted over epochs of {steps} and {2 * steps} steps (deterministic):")
-    print(f"{'calls/step':>10}  function (ours - plain)")
-    for n, (filename, line, name) in shown[:top]:
-        print(f"{n:>10.2f}  {_short_path(filename)}:{line} {name}")
+        base = counts_per_step(plain, steps, Path(tmp))
+        mine = counts_per_step(ours, steps, Path(tmp))
+    zero = [0.0, 0.0]
+    extra = {key: [m - b for m, b in zip(mine.get(key, zero), base.get(key, zero))]
+             for key in mine.keys() | base.keys()}
+    shown = sorted(((n, key) for key, n in extra.items() if abs(n[0]) >= 0.5 or abs(n[1]) >= 5),
+                   key=lambda item: (-item[0][1], item[1]))
+    print(f"Python calls and bytecode instructions per step, counted over epochs of {steps} and {2 * steps} steps "
+          "(deterministic):")
+    print(f"{'calls/step':>10}{'bytecodes':>11}  function (ours - plain)")
+    for (calls, ops), (filename, line, name) in shown[:top]:
+        print(f"{calls:>10.2f}{ops:>11.1f}  {_short_path(filename)}:{line} {name}")
     if len(shown) > top:
-        print(f"{'':>10}  ... {len(shown) - top} more")
+        print(f"{'':>21}  ... {len(shown) - top} more")
     print()
-    print(f"plain: {sum(base.values()):.2f} Python calls/step; ours: {sum(mine.values()):.2f}")
-    print(f"our calls per step over the plain loop = {sum(mine.values()) - sum(base.values()):.2f}")
+    for label, counts in (("plain", base), ("ours", mine)):
+        print(f"{label}: {sum(c[0] for c in counts.values()):.2f} Python calls/step, "
+              f"{sum(c[1] for c in counts.values()):.1f} bytecode instructions/step")
+    print(f"our bytecode instructions per step over the plain loop = {sum(c[1] for c in extra.values()):.1f}")
+    print(f"our calls per step over the plain loop = {sum(c[0] for c in extra.values()):.2f}")
 
 
 def _short_path(filename: str) -> str:
@@ -499,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=CLOCKS, default="wall",
                         help="the clock the verdict lines use (default wall; both tables are printed)")
     parser.add_argument("--count-calls", action="store_true",
-                        help="time nothing: count the Python calls per step of plain and ours (deterministic)")
+                        help="time nothing: count the Python calls and bytecodes per step of plain and ours (deterministic)")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.repeats = 200, 1
