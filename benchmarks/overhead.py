@@ -2,6 +2,7 @@
 
 Run:  python benchmarks/overhead.py [--steps N] [--repeats R] [--quick]
       python benchmarks/overhead.py --count-calls [--steps N]
+      python benchmarks/overhead.py --scalar [--steps N] [--repeats R]
 
 The design's performance target (DESIGN.md, "Performance targets"): on a tiny
 model on CPU, the runtime's per-step overhead over a plain PyTorch loop must be
@@ -81,6 +82,10 @@ execute per step -- the difference between an epoch of ``2N`` and one of
 ``N`` steps, divided by ``N``, so setup and teardown cancel -- and prints the
 framework's share (ours - plain) with the functions it is spent in, most
 bytecodes first.  It is the profile to read when the overhead moves.
+
+``--scalar`` runs ``plain`` and ``ours`` alone on a one-parameter model fed
+one batch from a list, so a step's torch work is a few us and what remains is
+the framework's own cost per step, measured with far less noise.
 
 The last lines are the verdicts::
 
@@ -445,6 +450,90 @@ def report_calls(steps: int, top: int = 100) -> None:
     print(f"our calls per step over the plain loop = {sum(c[0] for c in extra.values()):.2f}")
 
 
+# -- the framework alone: a one-parameter model --------------------------------------------------
+def report_scalar(steps: int, repeats: int) -> None:
+    """``plain`` and ``ours`` on a one-parameter model with batches from a list, interleaved.
+
+    The torch work of a step (a multiply, its backward, SGD on one number,
+    zero_grad) is a few us, the same in both, so the difference is the
+    framework's own per-step cost with far less noise than next to a 400 us
+    step.  Steady per-step CPU and wall time from stamps taken as each batch is
+    handed out, as in the main measurement.
+    """
+    from statemachine_trainer.module import TrainingModule
+    from statemachine_trainer.trainer import Trainer
+
+    batch = (torch.ones(1), torch.ones(1))
+
+    class Batches:
+        """``steps`` copies of one batch, stamped as each is handed out (len() so the epoch has a length)."""
+
+        def __init__(self, stamps: list[tuple[float, float]]) -> None:
+            self.stamps = stamps
+
+        def __len__(self) -> int:
+            return steps
+
+        def __iter__(self) -> Any:
+            append = self.stamps.append
+            for _ in range(steps):
+                append(now())
+                yield batch
+
+    class Scalar(TrainingModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, _ = batch
+            loss = (self.w * x).sum()
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=LR)
+
+    def plain(stamps: list[tuple[float, float]], scratch: Path) -> int:
+        w = nn.Parameter(torch.ones(1))
+        opt = torch.optim.SGD([w], lr=LR)
+        done = 0
+        for x, _ in Batches(stamps):
+            loss = (w * x).sum()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            last = loss.detach()
+            done += 1
+        assert last is not None
+        return done
+
+    def ours(stamps: list[tuple[float, float]], scratch: Path) -> int:
+        trainer = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, default_root_dir=scratch)
+        with quiet():
+            trainer.fit(Scalar(), Batches(stamps))
+        return trainer.global_step
+
+    runs = {"plain": plain, "ours": ours}
+    steady: dict[str, dict[str, list[float]]] = {label: {clock: [] for clock in CLOCKS} for label in runs}
+    with tempfile.TemporaryDirectory(prefix="overhead-scalar-") as tmp:
+        for r in range(repeats + 1):  # the first round warms up
+            for label in list(runs)[r % 2:] + list(runs)[:r % 2]:
+                stamps: list[tuple[float, float]] = []
+                gc.collect()
+                if runs[label](stamps, Path(tempfile.mkdtemp(dir=tmp))) != steps:
+                    raise AssertionError(f"scalar {label}: not {steps} optimizer steps")
+                if r:
+                    for k, clock in enumerate(CLOCKS):
+                        steady[label][clock].append(steady_stats([stamp[k] for stamp in stamps])[0])
+    print(f"one-parameter model, {steps} steps per run, {repeats} interleaved repeat(s); steady us/step:")
+    for clock in CLOCKS:
+        p, o = steady["plain"][clock], steady["ours"][clock]
+        print(f"[{clock}] plain {us(statistics.median(p)):.1f}, ours {us(statistics.median(o)):.1f}: "
+              f"framework {us(statistics.median(o) - statistics.median(p)):.1f} us/step "
+              f"(median; min-based {us(min(o) - min(p)):.1f})")
+
+
 def _short_path(filename: str) -> str:
     for marker in ("site-packages/", "statemachine_trainer/", "benchmarks/"):
         if marker in filename:
@@ -517,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke test: 200 steps, 1 repeat")
     parser.add_argument("--clock", choices=CLOCKS, default="wall",
                         help="the clock the verdict lines use (default wall; both tables are printed)")
+    parser.add_argument("--scalar", action="store_true",
+                        help="plain and ours only, on a one-parameter model: the framework's own us/step")
     parser.add_argument("--count-calls", action="store_true",
                         help="time nothing: count the Python calls and bytecodes per step of plain and ours (deterministic)")
     args = parser.parse_args(argv)
@@ -526,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be >= 20 and --repeats >= 1")
     if args.count_calls:
         report_calls(args.steps)
+        return 0
+    if args.scalar:
+        report_scalar(args.steps, args.repeats)
         return 0
 
     print(f"overhead benchmark: {platform.python_implementation()} {platform.python_version()} on "
