@@ -263,3 +263,26 @@ def test_async_save_is_refused_under_ddp_and_checked(tmp_path):
             trainer.fit(_Net(), _data())
     finally:
         trainer.strategy.teardown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_host_copy_is_pinned_reused_and_holds_the_same_tensors(tmp_path):
+    net = nn.Linear(64, 64).cuda()
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(8, 64, device="cuda")).sum().backward()
+    opt.step()
+    state = {"module": net.state_dict(), "optimizer": opt.state_dict()}
+    writer = AsyncCheckpointWriter()
+    writer.save([(tmp_path / "a.ckpt", None)], state)
+    buffers = list(writer._copier._buffers)
+    assert buffers and all(buffer.is_pinned() for buffer in buffers)
+    writer.save([(tmp_path / "b.ckpt", None)], state)  # the same sizes: the same buffers
+    assert all(x is y for x, y in zip(buffers, writer._copier._buffers))
+    writer.wait()
+    save_checkpoint_dir(tmp_path / "sync.ckpt", state)
+    expected, _ = load_checkpoint_dir(tmp_path / "sync.ckpt", map_location="cpu")
+    for name in ("a.ckpt", "b.ckpt"):
+        got, _ = load_checkpoint_dir(tmp_path / name, map_location="cpu")
+        for key, tensor in expected["module"].items():
+            assert torch.equal(got["module"][key], tensor), (name, key)
+        assert (tmp_path / name / "state.json").read_bytes() == (tmp_path / "sync.ckpt" / "state.json").read_bytes()
