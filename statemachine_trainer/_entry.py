@@ -247,7 +247,7 @@ class EntryLoop(Loop):
         failed, warned beside that failure.
         """
         trainer, run, failure = self._trainer, self.run_context, self._failure
-        write_failure = trainer._flush_writes()
+        write_failure = trainer._flush_writes(close=True)
         try:
             self._tear_down(trainer, run, failure)
         finally:

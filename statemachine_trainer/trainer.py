@@ -426,12 +426,17 @@ class Trainer:
             self._writer = AsyncCheckpointWriter()
         self._writer.save(targets, self.capture_state(), self._metadata())
 
-    def _flush_writes(self) -> BaseException | None:
-        """Wait for the asynchronous write in flight, if any; return its failure instead of raising it."""
+    def _flush_writes(self, close: bool = False) -> BaseException | None:
+        """Wait for the asynchronous write in flight, if any; return its failure instead of raising it.
+
+        ``close`` (a run's end) also frees the host copy kept for the next save.
+        """
         from .checkpoint import AsyncWriteError
 
         try:
-            if self._writer is not None:
+            if self._writer is not None and close:
+                self._writer.close()
+            elif self._writer is not None:
                 self._writer.wait()
         except AsyncWriteError as exc:
             return exc

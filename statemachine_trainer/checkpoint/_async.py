@@ -116,6 +116,13 @@ class AsyncCheckpointWriter:
                 "fix the cause (disk space, permissions) or save synchronously."
             ) from error
 
+    def close(self) -> None:
+        """``wait``, then free the host buffers kept for the next save (a run's end: they hold a copy of its state)."""
+        try:
+            self.wait()
+        finally:
+            self._copier.release()
+
     def _write(self, targets: list[Target], encoded: EncodedState) -> None:
         for path, on_written in targets:
             try:

@@ -16,7 +16,7 @@ On CUDA the buffers are pinned (page-locked), so the device-to-host copies
 are DMA transfers issued together and waited for once.  Buffers are kept and
 reused by the next copy when the storages' sizes are the same (the usual
 case: the same model and optimizer at every save), so pinned memory is
-allocated once per run, not per save.  The caller must not copy again while
+allocated once per run, not per save (``release`` frees them when the run ends).  The caller must not copy again while
 a write of the previous copy is still running (``AsyncCheckpointWriter``
 waits for it first).
 """
@@ -58,6 +58,10 @@ class HostCopier:
             host = buffers[index[t.untyped_storage()._cdata]].untyped_storage()
             out[name] = torch.empty(0, dtype=t.dtype).set_(host, t.storage_offset(), t.size(), t.stride())
         return out
+
+    def release(self) -> None:
+        """Free the kept buffers (the next copy allocates new ones)."""
+        self._buffers = []
 
     def _buffers_for(self, storages: list[torch.UntypedStorage]) -> list[torch.Tensor]:
         """The kept buffers when they fit these storages exactly (sizes and pinning), else new ones, kept."""
