@@ -47,6 +47,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ._optim import ConfigError
 from ._preemption import Preempted, PreemptionGuard
 from .machine import Loop
 
@@ -94,6 +95,8 @@ class BoundaryWriter:
         ``async_save``: at the boundary the state is copied to host memory and
         written in the background; ``on_written`` then runs in the writer thread.
         """
+        if async_save and self._strategy.distributed:  # refused in the hook that asks, on every rank alike
+            raise ConfigError(f"request_checkpoint(async_save=True) under strategy='ddp': {ASYNC_UNDER_DDP}")
         if async_save and self._write_async is None:
             raise RuntimeError("This trainer cannot write checkpoints asynchronously (no background writer).")
         if self._root is None:

@@ -261,6 +261,8 @@ def test_async_save_is_refused_under_ddp_and_checked(tmp_path):
     try:
         with pytest.raises(ConfigError, match=r"one process only.*async_save=False under strategy='ddp'"):
             trainer.fit(_Net(), _data())
+        with pytest.raises(ConfigError, match=r"request_checkpoint\(async_save=True\) under strategy='ddp'"):
+            trainer.request_checkpoint(tmp_path / "now.ckpt", async_save=True)
     finally:
         trainer.strategy.teardown()
 
