@@ -16,8 +16,9 @@ machine that gets busier slows all of them alike):
   than one write takes);
 * ``torch.load(weights_only=True)`` and ``load_checkpoint_dir`` (verify + load).
 
-A first round warms the page cache and the writer's host buffers and is not
-counted.  Prints min and median per row, then the ratios of the medians,
+Each round starts the saves, and the loads, at another one of them, so no
+variant always follows the same other.  A first round warms the page cache
+and the writer's host buffers and is not counted.  Prints min and median per row, then the ratios of the medians,
 last, in three lines: save (ours / torch.save), load (ours / torch.load) and
 async blocking (blocked by an asynchronous save / a synchronous save).
 ``torch.save`` writes without fsync, so the save ratio includes our
@@ -63,15 +64,27 @@ def elapsed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+#: The rows, in the order they are printed.
+ROWS = (
+    "torch.save",
+    "torch.save + fsync",
+    "ours save (sync)",
+    "ours async save: blocked",
+    "ours async save: until committed",
+    "torch.load",
+    "ours load (verify + load)",
+)
+
+
 class Rounds:
     """The timings of each row, one value per counted round."""
 
     def __init__(self) -> None:
-        self.times: dict[str, list[float]] = {}
+        self.times: dict[str, list[float]] = {name: [] for name in ROWS}
 
     def add(self, name: str, seconds: float, counted: bool) -> None:
         if counted:
-            self.times.setdefault(name, []).append(seconds)
+            self.times[name].append(seconds)
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
@@ -87,27 +100,42 @@ def one_round(
     flat: dict[str, torch.Tensor],
     writer: AsyncCheckpointWriter,
     rounds: Rounds,
-    counted: bool,
+    index: int,
 ) -> None:
+    """Every save, then both loads; round ``index`` starts each group at another member (no fixed order)."""
+
     def torch_save_fsync() -> None:
         with open(root / "plain.pt", "wb") as f:
             torch.save(flat, f)
             f.flush()
             os.fsync(f.fileno())
 
-    rounds.add("torch.save", elapsed(lambda: torch.save(flat, root / "plain.pt")), counted)
-    rounds.add("torch.save + fsync", elapsed(torch_save_fsync), counted)
-    rounds.add(
-        "ours save (sync)", elapsed(lambda: save_checkpoint_dir(root / "sync.ckpt", state, {"step": 1})), counted
-    )
-    start = time.perf_counter()
-    writer.save([(root / "async.ckpt", None)], state, {"step": 1})
-    blocked = time.perf_counter() - start
-    writer.wait()
-    rounds.add("ours async save: blocked", blocked, counted)
-    rounds.add("ours async save: until committed", time.perf_counter() - start, counted)
-    rounds.add("torch.load", elapsed(lambda: torch.load(root / "plain.pt", weights_only=True)), counted)
-    rounds.add("ours load (verify + load)", elapsed(lambda: load_checkpoint_dir(root / "sync.ckpt")), counted)
+    def async_save() -> None:
+        start = time.perf_counter()
+        writer.save([(root / "async.ckpt", None)], state, {"step": 1})
+        blocked = time.perf_counter() - start
+        writer.wait()  # not counted as blocked: the next round starts with no write in flight
+        rounds.add("ours async save: blocked", blocked, counted)
+        rounds.add("ours async save: until committed", time.perf_counter() - start, counted)
+
+    counted = index > 0
+    saves = [
+        lambda: rounds.add("torch.save", elapsed(lambda: torch.save(flat, root / "plain.pt")), counted),
+        lambda: rounds.add("torch.save + fsync", elapsed(torch_save_fsync), counted),
+        lambda: rounds.add(
+            "ours save (sync)", elapsed(lambda: save_checkpoint_dir(root / "sync.ckpt", state, {"step": 1})), counted
+        ),
+        async_save,
+    ]
+    loads = [
+        lambda: rounds.add("torch.load", elapsed(lambda: torch.load(root / "plain.pt", weights_only=True)), counted),
+        lambda: rounds.add(
+            "ours load (verify + load)", elapsed(lambda: load_checkpoint_dir(root / "sync.ckpt")), counted
+        ),
+    ]
+    for group in (saves, loads):
+        for k in range(len(group)):
+            group[(index + k) % len(group)]()
 
 
 def main() -> None:
@@ -141,7 +169,7 @@ def main() -> None:
     rounds, writer = Rounds(), AsyncCheckpointWriter()
     try:
         for index in range(rounds_wanted + 1):
-            one_round(root, state, flat, writer, rounds, counted=index > 0)
+            one_round(root, state, flat, writer, rounds, index)
     finally:
         writer.wait()
         shutil.rmtree(root)
