@@ -23,6 +23,8 @@ waits for it first).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 __all__ = ["HostCopier"]
@@ -36,28 +38,15 @@ class HostCopier:
 
     def copy(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``tensors`` with every plain tensor rebuilt over a host copy of its storage (others cloned to host)."""
-        plain = {name: t for name, t in tensors.items() if _plain(t)}
-        index: dict[int, int] = {}  # storage identity (as torch.save keys it) -> its position in `storages`
-        storages: list[torch.UntypedStorage] = []
-        for t in plain.values():
-            storage = t.untyped_storage()
-            if storage._cdata not in index:
-                index[storage._cdata] = len(storages)
-                storages.append(storage)
-        buffers = self._buffers_for(storages)
-        for storage, buffer in zip(storages, buffers):
+        storages = _distinct_storages(t for t in tensors.values() if _plain(t))
+        buffers = self._buffers_for(list(storages.values()))
+        for storage, buffer in zip(storages.values(), buffers):
             source = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
             buffer.copy_(source, non_blocking=buffer.is_pinned())
-        if any(buffer.is_pinned() for buffer in buffers):
-            torch.cuda.synchronize()  # the non-blocking copies above are all issued; the write needs them done
-        out: dict[str, torch.Tensor] = {}
-        for name, t in tensors.items():
-            if name not in plain:  # quantized, conjugated, subclassed or meta: torch.save stores each its own way
-                out[name] = t if t.device.type == "meta" else t.detach().to("cpu", copy=True)
-                continue
-            host = buffers[index[t.untyped_storage()._cdata]].untyped_storage()
-            out[name] = torch.empty(0, dtype=t.dtype).set_(host, t.storage_offset(), t.size(), t.stride())
-        return out
+        for device in {storage.device for storage in storages.values() if _pin(storage)}:
+            torch.cuda.synchronize(device)  # the non-blocking copies above are all issued; the write needs them done
+        host = dict(zip(storages, (buffer.untyped_storage() for buffer in buffers)))
+        return {name: _rebuilt(t, host) for name, t in tensors.items()}
 
     def release(self) -> None:
         """Free the kept buffers (the next copy allocates new ones)."""
@@ -70,6 +59,23 @@ class HostCopier:
             self._buffers = []  # freed before the new ones are allocated: host memory holds one set at a time
             self._buffers = [torch.empty(size, dtype=torch.uint8, pin_memory=pin) for size, pin in wanted]
         return self._buffers
+
+
+def _distinct_storages(tensors: Iterable[torch.Tensor]) -> dict[int, torch.UntypedStorage]:
+    """Each storage once, keyed by its identity as ``torch.save`` keys it (views and tied weights share one)."""
+    storages: dict[int, torch.UntypedStorage] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        storages.setdefault(storage._cdata, storage)
+    return storages
+
+
+def _rebuilt(t: torch.Tensor, host: dict[int, torch.UntypedStorage]) -> torch.Tensor:
+    """``t`` over its storage's host copy, at the same offset, size and stride."""
+    if not _plain(t):  # quantized, conjugated, subclassed or meta: torch.save stores each its own way
+        return t if t.device.type == "meta" else t.detach().to("cpu", copy=True)
+    storage = host[t.untyped_storage()._cdata]
+    return torch.empty(0, dtype=t.dtype).set_(storage, t.storage_offset(), t.size(), t.stride())
 
 
 def _plain(t: torch.Tensor) -> bool:
