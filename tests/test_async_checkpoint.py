@@ -70,12 +70,17 @@ def _start(workdir: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def _read_until(process: subprocess.Popen[str], wanted: set[str]) -> list[str]:
-    """stdout lines until every line in ``wanted`` was seen (the process keeps running)."""
+    """stdout lines until every line in ``wanted`` was seen (the process keeps running); killed after 120 s."""
     lines: list[str] = []
-    while not wanted <= set(lines):
-        line = process.stdout.readline()
-        assert line, f"the run ended before printing {wanted - set(lines)}: {process.stderr.read()[-3000:]}"
-        lines.append(line.strip())
+    watchdog = threading.Timer(120, lambda: os.killpg(process.pid, signal.SIGKILL))  # a hang fails, never blocks
+    watchdog.start()
+    try:
+        while not wanted <= set(lines):
+            line = process.stdout.readline()
+            assert line, f"the run ended before printing {wanted - set(lines)}: {process.stderr.read()[-3000:]}"
+            lines.append(line.strip())
+    finally:
+        watchdog.cancel()
     return lines
 
 
@@ -87,8 +92,10 @@ def _checkpoints(folder: Path) -> list[str]:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """The script run to the end, synchronously and asynchronously (each in its own working directory)."""
     root = tmp_path_factory.mktemp("async-runs")
-    _run(root / "sync", "--sync")
-    _run(root / "async")
+    started = [_start(root / "sync", "--sync"), _start(root / "async")]  # side by side: two cores
+    for process in started:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-3000:]
     return {"sync": root / "sync", "async": root / "async"}
 
 
