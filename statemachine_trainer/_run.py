@@ -120,7 +120,7 @@ class Run:
 
     def __init__(self, config: TrainerConfig, stage: str, strategy: Any, precision: Precision, device: Any,
                  callbacks: list[Any], loggers: list[Any],
-                 request_checkpoint: Callable[[Path, Callable[[Path], None] | None], None] | None = None,
+                 request_checkpoint: Callable[[Path, Callable[[Path], None] | None, bool], None] | None = None,
                  save_checkpoint: Callable[[Path], Path] | None = None,
                  configure_optimization: Callable[[Run], None] | None = None,
                  reload_data: Callable[[str], Any] | None = None) -> None:
@@ -503,8 +503,8 @@ class Run:
         for logger in self.loggers:
             logger.log_metrics(values, self.global_step)
 
-    def request_checkpoint(self, path: str | os.PathLike[str],
-                           on_written: Callable[[Path], None] | None = None) -> None:
+    def request_checkpoint(self, path: str | os.PathLike[str], on_written: Callable[[Path], None] | None = None,
+                           async_save: bool = False) -> None:
         """Write a checkpoint to ``path`` at the next transition boundary of the running tree.
 
         Hooks and callbacks call this instead of ``save_checkpoint``: a file
@@ -513,10 +513,17 @@ class Run:
         loop's position is exact.  ``on_written(path)`` runs after the write
         (e.g. to delete a checkpoint that fell out of the top k only once its
         replacement is safely on disk).  Outside ``fit`` the write happens now.
+
+        ``async_save=True`` blocks only to copy the state to host memory; the
+        write runs in a background thread (one at a time; ``on_written`` runs
+        there once the checkpoint is committed; a failure is raised by the next
+        save).  One process only: under DDP it is a ConfigError.
         """
         if self._request is None:
             raise RuntimeError("This run cannot write checkpoints: it was built without a checkpoint service.")
-        self._request(Path(path), on_written)
+        if not isinstance(async_save, bool):
+            raise ConfigError(f"request_checkpoint(async_save={async_save!r}) must be True or False.")
+        self._request(Path(path), on_written, async_save)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write the run's state to ``path`` now (prefer ``request_checkpoint`` inside hooks)."""
