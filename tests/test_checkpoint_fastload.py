@@ -73,6 +73,8 @@ def _same_layout(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) ->
         assert (t.dtype, t.shape, t.stride(), t.storage_offset()) == (r.dtype, r.shape, r.stride(),
                                                                      r.storage_offset()), name
         assert torch.equal(_bits(t), _bits(r)), name
+        assert t.untyped_storage().nbytes() == r.untyped_storage().nbytes(), name  # its own storage, not a slice
+        assert t.untyped_storage().resizable() == r.untyped_storage().resizable(), name  # ordinary memory
     def sharing(tensors: dict[str, torch.Tensor]) -> list[list[str]]:  # names grouped by the storage they share
         groups: dict[int, list[str]] = {}
         for name, t in tensors.items():
@@ -154,11 +156,15 @@ def test_a_file_of_another_size_is_refused_unread(tmp_path: Path, change: str) -
         load_checkpoint_dir(tmp_path / "ckpt")
 
 
+@pytest.mark.parametrize("planned", [True, False])
 @pytest.mark.parametrize("change", ["shrinks", "grows"])
-def test_a_file_changed_while_read_is_refused(tmp_path: Path, change: str) -> None:
+def test_a_file_changed_while_read_is_refused(tmp_path: Path, change: str, planned: bool) -> None:
     path, size, _ = _save(tmp_path, {"w": torch.randn(2_000_000)})
     fd, found = open_checked(tmp_path, "tensors.pt", size)
-    try:  # the file changes after it was opened and measured: the read itself must notice
+    plan = _tensor_file._plan(fd, found)
+    assert plan is not None and list(plan) == ["data/0"]
+    hasher = BackgroundHasher("crc32")
+    try:  # the file changes after it was opened, measured and planned: the read itself must notice
         if change == "shrinks":
             os.truncate(path, size // 2)
             expected = f"{path} changed while being read \\(it ends at byte {size // 2}, not"
@@ -167,9 +173,29 @@ def test_a_file_changed_while_read_is_refused(tmp_path: Path, change: str) -> No
                 f.write(b"more")
             expected = f"{path} changed while being read \\(it holds more than the {size} bytes"
         with pytest.raises(CheckpointError, match=expected):
-            _tensor_file._read_hashing(fd, found, path, BackgroundHasher("crc32"))
+            if planned:
+                _tensor_file._read_planned(fd, found, path, plan, hasher)
+            else:
+                _tensor_file._read_whole(fd, found, path, hasher)
     finally:
         os.close(fd)
+
+
+def test_storages_that_moved_since_the_plan_are_refused(tmp_path: Path) -> None:
+    """The plan comes from a first look at the file; the bytes read must describe the same storages."""
+    path, size, _ = _save(tmp_path, {"a": torch.randn(1000), "b": torch.randn(10)})
+    fd, found = open_checked(tmp_path, "tensors.pt", size)
+    try:
+        plan = _tensor_file._plan(fd, found)
+        assert plan is not None
+        read, storages = _tensor_file._read_planned(fd, found, path, plan, BackgroundHasher("crc32"))
+    finally:
+        os.close(fd)
+    moved = {name: (offset + 64, length) for name, (offset, length) in plan.items()}
+    with pytest.raises(CheckpointError, match="changed while being read \\(its storages moved\\)"):
+        _tensor_file._load_planned(read, storages, moved, path, None)
+    assert torch.equal(_tensor_file._load_planned(read, storages, plan, path, None)["b"],
+                       torch.load(path, weights_only=True)["b"])
 
 
 class _Evil:
