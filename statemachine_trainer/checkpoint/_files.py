@@ -33,7 +33,7 @@ from typing import Any
 from ._errors import CheckpointError
 
 __all__ = ["MAX_DEPTH", "MAX_MANIFEST_BYTES", "check_depth", "checksum_mismatch", "expect_end", "max_state_bytes",
-           "open_checked", "parse_json", "read_bounded", "read_chunks", "read_exactly", "regular_size"]
+           "open_checked", "parse_json", "read_bounded", "read_chunks", "read_exactly", "read_into", "regular_size"]
 
 #: A manifest lists a few files per rank and the caller's metadata: kilobytes.
 MAX_MANIFEST_BYTES = 16 << 20
@@ -146,15 +146,28 @@ def _changed(where: Path, detail: str = "") -> CheckpointError:
 def read_exactly(fd: int, view: memoryview, where: Path, offset: int) -> None:
     """Fill ``view`` with the file's bytes from ``offset`` on (the fd's position); a file that ends early was
     changed while being read."""
-    got = 0
-    while got < len(view):
+    read_into(fd, [view], where, offset)
+
+
+def read_into(fd: int, views: list[memoryview], where: Path, offset: int) -> None:
+    """Fill ``views`` in turn with the file's next bytes, from ``offset`` on: one ``readv`` for all of them where
+    the kernel allows (at most a few hundred views, please), more where it returns less."""
+    pending = [view for view in views if len(view)]
+    first = done = 0
+    while first < len(pending):
         try:
-            n = os.readv(fd, [view[got:]])
+            n = os.readv(fd, pending[first:])
         except OSError as exc:
             raise _unreadable(where, exc) from None
         if n == 0:
-            raise _changed(where, f" (it ends at byte {offset + got}, not {offset + len(view)})")
-        got += n
+            wanted = offset + sum(len(view) for view in views)
+            raise _changed(where, f" (it ends at byte {offset + done}, not {wanted})")
+        done += n
+        while first < len(pending) and n >= len(pending[first]):
+            n -= len(pending[first])
+            first += 1
+        if n:
+            pending[first] = pending[first][n:]
 
 
 def expect_end(fd: int, where: Path, size: int) -> None:

@@ -130,8 +130,13 @@ class BackgroundHasher:
         self._hasher = HASHES[name]()
         self._pending: list[Future[None]] = []
 
-    def update(self, data: Any) -> None:
-        self._pending.append(_ordered().submit(self._hasher.update, data))
+    def update(self, *pieces: Any) -> None:
+        """Hash ``pieces``, in order, after everything given before (one hand-off for all of them)."""
+        self._pending.append(_ordered().submit(self._update, pieces))
+
+    def _update(self, pieces: tuple[Any, ...]) -> None:
+        for piece in pieces:
+            self._hasher.update(piece)
 
     def hexdigest(self) -> str:
         """The digest of everything passed to :meth:`update`, once the helper has hashed it all."""

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from ._errors import CheckpointError
-from ._files import checksum_mismatch, expect_end, open_checked, read_exactly
+from ._files import checksum_mismatch, expect_end, open_checked, read_into
 from ._hashing import CHUNK, BackgroundHasher
 
 __all__ = ["checked_tensors", "load_tensor_file", "safe_torch_load"]
@@ -193,12 +193,27 @@ def _plan(fd: int, size: int) -> dict[str, tuple[int, int]] | None:
     return ordered
 
 
-def _read(fd: int, view: memoryview, where: Path, offset: int, hasher: BackgroundHasher) -> None:
-    """Fill ``view`` from the file in :data:`CHUNK` pieces, each hashed on the helper while the next is read."""
-    for start in range(0, len(view), CHUNK):
-        piece = view[start:start + CHUNK]
-        read_exactly(fd, piece, where, offset + start)
-        hasher.update(piece)
+_MAX_VIEWS = 256  # views per readv: far below IOV_MAX (1024 on Linux)
+
+
+def _read(fd: int, views: list[memoryview], where: Path, offset: int, hasher: BackgroundHasher) -> int:
+    """Fill ``views`` from the file, :data:`CHUNK` bytes per ``readv``, each batch hashed on the helper while the
+    next is read; the offset after them."""
+    batch: list[memoryview] = []
+    filled = 0
+    for view in views:
+        batch.append(view)
+        filled += len(view)
+        if filled >= CHUNK or len(batch) >= _MAX_VIEWS:
+            offset = _read_batch(fd, batch, where, offset, hasher)
+            batch, filled = [], 0
+    return _read_batch(fd, batch, where, offset, hasher)
+
+
+def _read_batch(fd: int, batch: list[memoryview], where: Path, offset: int, hasher: BackgroundHasher) -> int:
+    read_into(fd, batch, where, offset)
+    hasher.update(*batch)
+    return offset + sum(len(view) for view in batch)
 
 
 def _storage_view(storage: torch.UntypedStorage) -> memoryview:
@@ -206,20 +221,25 @@ def _storage_view(storage: torch.UntypedStorage) -> memoryview:
     return memoryview(torch.empty(0, dtype=torch.uint8).set_(storage).numpy()).cast("B")
 
 
+def _pieces(view: memoryview) -> list[memoryview]:
+    return [view[start:start + CHUNK] for start in range(0, len(view), CHUNK)]
+
+
 def _read_planned(fd: int, size: int, where: Path, plan: dict[str, tuple[int, int]], hasher: BackgroundHasher
                   ) -> tuple[_ReadBytes, dict[str, torch.UntypedStorage]]:
     """The whole file, read in order: each planned storage into its own storage, the rest into small buffers."""
-    read, storages, at = _ReadBytes(), {}, 0
+    storages: dict[str, torch.UntypedStorage] = {}
+    views, at = [], 0
     for name, (offset, length) in plan.items():
-        for view in (memoryview(bytearray(offset - at)), _storage_view(storages.setdefault(
-                name, torch.UntypedStorage(length)))):
-            _read(fd, view, where, read.size, hasher)
-            read.append(view)
+        storages[name] = torch.UntypedStorage(length)
+        views += [memoryview(bytearray(offset - at)), *_pieces(_storage_view(storages[name]))]
         at = offset + length
-    tail = memoryview(bytearray(size - at))
-    _read(fd, tail, where, read.size, hasher)
-    read.append(tail)
+    views.append(memoryview(bytearray(size - at)))
+    _read(fd, views, where, 0, hasher)
     expect_end(fd, where, size)
+    read = _ReadBytes()
+    for view in views:
+        read.append(view)
     return read, storages
 
 
@@ -258,7 +278,7 @@ def _load_planned(read: _ReadBytes, storages: dict[str, torch.UntypedStorage], p
 
 def _read_whole(fd: int, size: int, where: Path, hasher: BackgroundHasher) -> bytearray:
     buffer = bytearray(size)
-    _read(fd, memoryview(buffer), where, 0, hasher)
+    _read(fd, _pieces(memoryview(buffer)), where, 0, hasher)
     expect_end(fd, where, size)
     return buffer
 
