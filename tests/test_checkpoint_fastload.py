@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from statemachine_trainer.checkpoint import (
     save_checkpoint_dir,
     verify_checkpoint,
 )
-from statemachine_trainer.checkpoint._files import open_checked
+from statemachine_trainer.checkpoint._files import open_checked, read_into
 from statemachine_trainer.checkpoint._hashing import BackgroundHasher, hash_bytes, hash_chunks
 
 from ._ckpt_edit import rewrite
@@ -251,3 +252,21 @@ def test_a_checkpoint_written_without_isal_loads_with_it(tmp_path: Path) -> None
     recorded = json.loads((tmp_path / "without" / "manifest.json").read_text())["files"]["tensors.pt"]["crc32"]
     assert recorded == hash_bytes("crc32", (tmp_path / "without" / "tensors.pt").read_bytes())
     assert torch.equal(load_checkpoint_dir(tmp_path / "without")[0]["w"], torch.arange(1_000_000.0))
+
+
+def test_short_reads_fill_every_view_in_order(tmp_path: Path) -> None:
+    """``readv`` may return less than asked (a pipe does, by design): the rest lands where it belongs."""
+    read_fd, write_fd = os.pipe()
+    views = [memoryview(bytearray(n)) for n in (3, 0, 4, 5)]
+    try:
+        os.write(write_fd, b"abcde")  # the first readv gets these 5 bytes only: view 0 and half of view 2
+        writer = threading.Timer(0.2, os.write, (write_fd, b"fghijkl"))
+        writer.start()
+        read_into(read_fd, views, tmp_path / "pipe", 0)
+        writer.join()
+        assert b"".join(bytes(v) for v in views) == b"abcdefghijkl"
+        os.close(write_fd)  # the writer is done: the next read finds the end
+        with pytest.raises(CheckpointError, match=r"pipe changed while being read \(it ends at byte 12, not 13\)"):
+            read_into(read_fd, [memoryview(bytearray(1))], tmp_path / "pipe", 12)
+    finally:
+        os.close(read_fd)
