@@ -228,10 +228,9 @@ def _pieces(view: memoryview) -> list[memoryview]:
 def _read_planned(fd: int, size: int, where: Path, plan: dict[str, tuple[int, int]], hasher: BackgroundHasher
                   ) -> tuple[_ReadBytes, dict[str, torch.UntypedStorage]]:
     """The whole file, read in order: each planned storage into its own storage, the rest into small buffers."""
-    storages: dict[str, torch.UntypedStorage] = {}
+    storages = {name: torch.UntypedStorage(length) for name, (_, length) in plan.items()}
     views, at = [], 0
     for name, (offset, length) in plan.items():
-        storages[name] = torch.UntypedStorage(length)
         views += [memoryview(bytearray(offset - at)), *_pieces(_storage_view(storages[name]))]
         at = offset + length
     views.append(memoryview(bytearray(size - at)))
