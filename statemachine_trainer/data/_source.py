@@ -88,8 +88,11 @@ class BatchSource:
     epoch where it was instead of restarting the loader.
     """
 
-    def __init__(self, loader: Any, num_batches: int, device: Any) -> None:
+    def __init__(self, loader: Any, num_batches: int, device: Any, shown: Any = None) -> None:
         self.loader, self.num_batches, self.device = loader, num_batches, device
+        #: What ``trainer.train_dataloader`` & co. return: the user's loader when ``loader`` was built from it
+        #: only to be resumable (``Trainer(resumable_data=True)``), else ``loader``.
+        self.shown = loader if shown is None else shown
         self._iterator: Iterator[Any] | None = None
         self.resumable = callable(getattr(loader, "state_dict", None)) and callable(
             getattr(loader, "load_state_dict", None))
