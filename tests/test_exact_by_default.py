@@ -261,3 +261,17 @@ def test_ddp_ranks_shuffle_with_one_seed_so_their_shards_partition_the_data(tmp_
     for epoch in (0, 1):
         shards = [set(ranks[epoch * 48:(epoch + 1) * 48]) for ranks in seen]  # 96 samples: 48 a rank an epoch
         assert len(shards[0]) == len(shards[1]) == 48 and shards[0] | shards[1] == set(range(96))
+
+
+def test_ddp_shards_a_dataloader_with_the_runs_seed_with_the_flag_off_too():
+    """``resumable_data=False`` under DDP still shards a DataLoader (as before): with the run's seed, not the rank's."""
+    from statemachine_trainer._strategy import make_strategy
+
+    shards = []
+    for rank in (0, 1):
+        strategy = make_strategy("ddp", 2, "cpu")
+        strategy.rank, strategy.world_size = rank, 2
+        torch.manual_seed(5 + rank)  # what Trainer(seed=5) does on each rank
+        shard = strategy.shard(DataLoader(points(), batch_size=4, shuffle=True), 5)
+        shards.append({i for batch in shard for i in batch[0].tolist()})
+    assert len(shards[0]) == len(shards[1]) == 12 and shards[0] | shards[1] == set(range(24))
