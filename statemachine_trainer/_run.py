@@ -594,7 +594,7 @@ class Run:
 
             loader = without_shuffling(loader, stage)  # Lightning: the same first batches every epoch
         given = loader
-        if self.config.resumable_data:
+        if self.config.resumable_data and stage != "predict":  # prediction is not resumed mid-run: as given
             loader = self._resumable(stage, loader)
         wrapped = loader
         loader = self.strategy.shard(loader, self.config.seed)  # strategy="ddp": this rank's part of the data
@@ -611,12 +611,14 @@ class Run:
 
         A DataLoader left alone is said once per stage, where a checkpoint can
         interrupt it (training, and validation during fit): resuming it in the
-        middle is not exact.
+        middle is not exact.  Not under DDP with ``use_distributed_sampler``:
+        there the strategy rebuilds every DataLoader (or refuses it) itself.
         """
         from .data._auto import resumable
 
         loader, reason = resumable(loader, self.config.seed)
-        if reason is not None and self.state == "fit" and stage not in self._warned_as_given:
+        sharded = self.strategy.distributed and getattr(self.strategy, "use_distributed_sampler", False)
+        if reason is not None and not sharded and self.state == "fit" and stage not in self._warned_as_given:
             self._warned_as_given.add(stage)
             warnings.warn(f"The {stage} DataLoader is iterated as given, not made resumable: {reason}. A resume "
                           "from the middle of its epoch restarts it and is not exact. Use a plain DataLoader "

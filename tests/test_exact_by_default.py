@@ -275,3 +275,30 @@ def test_ddp_shards_a_dataloader_with_the_runs_seed_with_the_flag_off_too():
         shard = strategy.shard(DataLoader(points(), batch_size=4, shuffle=True), 5)
         shards.append({i for batch in shard for i in batch[0].tolist()})
     assert len(shards[0]) == len(shards[1]) == 12 and shards[0] | shards[1] == set(range(24))
+
+
+def test_a_mid_epoch_checkpoint_without_a_data_position_warns_when_resumed_by_default(tmp_path):
+    """Written with resumable_data=False (or before the flag), it holds no position: the default cannot jump."""
+    class MidEpoch(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == 2:
+                trainer.request_checkpoint(tmp_path / "mid.ckpt")
+
+    def loader():
+        return DataLoader(points(), batch_size=4, shuffle=True)
+
+    quiet(callbacks=[MidEpoch()], resumable_data=False).fit(Net(), loader())
+    with pytest.warns(UserWarning, match=r"middle of an epoch \(2 of 6 batches done\) from a checkpoint that holds "
+                                         "no position for its loader"):
+        quiet().fit(Net(), loader(), ckpt_path=tmp_path / "mid.ckpt")
+
+
+def test_prediction_reads_its_dataloader_as_given():
+    class Predicting(Net):
+        def predict_step(self, batch, batch_idx):
+            return batch[0]
+
+    loader = DataLoader(points(8), batch_size=4)
+    trainer = quiet()
+    assert torch.cat(trainer.predict(Predicting(), loader)).tolist() == list(range(8))
+    assert trainer.run.sources["predict"].loader is loader

@@ -98,6 +98,7 @@ class BatchSource:
             getattr(loader, "load_state_dict", None))
         # A position, but no way to serve the last batch again (torchdata's StatefulDataLoader): see loops/_fetch.py.
         self.cannot_step_back = self.resumable and not hasattr(loader, "rewind")
+        self.positioned = False  # a checkpoint's position was loaded into it (False: it starts its epoch afresh)
 
     def start_epoch(self, epoch: int) -> None:
         if self.resumable and hasattr(self.loader, "set_epoch"):
@@ -141,3 +142,4 @@ class BatchSource:
         if state is not None and self.resumable:
             self._iterator = None
             self.loader.load_state_dict(state)
+            self.positioned = True
