@@ -73,7 +73,8 @@ class SingleProcess:
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def shard(self, loader: Any) -> Any:
+    def shard(self, loader: Any, seed: int | None = None) -> Any:
+        """This rank's part of ``loader`` (one process: all of it); ``seed``: the run's data seed, if any."""
         return loader
 
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
@@ -203,15 +204,22 @@ class DDP(SingleProcess):
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
-    def shard(self, loader: Any) -> Any:
+    def shard(self, loader: Any, seed: int | None = None) -> Any:
+        """This rank's part of ``loader``: DistributedSampler's split of one permutation, the same on every rank.
+
+        A DataLoader is rebuilt with :func:`~statemachine_trainer.data._auto.data_seed` (its generator, its
+        DistributedSampler's seed, ``seed`` -- the run's, never ``seed + rank`` --, else ``torch.initial_seed()``):
+        ranks that shuffled with different seeds would overlap and miss samples.
+        """
         from torch.utils.data import DataLoader
 
         from .data import ResumableLoader
+        from .data._auto import data_seed
 
         if not self.use_distributed_sampler:
             return loader  # Trainer(use_distributed_sampler=False): the user's sampler decides what each rank sees
         if isinstance(loader, DataLoader):
-            loader = ResumableLoader(loader)
+            loader = ResumableLoader(loader, seed=data_seed(loader, seed))
         if isinstance(loader, ResumableLoader):
             return loader.shard(self.rank, self.world_size)
         raise ConfigError(f"strategy='ddp' shards the data itself and needs a torch DataLoader or a "

@@ -150,9 +150,11 @@ class Trainer:
         default_root_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
         save_on_exception: bool = False,
+        resumable_data: bool = True,
         **unknown: Any,
     ) -> None:
-        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed`` and ``save_on_exception`` are ours.
+        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed``, ``save_on_exception`` and
+        ``resumable_data`` are ours.
 
         A Lightning flag this Trainer lacks (``resume_from_checkpoint``,
         ``gpus``, ``auto_lr_find``...) raises ConfigError naming the
@@ -173,7 +175,7 @@ class Trainer:
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs, detect_anomaly=detect_anomaly,
             inference_mode=inference_mode, benchmark=benchmark, num_nodes=num_nodes,
             use_distributed_sampler=use_distributed_sampler, sync_batchnorm=sync_batchnorm, profiler=profiler,
-            barebones=barebones, save_on_exception=save_on_exception)
+            barebones=barebones, save_on_exception=save_on_exception, resumable_data=resumable_data)
         self.device = resolve_device(accelerator)
         self.strategy = make_strategy(strategy, devices, self.device.type, self.config.num_nodes,
                                       self.config.sync_batchnorm, self.config.use_distributed_sampler)
