@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import statistics
@@ -61,6 +62,10 @@ def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
     from torch.utils.data import DataLoader, DistributedSampler
 
     if ddp:
+        # Not in the tutorial, but without it the job aborts now and then at exit (SIGABRT: a gloo thread alive into
+        # interpreter finalization; statemachine_trainer/distributed/_group.py has the story).  Outside the clocks.
+        import torch.distributed._shard
+
         dist.init_process_group("gloo")
         data = _data(steps, dist.get_world_size())
         loader = DataLoader(data, batch_size=32, sampler=DistributedSampler(data, shuffle=True, seed=0))
@@ -79,6 +84,8 @@ def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
         opt.step()
     rate, cpu = steps / (time.perf_counter() - start), (time.process_time() - cpu) / steps
     if ddp:
+        del model, opt, loss  # nothing may hold DDP (and so the group) when the group goes: same story
+        gc.collect()
         dist.destroy_process_group()
     return rate, cpu
 
