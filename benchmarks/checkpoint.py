@@ -1,17 +1,36 @@
-"""Checkpoint save/load cost against torch.save/torch.load of the same tensors, measured in one run.
+"""Checkpoint cost against torch.save/torch.load of the same tensors, and what an asynchronous save blocks.
 
-    python benchmarks/checkpoint.py            # ~25M float32 parameters + Adam state (~300 MB)
+    python benchmarks/checkpoint.py            # ~25M float32 parameters + Adam state (~290 MiB)
     python benchmarks/checkpoint.py --quick    # ~1M parameters
 
-Prints the hash speeds, then min and median of several repeats for each way of
-saving, and the ratios.  ``torch.save`` writes without fsync, so the ratio
-against it includes our durability (two fsyncs and a directory fsync); the
-ratio against ``torch.save + fsync`` compares like with like.
+Every round times, one after another on the same tensors (interleaved, so a
+machine that gets busier slows all of them alike):
+
+* ``torch.save`` of the flat ``{name: tensor}`` dict, and the same + fsync;
+* ``save_checkpoint_dir`` (ours, synchronous: encode, write, checksum,
+  fsync, rename, manifest commit);
+* the time an asynchronous save (``AsyncCheckpointWriter.save``) blocks the
+  caller -- encode and the copy to host memory -- and until its background
+  write is committed (waited for outside the blocked time, so every round
+  starts with no write in flight, as a run whose saves are further apart
+  than one write takes);
+* ``torch.load(weights_only=True)`` and ``load_checkpoint_dir`` (verify + load),
+  each after ``malloc_trim(0)`` so both start from the same heap (see
+  ``_malloc_trim``).
+
+Each round starts the saves, and the loads, at another one of them, so no
+variant always follows the same other.  A first round warms the page cache
+and the writer's host buffers and is not counted.  Prints min and median per row, then the ratios of the medians,
+last, in three lines: save (ours / torch.save), load (ours / torch.load) and
+async blocking (blocked by an asynchronous save / a synchronous save).
+``torch.save`` writes without fsync, so the save ratio includes our
+durability; the ``torch.save + fsync`` row compares like with like.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import statistics
@@ -22,7 +41,13 @@ from pathlib import Path
 
 import torch
 
-from statemachine_trainer.checkpoint import DEFAULT_HASH, HASHES, load_checkpoint_dir, save_checkpoint_dir
+from statemachine_trainer.checkpoint import (
+    DEFAULT_HASH,
+    HASHES,
+    AsyncCheckpointWriter,
+    load_checkpoint_dir,
+    save_checkpoint_dir,
+)
 from statemachine_trainer.checkpoint._hashing import hash_bytes
 
 
@@ -36,64 +61,153 @@ def model_state(width: int, layers: int) -> dict[str, object]:
     return {"module": net.state_dict(), "optimizers": [opt.state_dict()], "global_step": 1}
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    times = []
-    for _ in range(repeats):
+def elapsed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes; its result (a loaded state) is freed after the clock stops, not inside it."""
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    del result
+    return seconds
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)``, or a no-op where there is none.
+
+    About three quarters of a 288 MiB load is first-touch page faults, and
+    whether the allocator hands back memory a previous load freed (no faults)
+    is luck: one ``torch.load`` can take 45 ms or 190 ms.  Trimming before
+    every timed load starts both loaders from the same allocator state.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return lambda: None
+    return lambda: libc.malloc_trim(0)
+
+
+trim_heap = _malloc_trim()
+
+
+#: The rows, in the order they are printed.
+ROWS = (
+    "torch.save",
+    "torch.save + fsync",
+    "ours save (sync)",
+    "ours async save: blocked",
+    "ours async save: until committed",
+    "torch.load",
+    "ours load (verify + load)",
+)
+
+
+class Rounds:
+    """The timings of each row, one value per counted round."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {name: [] for name in ROWS}
+
+    def add(self, name: str, seconds: float, counted: bool) -> None:
+        if counted:
+            self.times[name].append(seconds)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+    def print(self) -> None:
+        for name, values in self.times.items():
+            print(f"{name:34s} min {min(values) * 1e3:8.1f} ms   median {statistics.median(values) * 1e3:8.1f} ms")
+
+
+def one_round(
+    root: Path,
+    state: dict[str, object],
+    flat: dict[str, torch.Tensor],
+    writer: AsyncCheckpointWriter,
+    rounds: Rounds,
+    index: int,
+) -> None:
+    """Every save, then both loads; round ``index`` starts each group at another member (no fixed order)."""
+
+    def torch_save_fsync() -> None:
+        with open(root / "plain.pt", "wb") as f:
+            torch.save(flat, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def async_save() -> None:
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
+        writer.save([(root / "async.ckpt", None)], state, {"step": 1})
+        blocked = time.perf_counter() - start
+        writer.wait()  # not counted as blocked: the next round starts with no write in flight
+        rounds.add("ours async save: blocked", blocked, counted)
+        rounds.add("ours async save: until committed", time.perf_counter() - start, counted)
+
+    counted = index > 0
+    saves = [
+        lambda: rounds.add("torch.save", elapsed(lambda: torch.save(flat, root / "plain.pt")), counted),
+        lambda: rounds.add("torch.save + fsync", elapsed(torch_save_fsync), counted),
+        lambda: rounds.add(
+            "ours save (sync)", elapsed(lambda: save_checkpoint_dir(root / "sync.ckpt", state, {"step": 1})), counted
+        ),
+        async_save,
+    ]
+    def timed_load(name: str, load: Callable[[], object]) -> None:
+        trim_heap()
+        rounds.add(name, elapsed(load), counted)
+
+    loads = [
+        lambda: timed_load("torch.load", lambda: torch.load(root / "plain.pt", weights_only=True)),
+        lambda: timed_load("ours load (verify + load)", lambda: load_checkpoint_dir(root / "sync.ckpt")),
+    ]
+    for group in (saves, loads):
+        for k in range(len(group)):
+            group[(index + k) % len(group)]()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="~1M parameters, fewer repeats")
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="~1M parameters, fewer rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="counted rounds (default 5)")
     args = parser.parse_args()
-    width, layers, repeats = (512, 4, 5) if args.quick else (1024, 24, 4)
-    repeats = args.repeats or repeats
+    width, layers = (512, 4) if args.quick else (1024, 24)
+    rounds_wanted = args.rounds or 5
     torch.set_num_threads(1)
     state = model_state(width, layers)
-    flat = {f"t{i}": t for i, t in enumerate(
-        [*state["module"].values(), *(v for s in state["optimizers"][0]["state"].values() for v in s.values())])}
+    flat = {
+        f"t{i}": t
+        for i, t in enumerate(
+            [*state["module"].values(), *(v for s in state["optimizers"][0]["state"].values() for v in s.values())]
+        )
+    }
     n_params = sum(t.numel() for t in state["module"].values())
     n_bytes = sum(t.numel() * t.element_size() for t in flat.values())
-    print(f"model: {n_params / 1e6:.1f}M parameters; tensors incl. Adam state: {n_bytes / 2**20:.0f} MiB; "
-          f"{repeats} repeats")
+    print(
+        f"model: {n_params / 1e6:.1f}M parameters; tensors incl. Adam state: {n_bytes / 2**20:.0f} MiB; "
+        f"{rounds_wanted} interleaved rounds after one warm-up; hash {DEFAULT_HASH}"
+    )
     blob = torch.randn(n_bytes // 4).numpy().tobytes()
     for name in HASHES:
-        best, _ = timed(lambda name=name: hash_bytes(name, blob), 2)
+        best = min(elapsed(lambda name=name: hash_bytes(name, blob)) for _ in range(2))
         print(f"hash {name:8s} {n_bytes / best / 2**30:6.2f} GiB/s")
+    blob = b""  # freed: the rounds below need the memory more
 
     root = Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
+    rounds, writer = Rounds(), AsyncCheckpointWriter()
     try:
-        def torch_save() -> None:
-            torch.save(flat, root / "plain.pt")
-
-        def torch_save_fsync() -> None:
-            with open(root / "plain.pt", "wb") as f:
-                torch.save(flat, f)
-                f.flush()
-                os.fsync(f.fileno())
-
-        rows = {"torch.save": timed(torch_save, repeats), "torch.save + fsync": timed(torch_save_fsync, repeats)}
-        for name in HASHES:
-            rows[f"ours ({name})"] = timed(lambda name=name: save_checkpoint_dir(
-                root / "ckpt", state, {"step": 1}, hash_name=name), repeats)
-        rows[f"ours ({DEFAULT_HASH}, no fsync)"] = timed(lambda: save_checkpoint_dir(
-            root / "ckpt", state, {"step": 1}, durable=False), repeats)
-        save_checkpoint_dir(root / "ckpt", state, {"step": 1})
-        rows["torch.load"] = timed(lambda: torch.load(root / "plain.pt", weights_only=True), repeats)
-        rows["ours load (verify + load)"] = timed(lambda: load_checkpoint_dir(root / "ckpt"), repeats)
+        for index in range(rounds_wanted + 1):
+            one_round(root, state, flat, writer, rounds, index)
     finally:
+        writer.wait()
         shutil.rmtree(root)
-    for name, (best, median) in rows.items():
-        print(f"{name:26s} min {best * 1e3:8.1f} ms   median {median * 1e3:8.1f} ms")
-    base, synced, ours = rows["torch.save"][1], rows["torch.save + fsync"][1], rows[f"ours ({DEFAULT_HASH})"][1]
-    print(f"ratio save ({DEFAULT_HASH}, default, median): {ours / base:.2f}x torch.save, {ours / synced:.2f}x "
-          f"torch.save + fsync (target <= 1.2x); without fsync "
-          f"{rows[f'ours ({DEFAULT_HASH}, no fsync)'][1] / base:.2f}x torch.save")
-    print(f"ratio load (median): {rows['ours load (verify + load)'][1] / rows['torch.load'][1]:.2f}x torch.load")
+    rounds.print()
+    synced = rounds.median("torch.save + fsync")
+    print(f"ours save / torch.save + fsync (median): {rounds.median('ours save (sync)') / synced:.2f}")
+    print(f"ratio save (median): {rounds.median('ours save (sync)') / rounds.median('torch.save'):.2f}")
+    print(f"ratio load (median): {rounds.median('ours load (verify + load)') / rounds.median('torch.load'):.2f}")
+    print(
+        f"ratio async blocking (median): "
+        f"{rounds.median('ours async save: blocked') / rounds.median('ours save (sync)'):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What does exact data cost per step?  A plain loop, the Trainer on a DataLoader, the Trainer on a ResumableLoader.
+"""What does exact data cost per step?  A plain loop, the Trainer on a DataLoader (as given, and made resumable by
+default), the Trainer on a ResumableLoader.
 
 Run:  python benchmarks/data.py [--steps N] [--repeats R] [--workers 0 2] [--clock wall|cpu] [--quick]
 
@@ -20,8 +21,11 @@ in ``--workers`` (default 0 and 2):
                      ``ResumableLoader(that DataLoader)``): loading's own cost, without a model's noise;
 ``plain``            the hand-written loop over a shuffled ``DataLoader``;
 ``plain+resumable``  the same loop over ``ResumableLoader(that DataLoader)`` (the loader's own cost, no Trainer);
-``trainer``          ``Trainer(max_epochs=1, enable_progress_bar=False, logger=False).fit`` on the ``DataLoader``,
-                     ``self.log("loss", loss)`` every step, ModelCheckpoint at its default;
+``trainer``          ``Trainer(max_epochs=1, enable_progress_bar=False, logger=False, resumable_data=False).fit``
+                     on the ``DataLoader`` as given, ``self.log("loss", loss)`` every step, ModelCheckpoint at its
+                     default;
+``trainer+default``  the same fit on the plain ``DataLoader`` with ``resumable_data`` at its default (True): the
+                     Trainer reads it through a ``ResumableLoader`` it builds (exact by default, ``data/_auto.py``);
 ``trainer+resumable`` the same fit on ``ResumableLoader(that DataLoader)``, default ``rngs``.
 
 How it is measured
@@ -120,7 +124,7 @@ def iterate_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
     return steps
 
 
-def trainer_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
+def trainer_run(loader: Any, seed: int, stamps: Stamps, scratch: Path, **flags: Any) -> int:
     from statemachine_trainer import Trainer, TrainingModule
 
     wall, cpu, append = time.perf_counter, time.process_time, stamps.append
@@ -141,11 +145,16 @@ def trainer_run(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
             return torch.optim.SGD(self.parameters(), lr=LR)
 
     trainer = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, enable_model_summary=False,
-                      default_root_dir=scratch)
+                      default_root_dir=scratch, **flags)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         trainer.fit(MLP(), loader)
     return trainer.global_step
+
+
+def trainer_as_given(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> int:
+    """The Trainer iterating the DataLoader as given (the opt-out): the baseline the default is compared with."""
+    return trainer_run(loader, seed, stamps, scratch, resumable_data=False)
 
 
 VARIANTS: dict[str, tuple[Callable[[Any, int, Stamps, Path], int], bool]] = {
@@ -153,7 +162,8 @@ VARIANTS: dict[str, tuple[Callable[[Any, int, Stamps, Path], int], bool]] = {
     "iterate+resumable": (iterate_run, True),
     "plain": (plain_run, False),
     "plain+resumable": (plain_run, True),
-    "trainer": (trainer_run, False),
+    "trainer": (trainer_as_given, False),
+    "trainer+default": (trainer_run, False),
     "trainer+resumable": (trainer_run, True),
 }
 
@@ -196,7 +206,9 @@ def report(times: dict[tuple[str, int], list[tuple[float, float]]], cases: list[
 
             print(f"[{clock}] workers={w}: ResumableLoader - DataLoader, us/step (median of paired differences; of "
                   f"mins): trainer {paired('trainer+resumable', 'trainer'):+.1f} "
-                  f"({stat(('trainer+resumable', w), i, min) - stat(('trainer', w), i, min):+.1f}), plain loop "
+                  f"({stat(('trainer+resumable', w), i, min) - stat(('trainer', w), i, min):+.1f}), trainer with "
+                  f"resumable_data default {paired('trainer+default', 'trainer'):+.1f} "
+                  f"({stat(('trainer+default', w), i, min) - stat(('trainer', w), i, min):+.1f}), plain loop "
                   f"{paired('plain+resumable', 'plain'):+.1f} "
                   f"({stat(('plain+resumable', w), i, min) - stat(('plain', w), i, min):+.1f}), loader alone "
                   f"{paired('iterate+resumable', 'iterate'):+.1f} "
@@ -207,7 +219,8 @@ def report(times: dict[tuple[str, int], list[tuple[float, float]]], cases: list[
                 return stat((name, w), i, how) / stat(("plain", w), i, how)
 
             print(f"[{clock}] workers={w}: ratio to plain (median; min): trainer {ratio('trainer', statistics.median):.3f}"
-                  f" ({ratio('trainer', min):.3f}), trainer+resumable {ratio('trainer+resumable', statistics.median):.3f}"
+                  f" ({ratio('trainer', min):.3f}), trainer+default {ratio('trainer+default', statistics.median):.3f}"
+                  f" ({ratio('trainer+default', min):.3f}), trainer+resumable {ratio('trainer+resumable', statistics.median):.3f}"
                   f" ({ratio('trainer+resumable', min):.3f}), plain+resumable "
                   f"{ratio('plain+resumable', statistics.median):.3f} ({ratio('plain+resumable', min):.3f}) "
                   f"(target <= {TARGET_RATIO:g})")

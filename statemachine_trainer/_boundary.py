@@ -27,30 +27,55 @@ mid-epoch validation.  An exception that escapes the tree writes that copy
 (``exception-epoch=E-step=S.ckpt`` beside the other checkpoints), so a
 resume re-runs the failed batch or validation from its start, exactly; the
 exception propagates unchanged, with a note naming the checkpoint.
+
+Asynchronous requests (``request(..., async_save=True)``) are handed to
+``write_async`` together: all those of one boundary share one copy of the
+state in host memory and one background write.  The synchronous requests of
+a boundary are written first (a synchronous save waits for a write in flight;
+after them there is none to wait for).  A preemption first waits for the
+write in flight (its failure is warned, not raised: the preemption
+checkpoint still gets written), then writes its own checkpoint synchronously,
+so exit 75 always leaves every requested checkpoint on disk.
 """
 
 from __future__ import annotations
 
 import signal
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ._optim import ConfigError
 from ._preemption import Preempted, PreemptionGuard
 from .machine import Loop
 
-__all__ = ["BoundaryWriter"]
+__all__ = ["ASYNC_UNDER_DDP", "BoundaryWriter"]
+
+#: Why asynchronous checkpoints are refused under DDP, and what to do instead.
+ASYNC_UNDER_DDP = (
+    "Asynchronous checkpoints (async_save=True) run in one process only: a multi-process checkpoint is written "
+    "by every rank together, agreeing through collectives (rank 0 commits the manifest once every part is on "
+    "disk), and collectives from a background thread would interleave with training's own. Use async_save=False "
+    "under strategy='ddp'.")
+
+#: A checkpoint to write: its path, and what to call once it is on disk (or None).
+_Target = tuple[Path, "Callable[[Path], None] | None"]
 
 
 class BoundaryWriter:
     """Holds checkpoint requests until a boundary; turns a preemption signal into a checkpoint and exit 75."""
 
-    def __init__(self, write: Callable[[Path], Path], preemption_path: Callable[[], Path], strategy: Any) -> None:
+    def __init__(self, write: Callable[[Path], Path], preemption_path: Callable[[], Path], strategy: Any,
+                 write_async: Callable[[list[_Target]], None] | None = None,
+                 flush: Callable[[], BaseException | None] | None = None) -> None:
         self._write = write  # writes the run's state to a path now; returns the path written
+        self._write_async = write_async  # starts writing the run's state to these paths in the background
+        self._flush = flush  # waits for the background write in flight; returns its failure, if any
         self._preemption_path = preemption_path  # where a preemption checkpoint goes
         self._strategy = strategy
-        self._pending: list[tuple[Path, Callable[[Path], None] | None]] = []
+        self._pending: list[tuple[Path, Callable[[Path], None] | None, bool]] = []  # (path, on_written, async)
         self._guard = PreemptionGuard()
         self._root: Loop | None = None  # the tree being watched; None outside watch()
         self._epoch_loop: Loop | None = None  # the loop whose batch ends are where ranks agree on preemption
@@ -64,12 +89,20 @@ class BoundaryWriter:
         """Keep ``take()`` of every batch boundary; on an exception escaping the tree, ``write`` the last one."""
         self._take_snapshot, self._write_snapshot = take, write
 
-    def request(self, path: Path, on_written: Callable[[Path], None] | None = None) -> None:
-        """Write ``path`` at the next checkpointable boundary; outside ``watch`` (no tree running) now."""
+    def request(self, path: Path, on_written: Callable[[Path], None] | None = None, async_save: bool = False) -> None:
+        """Write ``path`` at the next checkpointable boundary; outside ``watch`` (no tree running) now.
+
+        ``async_save``: at the boundary the state is copied to host memory and
+        written in the background; ``on_written`` then runs in the writer thread.
+        """
+        if async_save and self._strategy.distributed:  # refused in the hook that asks, on every rank alike
+            raise ConfigError(f"request_checkpoint(async_save=True) under strategy='ddp': {ASYNC_UNDER_DDP}")
+        if async_save and self._write_async is None:
+            raise RuntimeError("This trainer cannot write checkpoints asynchronously (no background writer).")
         if self._root is None:
-            self._write_one(path, on_written)
+            self._write_all([(path, on_written, async_save)])
         else:
-            self._pending.append((path, on_written))
+            self._pending.append((path, on_written, async_save))
             self._observe()
 
     @contextmanager
@@ -147,8 +180,7 @@ class BoundaryWriter:
         if not self._checkpointable():
             return  # e.g. between the yields of a generator step: wait for the step to end
         pending, self._pending = self._pending, []
-        for path, on_written in pending:
-            self._write_one(path, on_written)
+        self._write_all(pending)
         if preempt_here and self._guard.signum is not None:
             self._preempt(self._guard.signum)
 
@@ -158,7 +190,19 @@ class BoundaryWriter:
             self._preempt(self._guard.signum or signal.SIGTERM)
 
     def _preempt(self, signum: int) -> None:
+        failure = self._flush() if self._flush is not None else None  # the write in flight first: all on disk
+        if failure is not None:
+            warnings.warn(f"{failure} (writing the preemption checkpoint anyway)", stacklevel=2)
         raise Preempted(signum, self._write(self._preemption_path()))
+
+    def _write_all(self, requests: list[tuple[Path, Callable[[Path], None] | None, bool]]) -> None:
+        """The synchronous requests one by one, then the asynchronous ones as one background write."""
+        for path, on_written, async_save in requests:
+            if not async_save:
+                self._write_one(path, on_written)
+        later = [(path, on_written) for path, on_written, async_save in requests if async_save]
+        if later:
+            self._write_async(later)  # type: ignore[misc]  # request() checked it is there
 
     def _write_one(self, path: Path, on_written: Callable[[Path], None] | None) -> None:
         written = self._write(path)

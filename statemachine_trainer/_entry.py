@@ -33,6 +33,7 @@ run too); the table's machine is put back to START at the next entry call.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +239,24 @@ class EntryLoop(Loop):
         self.call.result = self.tree.run()
 
     def teardown(self) -> None:
-        """``on_exception`` after a failure, the user's ``teardown(stage)`` hooks; then the run's resources released."""
+        """``on_exception`` after a failure, the user's ``teardown(stage)`` hooks; then the run's resources released.
+
+        First the asynchronous checkpoint write in flight is waited for, so
+        the teardown hooks (and the process's exit) see it on disk.  Its
+        failure is raised after the teardown -- or, when the run already
+        failed, warned beside that failure.
+        """
         trainer, run, failure = self._trainer, self.run_context, self._failure
+        write_failure = trainer._flush_writes(close=True)
+        try:
+            self._tear_down(trainer, run, failure)
+        finally:
+            if write_failure is not None and failure is not None:
+                warnings.warn(str(write_failure), stacklevel=2)
+        if write_failure is not None and failure is None:
+            raise write_failure
+
+    def _tear_down(self, trainer: Any, run: Any, failure: BaseException | None) -> None:
         trainer._modes.exit(run, self.tree)
         try:
             if failure is not None:
@@ -289,6 +306,16 @@ class FitEntryLoop(EntryLoop):
         if error is not None:
             raise ConfigError(error)
         trainer.run_id = run_id
+
+    def configure_callbacks(self) -> None:
+        """The merged callbacks; asynchronous checkpoints are refused under DDP now, before anything runs."""
+        super().configure_callbacks()
+        from ._boundary import ASYNC_UNDER_DDP
+        from .callbacks import ModelCheckpoint
+
+        if self._trainer.strategy.distributed and any(
+                isinstance(cb, ModelCheckpoint) and cb.async_save for cb in self.run_context.callbacks):
+            raise ConfigError(f"ModelCheckpoint(async_save=True) under strategy='ddp': {ASYNC_UNDER_DDP}")
 
     def teardown(self) -> None:
         try:

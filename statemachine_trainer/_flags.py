@@ -152,6 +152,7 @@ class TrainerConfig:
     profiler: Any = None  # a Profiler: "simple" -> SimpleProfiler(), None -> PassThroughProfiler() (no wrapping)
     barebones: bool = False  # everything that costs speed is off (see _resolve_opt_outs)
     save_on_exception: bool = False  # ours: an exception escaping fit writes the last batch boundary's state
+    resumable_data: bool = True  # ours: a plain map-style DataLoader is read through a ResumableLoader (data/_auto)
 
     @classmethod
     def from_flags(cls, *, max_epochs: int | None, min_epochs: int, max_steps: int, min_steps: int | None = None,
@@ -166,7 +167,8 @@ class TrainerConfig:
                    reload_dataloaders_every_n_epochs: int = 0, detect_anomaly: bool = False,
                    inference_mode: bool = True, benchmark: bool | None = None, num_nodes: int = 1,
                    use_distributed_sampler: bool = True, sync_batchnorm: bool = False, profiler: Any = None,
-                   barebones: bool = False, save_on_exception: bool = False) -> TrainerConfig:
+                   barebones: bool = False, save_on_exception: bool = False,
+                   resumable_data: bool = True) -> TrainerConfig:
         """Check every flag (ConfigError names the flag and the fix) and resolve what they imply."""
         _refuse_barebones_opt_ins(barebones, fast_dev_run=fast_dev_run, detect_anomaly=detect_anomaly,
                                   profiler=profiler)
@@ -225,7 +227,8 @@ class TrainerConfig:
                    detect_anomaly=detect_anomaly, inference_mode=inference_mode, benchmark=benchmark,
                    num_nodes=num_nodes, use_distributed_sampler=use_distributed_sampler,
                    sync_batchnorm=sync_batchnorm, profiler=profiler, barebones=barebones,
-                   save_on_exception=check_bool("save_on_exception", save_on_exception))
+                   save_on_exception=check_bool("save_on_exception", save_on_exception),
+                   resumable_data=check_bool("resumable_data", resumable_data))
 
 
     def val_check_batches(self, num_batches: int, validating: bool = True) -> int:

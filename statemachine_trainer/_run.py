@@ -99,6 +99,7 @@ class Run:
         "_restored_into",
         "_save",
         "_state",
+        "_warned_as_given",
         "callbacks",
         "ckpt_path",
         "config",
@@ -120,7 +121,7 @@ class Run:
 
     def __init__(self, config: TrainerConfig, stage: str, strategy: Any, precision: Precision, device: Any,
                  callbacks: list[Any], loggers: list[Any],
-                 request_checkpoint: Callable[[Path, Callable[[Path], None] | None], None] | None = None,
+                 request_checkpoint: Callable[[Path, Callable[[Path], None] | None, bool], None] | None = None,
                  save_checkpoint: Callable[[Path], Path] | None = None,
                  configure_optimization: Callable[[Run], None] | None = None,
                  reload_data: Callable[[str], Any] | None = None) -> None:
@@ -146,6 +147,7 @@ class Run:
         self._reload = reload_data  # stage -> the loader *_dataloader() returns now (None: given directly)
         self._restored_data: dict[str, Any] = {}  # a checkpoint's data positions, until the reading loop resumes
         self._restored_into: dict[str, Any] = {}  # the sources they were loaded into at restore
+        self._warned_as_given: set[str] = set()  # stages whose DataLoader resumable_data left alone, warned once
 
     def __setattr__(self, name: str, value: Any) -> None:
         try:
@@ -288,7 +290,7 @@ class Run:
     def train_dataloader(self) -> Any:
         """The training dataloader this run reads (None before one is set up)."""
         source = self.sources.get("train")
-        return None if source is None else source.loader
+        return None if source is None else source.shown
 
     @property
     def val_dataloaders(self) -> Any:
@@ -304,7 +306,7 @@ class Run:
 
     def _loaders(self, stage: str) -> Any:
         """One loader, a list of several, or None: what ``*_dataloader()`` gave, as Lightning returns it."""
-        loaders = [source.loader for source in self.stage_sources(stage)]
+        loaders = [source.shown for source in self.stage_sources(stage)]
         return None if not loaders else loaders[0] if len(loaders) == 1 else loaders
 
     @property
@@ -503,8 +505,8 @@ class Run:
         for logger in self.loggers:
             logger.log_metrics(values, self.global_step)
 
-    def request_checkpoint(self, path: str | os.PathLike[str],
-                           on_written: Callable[[Path], None] | None = None) -> None:
+    def request_checkpoint(self, path: str | os.PathLike[str], on_written: Callable[[Path], None] | None = None,
+                           async_save: bool = False) -> None:
         """Write a checkpoint to ``path`` at the next transition boundary of the running tree.
 
         Hooks and callbacks call this instead of ``save_checkpoint``: a file
@@ -513,10 +515,17 @@ class Run:
         loop's position is exact.  ``on_written(path)`` runs after the write
         (e.g. to delete a checkpoint that fell out of the top k only once its
         replacement is safely on disk).  Outside ``fit`` the write happens now.
+
+        ``async_save=True`` blocks only to copy the state to host memory; the
+        write runs in a background thread (one at a time; ``on_written`` runs
+        there once the checkpoint is committed; a failure is raised by the next
+        save).  One process only: under DDP it is a ConfigError.
         """
         if self._request is None:
             raise RuntimeError("This run cannot write checkpoints: it was built without a checkpoint service.")
-        self._request(Path(path), on_written)
+        if not isinstance(async_save, bool):
+            raise ConfigError(f"request_checkpoint(async_save={async_save!r}) must be True or False.")
+        self._request(Path(path), on_written, async_save)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write the run's state to ``path`` now (prefer ``request_checkpoint`` inside hooks)."""
@@ -591,13 +600,39 @@ class Run:
             from .data._overfit import without_shuffling
 
             loader = without_shuffling(loader, stage)  # Lightning: the same first batches every epoch
-        loader = self.strategy.shard(loader)  # strategy="ddp": this rank's part of the data
+        given = loader
+        if self.config.resumable_data and stage != "predict":  # prediction is not resumed mid-run: as given
+            loader = self._resumable(stage, loader)
+        wrapped = loader
+        loader = self.strategy.shard(loader, self.config.seed)  # strategy="ddp": this rank's part of the data
         limit = self.config.limits[stage]
         count = count_batches(loader, limit, _LIMIT_NAMES[stage])
         if count == 0 and limit is None:
             raise ConfigError(f"The {stage} dataloader is empty (len 0): check the dataset size, batch_size "
                               "and drop_last.")
-        return BatchSource(loader, count, self.device)
+        # trainer.train_dataloader & co. show the user's loader, not the ResumableLoader read in its place.
+        return BatchSource(loader, count, self.device, shown=given if loader is wrapped else loader)
+
+    def _resumable(self, stage: str, loader: Any) -> Any:
+        """``resumable_data=True``: a plain DataLoader read through a ResumableLoader (see ``data/_auto.py``).
+
+        A DataLoader left alone is said once per stage, where a checkpoint can
+        interrupt it (training, and validation during fit): resuming it in the
+        middle is not exact.  Not under DDP with ``use_distributed_sampler``:
+        there the strategy rebuilds every DataLoader (or refuses it) itself.
+        """
+        from .data._auto import resumable
+
+        loader, reason = resumable(loader, self.config.seed)
+        sharded = self.strategy.distributed and getattr(self.strategy, "use_distributed_sampler", False)
+        if reason is not None and not sharded and self.state == "fit" and stage not in self._warned_as_given:
+            self._warned_as_given.add(stage)
+            warnings.warn(f"The {stage} DataLoader is iterated as given, not made resumable: {reason}. A resume "
+                          "from the middle of its epoch restarts it and is not exact. Use a plain DataLoader "
+                          "(shuffle/batch_size/drop_last), a statemachine_trainer.data.ResumableLoader or a loader "
+                          "with state_dict()/load_state_dict(); Trainer(resumable_data=False) silences this.",
+                          stacklevel=2)
+        return loader
 
     def restore_data(self, positions: dict[str, Any]) -> None:
         """Put the sources at a checkpoint's positions now, and keep them for sources replaced during the resume."""

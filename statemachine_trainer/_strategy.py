@@ -27,8 +27,12 @@ process per device under ``torch.distributed``:
   collective per step.  The preemption flag is voted on at batch ends about
   every 0.2 s (:class:`~statemachine_trainer.distributed.PreemptionVote`): a
   non-blocking all-reduce read one ballot later, so every rank acts on it at
-  the same boundary and no step waits on it.  With one process there is no
-  vote: nothing of this runs per step that ``strategy="auto"`` would not run.
+  the same boundary and no step waits on it;
+* **a world of one** (``devices=1``, or torchrun with one process) keeps the
+  process group, the sharded loader and the per-rank checkpoint format, but
+  neither wraps the module in DDP (nothing to all-reduce, see
+  :meth:`DDP.wrap_step`) nor votes: nothing of this runs per step that
+  ``strategy="auto"`` would not run.
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ class SingleProcess:
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def shard(self, loader: Any) -> Any:
+    def shard(self, loader: Any, seed: int | None = None) -> Any:
+        """This rank's part of ``loader`` (one process: all of it); ``seed``: the run's data seed, if any."""
         return loader
 
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
@@ -123,6 +128,7 @@ class DDP(SingleProcess):
         self.devices, self.accelerator, self.num_nodes = devices, accelerator, num_nodes
         self.sync_batchnorm = sync_batchnorm  # BatchNorm layers become SyncBatchNorm before DDP wraps the module
         self.use_distributed_sampler = use_distributed_sampler  # False: each rank iterates the loader as given
+        #: The DistributedDataParallel wrapper of the last entry point; None before one and in a world of one.
         self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self._gated = False  # whether losses pass the gate (several backwards per step)
         self._training_step: Any = None
@@ -174,11 +180,23 @@ class DDP(SingleProcess):
         a backward then reaches only some parameters (the others are frozen by
         ``toggle_optimizer``, or belong to another loss), which is what
         ``find_unused_parameters`` is for.
+
+        In a world of one there is nothing to wrap for: rank 0's weights are
+        already here and the mean of one rank's gradients is those gradients,
+        bit for bit, so the step is the module's own and :attr:`ddp` stays
+        None.  DDP's wrapper would cost its per-step bookkeeping and a
+        one-rank all-reduce for no effect (~10% of a small model's step,
+        ``benchmarks/ddp.py``).  Everything else of ``strategy="ddp"`` -- the
+        process group, the sharded loader, the per-rank checkpoint parts --
+        stays, so a run's state set does not depend on this.
         """
         device_ids = [device.index] if device.type == "cuda" else None
         if self.sync_batchnorm:  # in place on the module's children; the parameters stay the optimizer's
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         self._gated = not one_backward
+        if self.world_size == 1:
+            self.ddp = self._training_step = None  # gate() and no_sync() are then the identity, as in one process
+            return module.training_step
         self.ddp = torch.nn.parallel.DistributedDataParallel(_Forward(module), device_ids=device_ids,
                                                              find_unused_parameters=self._gated)
         self._training_step = module.training_step
@@ -203,15 +221,22 @@ class DDP(SingleProcess):
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
-    def shard(self, loader: Any) -> Any:
+    def shard(self, loader: Any, seed: int | None = None) -> Any:
+        """This rank's part of ``loader``: DistributedSampler's split of one permutation, the same on every rank.
+
+        A DataLoader is rebuilt with :func:`~statemachine_trainer.data._auto.data_seed` (its generator, its
+        DistributedSampler's seed, ``seed`` -- the run's, never ``seed + rank`` --, else ``torch.initial_seed()``):
+        ranks that shuffled with different seeds would overlap and miss samples.
+        """
         from torch.utils.data import DataLoader
 
         from .data import ResumableLoader
+        from .data._auto import data_seed
 
         if not self.use_distributed_sampler:
             return loader  # Trainer(use_distributed_sampler=False): the user's sampler decides what each rank sees
         if isinstance(loader, DataLoader):
-            loader = ResumableLoader(loader)
+            loader = ResumableLoader(loader, seed=data_seed(loader, seed))
         if isinstance(loader, ResumableLoader):
             return loader.shard(self.rank, self.world_size)
         raise ConfigError(f"strategy='ddp' shards the data itself and needs a torch DataLoader or a "

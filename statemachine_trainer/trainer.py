@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from . import _run_state
-from ._boundary import BoundaryWriter
+from ._boundary import ASYNC_UNDER_DDP, BoundaryWriter
 from ._compile import from_compiled
 from ._config import (
     check_module,
@@ -150,9 +150,11 @@ class Trainer:
         default_root_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
         save_on_exception: bool = False,
+        resumable_data: bool = True,
         **unknown: Any,
     ) -> None:
-        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed`` and ``save_on_exception`` are ours.
+        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed``, ``save_on_exception`` and
+        ``resumable_data`` are ours.
 
         A Lightning flag this Trainer lacks (``resume_from_checkpoint``,
         ``gpus``, ``auto_lr_find``...) raises ConfigError naming the
@@ -173,7 +175,7 @@ class Trainer:
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs, detect_anomaly=detect_anomaly,
             inference_mode=inference_mode, benchmark=benchmark, num_nodes=num_nodes,
             use_distributed_sampler=use_distributed_sampler, sync_batchnorm=sync_batchnorm, profiler=profiler,
-            barebones=barebones, save_on_exception=save_on_exception)
+            barebones=barebones, save_on_exception=save_on_exception, resumable_data=resumable_data)
         self.device = resolve_device(accelerator)
         self.strategy = make_strategy(strategy, devices, self.device.type, self.config.num_nodes,
                                       self.config.sync_batchnorm, self.config.use_distributed_sampler)
@@ -205,7 +207,9 @@ class Trainer:
             stage: EntryLoop(stage, self) for stage in ("validate", "test", "predict")}}
 
         self.run_id: str | None = None  # the run this trainer's fits belong to; in every checkpoint (_run_dir)
-        self._boundaries = BoundaryWriter(self.save_checkpoint, self._preemption_path, self.strategy)
+        self._writer: Any = None  # the AsyncCheckpointWriter, made at the first asynchronous save
+        self._boundaries = BoundaryWriter(self.save_checkpoint, self._preemption_path, self.strategy,
+                                          write_async=self._save_async, flush=self._flush_writes)
         if self.config.save_on_exception:
             self._boundaries.save_on_exception(self._snapshot, self._write_snapshot)
         self.run = self._new_run("idle")  # the latest run; an idle one until an entry point assembles one
@@ -389,9 +393,9 @@ class Trainer:
         raise missing_attribute("Trainer", name, [*dir(type(self)), *FLAG_NAMES])
 
     # -- checkpoints --------------------------------------------------------------------------------
-    def request_checkpoint(self, path: str | os.PathLike[str], on_written: Any = None) -> None:
+    def request_checkpoint(self, path: str | os.PathLike[str], on_written: Any = None, async_save: bool = False) -> None:
         """Write a checkpoint at the next transition boundary (now, outside fit); see ``Run.request_checkpoint``."""
-        self.run.request_checkpoint(path, on_written)
+        self.run.request_checkpoint(path, on_written, async_save=async_save)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write the run's state as a checkpoint directory at ``path`` (atomically, checksummed).
@@ -400,15 +404,11 @@ class Trainer:
         callback state, RNG states and what the module's and callbacks'
         ``on_save_checkpoint`` add.  See :mod:`statemachine_trainer.checkpoint`.
         """
-        from .checkpoint import CheckpointError, save_checkpoint_dir
+        from .checkpoint import save_checkpoint_dir
 
-        run = self.run
-        stopped = self.fit_loop.active_path() if run.state == "idle" else ()
-        if stopped:
-            raise CheckpointError(f"Cannot save a checkpoint of this trainer: its last fit stopped inside a transition "
-                                  f"({stopped[-1]}) when an exception escaped it, so its state is half of one "
-                                  "transition and would not resume exactly. Resume from a checkpoint written before "
-                                  "the failure (ckpt_path='latest').")
+        if self._writer is not None:
+            self._writer.wait()  # an asynchronous write in flight goes first (in order; its failure raised here)
+        self._check_saveable()
         metadata = self._metadata()
         if not self.strategy.distributed:
             return save_checkpoint_dir(path, self.capture_state(), metadata)
@@ -416,6 +416,43 @@ class Trainer:
 
         replicated, rank_local = _run_state.split(self.capture_state())  # every rank writes its own part
         return save_checkpoint_parts(path, replicated, rank_local, metadata)
+
+    def _save_async(self, targets: list[tuple[Path, Any]]) -> None:
+        """Copy the run's state to host memory now and write it to every target in the background."""
+        if self.strategy.distributed:
+            raise ConfigError(ASYNC_UNDER_DDP)
+        self._check_saveable()
+        if self._writer is None:
+            from .checkpoint import AsyncCheckpointWriter
+
+            self._writer = AsyncCheckpointWriter()
+        self._writer.save(targets, self.capture_state(), self._metadata())
+
+    def _flush_writes(self, close: bool = False) -> BaseException | None:
+        """Wait for the asynchronous write in flight, if any; return its failure instead of raising it.
+
+        ``close`` (a run's end) also frees the host copy kept for the next save.
+        """
+        from .checkpoint import AsyncWriteError
+
+        try:
+            if self._writer is not None and close:
+                self._writer.close()
+            elif self._writer is not None:
+                self._writer.wait()
+        except AsyncWriteError as exc:
+            return exc
+        return None
+
+    def _check_saveable(self) -> None:
+        from .checkpoint import CheckpointError
+
+        stopped = self.fit_loop.active_path() if self.run.state == "idle" else ()
+        if stopped:
+            raise CheckpointError(f"Cannot save a checkpoint of this trainer: its last fit stopped inside a transition "
+                                  f"({stopped[-1]}) when an exception escaped it, so its state is half of one "
+                                  "transition and would not resume exactly. Resume from a checkpoint written before "
+                                  "the failure (ckpt_path='latest').")
 
     def capture_state(self) -> dict[str, Any]:
         """The run's state set as a checkpoint holds it (tensors not copied: write or compare it right away)."""
@@ -436,6 +473,9 @@ class Trainer:
     def _write_snapshot(self, snapshot: tuple[dict[str, Any], dict[str, Any]]) -> Path:
         from .checkpoint import save_checkpoint_dir
 
+        failure = self._flush_writes()  # never two writes at once (a save cleans this process's temp directories)
+        if failure is not None:
+            warnings.warn(str(failure), stacklevel=2)
         state, metadata = snapshot
         path = self._checkpoint_dir() / f"exception-epoch={metadata['epoch']}-step={metadata['step']}.ckpt"
         return save_checkpoint_dir(path, state, metadata)

@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.same_data:
-        DDP.shard = lambda self, loader: loader
+        DDP.shard = lambda self, loader, seed=None: loader
     if args.ungated:
         DDP.gate = lambda self, loss: loss
     module, loader = build(0, num_points=2048, module_class=MODULES[args.mode])

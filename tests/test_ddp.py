@@ -21,11 +21,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from statemachine_trainer import PREEMPTED_EXIT_CODE, Callback, Trainer, TrainingModule
+from statemachine_trainer import PREEMPTED_EXIT_CODE, Trainer, TrainingModule
 from statemachine_trainer.checkpoint import load_checkpoint_parts, read_manifest
 from statemachine_trainer.checkpoint._inspect import diff_checkpoints
 from statemachine_trainer.data import ResumableLoader
 from statemachine_trainer.testing import assert_kill_resume_exact, kill_points
+
+from ._recording_module import RecordingCallback, RecordingModule, tiny_loader
 
 SCRIPT = str(Path(__file__).parent / "_ddp_script.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", SCRIPT]
@@ -210,9 +212,21 @@ def test_without_the_loss_gate_the_ranks_drift_apart(tmp_path):
     assert g0 != g1 and d0 != d1
 
 
-# -- manual accumulation: no_backward_sync() ------------------------------------------------------------------
+# -- manual accumulation: no_backward_sync(); teardown frees DDP ----------------------------------------------
+def test_no_backward_sync_keeps_a_manual_windows_first_backward_local_and_teardown_frees_ddp(tmp_path):
+    """tests/_ddp_no_sync.py on 2 processes: 8 batches a rank, one backward each, a step every 2nd.  Inside
+    no_backward_sync() DDP all-reduces nothing; the window's last backward all-reduces what it accumulated.  After
+    teardown nothing of ours keeps DDP alive, and the group is gone."""
+    run([sys.executable, str(Path(__file__).parent / "_ddp_no_sync.py")], tmp_path)
+    rank0, rank1 = ((tmp_path / f"rank-{rank}.txt").read_text().split() for rank in (0, 1))
+    assert rank0 == rank1  # the counts, the weights (synced: each rank had its own shard) and the teardown
+    assert rank0[:2] == ["8", "4"] and rank0[3] == "True"
+
+
+# -- a world of one: the module runs unwrapped --------------------------------------------------------------
 class _ManualAccumulation(TrainingModule):
-    """Manual optimization stepping every 2nd batch; with ``skip_sync`` the window's first backward stays local."""
+    """Manual optimization stepping every 2nd batch; with ``skip_sync`` the window's first backward in
+    no_backward_sync()."""
 
     automatic_optimization = False
 
@@ -235,63 +249,39 @@ class _ManualAccumulation(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class _CountAllReduces(Callback):
-    """Registers a DDP communication hook that counts the buckets all-reduced, then all-reduces them as usual."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def on_train_start(self, trainer, module):
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-        def counting(state, bucket):
-            self.count += 1
-            return allreduce_hook(state, bucket)
-
-        trainer.strategy.ddp.register_comm_hook(None, counting)
-
-
-@pytest.mark.parametrize(("skip_sync", "all_reduces"), [(False, 8), (True, 4)])
-def test_no_backward_sync_keeps_a_manual_windows_first_backward_local(skip_sync, all_reduces):
-    """In a world of one (in this process): 8 batches, one backward each, a step every 2nd.  Inside
-    no_backward_sync() DDP all-reduces nothing; the window's last backward all-reduces what it accumulated."""
-    counter = _CountAllReduces()
-    module = _ManualAccumulation(skip_sync)
+@pytest.mark.parametrize("skip_sync", [False, True])
+def test_a_world_of_one_steps_unwrapped_and_no_backward_sync_does_nothing(skip_sync):
+    """devices=1 in this process: no DDP wrapper (nothing to all-reduce), the same weights bit for bit as one
+    process under strategy="auto", with or without no_backward_sync()."""
     data = TensorDataset(torch.randn(32, 3, generator=torch.Generator().manual_seed(1)))
-    trainer = Trainer(strategy="ddp", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False, callbacks=[counter])
-    trainer.fit(module, DataLoader(data, batch_size=4))
-    assert counter.count == all_reduces
-    alone = _ManualAccumulation(skip_sync)
-    Trainer(max_epochs=1, logger=False, enable_progress_bar=False,
-            enable_checkpointing=False).fit(alone, ResumableLoader(DataLoader(data, batch_size=4)))
-    assert torch.equal(module.net.weight, alone.net.weight)  # the same numbers: only the communication differs
+    weights = {}
+    for strategy in ("ddp", "auto"):
+        module = _ManualAccumulation(skip_sync)
+        trainer = Trainer(strategy=strategy, devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+                          enable_checkpointing=False)
+        trainer.fit(module, ResumableLoader(DataLoader(data, batch_size=4)))
+        weights[strategy] = module.net.weight.detach().clone()
+        if strategy == "ddp":
+            assert trainer.strategy.ddp is None and trainer.strategy.world_size == 1
+    assert torch.equal(weights["ddp"], weights["auto"])
+    assert not torch.equal(weights["ddp"], _ManualAccumulation(skip_sync).net.weight)  # it trained
 
 
-def test_teardown_frees_ddp_before_the_process_group_goes():
-    """After teardown nothing of ours keeps DDP (and its reducer's hold on the group) alive: the step the
-    Trainer calls reaches DDP through the strategy, and leaving the group collects what sits in cycles."""
-    import gc
-    import weakref
-
-    class Automatic(TrainingModule):  # one optimizer: training_step runs through DDP's forward
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(3, 1)
-
-        def training_step(self, batch, batch_idx):
-            return self.net(batch[0]).pow(2).mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    trainer = Trainer(strategy="ddp", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False)
-    trainer.fit(Automatic(), DataLoader(TensorDataset(torch.randn(8, 3)), batch_size=4))
-    ddp = weakref.ref(trainer.strategy.ddp)
-    gc.disable()  # as at interpreter exit: no collection unless teardown asks for one
-    try:
-        trainer.strategy.teardown()
-    finally:
-        gc.enable()
-    assert ddp() is None and not torch.distributed.is_initialized()
+def test_a_world_of_one_calls_the_hooks_of_one_process_and_keeps_the_distributed_checkpoint(tmp_path):
+    """devices=1 under "ddp" against strategy="auto" on the same loaders: the same hook calls in the same order,
+    the same weights bit for bit; its checkpoints keep the distributed format (world size 1, a part for rank 0)."""
+    runs = {}
+    for strategy in ("ddp", "auto"):
+        torch.manual_seed(0)
+        module = RecordingModule()
+        trainer = Trainer(strategy=strategy, devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, default_root_dir=tmp_path / strategy,
+                          callbacks=[RecordingCallback(module.calls)])
+        trainer.fit(module, ResumableLoader(tiny_loader(shuffle=True), seed=3), ResumableLoader(tiny_loader()))
+        runs[strategy] = module.calls, module.net.weight.detach().clone(), trainer.checkpoint_callback.best_model_path
+    (ddp_calls, ddp_weight, ddp_ckpt), (auto_calls, auto_weight, _) = runs["ddp"], runs["auto"]
+    assert "training_step" in ddp_calls and ddp_calls == auto_calls
+    assert torch.equal(ddp_weight, auto_weight)
+    assert read_manifest(ddp_ckpt)["world_size"] == 1
+    replicated, rank0, _ = load_checkpoint_parts(ddp_ckpt, rank=0, world_size=1)
+    assert torch.equal(replicated["module"]["net.weight"], ddp_weight) and "rng" in rank0

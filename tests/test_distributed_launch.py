@@ -339,6 +339,23 @@ def test_the_preemption_vote_runs_one_collective_per_ballot_and_acts_on_a_signal
         dist.leave_process_group()
 
 
+def test_any_rank_one_call_late_answers_each_call_with_the_previous_calls_flag() -> None:
+    """A group of one: every call starts an all-reduce and returns the one before's outcome (False at first);
+    close() waits for the last one, after which nothing is in flight and a new series starts at False."""
+    dist.join_process_group(DistributedEnv(0, 1, 0, 1, "127.0.0.1", free_port()), "cpu")
+    try:
+        agreement = dist.AnyRankOneCallLate("test()")
+        flags = [False, True, False, False, True, True]
+        assert [agreement(flag) for flag in flags] == [False, *flags[:-1]]
+        agreement.close()
+        assert agreement(True) is False  # the True in flight at close() was waited for, then forgotten
+        agreement.abandon()
+        assert agreement(False) is False
+        agreement.close()
+    finally:
+        dist.leave_process_group()
+
+
 def test_unknown_accelerator_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"accelerator='tpu' is not supported; use 'cpu' \(gloo\) or 'cuda'"):
         dist.join_process_group(DistributedEnv(0, 1, 0, 1, "127.0.0.1", 29500), "tpu")  # type: ignore[arg-type]

@@ -239,9 +239,9 @@ class SeenBatches(Boring):
         return super().training_step(batch, batch_idx)
 
 
-def _train_order(num_sanity_val_steps: int, train: DataLoader, val: DataLoader) -> torch.Tensor:
+def _train_order(num_sanity_val_steps: int, train: DataLoader, val: DataLoader, **flags) -> torch.Tensor:
     module = SeenBatches()
-    quiet(max_steps=2, num_sanity_val_steps=num_sanity_val_steps).fit(module, train, val)
+    quiet(max_steps=2, num_sanity_val_steps=num_sanity_val_steps, **flags).fit(module, train, val)
     return torch.cat(module.seen)
 
 
@@ -250,8 +250,9 @@ def test_training_batches_continue_the_global_rng_when_seeded_once():
     the global RNG, so its shuffled training batches differ from the first fit's."""
     train, val = loader(8, shuffle=True), loader(2, shuffle=True)
     seed_everything(123)
-    first = _train_order(0, train, val)
-    second = _train_order(2, train, val)
+    # resumable_data=False: Lightning's RandomSampler draws from the global RNG (ours: a function of the seed).
+    first = _train_order(0, train, val, resumable_data=False)
+    second = _train_order(2, train, val, resumable_data=False)
     assert not torch.allclose(first, second)
 
 
@@ -702,10 +703,10 @@ def _checkpoints_every_step(tmp_path, data, **flags) -> dict[int, object]:
     return module, paths
 
 
-def _resume_warnings(data, path) -> list[str]:
+def _resume_warnings(data, path, **flags) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        quiet(max_epochs=1).fit(Boring(), data, ckpt_path=path)
+        quiet(max_epochs=1, **flags).fit(Boring(), data, ckpt_path=path)
     return [str(w.message) for w in caught if "middle of an epoch" in str(w.message)]
 
 
@@ -715,8 +716,11 @@ def test_resume_mid_epoch_warns_without_a_loader_position(tmp_path):
     (ours: ResumableLoader) there is no warning."""
     from statemachine_trainer.data import ResumableLoader
 
-    _, paths = _checkpoints_every_step(tmp_path / "plain", loader(3), max_epochs=1)
-    assert len(_resume_warnings(loader(3), paths[1])) == 1
+    # resumable_data=False: the plain loader as given, without a position (the default would give it one).
+    _, paths = _checkpoints_every_step(tmp_path / "plain", loader(3), max_epochs=1, resumable_data=False)
+    assert len(_resume_warnings(loader(3), paths[1], resumable_data=False)) == 1
+    _, paths = _checkpoints_every_step(tmp_path / "default", loader(3), max_epochs=1)
+    assert _resume_warnings(loader(3), paths[1]) == []  # resumable_data=True: the same loader made resumable
     _, paths = _checkpoints_every_step(tmp_path / "resumable", ResumableLoader(loader(3), seed=0), max_epochs=1)
     assert _resume_warnings(ResumableLoader(loader(3), seed=0), paths[1]) == []
 

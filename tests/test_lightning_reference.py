@@ -50,10 +50,18 @@ def load(name: str, ported: bool) -> types.ModuleType:
 
 
 def run_both(name: str, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from statemachine_trainer import Trainer
+
+    # Lightning iterates a DataLoader as given: ours runs with resumable_data=False (the programs stay unedited).
+    defaults = Trainer.__init__.__kwdefaults__
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice (num_workers, ...) is not under test
         theirs = load(name, ported=False).run(tmp_path / "lightning")
-        ours = load(name, ported=True).run(tmp_path / "ours")
+        defaults["resumable_data"] = False
+        try:
+            ours = load(name, ported=True).run(tmp_path / "ours")
+        finally:
+            defaults["resumable_data"] = True
     return theirs, ours
 
 

@@ -30,8 +30,9 @@ def make_net() -> nn.Module:
 
 
 def trainer(**flags) -> Trainer:
+    # resumable_data=False: the plain loops iterate the DataLoader as given, so the Trainer must too.
     flags = {"max_epochs": EPOCHS, "enable_progress_bar": False, "enable_checkpointing": False, "logger": False,
-             **flags}
+             "resumable_data": False, **flags}
     return Trainer(**flags)
 
 
@@ -341,8 +342,8 @@ def test_bf16_mixed_trains_on_cpu():
 
 @pytest.mark.parametrize("cls", [YieldGAN, ManualGAN, IndexGAN], ids=["generator", "manual", "optimizer_idx"])
 def test_gan_modes_under_ddp_in_a_world_of_one_match_one_process(cls):
-    """DDP's loss gate (each backward's loss through DDP's forward) changes no number; tests/test_ddp.py shows
-    it averages over two ranks."""
+    """A world of one under "ddp" (no DDP wrapper: nothing to all-reduce) changes no number; tests/test_ddp.py
+    shows DDP's loss gate averaging over two ranks, and equal to one process when both ranks see the same data."""
     from statemachine_trainer.data import ResumableLoader
 
     alone, ddp = cls(), cls()

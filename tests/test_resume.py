@@ -148,9 +148,12 @@ def test_a_mid_epoch_resume_warns_that_it_is_not_exact_yet(tmp_path):
             if trainer.global_step == 2:
                 trainer.request_checkpoint(tmp_path / "mid.ckpt")
 
-    first = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, callbacks=[MidEpoch(dirpath=tmp_path)])
+    # resumable_data=False: the loader as given, which has no position (the default would make it resumable).
+    first = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, callbacks=[MidEpoch(dirpath=tmp_path)],
+                    resumable_data=False)
     first.fit(Net(init_seed=0), loader(0))
-    resumed = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, enable_checkpointing=False)
+    resumed = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                      resumable_data=False)
     with pytest.warns(UserWarning, match=r"middle of an epoch \(2 of 5 batches done\)"):
         resumed.fit(Net(init_seed=0), loader(0), ckpt_path=tmp_path / "mid.ckpt")
 

@@ -15,6 +15,11 @@ Which files are kept: with ``monitor``, the ``save_top_k`` best by that value
 keeps all, ``0`` none (``save_last`` still writes ``last.ckpt``).  A file that
 drops out of the top *k* is deleted.  The bookkeeping (paths and scores) is
 this callback's ``state_dict``, so a resumed run keeps pruning the same files.
+
+``async_save=True`` (ours; one process only): training is blocked only while
+the state is copied to host memory; the write, checksums, fsyncs and commit
+run in a background thread, one at a time.  A file that drops out of the top
+*k* is deleted by that thread once its replacement is committed.
 """
 
 from __future__ import annotations
@@ -63,7 +68,8 @@ class ModelCheckpoint(Callback):
     def __init__(self, dirpath: str | os.PathLike[str] | None = None, filename: str | None = None,
                  monitor: str | None = None, mode: str = "min", save_top_k: int = 1, save_last: bool = False,
                  every_n_train_steps: int | None = None, every_n_epochs: int | None = None,
-                 save_on_train_epoch_end: bool | None = None, auto_insert_metric_name: bool = True) -> None:
+                 save_on_train_epoch_end: bool | None = None, auto_insert_metric_name: bool = True,
+                 async_save: bool = False) -> None:
         if mode not in ("min", "max"):
             raise ConfigError(f"ModelCheckpoint(mode={mode!r}): use 'min' or 'max'.")
         if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
@@ -72,6 +78,8 @@ class ModelCheckpoint(Callback):
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"ModelCheckpoint({name}={value!r}) must be an int >= 0, or None.")
+        if not isinstance(async_save, bool):
+            raise ConfigError(f"ModelCheckpoint(async_save={async_save!r}) must be True or False.")
         if monitor is not None and not (isinstance(monitor, str) and monitor):
             raise ConfigError(f"ModelCheckpoint(monitor={monitor!r}) must be the name of a logged value, or None.")
         self.dirpath = Path(dirpath) if dirpath is not None else None  # None: <default_root_dir>/checkpoints
@@ -83,6 +91,7 @@ class ModelCheckpoint(Callback):
         self.every_n_epochs = (every_n_epochs if every_n_epochs is not None
                                else 0 if every_n_train_steps else 1)
         self.save_on_train_epoch_end = save_on_train_epoch_end
+        self.async_save = async_save  # write in a background thread (one process only; see the module docstring)
         self._given_dirpath = None if dirpath is None else str(dirpath)
         # What the state_dict holds: --------------------------------------------------------
         self.best_k_models: dict[str, float] = {}  # path -> score of every kept top-k file
@@ -173,7 +182,7 @@ class ModelCheckpoint(Callback):
             self._save_top_k(trainer)
         if self.save_last:
             self.last_model_path = self._path(trainer, self.CHECKPOINT_NAME_LAST)
-            trainer.request_checkpoint(self.last_model_path)
+            trainer.request_checkpoint(self.last_model_path, async_save=self.async_save)
 
     def _save_top_k(self, trainer: Run) -> None:
         if self.monitor is None:
@@ -191,7 +200,8 @@ class ModelCheckpoint(Callback):
         # Written at the next transition boundary (after this hook), with this bookkeeping in its state;
         # the file that fell out of the top k goes only once its replacement is on disk.
         obsolete = dropped if dropped and dropped != path and dropped != self.last_model_path else None
-        trainer.request_checkpoint(path, on_written=None if obsolete is None else lambda _: _remove(obsolete))
+        trainer.request_checkpoint(path, on_written=None if obsolete is None else lambda _: _remove(obsolete),
+                                   async_save=self.async_save)
 
     def _full(self) -> bool:
         return self.save_top_k != -1 and len(self.best_k_models) >= self.save_top_k

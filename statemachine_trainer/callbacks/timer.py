@@ -12,6 +12,12 @@ The elapsed training time is this callback's state: it is saved in
 checkpoints and a resumed run continues counting from it, so ``max_time``
 bounds the whole job, not each process.  Time spent outside training
 (validation runs inside it count, as in Lightning) is not counted.
+
+Under DDP every rank must stop at the same batch, so the ranks agree on
+"spent on any rank".  At batch ends that agreement is one batch late
+(:class:`~statemachine_trainer.distributed.AnyRankOneCallLate`: a
+non-blocking all-reduce read at the next batch end), so no step waits on the
+other ranks; at a fit's start and at epoch ends it is a blocking all-reduce.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class Timer(Callback):
         self._offset = 0.0  # training seconds before this process's count began (from a checkpoint)
         self._since: float | None = None  # time.monotonic() when this process began counting
         self._stopped_at: float | None = None  # the count, frozen when training ended
+        self._agreement: Any = None  # DDP, interval="step": the ranks' AnyRankOneCallLate while training runs
 
     def time_elapsed(self, stage: str = "train") -> float:
         """Training seconds so far, across resumes (Lightning's ``stage`` argument: "train", the one counted)."""
@@ -65,7 +72,7 @@ class Timer(Callback):
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.interval == "step":
             self._start_if_resumed()
-            self._check(trainer)
+            self._check(trainer, late=True)
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if self.interval == "epoch":
@@ -74,6 +81,14 @@ class Timer(Callback):
 
     def on_train_end(self, trainer: Any, module: Any) -> None:
         self._stopped_at = self.time_elapsed()
+        if self._agreement is not None:  # every rank ends training at the same batch: all wait here
+            self._agreement, agreement = None, self._agreement
+            agreement.close()
+
+    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+        if self._agreement is not None:  # a failed or preempted run: a peer may never complete the all-reduce
+            self._agreement.abandon()
+            self._agreement = None
 
     def _start_if_resumed(self) -> None:
         # A fit resumed past on_train_start from a checkpoint without this Timer's state: count from here.
@@ -88,20 +103,34 @@ class Timer(Callback):
         # A resume after on_fit_start ran: count from now on top of the saved time.
         self._offset, self._since, self._stopped_at = float(state["time_elapsed"]), time.monotonic(), None
 
-    def _check(self, trainer: Any) -> None:
+    def _check(self, trainer: Any, late: bool = False) -> None:
+        """Stop training if the budget is spent (under DDP: on any rank; ``late``: as agreed one batch ago)."""
         if self.duration is None or trainer.fit_loop is None:
             return
         spent = self.time_elapsed() >= self.duration
         if trainer.strategy.world_size > 1:  # every rank must stop at the same batch
-            import torch
-
-            spent = bool(trainer.strategy.reduce(torch.tensor(float(spent)), "max").item())
+            spent = self._agreed_late(spent) if late else _any_rank_now(trainer, spent)
         if not spent:
             return
         elapsed = timedelta(seconds=int(self.time_elapsed()))
         trainer.fit_loop.request_stop(f"max_time={timedelta(seconds=self.duration)} reached (elapsed {elapsed})")
         if self.verbose and trainer.is_global_zero:
             info(f"Time limit reached. Elapsed time is {elapsed}. Signaling Trainer to stop.")
+
+
+    def _agreed_late(self, spent: bool) -> bool:
+        if self._agreement is None:
+            from ..distributed import AnyRankOneCallLate
+
+            self._agreement = AnyRankOneCallLate("the Timer's max_time check")
+        return self._agreement(spent)
+
+
+def _any_rank_now(trainer: Any, spent: bool) -> bool:
+    """Whether the budget is spent on any rank, by a blocking all-reduce (at fit start and epoch ends only)."""
+    import torch
+
+    return bool(trainer.strategy.reduce(torch.tensor(float(spent)), "max").item())
 
 
 def _check_stage(stage: str) -> None:

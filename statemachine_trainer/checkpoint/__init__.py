@@ -17,10 +17,15 @@ replicated state is written once, beside one ``rank-<r>/`` directory per rank
 the ``world_size`` -- only after every part is on disk.  Each rank reads its
 part back with ``load_checkpoint_parts`` / ``load_latest_parts``; another world
 size is refused with :class:`WorldSizeError`.  See ``_parts`` for the protocol.
+
+An :class:`AsyncCheckpointWriter` writes in a background thread: the caller
+blocks only to encode the state and copy its tensors to host memory; a failed
+write is raised as :class:`AsyncWriteError` at the next save or wait.
 """
 
+from ._async import AsyncCheckpointWriter
 from ._codec import decode, encode
-from ._errors import CheckpointError, WorldSizeError
+from ._errors import AsyncWriteError, CheckpointError, WorldSizeError
 from ._fsops import remove_checkpoint
 from ._hashing import DEFAULT_HASH, HASHES
 from ._inspect import compare_checkpoints, diff_checkpoints, first_difference, summarize
@@ -38,6 +43,8 @@ __all__ = [
     "FORMAT_VERSION",
     "HASHES",
     "PARTS_FORMAT_VERSION",
+    "AsyncCheckpointWriter",
+    "AsyncWriteError",
     "CheckpointError",
     "WorldSizeError",
     "capture_rng",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "WorldSizeError"]
+__all__ = ["AsyncWriteError", "CheckpointError", "WorldSizeError"]
 
 
 class CheckpointError(ValueError):
@@ -15,4 +15,13 @@ class WorldSizeError(CheckpointError):
     Unlike damage, this is not a reason to fall back to an older checkpoint:
     ``load_latest`` and ``load_latest_parts`` raise it instead of skipping, so a
     resume at the wrong world size stops rather than silently losing progress.
+    """
+
+
+class AsyncWriteError(CheckpointError):
+    """An asynchronous checkpoint write failed in the background; raised at the next save, wait or exit.
+
+    Its ``__cause__`` is the original error (e.g. ``OSError: No space left on
+    device``); the message names the checkpoint that was not written.  The
+    checkpoints written before it are intact.
     """

@@ -26,13 +26,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ._errors import CheckpointError
 
-__all__ = ["MAX_DEPTH", "MAX_MANIFEST_BYTES", "check_depth", "max_state_bytes", "parse_json", "read_bounded",
-           "regular_size"]
+__all__ = ["MAX_DEPTH", "MAX_MANIFEST_BYTES", "check_depth", "checksum_mismatch", "expect_end", "max_state_bytes",
+           "open_checked", "parse_json", "read_bounded", "read_chunks", "read_exactly", "read_into", "regular_size"]
 
 #: A manifest lists a few files per rank and the caller's metadata: kilobytes.
 MAX_MANIFEST_BYTES = 16 << 20
@@ -94,11 +95,20 @@ def regular_size(root: Path, name: str) -> int:
     return os.lstat(where).st_size
 
 
-def read_bounded(root: Path, name: str, size: int | None = None, limit: int | None = None) -> bytes:
-    """The bytes of regular file ``root/name``: exactly ``size`` of them (if given), at most ``limit``.
+def checksum_mismatch(where: Path, hash_name: str) -> CheckpointError:
+    """The error for a file whose bytes do not hash to what the manifest records (one wording for every reader)."""
+    return CheckpointError(f"{where} does not match its {hash_name} checksum in the manifest; the file is "
+                           "corrupted. Use an earlier checkpoint.")
 
-    Sizes are compared before reading, so a file that is not what the
-    manifest says costs one ``lstat``, not a read.
+
+def open_checked(root: Path, name: str, size: int | None = None, limit: int | None = None) -> tuple[int, int]:
+    """``(fd, size)`` of regular file ``root/name``, opened for reading once its size is what was asked.
+
+    ``size``: the exact size the manifest records; ``limit``: the most it may
+    hold.  Sizes are compared before opening, so a file that is not what the
+    manifest says costs one ``lstat``, not a read; the open follows no symlink
+    and does not block, and ``fstat`` confirms the file opened is the one
+    looked at.  The caller closes ``fd``.
     """
     where = root / name
     found = regular_size(root, name)
@@ -115,19 +125,84 @@ def read_bounded(root: Path, name: str, size: int | None = None, limit: int | No
                               "a regular file. Use an earlier checkpoint.") from None
     try:
         opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or opened.st_size != found:
-            raise CheckpointError(f"{where} changed while being read; read the checkpoint again once nothing "
-                                  "writes to it.")
-        with os.fdopen(fd, "rb", closefd=False) as file:
-            data = file.read(found + 1)  # one more: a file still growing is noticed
     except OSError as exc:
-        raise CheckpointError(f"{where} cannot be read ({exc.strerror}); use an earlier checkpoint.") from None
+        os.close(fd)
+        raise _unreadable(where, exc) from None
+    if not stat.S_ISREG(opened.st_mode) or opened.st_size != found:
+        os.close(fd)
+        raise _changed(where)
+    return fd, found
+
+
+def _unreadable(where: Path, exc: OSError) -> CheckpointError:
+    return CheckpointError(f"{where} cannot be read ({exc.strerror}); use an earlier checkpoint.")
+
+
+def _changed(where: Path, detail: str = "") -> CheckpointError:
+    return CheckpointError(f"{where} changed while being read{detail}; read the checkpoint again once nothing "
+                           "writes to it.")
+
+
+def read_exactly(fd: int, view: memoryview, where: Path, offset: int) -> None:
+    """Fill ``view`` with the file's bytes from ``offset`` on (the fd's position); a file that ends early was
+    changed while being read."""
+    read_into(fd, [view], where, offset)
+
+
+def read_into(fd: int, views: list[memoryview], where: Path, offset: int) -> None:
+    """Fill ``views`` in turn with the file's next bytes, from ``offset`` on: one ``readv`` for all of them where
+    the kernel allows (at most a few hundred views, please), more where it returns less."""
+    pending = [view for view in views if len(view)]
+    first = done = 0
+    while first < len(pending):
+        try:
+            n = os.readv(fd, pending[first:])
+        except OSError as exc:
+            raise _unreadable(where, exc) from None
+        if n == 0:
+            wanted = offset + sum(len(view) for view in views)
+            raise _changed(where, f" (it ends at byte {offset + done}, not {wanted})")
+        done += n
+        while first < len(pending) and n >= len(pending[first]):
+            n -= len(pending[first])
+            first += 1
+        if n:
+            pending[first] = pending[first][n:]
+
+
+def expect_end(fd: int, where: Path, size: int) -> None:
+    """Refuse a file that holds more than the ``size`` bytes read from it (it is still growing)."""
+    try:
+        extra = os.read(fd, 1)
+    except OSError as exc:
+        raise _unreadable(where, exc) from None
+    if extra:
+        raise _changed(where, f" (it holds more than the {size} bytes it had when opened)")
+
+
+def read_chunks(fd: int, size: int, where: Path, chunk: int) -> Iterator[memoryview]:
+    """The file's ``size`` bytes as consecutive views of one reused ``chunk``-byte buffer, then its end checked.
+
+    Each view is valid until the next is asked for: hash it, don't keep it.
+    """
+    buffer = memoryview(bytearray(min(chunk, size)))
+    for start in range(0, size, chunk):
+        view = buffer[:min(chunk, size - start)]
+        read_exactly(fd, view, where, start)
+        yield view
+    expect_end(fd, where, size)
+
+
+def read_bounded(root: Path, name: str, size: int | None = None, limit: int | None = None) -> bytes:
+    """The bytes of regular file ``root/name``: exactly ``size`` of them (if given), at most ``limit``."""
+    fd, found = open_checked(root, name, size, limit)
+    try:
+        data = bytearray(found)
+        read_exactly(fd, memoryview(data), root / name, 0)
+        expect_end(fd, root / name, found)
     finally:
         os.close(fd)
-    if len(data) != found:
-        raise CheckpointError(f"{where} changed while being read ({len(data)} bytes, not {found}); read the "
-                              "checkpoint again once nothing writes to it.")
-    return data
+    return bytes(data)
 
 
 def _refuse_constant(name: str) -> Any:

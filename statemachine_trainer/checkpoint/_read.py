@@ -1,9 +1,12 @@
 """Loading and verifying a checkpoint directory: checksums first, then only JSON and plain tensors.
 
-Nothing is unpickled before the manifest's sizes and checksums hold, and the
+Nothing is returned before the manifest's sizes and checksums hold, and the
 bytes that were checked are the bytes that are loaded (each file is read
-once, into memory).  ``tensors.pt`` goes through ``torch.load(weights_only=True)``
-only, so a file carrying a pickled object is refused, never executed.
+once, into memory).  ``tensors.pt`` is checksummed while it is read and
+deserialized by torch's weights-only unpickler only (``_tensor_file``), so a
+file carrying a pickled object is refused, never executed.  Checking a
+checkpoint without loading it (:func:`verify_checkpoint`) streams each file
+through its checksum in small pieces instead of holding it in memory.
 
 A multi-process checkpoint (format version 2) is read part by part: the
 replicated ``state.json`` / ``tensors.pt`` and one ``rank-<r>/`` directory
@@ -14,19 +17,25 @@ another world size cannot pass for a valid one.
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ._codec import decode
 from ._errors import CheckpointError, WorldSizeError
-from ._files import max_state_bytes, parse_json, read_bounded, regular_size, state_too_large
-from ._hashing import hash_bytes
+from ._files import (
+    checksum_mismatch,
+    max_state_bytes,
+    open_checked,
+    parse_json,
+    read_bounded,
+    read_chunks,
+    regular_size,
+    state_too_large,
+)
+from ._hashing import CHUNK, hash_bytes, hash_chunks
 from ._manifest import FILES, MANIFEST, STATE, TENSORS, expected_files, rank_dir, read_manifest, world_size_of
+from ._tensor_file import load_tensor_file, safe_torch_load
 
 __all__ = ["file_status", "load_all_parts", "load_checkpoint_dir", "load_part", "safe_torch_load", "unlisted",
            "verify_checkpoint"]
@@ -40,28 +49,27 @@ def _read_checked(path: Path, name: str, manifest: dict[str, Any]) -> bytes:
         raise state_too_large(path / name, entry["size"])
     data = read_bounded(path, name, size=entry["size"])
     if hash_bytes(hash_name, data) != entry[hash_name]:
-        raise CheckpointError(f"{path / name} does not match its {hash_name} checksum in the manifest; the file is "
-                              "corrupted. Use an earlier checkpoint.")
+        raise checksum_mismatch(path / name, hash_name)
     return data
 
 
-def safe_torch_load(source: Any, where: Path, map_location: Any = None, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` of a flat ``{name: tensor}`` dict, with failures as :class:`CheckpointError`."""
+def _check_file(path: Path, name: str, manifest: dict[str, Any]) -> None:
+    """Refuse ``path/name`` unless it matches the manifest; streamed through the checksum, never held whole."""
+    entry, hash_name = manifest["files"][name], manifest["hash"]
+    if Path(name).name == STATE and entry["size"] > max_state_bytes():
+        raise state_too_large(path / name, entry["size"])
+    fd, size = open_checked(path, name, entry["size"])
     try:
-        tensors = torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{where} contains a pickled object that is not plain tensors ({reason}); it will "
-                              "not be loaded, because unpickling it could run arbitrary code. Load only "
-                              "checkpoints written by statemachine_trainer, which stores tensors alone.") from None
-    except Exception as exc:  # noqa: BLE001 -- a damaged zip archive surfaces as RuntimeError, EOFError, ...
-        raise CheckpointError(f"{where} is not a readable tensor file ({type(exc).__name__}: {exc}); use an "
-                              "earlier checkpoint.") from None
-    if not isinstance(tensors, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
-        raise CheckpointError(f"{where} does not hold a flat {{name: tensor}} dict; it was not written by "
-                              "statemachine_trainer. Use a checkpoint written by save_checkpoint_dir().")
-    return tensors
+        digest = hash_chunks(hash_name, read_chunks(fd, size, path / name, CHUNK))
+    finally:
+        os.close(fd)
+    if digest != entry[hash_name]:
+        raise checksum_mismatch(path / name, hash_name)
+
+
+def _load_tensors(path: Path, name: str, manifest: dict[str, Any], map_location: Any) -> Any:
+    entry, hash_name = manifest["files"][name], manifest["hash"]
+    return load_tensor_file(path, name, entry["size"], hash_name, entry[hash_name], map_location)
 
 
 def _parse_state(data: bytes, where: Path) -> Any:
@@ -76,8 +84,7 @@ def load_part(path: Path, part: str, manifest: dict[str, Any], map_location: Any
     """The decoded state in ``path/part`` (``part=""``: the top level), each file checked before it is parsed."""
     state_name, tensors_name = _prefixed(part, STATE), _prefixed(part, TENSORS)
     data = _parse_state(_read_checked(path, state_name, manifest), path / state_name)
-    tensors = safe_torch_load(io.BytesIO(_read_checked(path, tensors_name, manifest)), path / tensors_name,
-                              map_location)
+    tensors = _load_tensors(path, tensors_name, manifest, map_location)
     return _decode_part(path, part, data, tensors)
 
 
@@ -151,7 +158,7 @@ def _unlisted_message(where: Path, world_size: int) -> str:
 
 def _file_problem(path: Path, name: str, manifest: dict[str, Any]) -> str | None:
     try:
-        _read_checked(path, name, manifest)
+        _check_file(path, name, manifest)
     except CheckpointError as exc:
         return str(exc)
     return None

@@ -13,10 +13,17 @@ A kill at any moment leaves the previous checkpoints untouched and at most a
 hidden temp directory, which loaders never look at and the next save removes.
 ``save_checkpoint_parts`` (``_parts``) runs the same steps with these helpers,
 one part per rank, rank 0 writing the manifest once every rank's part is on disk.
+
+A save is two calls, so an asynchronous one (``_async``) can run the second
+in a background thread: :func:`encode_state` (step 1, in the caller's thread:
+what cannot be stored is refused there) and :func:`write_encoded` (steps 2-4,
+then ``keep_last`` pruning).  ``save_checkpoint_dir`` is the two in a row, so
+both kinds of save run the very same code and write the same bytes.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import datetime
 import json
@@ -25,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import attrs
 import torch
 
 from ..state import SCHEMA_VERSION, StateError, check_json
@@ -36,7 +44,21 @@ from ._hashing import DEFAULT_HASH, HASHES, HashingWriter
 from ._latest import prune
 from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARTS_FORMAT_VERSION, STATE, TENSORS, seal
 
-__all__ = ["check_hash_name", "checked_metadata", "commit", "manifest", "new_tmp", "save_checkpoint_dir", "write_part"]
+__all__ = ["EncodedState", "check_hash_name", "checked_metadata", "commit", "encode_state", "manifest", "new_tmp",
+           "save_checkpoint_dir", "write_encoded", "write_part"]
+
+
+@attrs.frozen
+class EncodedState:
+    """A state ready to write: its ``state.json`` bytes, its tensors, the manifest's metadata; nothing refers back
+    to the live state except the tensors (an asynchronous save swaps them for host copies, ``with_tensors``)."""
+
+    text: bytes  # state.json, final: the non-tensor state as it was when encoded
+    tensors: dict[str, torch.Tensor]  # tensors.pt's {name: tensor}
+    metadata: dict[str, Any]  # checked plain JSON, a copy
+
+    def with_tensors(self, tensors: dict[str, torch.Tensor]) -> EncodedState:
+        return attrs.evolve(self, tensors=tensors)
 
 
 def save_checkpoint_dir(path: str | os.PathLike[str], state: Any, metadata: dict[str, Any] | None = None, *,
@@ -50,12 +72,29 @@ def save_checkpoint_dir(path: str | os.PathLike[str], state: Any, metadata: dict
     """
     path = Path(path).absolute()
     check_hash_name(hash_name)
+    return write_encoded(path, encode_state(path, state, metadata), keep_last, hash_name, durable)
+
+
+def encode_state(path: Path, state: Any, metadata: dict[str, Any] | None) -> EncodedState:
+    """Step 1, nothing written yet: ``state`` split into JSON bytes and tensors, refused here if it cannot be stored.
+
+    The JSON is made now, so later changes to the live state (training goes
+    on during an asynchronous write) cannot reach the checkpoint.
+    """
     data, tensors = encode(state)
-    metadata = checked_metadata(metadata)
+    text = _json_bytes(data)
+    if len(text) > max_state_bytes():  # refused now rather than written into a checkpoint no load would accept
+        raise state_too_large(path / STATE, len(text))
+    return EncodedState(text, tensors, copy.deepcopy(checked_metadata(metadata)))
+
+
+def write_encoded(path: Path, encoded: EncodedState, keep_last: int | None = None, hash_name: str = DEFAULT_HASH,
+                  durable: bool = True) -> Path:
+    """Steps 2-4 for ``encoded`` at absolute ``path``, then ``keep_last`` pruning; safe to run in another thread."""
     tmp = new_tmp(path)
     try:
-        files = write_part(tmp, data, tensors, hash_name, durable)
-        commit(tmp, path, manifest(files, hash_name, metadata), hash_name, durable)
+        files = _write_files(tmp, encoded.text, encoded.tensors, hash_name, durable)
+        commit(tmp, path, manifest(files, hash_name, encoded.metadata), hash_name, durable)
     except BaseException:
         discard(tmp)
         raise
@@ -85,6 +124,11 @@ def write_part(directory: Path, data: Any, tensors: dict[str, torch.Tensor], has
     text = _json_bytes(data)
     if len(text) > max_state_bytes():  # refused now rather than written into a checkpoint no load would accept
         raise state_too_large(directory / STATE, len(text))
+    return _write_files(directory, text, tensors, hash_name, durable)
+
+
+def _write_files(directory: Path, text: bytes, tensors: dict[str, torch.Tensor], hash_name: str,
+                 durable: bool) -> dict[str, dict[str, Any]]:
     return {
         STATE: _write_file(directory / STATE, lambda f: f.write(text), hash_name, durable),
         TENSORS: _write_file(directory / TENSORS, lambda f: torch.save(tensors, f), hash_name, durable),

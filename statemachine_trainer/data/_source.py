@@ -88,13 +88,17 @@ class BatchSource:
     epoch where it was instead of restarting the loader.
     """
 
-    def __init__(self, loader: Any, num_batches: int, device: Any) -> None:
+    def __init__(self, loader: Any, num_batches: int, device: Any, shown: Any = None) -> None:
         self.loader, self.num_batches, self.device = loader, num_batches, device
+        #: What ``trainer.train_dataloader`` & co. return: the user's loader when ``loader`` was built from it
+        #: only to be resumable (``Trainer(resumable_data=True)``), else ``loader``.
+        self.shown = loader if shown is None else shown
         self._iterator: Iterator[Any] | None = None
         self.resumable = callable(getattr(loader, "state_dict", None)) and callable(
             getattr(loader, "load_state_dict", None))
         # A position, but no way to serve the last batch again (torchdata's StatefulDataLoader): see loops/_fetch.py.
         self.cannot_step_back = self.resumable and not hasattr(loader, "rewind")
+        self.positioned = False  # a checkpoint's position was loaded into it (False: it starts its epoch afresh)
 
     def start_epoch(self, epoch: int) -> None:
         if self.resumable and hasattr(self.loader, "set_epoch"):
@@ -138,3 +142,4 @@ class BatchSource:
         if state is not None and self.resumable:
             self._iterator = None
             self.loader.load_state_dict(state)
+            self.positioned = True

@@ -38,7 +38,7 @@ same world size):
   be exact, because these shards do not exist there.
 """
 
-from ._agreement import PreemptionVote
+from ._agreement import AnyRankOneCallLate, PreemptionVote
 from ._collectives import (
     all_equal,
     all_gather_tensor,
@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "LAUNCHER_VARIABLES",
     "TIMEOUT_VARIABLE",
+    "AnyRankOneCallLate",
     "DistributedEnv",
     "PreemptionVote",
     "RankFailure",

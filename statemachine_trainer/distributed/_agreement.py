@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from ._group import collective
 
-__all__ = ["BALLOT_SECONDS", "MAX_BATCHES", "PreemptionVote"]
+__all__ = ["BALLOT_SECONDS", "MAX_BATCHES", "AnyRankOneCallLate", "PreemptionVote"]
 
 #: Aim for one ballot per this many seconds of training (the slowest rank's clock, agreed by all).
 BALLOT_SECONDS = 0.2
@@ -108,3 +108,49 @@ def batches_between_ballots(seconds_per_batch: float) -> int:
     if not seconds_per_batch > 0:  # also nan
         return MAX_BATCHES
     return max(1, min(MAX_BATCHES, int(BALLOT_SECONDS / seconds_per_batch)))
+
+
+class AnyRankOneCallLate:
+    """Whether any rank said True, agreed one call late, so that no call waits on the other ranks.
+
+    For a decision checked at every batch end (``Timer(interval="step")``, so
+    ``Trainer(max_time=...)``): each call starts a non-blocking all-reduce
+    (MAX) of this call's flag and returns the outcome of the previous call's,
+    which finished during the batch in between; the first call returns False.
+    Every rank calls it the same number of times, so every rank gets the same
+    answers in the same call: the decision is the same everywhere, one batch
+    later than a blocking all-reduce would make it.  :meth:`close` waits for
+    the all-reduce in flight (every rank calls it at the same point);
+    :meth:`abandon` forgets it after a failure, when a peer may never complete it.
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what  # the collective's name in a RankFailure
+        self._flag: torch.Tensor | None = None  # the flag being reduced (MAX), or None
+        self._work: Any = None  # its all-reduce in flight, or None
+
+    def __call__(self, flag: bool) -> bool:
+        with collective(self._what):
+            agreed = self._read()
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+            self._flag = torch.tensor([1.0 if flag else 0.0], device=device)
+            self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, async_op=True)
+        return agreed
+
+    def close(self) -> None:
+        """Wait for the all-reduce in flight, so no collective of ours outlives the run."""
+        if self._work is not None:
+            with collective(self._what):
+                self._work.wait()
+        self.abandon()
+
+    def abandon(self) -> None:
+        self._work = self._flag = None
+
+    def _read(self) -> bool:
+        if self._work is None:
+            return False
+        self._work.wait()  # started a batch ago: done by now, barring a dead or hung peer
+        agreed = bool(self._flag.item() > 0)
+        self._work = self._flag = None
+        return agreed

@@ -178,13 +178,16 @@ class TrainingEpochLoop(FetchingLoop):
         self.context.resume_source("train")
         done = self.progress.current.completed
         source = self.context.sources["train"]
-        if 0 < done < source.num_batches and not source.resumable:
+        if 0 < done < source.num_batches and not source.positioned:
             # Without the loader's position a mid-epoch resume cannot be exact: say so.  A checkpoint taken after
             # the epoch's last batch (done == num_batches) reads no more of this epoch, so it needs no position.
-            warnings.warn(f"Resuming in the middle of an epoch ({done} of {source.num_batches} batches done) with a "
-                          "loader that has no position (no state_dict/load_state_dict): the rest of this epoch "
-                          "restarts the loader and is not the uninterrupted run's. Wrap the loader in "
-                          "statemachine_trainer.data.ResumableLoader for an exact resume.", stacklevel=2)
+            why = ("a checkpoint that holds no position for its loader (written with resumable_data=False, or "
+                   "before it existed)" if source.resumable else
+                   "a loader that has no position (no state_dict/load_state_dict)")
+            warnings.warn(f"Resuming in the middle of an epoch ({done} of {source.num_batches} batches done) from "
+                          f"{why}: the rest of this epoch restarts the loader and is not the uninterrupted run's. "
+                          "Wrap the loader in statemachine_trainer.data.ResumableLoader (or keep Trainer("
+                          "resumable_data=True) with a plain DataLoader) for an exact resume.", stacklevel=2)
 
     def fetch(self) -> None:
         self.progress.increment_ready()

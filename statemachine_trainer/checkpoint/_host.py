@@ -1,0 +1,94 @@
+"""``HostCopier``: a checkpoint's tensors copied to host memory, so they can be written while training goes on.
+
+An asynchronous save must not write the live tensors: the next optimizer
+step changes them in place while the background thread is still writing.
+So at the boundary the tensors are copied once, and the copy is written.
+
+The copy is made *storage by storage*, as ``torch.save`` sees the tensors:
+every distinct storage is copied once into a flat byte buffer, and each tensor
+is rebuilt over its storage's copy with the same offset, size and stride.
+Views and tensors sharing a storage (tied weights) keep sharing it, so
+``torch.save`` of the copy writes the same bytes as of the originals -- an
+asynchronous checkpoint is byte-identical to a synchronous one (on CUDA the
+stored device tag reads ``cpu``; the tensors load onto ``map_location`` as ever).
+
+On CUDA the buffers are pinned (page-locked), so the device-to-host copies
+are DMA transfers issued together and waited for once.  Buffers are kept and
+reused by the next copy when the storages' sizes are the same (the usual
+case: the same model and optimizer at every save), so pinned memory is
+allocated once per run, not per save (``release`` frees them when the run ends).  The caller must not copy again while
+a write of the previous copy is still running (``AsyncCheckpointWriter``
+waits for it first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+__all__ = ["HostCopier"]
+
+
+class HostCopier:
+    """Copies ``{name: tensor}`` into host buffers it keeps for the next copy of storages of the same sizes."""
+
+    def __init__(self) -> None:
+        self._buffers: list[torch.Tensor] = []  # uint8 host buffers, one per distinct storage of the last copy
+
+    def copy(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``tensors`` with every plain tensor rebuilt over a host copy of its storage (others cloned to host)."""
+        storages = _distinct_storages(t for t in tensors.values() if _plain(t))
+        buffers = self._buffers_for(list(storages.values()))
+        for storage, buffer in zip(storages.values(), buffers):
+            source = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
+            buffer.copy_(source, non_blocking=buffer.is_pinned())
+        for device in {storage.device for storage in storages.values() if _pin(storage)}:
+            torch.cuda.synchronize(device)  # the non-blocking copies above are all issued; the write needs them done
+        host = dict(zip(storages, (buffer.untyped_storage() for buffer in buffers)))
+        return {name: _rebuilt(t, host) for name, t in tensors.items()}
+
+    def release(self) -> None:
+        """Free the kept buffers (the next copy allocates new ones)."""
+        self._buffers = []
+
+    def _buffers_for(self, storages: list[torch.UntypedStorage]) -> list[torch.Tensor]:
+        """The kept buffers when they fit these storages exactly (sizes and pinning), else new ones, kept."""
+        wanted = [(s.nbytes(), _pin(s)) for s in storages]
+        if [(b.numel(), b.is_pinned()) for b in self._buffers] != wanted:
+            self._buffers = []  # freed before the new ones are allocated: host memory holds one set at a time
+            self._buffers = [torch.empty(size, dtype=torch.uint8, pin_memory=pin) for size, pin in wanted]
+        return self._buffers
+
+
+def _distinct_storages(tensors: Iterable[torch.Tensor]) -> dict[int, torch.UntypedStorage]:
+    """Each storage once, keyed by its identity as ``torch.save`` keys it (views and tied weights share one)."""
+    storages: dict[int, torch.UntypedStorage] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        storages.setdefault(storage._cdata, storage)
+    return storages
+
+
+def _rebuilt(t: torch.Tensor, host: dict[int, torch.UntypedStorage]) -> torch.Tensor:
+    """``t`` over its storage's host copy, at the same offset, size and stride."""
+    if not _plain(t):  # quantized, conjugated, subclassed or meta: torch.save stores each its own way
+        return t if t.device.type == "meta" else t.detach().to("cpu", copy=True)
+    storage = host[t.untyped_storage()._cdata]
+    return torch.empty(0, dtype=t.dtype).set_(storage, t.storage_offset(), t.size(), t.stride())
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """A tensor ``torch.save`` stores as its storage plus offset, size and stride (almost all of them)."""
+    return (
+        type(t) is torch.Tensor
+        and not t.is_quantized
+        and not t.is_conj()
+        and not t.is_neg()
+        and t.device.type != "meta"
+    )
+
+
+def _pin(storage: torch.UntypedStorage) -> bool:
+    """Whether a storage's host buffer is pinned: for copies from CUDA, which then run as one batch of DMAs."""
+    return storage.device.type == "cuda"

@@ -1,0 +1,297 @@
+"""Asynchronous checkpoints: the same bytes as synchronous ones, one write in flight, failures surfaced, waited for
+at exit and on preemption, and a kill -9 during a background write resumes exactly from the checkpoint before it.
+
+The runs are real processes (``tests/_async_script.py``), killed with SIGKILL or signalled; a write is held
+(``--stall-at``) only to choose *when* the kill lands, never to change what is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from statemachine_trainer import Callback, Trainer, TrainingModule
+from statemachine_trainer._optim import ConfigError
+from statemachine_trainer._preemption import PREEMPTED_EXIT_CODE
+from statemachine_trainer.callbacks import ModelCheckpoint
+from statemachine_trainer.checkpoint import (
+    AsyncCheckpointWriter,
+    AsyncWriteError,
+    find_latest,
+    load_checkpoint_dir,
+    read_manifest,
+    save_checkpoint_dir,
+    verify_checkpoint,
+)
+from statemachine_trainer.testing import compare_final_states
+
+SCRIPT = Path(__file__).with_name("_async_script.py")
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+STALL_AT = 9  # the kill lands while the step-9 checkpoint is being written; the step-6 one is the previous one
+
+
+def _run(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=workdir,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _start(workdir: Path, *args: str) -> subprocess.Popen[str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=workdir,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _read_until(process: subprocess.Popen[str], wanted: set[str]) -> list[str]:
+    """stdout lines until every line in ``wanted`` was seen (the process keeps running); killed after 120 s."""
+    lines: list[str] = []
+    watchdog = threading.Timer(120, lambda: os.killpg(process.pid, signal.SIGKILL))  # a hang fails, never blocks
+    watchdog.start()
+    try:
+        while not wanted <= set(lines):
+            line = process.stdout.readline()
+            assert line, f"the run ended before printing {wanted - set(lines)}: {process.stderr.read()[-3000:]}"
+            lines.append(line.strip())
+    finally:
+        watchdog.cancel()
+    return lines
+
+
+def _checkpoints(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".ckpt"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """The script run to the end, synchronously and asynchronously (each in its own working directory)."""
+    root = tmp_path_factory.mktemp("async-runs")
+    started = [_start(root / "sync", "--sync"), _start(root / "async")]  # side by side: two cores
+    for process in started:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-3000:]
+    return {"sync": root / "sync", "async": root / "async"}
+
+
+def test_asynchronous_checkpoints_hold_the_same_bytes_as_synchronous_ones(runs):
+    sync, async_ = runs["sync"] / "checkpoints", runs["async"] / "checkpoints"
+    names = _checkpoints(sync)
+    assert names == _checkpoints(async_) and len(names) == 7  # every 3rd of 20 steps, and last.ckpt
+    for name in names:
+        for file in ("state.json", "tensors.pt"):  # the tied weights share one storage in both
+            assert (sync / name / file).read_bytes() == (async_ / name / file).read_bytes(), (name, file)
+        manifests = [json.loads((folder / name / "manifest.json").read_text()) for folder in (sync, async_)]
+        for manifest in manifests:
+            del manifest["created"], manifest["checksum"], manifest["metadata"]["run"]  # a time, each run's own id
+        assert manifests[0] == manifests[1], name
+    compare_final_states(runs["sync"] / "final.ckpt", runs["async"] / "final.ckpt")
+    state, _ = load_checkpoint_dir(async_ / "last.ckpt")
+    weights = state["module"]
+    assert torch.equal(weights["encode.weight"], weights["decode.weight"])
+
+
+def test_a_kill_during_the_background_write_leaves_the_previous_checkpoint_and_resumes_exactly(runs, tmp_path):
+    process = _start(tmp_path, "--stall-at", str(STALL_AT))
+    try:
+        _read_until(process, {"stalled", f"step {STALL_AT + 2}"})  # training went on while the write was held
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    folder = tmp_path / "checkpoints"
+    (partial,) = [p for p in folder.iterdir() if p.name.startswith(f".epoch=0-step={STALL_AT}.ckpt.tmp-")]
+    assert (partial / "tensors.pt").is_file() and not (partial / "manifest.json").exists()  # killed mid-write
+    latest, skipped = find_latest(folder)
+    assert latest is not None and read_manifest(latest)["metadata"]["step"] == STALL_AT - 3 and skipped == []
+    assert verify_checkpoint(latest) == []
+
+    _run(tmp_path, "--resume", "latest")
+    compare_final_states(runs["sync"] / "final.ckpt", tmp_path / "final.ckpt")
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]  # the resumed run's first save removed it
+    assert _checkpoints(folder) == _checkpoints(runs["sync"] / "checkpoints")
+
+
+def test_sigterm_flushes_the_write_in_flight_then_checkpoints_and_exits_75(tmp_path):
+    process = _start(tmp_path, "--stall-at", str(STALL_AT), "--stall-seconds", "1")
+    _read_until(process, {"stalled"})
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == PREEMPTED_EXIT_CODE, err
+    folder = tmp_path / "checkpoints"
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    (preempted,) = folder.glob("preempted-*.ckpt")
+    assert verify_checkpoint(folder / f"epoch=0-step={STALL_AT}.ckpt") == []  # in flight at the signal: flushed
+    assert verify_checkpoint(preempted) == []
+    assert read_manifest(preempted)["metadata"]["step"] >= STALL_AT
+
+
+def test_the_process_waits_for_writes_in_flight_at_exit_and_reports_a_failed_one(tmp_path):
+    (tmp_path / "not-a-dir").write_text("a file where the checkpoint's folder should be")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--exit-test", "good.ckpt", "not-a-dir/bad.ckpt"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout.strip() == "in flight at exit: True"
+    assert verify_checkpoint(tmp_path / "good.ckpt") == []
+    assert "asynchronous write of checkpoint" in done.stderr and "not-a-dir/bad.ckpt" in done.stderr, done.stderr
+
+
+# -- in-process: the writer's rules ------------------------------------------------------------------------------
+def test_one_write_in_flight_the_next_save_waits_and_commits_in_order(tmp_path):
+    release, order = threading.Event(), []
+    writer = AsyncCheckpointWriter()
+    writer.save([(tmp_path / "a.ckpt", lambda path: (release.wait(30), order.append(path.name)))], {"x": torch.ones(3)})
+    second = threading.Thread(
+        target=writer.save, args=([(tmp_path / "b.ckpt", lambda p: order.append(p.name))], {"x": torch.zeros(3)})
+    )
+    second.start()
+    time.sleep(0.3)
+    assert writer.in_flight and second.is_alive()  # b waits for a, before it even copies its state
+    assert not (tmp_path / "b.ckpt").exists() and not list(tmp_path.glob(".b.ckpt.tmp-*"))
+    release.set()
+    second.join(30)
+    writer.wait()
+    assert order == ["a.ckpt", "b.ckpt"]
+    assert torch.equal(load_checkpoint_dir(tmp_path / "b.ckpt")[0]["x"], torch.zeros(3))
+
+
+def test_the_copy_is_taken_at_the_save_so_later_changes_do_not_reach_the_checkpoint(tmp_path):
+    weights = torch.arange(6.0)
+    state = {"w": weights, "view": weights[2:4], "step": [1]}
+    writer = AsyncCheckpointWriter()
+    writer.save([(tmp_path / "a.ckpt", None)], state, {"step": 1})
+    weights.add_(100.0)  # the next optimizer step, while the write may still run
+    state["step"].append(2)
+    writer.wait()
+    saved, _ = load_checkpoint_dir(tmp_path / "a.ckpt")
+    assert torch.equal(saved["w"], torch.arange(6.0)) and saved["step"] == [1]
+    assert torch.equal(saved["view"], torch.tensor([2.0, 3.0]))
+    save_checkpoint_dir(tmp_path / "b.ckpt", {"w": torch.arange(6.0), "view": torch.arange(6.0)[2:4], "step": [1]})
+    for file in ("state.json", "tensors.pt"):
+        assert (tmp_path / "a.ckpt" / file).read_bytes() == (tmp_path / "b.ckpt" / file).read_bytes()
+
+
+def test_a_failed_background_write_is_raised_by_the_next_save_and_by_wait(tmp_path):
+    (tmp_path / "file").write_text("")
+    writer = AsyncCheckpointWriter()
+    writer.save([(tmp_path / "file" / "bad.ckpt", None)], {"x": torch.ones(2)})  # fails in the background
+    with pytest.raises(AsyncWriteError, match=r"file/bad\.ckpt failed") as raised:
+        writer.save([(tmp_path / "next.ckpt", None)], {"x": torch.ones(2)})
+    assert isinstance(raised.value.__cause__, OSError)
+    assert not (tmp_path / "next.ckpt").exists()  # refused before starting
+    writer.save([(tmp_path / "file" / "bad2.ckpt", None)], {"x": torch.ones(2)})
+    with pytest.raises(AsyncWriteError, match=r"bad2\.ckpt"):
+        writer.wait()
+    writer.wait()  # reported once
+
+
+class _Net(TrainingModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Linear(3, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _data() -> DataLoader:
+    return DataLoader(TensorDataset(torch.randn(16, 3, generator=torch.Generator().manual_seed(0))), batch_size=4)
+
+
+def test_fit_waits_for_its_last_write_and_raises_a_failed_one(tmp_path):
+    (tmp_path / "file").write_text("")
+
+    class Request(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            target = tmp_path / ("file/bad.ckpt" if trainer.global_step == 4 else f"s{trainer.global_step}.ckpt")
+            trainer.request_checkpoint(target, async_save=True)
+
+    trainer = Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, callbacks=[Request()]
+    )
+    with pytest.raises(AsyncWriteError, match=r"file/bad\.ckpt"):
+        trainer.fit(_Net(), _data())  # the last write fails after the last step: raised by the teardown
+    assert [verify_checkpoint(tmp_path / f"s{step}.ckpt") for step in (1, 2, 3)] == [[], [], []]
+
+
+def test_async_save_is_refused_under_ddp_and_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"async_save=1\) must be True or False"):
+        ModelCheckpoint(async_save=1)
+    trainer = Trainer(
+        strategy="ddp",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[ModelCheckpoint(async_save=True)],
+    )
+    try:
+        with pytest.raises(ConfigError, match=r"one process only.*async_save=False under strategy='ddp'"):
+            trainer.fit(_Net(), _data())
+        with pytest.raises(ConfigError, match=r"request_checkpoint\(async_save=True\) under strategy='ddp'"):
+            trainer.request_checkpoint(tmp_path / "now.ckpt", async_save=True)
+    finally:
+        trainer.strategy.teardown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_host_copy_is_pinned_reused_and_holds_the_same_tensors(tmp_path):
+    net = nn.Linear(64, 64).cuda()
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(8, 64, device="cuda")).sum().backward()
+    opt.step()
+    state = {"module": net.state_dict(), "optimizer": opt.state_dict()}
+    writer = AsyncCheckpointWriter()
+    writer.save([(tmp_path / "a.ckpt", None)], state)
+    buffers = list(writer._copier._buffers)
+    assert buffers and all(buffer.is_pinned() for buffer in buffers)
+    writer.save([(tmp_path / "b.ckpt", None)], state)  # the same sizes: the same buffers
+    assert all(x is y for x, y in zip(buffers, writer._copier._buffers))
+    writer.wait()
+    save_checkpoint_dir(tmp_path / "sync.ckpt", state)
+    expected, _ = load_checkpoint_dir(tmp_path / "sync.ckpt", map_location="cpu")
+    for name in ("a.ckpt", "b.ckpt"):
+        got, _ = load_checkpoint_dir(tmp_path / name, map_location="cpu")
+        for key, tensor in expected["module"].items():
+            assert torch.equal(got["module"][key], tensor), (name, key)
+        assert (tmp_path / name / "state.json").read_bytes() == (tmp_path / "sync.ckpt" / "state.json").read_bytes()
