@@ -6,40 +6,16 @@ second fit the strategy is torn down and checked to have freed DDP.  Each rank w
 "all-reduces-without all-reduces-with weights-checksum ddp-freed" to rank-<r>.txt in the working directory.
 """
 
-import contextlib
 import gc
 import weakref
 from pathlib import Path
 
 import torch
 import torch.distributed
+from _manual_accumulation import ManualAccumulation  # this script's directory is on sys.path
 from torch.utils.data import DataLoader, TensorDataset
 
-from statemachine_trainer import Callback, Trainer, TrainingModule
-
-
-class ManualAccumulation(TrainingModule):
-    """Manual optimization stepping every 2nd batch; with ``skip_sync`` the window's first backward stays local."""
-
-    automatic_optimization = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net, self.skip_sync = torch.nn.Linear(3, 1), False
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        loss = self.net(batch[0]).pow(2).mean() / 2
-        closes = batch_idx % 2 == 1
-        with self.no_backward_sync() if self.skip_sync and not closes else contextlib.nullcontext():
-            self.manual_backward(loss)
-        if closes:
-            opt.step()
-            opt.zero_grad()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+from statemachine_trainer import Callback, Trainer
 
 
 class CountAllReduces(Callback):

@@ -8,7 +8,6 @@ every optimizer step and ``final.ckpt`` at the end.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -21,12 +20,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from statemachine_trainer import PREEMPTED_EXIT_CODE, Trainer, TrainingModule
+from statemachine_trainer import PREEMPTED_EXIT_CODE, Trainer
 from statemachine_trainer.checkpoint import load_checkpoint_parts, read_manifest
 from statemachine_trainer.checkpoint._inspect import diff_checkpoints
 from statemachine_trainer.data import ResumableLoader
 from statemachine_trainer.testing import assert_kill_resume_exact, kill_points
 
+from ._manual_accumulation import ManualAccumulation
 from ._recording_module import RecordingCallback, RecordingModule, tiny_loader
 
 SCRIPT = str(Path(__file__).parent / "_ddp_script.py")
@@ -224,31 +224,6 @@ def test_no_backward_sync_keeps_a_manual_windows_first_backward_local_and_teardo
 
 
 # -- a world of one: the module runs unwrapped --------------------------------------------------------------
-class _ManualAccumulation(TrainingModule):
-    """Manual optimization stepping every 2nd batch; with ``skip_sync`` the window's first backward in
-    no_backward_sync()."""
-
-    automatic_optimization = False
-
-    def __init__(self, skip_sync: bool) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net, self.skip_sync = torch.nn.Linear(3, 1), skip_sync
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        loss = self.net(batch[0]).pow(2).mean() / 2
-        closes = batch_idx % 2 == 1
-        with self.no_backward_sync() if self.skip_sync and not closes else contextlib.nullcontext():
-            self.manual_backward(loss)
-        if closes:
-            opt.step()
-            opt.zero_grad()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 @pytest.mark.parametrize("skip_sync", [False, True])
 def test_a_world_of_one_steps_unwrapped_and_no_backward_sync_does_nothing(skip_sync):
     """devices=1 in this process: no DDP wrapper (nothing to all-reduce), the same weights bit for bit as one
@@ -256,7 +231,7 @@ def test_a_world_of_one_steps_unwrapped_and_no_backward_sync_does_nothing(skip_s
     data = TensorDataset(torch.randn(32, 3, generator=torch.Generator().manual_seed(1)))
     weights = {}
     for strategy in ("ddp", "auto"):
-        module = _ManualAccumulation(skip_sync)
+        module = ManualAccumulation(skip_sync)
         trainer = Trainer(strategy=strategy, devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
                           enable_checkpointing=False)
         trainer.fit(module, ResumableLoader(DataLoader(data, batch_size=4)))
@@ -264,7 +239,7 @@ def test_a_world_of_one_steps_unwrapped_and_no_backward_sync_does_nothing(skip_s
         if strategy == "ddp":
             assert trainer.strategy.ddp is None and trainer.strategy.world_size == 1
     assert torch.equal(weights["ddp"], weights["auto"])
-    assert not torch.equal(weights["ddp"], _ManualAccumulation(skip_sync).net.weight)  # it trained
+    assert not torch.equal(weights["ddp"], ManualAccumulation(skip_sync).net.weight)  # it trained
 
 
 def test_a_world_of_one_calls_the_hooks_of_one_process_and_keeps_the_distributed_checkpoint(tmp_path):

@@ -38,6 +38,8 @@ from statemachine_trainer.data import ResumableLoader
 from statemachine_trainer.data._auto import data_seed
 from statemachine_trainer.testing import ResumeMismatch, assert_kill_resume_exact
 
+from ._reference_runs import run_references
+
 SCRIPT = str(Path(__file__).parent / "_exact_default_script.py")
 RUNS = {"workers0": [sys.executable, SCRIPT, "."], "workers2": [sys.executable, SCRIPT, ".", "--workers", "2"],
         "opt_out": [sys.executable, SCRIPT, ".", "--opt-out"]}
@@ -46,14 +48,8 @@ KILL_AT = (5, 0.05)  # a little after the 5th checkpoint (12 batches an epoch): 
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """One uninterrupted run of each, started together (most of each is importing torch)."""
-    dirs = {name: tmp_path_factory.mktemp(f"reference-{name}") for name in RUNS}
-    running = {name: subprocess.Popen(RUNS[name], cwd=dirs[name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True) for name in RUNS}
-    for process in running.values():
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err
-    return dirs
+    """One uninterrupted run of each, started together."""
+    return run_references(tmp_path_factory, RUNS)
 
 
 @pytest.mark.parametrize("name", ["workers0", "workers2"])

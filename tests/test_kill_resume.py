@@ -31,6 +31,8 @@ from hypothesis import strategies as st
 
 from statemachine_trainer.testing import assert_kill_resume_exact, kill_points
 
+from ._reference_runs import run_references
+
 ROOT = Path(__file__).resolve().parents[1]
 GAN_ARGS = ("--root", ".", "--epochs", "2", "--checkpoint-every", "4", "--seed", "1")
 EXAMPLE_ARGS = ("--root", ".", "--checkpoint-every", "4", "--seed", "1")
@@ -58,14 +60,8 @@ KEPT = {"digits": 5}  # checkpoints left in checkpoints/ at the end: the newest 
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """One uninterrupted run of each, started together (most of each is importing torch)."""
-    dirs = {name: tmp_path_factory.mktemp(f"reference-{name}") for name in RUNS}
-    running = {name: subprocess.Popen(RUNS[name], cwd=dirs[name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True) for name in RUNS}
-    for process in running.values():
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err
-    return dirs
+    """One uninterrupted run of each, started together."""
+    return run_references(tmp_path_factory, RUNS)
 
 
 @pytest.mark.parametrize("name", list(RUNS))
