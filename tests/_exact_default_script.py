@@ -6,16 +6,21 @@ plain validation ``DataLoader``, and a checkpoint after every step.  Nothing
 here mentions resumable data: ``Trainer(resumable_data=True)`` (the
 default) is what makes a mid-epoch kill resume exactly.  Usage::
 
-    python tests/_exact_default_script.py ROOT [--resume latest] [--workers N] [--opt-out]
+    python tests/_exact_default_script.py ROOT [--resume latest] [--workers N] [--opt-out] [--kill-at-step S]
     python tests/_exact_default_script.py ROOT --strategy ddp --devices 2 --seen   # which samples each rank read
 
 writes ROOT/checkpoints/*.ckpt while it runs and ROOT/final.ckpt at the end
 (with ``--seen``, ROOT/seen-rank<r>.json: the sample indices rank r trained on).
+``--kill-at-step S`` sends the process SIGKILL itself in the S-th step's
+``on_train_batch_end``, before that step's checkpoint: a kill at a known
+mid-epoch position, for a test whose outcome must not depend on timing.
 """
 
 import argparse
 import json
+import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from statemachine_trainer import Trainer, TrainingModule
+from statemachine_trainer import Callback, Trainer, TrainingModule
 from statemachine_trainer.callbacks import ModelCheckpoint
 
 
@@ -58,6 +63,17 @@ class Classifier(TrainingModule):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
+class KillAtStep(Callback):
+    """SIGKILL this process in step ``step``'s on_train_batch_end (before ModelCheckpoint, which runs last)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def points(n: int, seed: int) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 6, generator=g)
@@ -73,6 +89,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="auto")
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--seen", action="store_true", help="write the sample indices this rank trained on")
+    parser.add_argument("--kill-at-step", type=int, default=None, help="SIGKILL itself in this step's batch end")
     args = parser.parse_args()
     root = Path(args.root)
     torch.set_num_threads(1)
@@ -82,7 +99,8 @@ def main() -> None:
     saver = ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=1, save_top_k=3)
     trainer = Trainer(max_epochs=2, seed=5, val_check_interval=0.5, num_sanity_val_steps=0,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
-                      callbacks=[saver], resumable_data=not args.opt_out, strategy=args.strategy,
+                      callbacks=[saver] + ([] if args.kill_at_step is None else [KillAtStep(args.kill_at_step)]),
+                      resumable_data=not args.opt_out, strategy=args.strategy,
                       devices=args.devices)
     module = Classifier()
     trainer.fit(module, train, val, ckpt_path=args.resume)
