@@ -34,6 +34,7 @@ from statemachine_trainer.checkpoint import (
     save_checkpoint_dir,
     verify_checkpoint,
 )
+from statemachine_trainer.checkpoint._host import PIECE_BYTES, HostCopier
 from statemachine_trainer.testing import compare_final_states
 
 SCRIPT = Path(__file__).with_name("_async_script.py")
@@ -204,6 +205,23 @@ def test_the_copy_is_taken_at_the_save_so_later_changes_do_not_reach_the_checkpo
     save_checkpoint_dir(tmp_path / "b.ckpt", {"w": torch.arange(6.0), "view": torch.arange(6.0)[2:4], "step": [1]})
     for file in ("state.json", "tensors.pt"):
         assert (tmp_path / "a.ckpt" / file).read_bytes() == (tmp_path / "b.ckpt" / file).read_bytes()
+
+
+def test_a_host_copy_in_pieces_over_threads_holds_the_same_tensors_and_sharing():
+    """Storages larger than a piece are copied by several threads: every byte lands, views and tied tensors share
+    their copy's storage as they shared the original's, and the copy is independent of the live tensors."""
+    big = torch.randn(3 * PIECE_BYTES // 4 + 1001)  # 3 pieces and a bit, an odd size
+    tensors = {"big": big, "view": big[5:40].view(5, 7), "tied": big, "small": torch.arange(10), "empty": torch.empty(0)}
+    copier = HostCopier()
+    copied = copier.copy(tensors)
+    for name, t in tensors.items():
+        assert torch.equal(copied[name], t) and copied[name].stride() == t.stride()
+    assert copied["view"].untyped_storage().data_ptr() == copied["big"].untyped_storage().data_ptr()
+    assert copied["tied"] is not copied["big"] and copied["tied"].data_ptr() == copied["big"].data_ptr()
+    assert copied["big"].data_ptr() != big.data_ptr()
+    big.add_(1)  # training goes on: the copy keeps the values of the moment it was taken
+    assert torch.equal(copied["big"] + 1, big)
+    copier.release()
 
 
 def test_a_failed_background_write_is_raised_by_the_next_save_and_by_wait(tmp_path):
