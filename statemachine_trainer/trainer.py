@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from . import _run_state
-from ._boundary import ASYNC_UNDER_DDP, BoundaryWriter
+from ._boundary import BoundaryWriter
 from ._compile import from_compiled
 from ._config import (
     check_module,
@@ -418,9 +418,8 @@ class Trainer:
         return save_checkpoint_parts(path, replicated, rank_local, metadata)
 
     def _save_async(self, targets: list[tuple[Path, Any]]) -> None:
-        """Copy the run's state to host memory now and write it to every target in the background."""
-        if self.strategy.distributed:
-            raise ConfigError(ASYNC_UNDER_DDP)
+        """Copy the run's state to host memory now and write it to every target in the background (one process:
+        ``BoundaryWriter.request`` refuses asynchronous requests under DDP before they reach here)."""
         self._check_saveable()
         if self._writer is None:
             from .checkpoint import AsyncCheckpointWriter

@@ -42,17 +42,15 @@ ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 STALL_AT = 9  # the kill lands while the step-9 checkpoint is being written; the step-6 one is the previous one
 
 
-def _run(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _script(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """tests/_async_script.py with ``args``, run to its end in ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        cwd=workdir,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=workdir, env=ENV, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def _run(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = _script(workdir, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -158,15 +156,7 @@ def test_sigterm_flushes_the_write_in_flight_then_checkpoints_and_exits_75(tmp_p
 
 def test_the_process_waits_for_writes_in_flight_at_exit_and_reports_a_failed_one(tmp_path):
     (tmp_path / "not-a-dir").write_text("a file where the checkpoint's folder should be")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--exit-test", "good.ckpt", "not-a-dir/bad.ckpt"],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _script(tmp_path, "--exit-test", "good.ckpt", "not-a-dir/bad.ckpt")
     assert done.stdout.strip() == "in flight at exit: True"
     assert verify_checkpoint(tmp_path / "good.ckpt") == []
     assert "asynchronous write of checkpoint" in done.stderr and "not-a-dir/bad.ckpt" in done.stderr, done.stderr

@@ -50,6 +50,46 @@ BALLOT_SECONDS = 0.2
 MAX_BATCHES = 64
 
 
+class _MaxInFlight:
+    """At most one non-blocking MAX all-reduce of a few floats in flight: started now, its result read later.
+
+    What both agreements below share: a rank starts the all-reduce and goes
+    on training; a later call (a batch or a ballot later, when it has long
+    finished) waits for it and reads the reduced values, the same on every rank.
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what  # the collective's name in a RankFailure
+        self._values: torch.Tensor | None = None  # the values being reduced (MAX), or None
+        self._work: Any = None  # their all-reduce in flight, or None
+
+    def start(self, values: list[float]) -> None:
+        """Start reducing ``values`` (the previous result must have been read)."""
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        self._values = torch.tensor(values, dtype=torch.float64, device=device)
+        self._work = dist.all_reduce(self._values, op=dist.ReduceOp.MAX, async_op=True)
+
+    def result(self) -> list[float] | None:
+        """The reduced values of the all-reduce in flight, waited for (None when none is); then none is in flight."""
+        if self._work is None:
+            return None
+        self._work.wait()  # started a batch or a ballot ago: done by now, barring a dead or hung peer
+        values = self._values.tolist()
+        self.abandon()
+        return values
+
+    def close(self) -> None:
+        """Wait for the all-reduce in flight, so no collective of ours outlives the run (every rank calls it)."""
+        if self._work is not None:
+            with collective(self._what):
+                self._work.wait()
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Forget the all-reduce in flight without waiting: after a failure, a peer may never complete it."""
+        self._work = self._values = None
+
+
 class PreemptionVote:
     """Whether any rank was signalled, decided by all ranks at the same batch ends, every ~BALLOT_SECONDS."""
 
@@ -57,8 +97,7 @@ class PreemptionVote:
         self._countdown = 1  # batch ends until the next ballot; the first batch end opens the first ballot
         self._batches = 0  # batch ends since the last ballot (what the measured time is divided by)
         self._since = time.perf_counter()  # when the last ballot was opened (or the vote created)
-        self._ballot: torch.Tensor | None = None  # [signalled, seconds per batch] being reduced (MAX), or None
-        self._work: Any = None  # the all-reduce of _ballot in flight, or None
+        self._ballot = _MaxInFlight("agreeing on preemption")  # [signalled, seconds per batch] being reduced
 
     def at_batch_end(self, signalled: bool) -> bool:
         """True on every rank at once if any rank had been signalled by an earlier ballot; call at every batch end."""
@@ -74,23 +113,19 @@ class PreemptionVote:
 
     def close(self) -> None:
         """Wait for the ballot in flight, so no collective of ours outlives the run (every rank calls it)."""
-        if self._work is not None:
-            with collective("agreeing on preemption"):
-                self._work.wait()
-        self.abandon()
+        self._ballot.close()
 
     def abandon(self) -> None:
         """Forget the ballot in flight without waiting: after a failure, a peer may never complete it."""
-        self._work = self._ballot = None
+        self._ballot.abandon()
 
     def _read(self) -> bool:
         """The previous ballot's outcome; also sets how many batch ends the next ballot is away (same on every rank)."""
-        if self._work is None:
+        outcome = self._ballot.result()
+        if outcome is None:
             self._countdown = 1  # nothing measured yet: the next batch end reads this first ballot
             return False
-        self._work.wait()  # started a whole ballot ago: done by now, barring a dead or hung peer
-        signalled, seconds_per_batch = self._ballot.tolist()
-        self._work = self._ballot = None
+        signalled, seconds_per_batch = outcome
         self._countdown = batches_between_ballots(seconds_per_batch)
         return signalled > 0
 
@@ -98,9 +133,7 @@ class PreemptionVote:
         now = time.perf_counter()
         seconds_per_batch = (now - self._since) / self._batches
         self._since, self._batches = now, 0
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-        self._ballot = torch.tensor([1.0 if signalled else 0.0, seconds_per_batch], dtype=torch.float64, device=device)
-        self._work = dist.all_reduce(self._ballot, op=dist.ReduceOp.MAX, async_op=True)
+        self._ballot.start([1.0 if signalled else 0.0, seconds_per_batch])
 
 
 def batches_between_ballots(seconds_per_batch: float) -> int:
@@ -126,31 +159,17 @@ class AnyRankOneCallLate:
 
     def __init__(self, what: str) -> None:
         self._what = what  # the collective's name in a RankFailure
-        self._flag: torch.Tensor | None = None  # the flag being reduced (MAX), or None
-        self._work: Any = None  # its all-reduce in flight, or None
+        self._flag = _MaxInFlight(what)  # the previous call's flag being reduced
 
     def __call__(self, flag: bool) -> bool:
         with collective(self._what):
-            agreed = self._read()
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-            self._flag = torch.tensor([1.0 if flag else 0.0], device=device)
-            self._work = dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, async_op=True)
-        return agreed
+            previous = self._flag.result()
+            self._flag.start([1.0 if flag else 0.0])
+        return previous is not None and previous[0] > 0
 
     def close(self) -> None:
         """Wait for the all-reduce in flight, so no collective of ours outlives the run."""
-        if self._work is not None:
-            with collective(self._what):
-                self._work.wait()
-        self.abandon()
+        self._flag.close()
 
     def abandon(self) -> None:
-        self._work = self._flag = None
-
-    def _read(self) -> bool:
-        if self._work is None:
-            return False
-        self._work.wait()  # started a batch ago: done by now, barring a dead or hung peer
-        agreed = bool(self._flag.item() > 0)
-        self._work = self._flag = None
-        return agreed
+        self._flag.abandon()
