@@ -45,7 +45,7 @@ from ._reference_runs import run_references
 SCRIPT = str(Path(__file__).parent / "_exact_default_script.py")
 RUNS = {"workers0": [sys.executable, SCRIPT, "."], "workers2": [sys.executable, SCRIPT, ".", "--workers", "2"],
         "opt_out": [sys.executable, SCRIPT, ".", "--opt-out"]}
-KILL_AT = (5, 0.05)  # a little after the 5th checkpoint (12 batches an epoch): mid-epoch, before validation
+KILL_AT = (5, 0.05)  # a little after the 5th checkpoint: a moment drawn by time (maybe mid-write, maybe later)
 
 
 @pytest.fixture(scope="module")
@@ -54,25 +54,36 @@ def references(tmp_path_factory):
     return run_references(tmp_path_factory, RUNS)
 
 
+def _killed_in_step_5_and_resumed(name: str, workdir: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``name`` until it sends itself SIGKILL in step 5 of its 12-batch epoch (a known mid-epoch position: a
+    kill drawn by time can land after the epoch's last batch), then ``--resume latest``, from step 4's checkpoint."""
+    killed = subprocess.run([*RUNS[name], "--kill-at-step", "5"], cwd=workdir, capture_output=True, text=True,
+                            check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    latest, _ = find_latest(workdir / "checkpoints")
+    assert latest.name == "epoch=0-step=4.ckpt"
+    resumed = subprocess.run([*RUNS[name], "--resume", "latest"], cwd=workdir, capture_output=True, text=True,
+                             check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    return resumed
+
+
 @pytest.mark.parametrize("name", ["workers0", "workers2"])
 def test_a_plain_dataloader_killed_mid_epoch_resumes_bit_identical(references, tmp_path, name):
-    done = assert_kill_resume_exact(RUNS[name], tmp_path, *KILL_AT, uninterrupted=references[name])
-    assert done["resumed_from"] is not None and "epoch=0" in done["resumed_from"]  # a mid-epoch checkpoint
+    _killed_in_step_5_and_resumed(name, tmp_path)
+    compare_final_states(references[name] / "final.ckpt", tmp_path / "final.ckpt")
+
+
+def test_a_plain_dataloader_killed_at_a_moment_drawn_by_time_resumes_bit_identical(references, tmp_path):
+    """The whole process group (the trainer and its 2 workers) killed from outside, wherever it is by then."""
+    assert_kill_resume_exact(RUNS["workers2"], tmp_path, *KILL_AT, uninterrupted=references["workers2"])
 
 
 def test_opting_out_resumes_the_plain_dataloader_as_before_not_exactly(references, tmp_path):
-    """Killed (SIGKILL, sent by the run itself so the position is known) in step 5 of a 12-batch epoch: the
-    resume from step 4's checkpoint cannot put a plain DataLoader at its position, so it ends differently.
-    (A kill drawn by time could land after the epoch's last batch, whose resume is exact even without a
-    position: the next epoch's iterator starts from the restored RNG, as in the uninterrupted run.)"""
-    killed = subprocess.run([*RUNS["opt_out"], "--kill-at-step", "5"], cwd=tmp_path, capture_output=True, text=True,
-                            check=False)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    latest, _ = find_latest(tmp_path / "checkpoints")
-    assert latest.name == "epoch=0-step=4.ckpt"
-    resumed = subprocess.run([*RUNS["opt_out"], "--resume", "latest"], cwd=tmp_path, capture_output=True, text=True,
-                             check=False)
-    assert resumed.returncode == 0, resumed.stderr
+    """The same kill in step 5: the resume from step 4's checkpoint cannot put a plain DataLoader at its position,
+    so it warns and ends differently.  (After the epoch's last batch even that resume would be exact: the next
+    epoch's iterator starts from the restored RNG, as in the uninterrupted run.)"""
+    resumed = _killed_in_step_5_and_resumed("opt_out", tmp_path)
     assert "4 of 12 batches done" in resumed.stderr and "is not the uninterrupted run" in resumed.stderr  # it warns
     with pytest.raises(ResumeMismatch):
         compare_final_states(references["opt_out"] / "final.ckpt", tmp_path / "final.ckpt")
