@@ -21,6 +21,7 @@ the process must wait for both before exiting, and report the failed one.
 """
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -54,9 +55,16 @@ class Tied(TrainingModule):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
+def say(line: str) -> None:
+    """One line on stdout in one write(2) to the pipe: the writer thread's ``stalled`` and the training thread's
+    ``step N`` never interleave (``print`` writes the text and the newline separately, so two threads printing at
+    once could produce ``stalledstep 10`` and the test, waiting for the line ``stalled``, would wait forever)."""
+    os.write(sys.stdout.fileno(), f"{line}\n".encode())
+
+
 class Progress(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        print(f"step {trainer.global_step}", flush=True)
+        say(f"step {trainer.global_step}")
 
 
 def stall_commit(step: int, seconds: float | None) -> None:
@@ -65,7 +73,7 @@ def stall_commit(step: int, seconds: float | None) -> None:
 
     def commit(tmp, path, *args, **kwargs):
         if threading.current_thread().name == "checkpoint-writer" and f"step={step}." in path.name:
-            print("stalled", flush=True)
+            say("stalled")
             time.sleep(3600 if seconds is None else seconds)
         return real(tmp, path, *args, **kwargs)
 
@@ -76,7 +84,7 @@ def exit_test(good: str, bad: str) -> None:
     big = {"weights": torch.randn(16 * 2**20 // 4)}  # 16 MiB: still being written when the script returns
     first, second = AsyncCheckpointWriter(), AsyncCheckpointWriter()
     first.save([(good, None)], big, {"step": 1})
-    print(f"in flight at exit: {first.in_flight}", flush=True)
+    say(f"in flight at exit: {first.in_flight}")
     second.save([(bad, None)], {"x": torch.zeros(3)}, {"step": 1})
 
 
