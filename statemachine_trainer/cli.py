@@ -119,6 +119,28 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _consolidate(args: argparse.Namespace) -> int:
+    """The module's weights of any checkpoint -- sharded ones gathered whole -- as one ``torch.save`` file."""
+    import os
+
+    import torch
+
+    from .checkpoint import CheckpointError, load_module_state
+
+    try:
+        weights = load_module_state(args.checkpoint, map_location="cpu")
+    except CheckpointError as exc:
+        print(f"statemachine-trainer: error: {exc}", file=sys.stderr)
+        return 2
+    tmp = f"{args.output}.tmp-{os.getpid()}"
+    torch.save(weights, tmp)  # then renamed: a reader never sees half a file
+    os.replace(tmp, args.output)
+    count = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
+    print(f"{args.output}: {len(weights)} entries, {count} values; load with "
+          "model.load_state_dict(torch.load(path, weights_only=True))")
+    return 0
+
+
 def _diff(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, compare_checkpoints
 
@@ -179,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("a", metavar="A", type=Path)
     diff.add_argument("b", metavar="B", type=Path)
     diff.set_defaults(func=_diff)
+    consolidate = sub.add_parser("consolidate", help="write a checkpoint's module weights (a sharded one's "
+                                 "gathered whole) as one state_dict file for inference")
+    consolidate.add_argument("checkpoint", help="checkpoint directory (single-process, DDP or FSDP)")
+    consolidate.add_argument("output", help="the file to write, e.g. model.pt")
+    consolidate.set_defaults(func=_consolidate)
     port = sub.add_parser("port", help="rename a Lightning program's imports and base classes to ours (print it, or "
                           "--write it back)")
     port.add_argument("file", metavar="FILE.py", type=Path)

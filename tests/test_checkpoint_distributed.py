@@ -297,7 +297,7 @@ def test_parts_keep_last_and_latest(tmp_path: Path) -> None:
 
 def test_another_format_version_is_refused_naming_the_ones_read(tmp_path: Path) -> None:
     path = save_checkpoint_parts(tmp_path / "c", {}, {}, {"step": 1})
-    _edit_manifest(path, lambda m: m.update(format_version=3))
-    with pytest.raises(CheckpointError, match="format version 3, but this statemachine_trainer reads format "
-                                              "version 1 or 2"):
+    _edit_manifest(path, lambda m: m.update(format_version=4))
+    with pytest.raises(CheckpointError, match="format version 4, but this statemachine_trainer reads format "
+                                              "version 1, 2 or 3"):
         load_checkpoint_parts(path)

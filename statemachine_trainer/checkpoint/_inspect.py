@@ -24,8 +24,9 @@ import torch
 from ._codec import json_path
 from ._errors import CheckpointError
 from ._files import parse_json, read_bounded
-from ._manifest import STATE, TENSORS, rank_dir, read_manifest, world_size_of
-from ._read import file_status, load_all_parts, safe_torch_load, unlisted
+from ._manifest import STATE, TENSORS, is_sharded_manifest, rank_dir, read_manifest, world_size_of
+from ._read import file_status, load_all_parts, safe_torch_load, shard_index, unlisted
+from ._shards import SHARDS, shard_names
 
 __all__ = ["compare_checkpoints", "diff_checkpoints", "first_difference", "format_summary", "summarize"]
 
@@ -89,7 +90,23 @@ def summarize(path: str | Path) -> dict[str, Any]:
     if world_size is not None:
         summary["ranks"] = [{"rank": r, "tensors": _part_tensors(path, rank_dir(r), summary)}
                             for r in range(world_size)]
+    summary["sharded"] = _sharded_tensors(path, manifest, summary)
     return summary
+
+
+def _sharded_tensors(path: Path, manifest: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The logical tensors DCP's index lists, summarized like a part's (none is read); None without shards."""
+    if not is_sharded_manifest(manifest) or not all(summary["files"][name]["ok"] for name in summary["files"]
+                                                    if name.startswith(f"{SHARDS}/")):
+        return None
+    try:
+        index = shard_index(path, manifest)
+    except CheckpointError as exc:
+        summary["valid"] = False
+        summary["files"][f"{SHARDS}/.metadata"].update(ok=False, problem=str(exc))
+        return None
+    tensors = {name: torch.empty(shape, dtype=dtype, device="meta") for name, (shape, dtype) in index.tensors.items()}
+    return _tensor_summary(tensors) | {"files": len(shard_names(manifest["files"])) - 1}
 
 
 def _part_tensors(path: Path, part: str, summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -145,6 +162,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += _tensor_lines(summary["tensors"], "tensors")
     for part in summary.get("ranks") or []:
         lines += _tensor_lines(part["tensors"], f"{rank_dir(part['rank'])} tensors")
+    if summary.get("sharded"):
+        lines += _tensor_lines(summary["sharded"], f"sharded tensors (DCP, {summary['sharded']['files']} shard files)")
     lines.append(f"  checksums ({summary['hash']}):")
     for name, entry in summary["files"].items():
         lines.append(f"    {name}: " + ("ok" if entry["ok"] else f"FAILED - {entry['problem']}"))

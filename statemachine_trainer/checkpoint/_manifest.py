@@ -16,7 +16,11 @@ multi-process one (``save_checkpoint_parts``): the same two files hold the
 state every rank shares, and ``rank-<r>/state.json`` + ``rank-<r>/tensors.pt``
 hold rank *r*'s own, for every *r* below the manifest's ``world_size``.  The
 layout got its own version so that a reader which predates rank parts refuses
-such a checkpoint by its version instead of calling it damaged.
+such a checkpoint by its version instead of calling it damaged.  Format
+version 3 is a multi-process checkpoint whose sharded tensors (FSDP) sit in
+``shards/`` as DCP wrote them (``_shards``): the manifest lists DCP's index
+``shards/.metadata`` and every ``shards/__<rank>_<n>.distcp`` besides the
+version-2 files.
 """
 
 from __future__ import annotations
@@ -29,15 +33,20 @@ from ..state import SCHEMA_VERSION
 from ._errors import CheckpointError
 from ._files import MAX_MANIFEST_BYTES, parse_json, read_bounded
 from ._hashing import HASHES, hash_bytes
+from ._shards import SHARDS, shard_names
 
-__all__ = ["FILES", "FORMAT", "FORMAT_VERSION", "MANIFEST", "PARTS_FORMAT_VERSION", "expected_files", "files_for",
-           "rank_dir", "read_manifest", "seal", "step_of", "world_size_of"]
+__all__ = ["FILES", "FORMAT", "FORMAT_VERSION", "MANIFEST", "PARTS_FORMAT_VERSION", "SHARDED_FORMAT_VERSION",
+           "expected_files", "files_for", "is_sharded_manifest", "rank_dir", "read_manifest", "seal", "step_of",
+           "world_size_of"]
 
 FORMAT = "statemachine-trainer-checkpoint"
 #: Bump when the directory layout or the codec's markers change; other versions are refused.
 FORMAT_VERSION = 1
 #: The multi-process layout: FORMAT_VERSION's files for the replicated state, plus one directory per rank.
 PARTS_FORMAT_VERSION = 2
+#: The multi-process layout with DCP shards in ``shards/`` (FSDP's sharded tensors).
+SHARDED_FORMAT_VERSION = 3
+_MULTI = (PARTS_FORMAT_VERSION, SHARDED_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 STATE, TENSORS = "state.json", "tensors.pt"
 FILES = (STATE, TENSORS)
@@ -64,7 +73,12 @@ def rank_dir(rank: int) -> str:
 
 def world_size_of(manifest: dict[str, Any]) -> int | None:
     """How many ranks wrote a checked manifest's checkpoint; None for a single-process one (format version 1)."""
-    return manifest["world_size"] if manifest["format_version"] == PARTS_FORMAT_VERSION else None
+    return manifest["world_size"] if manifest["format_version"] in _MULTI else None
+
+
+def is_sharded_manifest(manifest: dict[str, Any]) -> bool:
+    """Whether a checked manifest's checkpoint holds DCP shards (format version 3)."""
+    return manifest["format_version"] == SHARDED_FORMAT_VERSION
 
 
 def files_for(world_size: int | None) -> tuple[str, ...]:
@@ -74,8 +88,9 @@ def files_for(world_size: int | None) -> tuple[str, ...]:
 
 
 def expected_files(manifest: dict[str, Any]) -> tuple[str, ...]:
-    """Every data file a checked manifest's checkpoint must hold, in :func:`files_for`'s order."""
-    return files_for(world_size_of(manifest))
+    """Every data file a checked manifest's checkpoint must hold, in :func:`files_for`'s order, then its shards."""
+    shards = shard_names(manifest["files"]) if is_sharded_manifest(manifest) else []
+    return files_for(world_size_of(manifest)) + tuple(shards)
 
 
 def _version_error(path: Path, what: str, found: Any, ours: int | str) -> CheckpointError:
@@ -89,8 +104,9 @@ def _check(path: Path, manifest: Any) -> None:
         raise CheckpointError(f"{path / MANIFEST} is not a statemachine_trainer checkpoint manifest (no "
                               f"\"format\": {FORMAT!r}); point to a directory written by save_checkpoint_dir().")
     version = manifest.get("format_version")
-    if version not in (FORMAT_VERSION, PARTS_FORMAT_VERSION) or isinstance(version, bool):
-        raise _version_error(path, "format version", version, f"{FORMAT_VERSION} or {PARTS_FORMAT_VERSION}")
+    if version not in (FORMAT_VERSION, *_MULTI) or isinstance(version, bool):
+        raise _version_error(path, "format version", version,
+                             f"{FORMAT_VERSION}, {PARTS_FORMAT_VERSION} or {SHARDED_FORMAT_VERSION}")
     if type(manifest.get("schema_version")) is not int or manifest["schema_version"] != SCHEMA_VERSION:
         raise _version_error(path, "schema version", manifest.get("schema_version"), SCHEMA_VERSION)
     hash_name = manifest.get("hash")
@@ -100,10 +116,14 @@ def _check(path: Path, manifest: Any) -> None:
     _check_own_checksum(path, manifest, hash_name)
     _check_keys(path, manifest, version)
     world_size = manifest.get("world_size")
-    if version == PARTS_FORMAT_VERSION and not (type(world_size) is int and world_size >= 1):
+    if version in _MULTI and not (type(world_size) is int and world_size >= 1):
         raise CheckpointError(f"{path / MANIFEST}: \"world_size\" must be a positive integer in a multi-process "
                               f"checkpoint, got {world_size!r}; the manifest is damaged. Use an earlier checkpoint.")
-    files, expected = manifest.get("files"), expected_files(manifest)
+    files = manifest.get("files")
+    expected = expected_files(manifest) if isinstance(files, dict) else files_for(world_size)
+    if version == SHARDED_FORMAT_VERSION and isinstance(files, dict) and f"{SHARDS}/.metadata" not in files:
+        raise CheckpointError(f"{path / MANIFEST}: a sharded checkpoint must list {SHARDS}/.metadata, DCP's index; "
+                              "the manifest is damaged. Use an earlier checkpoint.")
     if not isinstance(files, dict) or set(files) != set(expected) or not all(
             isinstance(entry, dict) and set(entry) == {"size", hash_name} and type(entry["size"]) is int
             and entry["size"] >= 0 and isinstance(entry[hash_name], str) for entry in files.values()):
@@ -123,7 +143,7 @@ def _check_own_checksum(path: Path, manifest: dict[str, Any], hash_name: str) ->
 
 
 def _check_keys(path: Path, manifest: dict[str, Any], version: int) -> None:
-    allowed = _KEYS | ({"world_size"} if version == PARTS_FORMAT_VERSION else set())
+    allowed = _KEYS | ({"world_size"} if version in _MULTI else set())
     unknown = sorted(set(manifest) - allowed)
     if unknown:
         raise CheckpointError(f"{path / MANIFEST} has key(s) {unknown} that no statemachine_trainer manifest of "

@@ -4,6 +4,8 @@
 Only the shared top-level part is read -- it holds the module in single- and
 multi-process checkpoints alike -- after its files are checked against the
 manifest, so a damaged checkpoint is refused before anything is returned.
+In a sharded (FSDP) checkpoint only the module's shards are read, each whole:
+``statemachine-trainer consolidate`` writes them as one ``state_dict`` file.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 import torch
 
 from ._errors import CheckpointError
-from ._manifest import read_manifest
-from ._read import load_part
+from ._manifest import is_sharded_manifest, read_manifest
+from ._read import decode_part, load_part, read_part, shard_index, tensors_of_part
+from ._shards import load_shards
 
 __all__ = ["load_module_state"]
 
@@ -32,7 +35,9 @@ def load_module_state(path: str | os.PathLike[str], map_location: Any = None, wi
     ``torch.save(load_module_state(path), "model.pt")``.
     """
     path = Path(path)
-    state = load_part(path, "", read_manifest(path), map_location)
+    manifest = read_manifest(path)
+    state = _module_part(path, manifest, map_location) if is_sharded_manifest(manifest) else load_part(
+        path, "", manifest, map_location)
     if not isinstance(state, dict) or not isinstance(state.get("module"), dict):
         raise CheckpointError(f"{path} holds no module state ($.module); it was not written by a Trainer.")
     for key, value in state["module"].items():  # a module's state_dict: tensors, and _extra_state entries
@@ -47,3 +52,14 @@ def load_module_state(path: str | os.PathLike[str], map_location: Any = None, wi
         raise CheckpointError(f"{path}: $.hparams is not {{'values': {{...}}, 'omitted': [...]}}; the state file was "
                               "edited or damaged. Use an earlier checkpoint.")
     return state["module"], hparams
+
+
+def _module_part(path: Path, manifest: dict[str, Any], map_location: Any) -> Any:
+    """The top-level state of a sharded checkpoint with the module's shards read whole and the other sharded
+    tensors (optimizer states) as meta tensors of their shapes: checked and decoded, but not read."""
+    data, tensors = read_part(path, "", manifest, map_location)
+    index = shard_index(path, manifest)
+    module = load_shards(path, index, select=lambda name: name.startswith("module/"))
+    others = {name: torch.empty(shape, dtype=dtype, device="meta") for name, (shape, dtype) in index.tensors.items()
+              if name not in module}
+    return decode_part(path, "", data, tensors_of_part("", tensors, {**others, **module}))

@@ -37,6 +37,16 @@ cannot be re-split, so another world size is refused with
 Every collective is torch.distributed's own (see ``_dist``); without a process
 group the same functions run as world size 1.  The parts are written to a
 filesystem every rank sees (one machine, or a shared mount).
+
+Sharded tensors (FSDP's ``DTensor`` parameters and optimizer states, in the
+replicated state or a rank's) are not in any ``tensors.pt``: between steps 2
+and 3 every rank writes its slices of them with DCP into ``shards/`` (one
+collective ``dcp.save``; see ``_shards``), and its shard files join its
+report.  So under FSDP every rank passes the replicated state -- its own
+slices of it -- and every rank encodes it; the JSON and plain tensors are
+still written by rank 0 alone.  Loading reads each rank's slices into
+templates the caller makes from its live run (``template``), at its own
+world size: DCP reshards.
 """
 
 from __future__ import annotations
@@ -52,8 +62,9 @@ from ._errors import CheckpointError, WorldSizeError
 from ._fsops import discard, fsync_dir
 from ._hashing import DEFAULT_HASH
 from ._latest import candidates, check_keep_last, prune
-from ._manifest import files_for, rank_dir, read_manifest, world_size_of
-from ._read import load_part, unlisted
+from ._manifest import files_for, is_sharded_manifest, rank_dir, read_manifest, world_size_of
+from ._read import decode_part, read_part, shard_index, tensors_of_part, unlisted
+from ._shards import RANK_PREFIX, SHARDS, Template, load_shards, shard_names, split_sharded, write_shards
 from ._write import check_hash_name, checked_metadata, commit, manifest, new_tmp, write_part
 
 __all__ = ["load_checkpoint_parts", "load_latest_parts", "save_checkpoint_parts"]
@@ -70,6 +81,7 @@ class _Plan(NamedTuple):
     tmp: str  # the temp directory every rank writes its part into
     hash_name: str  # the checksum the manifest will name
     durable: bool  # whether every file and directory is fsynced
+    sharded: bool  # whether the state holds sharded tensors: then every rank calls DCP's save
 
 
 def _attempt(fn: Callable[[], _T]) -> tuple[_T | None, Exception | None]:
@@ -86,7 +98,8 @@ def save_checkpoint_parts(path: str | os.PathLike[str], replicated_state: Any, r
     """Collective: write a multi-process checkpoint at ``path``, atomically; every rank calls it and gets the path.
 
     ``replicated_state`` (the same on every rank) is read on rank 0 only, so
-    other ranks may pass None; ``rank_state`` is this rank's own (RNG states,
+    other ranks may pass None -- unless it holds sharded tensors (FSDP): then
+    every rank passes its own, and writes its slices; ``rank_state`` is this rank's own (RNG states,
     loader position, ...).  ``metadata``, ``keep_last``, ``hash_name`` and
     ``durable`` work as in ``save_checkpoint_dir`` and are taken from rank 0.
     Without a process group this writes a world-size-1 checkpoint.  If any
@@ -98,7 +111,7 @@ def save_checkpoint_parts(path: str | os.PathLike[str], replicated_state: Any, r
     encoded, own = _attempt(lambda: _encode(rank, replicated_state, rank_state, metadata, keep_last, hash_name))
     plan: _Plan | None = None
     if rank == 0 and own is None:
-        plan, own = _attempt(lambda: _Plan(str(target), str(new_tmp(target)), hash_name, durable))
+        plan, own = _attempt(lambda: _plan(target, hash_name, durable, bool(encoded[3])))
     try:
         outcome, own = _write_and_commit(rank, world_size, target, plan, encoded, own, keep_last)
     except BaseException:
@@ -116,6 +129,12 @@ def _write_and_commit(rank: int, world_size: int, target: Path, plan: _Plan | No
     files: dict[str, dict[str, Any]] | None = None
     if own is None and plan is not None:
         files, own = _attempt(lambda: _write_rank(rank, target, plan, encoded))
+    if plan is not None and plan.sharded:  # a collective: every rank joins DCP's save, even one that failed above
+        sharded = encoded[3] if encoded is not None and own is None else {}
+        shard_files, error = _attempt(lambda: write_shards(Path(plan.tmp), sharded, rank, plan.hash_name,
+                                                           plan.durable))
+        own = own or error
+        files = None if own is not None else {**(files or {}), **(shard_files or {})}
     gathered = _dist.gather((files, _dist.describe(own)))  # the barrier: returns once every rank has reported
     outcome: list[_Report] | None = None
     if gathered is not None:  # on rank 0 only
@@ -126,12 +145,29 @@ def _write_and_commit(rank: int, world_size: int, target: Path, plan: _Plan | No
     return outcome, own
 
 
+def _plan(target: Path, hash_name: str, durable: bool, sharded: bool) -> _Plan:
+    tmp = new_tmp(target)
+    if sharded:
+        (tmp / SHARDS).mkdir()
+    return _Plan(str(target), str(tmp), hash_name, durable, sharded)
+
+
 def _encode(rank: int, replicated_state: Any, rank_state: Any, metadata: dict[str, Any] | None,
-            keep_last: int | None, hash_name: str) -> tuple[_Encoded | None, _Encoded, dict[str, Any]]:
+            keep_last: int | None, hash_name: str
+            ) -> tuple[_Encoded | None, _Encoded, dict[str, Any], dict[str, Any]]:
+    """``(replicated on rank 0, this rank's own, metadata, sharded tensors by DCP name)``.
+
+    Every rank encodes the replicated state: its sharded tensors are every
+    rank's to write (the JSON and plain tensors stay rank 0's).
+    """
     check_hash_name(hash_name)
     check_keep_last(keep_last)
-    replicated = encode(replicated_state) if rank == 0 else None
-    return replicated, encode(rank_state), checked_metadata(metadata)
+    (data, tensors), (own_data, own_tensors) = encode(replicated_state), encode(rank_state)
+    plain, sharded = split_sharded(tensors)
+    own_plain, own_sharded = split_sharded(own_tensors)
+    sharded |= {RANK_PREFIX + name: tensor for name, tensor in own_sharded.items()}
+    replicated = (data, plain) if rank == 0 else None
+    return replicated, (own_data, own_plain), checked_metadata(metadata), sharded
 
 
 def _write_rank(rank: int, target: Path, plan: _Plan, encoded: Any) -> dict[str, dict[str, Any]]:
@@ -140,7 +176,7 @@ def _write_rank(rank: int, target: Path, plan: _Plan, encoded: Any) -> dict[str,
         raise CheckpointError(f"rank {rank} was asked to save {target}, but rank 0 is saving {plan.target}; every "
                               "rank must pass the same path to save_checkpoint_parts().")
     tmp, hash_name, durable = Path(plan.tmp), plan.hash_name, plan.durable
-    replicated, own, _ = encoded
+    replicated, own, _, _ = encoded
     files = write_part(tmp, *replicated, hash_name, durable) if replicated is not None else {}
     part = tmp / rank_dir(rank)
     part.mkdir()
@@ -173,7 +209,7 @@ def _commit(gathered: list[tuple[dict[str, Any] | None, _Report]], plan: _Plan |
 
 def _install(target: Path, tmp: Path, files: dict[str, dict[str, Any]], metadata: dict[str, Any],
              keep_last: int | None, hash_name: str, durable: bool, world_size: int) -> None:
-    order = files_for(world_size)
+    order = files_for(world_size) + tuple(shard_names(files))
     for name in order:
         if name not in files or not (tmp / name).is_file() or (tmp / name).stat().st_size != files[name]["size"]:
             raise CheckpointError(f"{tmp / name} is not on disk as the rank that wrote it reported it; "
@@ -204,7 +240,8 @@ def _check_world_size(path: Path, manifest_: dict[str, Any], world_size: int) ->
                              "another world size.")
 
 
-def _load_rank(path: Path, rank: int, world_size: int, map_location: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _read_rank(path: Path, rank: int, world_size: int, map_location: Any) -> tuple[Any, Any, dict[str, Any], Any]:
+    """This rank's checked files, not decoded yet: ``(replicated, own, manifest, shard index or None)``."""
     if not 0 <= rank < world_size:
         raise CheckpointError(f"rank={rank} is not a rank of world size {world_size}; pass 0 <= rank < world_size.")
     manifest_ = read_manifest(path)
@@ -212,12 +249,22 @@ def _load_rank(path: Path, rank: int, world_size: int, map_location: Any) -> tup
     problems = unlisted(path, manifest_, range(rank, rank + 1))  # each rank checks its own dir; verify checks all
     if problems:
         raise CheckpointError(problems[0])
-    return load_part(path, "", manifest_, map_location), load_part(path, rank_dir(rank), manifest_,
-                                                                    map_location), manifest_
+    index = shard_index(path, manifest_) if is_sharded_manifest(manifest_) else None
+    return (read_part(path, "", manifest_, map_location), read_part(path, rank_dir(rank), manifest_, map_location),
+            manifest_, index)
+
+
+def _decoded(path: Path, rank: int, read: tuple[Any, Any, dict[str, Any], Any],
+             shards: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    (data, tensors), (own_data, own_tensors), manifest_, _ = read
+    return (decode_part(path, "", data, tensors_of_part("", tensors, shards)),
+            decode_part(path, rank_dir(rank), own_data, tensors_of_part(rank_dir(rank), own_tensors, shards)),
+            manifest_)
 
 
 def load_checkpoint_parts(path: str | os.PathLike[str], rank: int | None = None, world_size: int | None = None,
-                          map_location: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+                          map_location: Any = None, template: Template | None = None
+                          ) -> tuple[Any, Any, dict[str, Any]]:
     """``(replicated_state, rank_state, manifest)`` for this rank, each file checked against the manifest first.
 
     ``rank`` and ``world_size`` default to the process group's (0 and 1
@@ -225,12 +272,25 @@ def load_checkpoint_parts(path: str | os.PathLike[str], rank: int | None = None,
     single-process one, raises :class:`WorldSizeError` naming the world size
     that wrote it.  With a process group this is a collective: every rank
     calls it, and if any rank's part fails to load, every rank raises.
+
+    A sharded checkpoint's sharded tensors are read into
+    ``template(name, shape, dtype)`` -- this run's DTensor of that logical
+    shape, so each rank reads its own slices (DCP reshards) -- or whole when
+    the template gives None or there is none.
     """
     group_rank, group_world_size = _dist.rank_and_world_size()
     rank = group_rank if rank is None else rank
     world_size = group_world_size if world_size is None else world_size
-    loaded, own = _attempt(lambda: _load_rank(Path(path), rank, world_size, map_location))
+    path = Path(path)
+    read, own = _attempt(lambda: _read_rank(path, rank, world_size, map_location))
     _dist.agree(own, f"to load its part of checkpoint {path}")
+    assert read is not None
+    shards: dict[str, Any] | None = {}
+    if read[3] is not None:  # the same on every rank: one manifest
+        shards, own = _attempt(lambda: load_shards(path, read[3], template, distributed=_dist.active()))
+        _dist.agree(own, f"to read the shards of checkpoint {path}")
+    loaded, own = _attempt(lambda: _decoded(path, rank, read, shards or {}))
+    _dist.agree(own, f"to decode its part of checkpoint {path}")
     assert loaded is not None
     return loaded
 

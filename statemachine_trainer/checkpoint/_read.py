@@ -12,7 +12,11 @@ A multi-process checkpoint (format version 2) is read part by part: the
 replicated ``state.json`` / ``tensors.pt`` and one ``rank-<r>/`` directory
 per rank, each checked against the manifest the same way.  Its directory may
 hold nothing the manifest does not list, so a part left over from a run at
-another world size cannot pass for a valid one.
+another world size cannot pass for a valid one.  A sharded one (version 3)
+also has DCP's ``shards/``: every shard file is checksummed and DCP's index
+read through ``_shards``' restricted unpickler before DCP reads a tensor;
+readers here get each sharded tensor whole (``inspect``, ``diff``, a
+single-process load), a live FSDP run its own slices (``_parts``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ._codec import decode
 from ._errors import CheckpointError, WorldSizeError
@@ -34,11 +40,22 @@ from ._files import (
     state_too_large,
 )
 from ._hashing import CHUNK, hash_bytes, hash_chunks
-from ._manifest import FILES, MANIFEST, STATE, TENSORS, expected_files, rank_dir, read_manifest, world_size_of
+from ._manifest import (
+    FILES,
+    MANIFEST,
+    STATE,
+    TENSORS,
+    expected_files,
+    is_sharded_manifest,
+    rank_dir,
+    read_manifest,
+    world_size_of,
+)
+from ._shards import RANK_PREFIX, SHARDS, Template, load_shards, read_index, shard_names
 from ._tensor_file import load_tensor_file, safe_torch_load
 
-__all__ = ["file_status", "load_all_parts", "load_checkpoint_dir", "load_part", "safe_torch_load", "unlisted",
-           "verify_checkpoint"]
+__all__ = ["decode_part", "file_status", "load_all_parts", "load_checkpoint_dir", "load_part", "read_part", "safe_torch_load",
+           "shard_index", "shard_tensors", "tensors_of_part", "unlisted", "verify_checkpoint"]
 
 
 def _read_checked(path: Path, name: str, manifest: dict[str, Any]) -> bytes:
@@ -80,15 +97,51 @@ def _prefixed(part: str, name: str) -> str:
     return f"{part}/{name}" if part else name
 
 
-def load_part(path: Path, part: str, manifest: dict[str, Any], map_location: Any = None) -> Any:
-    """The decoded state in ``path/part`` (``part=""``: the top level), each file checked before it is parsed."""
+def read_part(path: Path, part: str, manifest: dict[str, Any], map_location: Any = None) -> tuple[Any, Any]:
+    """``(data, tensors)`` of ``path/part`` (``part=""``: the top level): its JSON and ``tensors.pt``, checked."""
     state_name, tensors_name = _prefixed(part, STATE), _prefixed(part, TENSORS)
     data = _parse_state(_read_checked(path, state_name, manifest), path / state_name)
-    tensors = _load_tensors(path, tensors_name, manifest, map_location)
-    return _decode_part(path, part, data, tensors)
+    return data, _load_tensors(path, tensors_name, manifest, map_location)
 
 
-def _decode_part(path: Path, part: str, data: Any, tensors: dict[str, Any]) -> Any:
+def load_part(path: Path, part: str, manifest: dict[str, Any], map_location: Any = None,
+              shards: dict[str, Any] | None = None) -> Any:
+    """The decoded state in ``path/part`` (``part=""``: the top level), each file checked before it is parsed.
+
+    In a sharded checkpoint its sharded tensors come from ``shards`` (as
+    :func:`shard_tensors` returns them), read whole when not given.
+    """
+    data, tensors = read_part(path, part, manifest, map_location)
+    if is_sharded_manifest(manifest):
+        tensors = tensors_of_part(part, tensors, shard_tensors(path, manifest) if shards is None else shards)
+    return decode_part(path, part, data, tensors)
+
+
+def tensors_of_part(part: str, tensors: dict[str, Any], shards: dict[str, Any]) -> dict[str, Any]:
+    """A part's tensor table: its ``tensors.pt`` plus the sharded tensors it names (rank parts: under RANK_PREFIX)."""
+    own = {name: t for name, t in shards.items() if not name.startswith(RANK_PREFIX)} if not part else {
+        name[len(RANK_PREFIX):]: t for name, t in shards.items() if name.startswith(RANK_PREFIX)}
+    return {**tensors, **own}
+
+
+def shard_index(path: Path, manifest: dict[str, Any]) -> Any:
+    """The checked DCP index of a sharded checkpoint, after every shard file's size and checksum held."""
+    names = shard_names(manifest["files"])
+    for name in names:
+        _check_file(path, name, manifest)
+    index_name = names[0]  # shard_names puts the index first; the manifest check makes sure it is listed
+    return read_index(path, _read_checked(path, index_name, manifest), set(names[1:]))
+
+
+def shard_tensors(path: Path, manifest: dict[str, Any], template: Template | None = None,
+                  distributed: bool = False, select: Any = None) -> dict[str, Any]:
+    """Every sharded tensor of checkpoint ``path`` by name (or those ``select(name)`` picks), checked first; whole
+    tensors unless ``template`` (and ``distributed``: every rank of a process group calls it together) says
+    otherwise."""
+    return load_shards(path, shard_index(path, manifest), template, distributed, select)
+
+
+def decode_part(path: Path, part: str, data: Any, tensors: dict[str, Any]) -> Any:
     try:
         return decode(data, tensors)
     except CheckpointError as exc:  # name the file (and so which rank's part) that is damaged
@@ -122,9 +175,10 @@ def load_all_parts(path: str | os.PathLike[str], map_location: Any = None
     if problems:
         raise CheckpointError(problems[0])
     world_size = world_size_of(manifest)
-    ranks = None if world_size is None else [load_part(path, rank_dir(r), manifest, map_location)
+    shards = shard_tensors(path, manifest) if is_sharded_manifest(manifest) else None
+    ranks = None if world_size is None else [load_part(path, rank_dir(r), manifest, map_location, shards)
                                              for r in range(world_size)]
-    return load_part(path, "", manifest, map_location), ranks, manifest
+    return load_part(path, "", manifest, map_location, shards), ranks, manifest
 
 
 def unlisted(path: Path, manifest: dict[str, Any], ranks: range | None = None) -> list[str]:
@@ -136,7 +190,12 @@ def unlisted(path: Path, manifest: dict[str, Any], ranks: range | None = None) -
     if world_size is None:
         return []
     allowed = {MANIFEST, *FILES, *(rank_dir(r) for r in range(world_size))}
+    if is_sharded_manifest(manifest):
+        allowed.add(SHARDS)
     problems = [_unlisted_message(path / name, world_size) for name in _entries(path) if name not in allowed]
+    if is_sharded_manifest(manifest):
+        problems += [_unlisted_message(path / SHARDS / name, world_size) for name in _entries(path / SHARDS)
+                     if f"{SHARDS}/{name}" not in manifest["files"]]
     for rank in range(world_size) if ranks is None else ranks:
         problems += [_unlisted_message(path / rank_dir(rank) / name, world_size)
                      for name in _entries(path / rank_dir(rank)) if name not in FILES]
@@ -169,14 +228,16 @@ def file_status(path: Path, manifest: dict[str, Any]) -> dict[str, str | None]:
     return {name: _file_problem(path, name, manifest) for name in expected_files(manifest)}
 
 
-def _decodes(path: Path, part: str, manifest: dict[str, Any]) -> str | None:
-    """Whether ``part``'s checked files parse and refer to each other exactly; tensors memory-mapped, not read."""
+def _decodes(path: Path, part: str, manifest: dict[str, Any], shards: dict[str, Any]) -> str | None:
+    """Whether ``part``'s checked files parse and refer to each other exactly; tensors memory-mapped, not read
+    (sharded ones: ``shards`` holds meta tensors of their logical shapes)."""
     state_name, tensors_name = _prefixed(part, STATE), _prefixed(part, TENSORS)
     state_path, tensors_path = path / state_name, path / tensors_name
     try:
         data = _parse_state(_read_checked(path, state_name, manifest), state_path)
         regular_size(path, tensors_name)  # checked just before; memory-mapped below, so looked at again
-        _decode_part(path, part, data, safe_torch_load(tensors_path, tensors_path, "cpu", mmap=True))
+        tensors = safe_torch_load(tensors_path, tensors_path, "cpu", mmap=True)
+        decode_part(path, part, data, tensors_of_part(part, tensors, shards))
     except CheckpointError as exc:
         return str(exc)
     return None
@@ -200,6 +261,13 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:
     problems = unlisted(path, manifest) + [p for p in file_status(path, manifest).values() if p is not None]
     if problems:
         return problems
+    shards: dict[str, Any] = {}
+    if is_sharded_manifest(manifest):
+        try:
+            index = shard_index(path, manifest)
+        except CheckpointError as exc:
+            return [str(exc)]
+        shards = {name: torch.empty(shape, dtype=dtype, device="meta") for name, (shape, dtype) in index.tensors.items()}
     world_size = world_size_of(manifest)
     parts = [""] + ([] if world_size is None else [rank_dir(r) for r in range(world_size)])
-    return [p for p in (_decodes(path, part, manifest) for part in parts) if p is not None]
+    return [p for p in (_decodes(path, part, manifest, shards) for part in parts) if p is not None]

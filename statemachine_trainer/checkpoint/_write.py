@@ -42,7 +42,17 @@ from ._files import max_state_bytes, state_too_large
 from ._fsops import clean_strays, discard, fsync_dir, remove_entry
 from ._hashing import DEFAULT_HASH, HASHES, HashingWriter
 from ._latest import prune
-from ._manifest import FORMAT, FORMAT_VERSION, MANIFEST, PARTS_FORMAT_VERSION, STATE, TENSORS, seal
+from ._manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PARTS_FORMAT_VERSION,
+    SHARDED_FORMAT_VERSION,
+    STATE,
+    TENSORS,
+    seal,
+)
+from ._shards import is_shard_file
 
 __all__ = ["EncodedState", "check_hash_name", "checked_metadata", "commit", "encode_state", "manifest", "new_tmp",
            "save_checkpoint_dir", "write_encoded", "write_part"]
@@ -160,10 +170,14 @@ def _json_bytes(obj: Any) -> bytes:
 
 def manifest(files: dict[str, dict[str, Any]], hash_name: str, metadata: dict[str, Any],
              world_size: int | None = None) -> dict[str, Any]:
-    """The manifest of a single-process checkpoint, or with ``world_size`` of a multi-process one."""
+    """The manifest of a single-process checkpoint, or with ``world_size`` of a multi-process one (with DCP shards
+    when ``files`` lists any)."""
+    version = FORMAT_VERSION if world_size is None else PARTS_FORMAT_VERSION
+    if world_size is not None and any(is_shard_file(name) for name in files):
+        version = SHARDED_FORMAT_VERSION
     out = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION if world_size is None else PARTS_FORMAT_VERSION,
+        "format_version": version,
         "schema_version": SCHEMA_VERSION,
         "hash": hash_name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
