@@ -425,9 +425,12 @@ def _read(trainer: Any, path: Path) -> tuple[dict[str, Any], Path]:
 
         state, _ = load_checkpoint_dir(path, map_location=trainer.run.device)
         return state, path
+    from ._sharded_state import sharded_templates
     from .checkpoint import load_checkpoint_parts
 
-    replicated, rank_local, _ = load_checkpoint_parts(path, map_location=trainer.run.device)
+    # Sharded tensors (FSDP) are read into this run's split of them; without any, nothing is asked of the template.
+    template = sharded_templates(trainer.run.module)
+    replicated, rank_local, _ = load_checkpoint_parts(path, map_location=trainer.run.device, template=template)
     return {**replicated, **rank_local}, path
 
 

@@ -14,7 +14,11 @@ tensor of a state set belongs to a parameter, though, and is split like it:
 
 So :func:`sharded_templates` makes an empty ``DTensor`` with the matching
 parameter's mesh and placements for every name; at another world size that is
-the new world's split, and DCP reshards.
+the new world's split, and DCP reshards.  Before the optimizers exist (a
+resume reads its checkpoint before ``configure_optimizers``, as Lightning
+does) an optimizer state takes the split of a parameter of its shape: under
+``fully_shard`` every parameter of one shape is split the same way (dim 0
+over the module's mesh).
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from .checkpoint._shards import RANK_PREFIX, Template, is_sharded
 __all__ = ["sharded_templates"]
 
 
-def sharded_templates(module: torch.nn.Module, optimizers: Sequence[Any]) -> Template:
-    """The template function for a checkpoint of ``module`` and ``optimizers`` (see the module docstring)."""
+def sharded_templates(module: torch.nn.Module, optimizers: Sequence[Any] | None = None) -> Template:
+    """The template function for a checkpoint of ``module`` and ``optimizers`` (None: not built yet; see the
+    module docstring)."""
     entries = module.state_dict()
     parameters = dict(module.named_parameters())
-    numbered = [[p for group in opt.param_groups for p in group["params"]] for opt in optimizers]
+    numbered = [[p for group in opt.param_groups for p in group["params"]] for opt in optimizers or ()]
+    by_shape = {p.shape: p for p in reversed(list(parameters.values())) if is_sharded(p)}  # the first of each shape
 
     def reference(name: str) -> Any:
         parts = name.split("/")
@@ -44,12 +50,15 @@ def sharded_templates(module: torch.nn.Module, optimizers: Sequence[Any]) -> Tem
             if index is not None and position is not None and index < len(numbered) and \
                     position < len(numbered[index]):
                 return numbered[index][position]
+            return by_shape  # no optimizers yet: a parameter of the state's shape (looked up below)
         if name.startswith(RANK_PREFIX + "grads/"):
             return parameters.get(name[len(RANK_PREFIX + "grads/"):])
         return None
 
     def template(name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor | None:
         like = reference(name)
+        if like is by_shape:
+            like = by_shape.get(shape)
         if like is None or not is_sharded(like) or like.shape != shape:
             return None  # read whole; the checks that follow say what does not fit
         from torch.distributed.tensor import empty
