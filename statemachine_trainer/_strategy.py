@@ -71,6 +71,9 @@ class SingleProcess:
     def setup(self, device: torch.device) -> torch.device:
         return device
 
+    def configure_module(self, module: torch.nn.Module, device: torch.device, precision: Any) -> None:
+        """Prepare the module on its device before the optimizers are built (FSDP shards it; nothing here)."""
+
     def wrap_step(self, module: torch.nn.Module, device: torch.device, one_backward: bool = True) -> Any:
         """The training_step to call; ``one_backward``: whether each step runs exactly one backward."""
         return module.training_step
@@ -281,7 +284,7 @@ def resolve_devices(devices: Any, accelerator: str, strategy: str | None) -> Any
     ``CUDA_VISIBLE_DEVICES`` instead.
     """
     if devices in ("auto", -1, "-1"):
-        return max(torch.cuda.device_count(), 1) if strategy == "ddp" and accelerator == "cuda" else 1
+        return max(torch.cuda.device_count(), 1) if strategy in ("ddp", "fsdp") and accelerator == "cuda" else 1
     if isinstance(devices, str) and devices.strip().isdigit():
         return int(devices)
     if isinstance(devices, (list, tuple)) or (isinstance(devices, str) and "," in devices):
@@ -291,27 +294,36 @@ def resolve_devices(devices: Any, accelerator: str, strategy: str | None) -> Any
     return devices
 
 
-def make_strategy(strategy: str | None, devices: int, accelerator: str, num_nodes: int = 1,
+def make_strategy(strategy: Any, devices: int, accelerator: str, num_nodes: int = 1,
                   sync_batchnorm: bool = False, use_distributed_sampler: bool = True) -> SingleProcess:
+    """The strategy a ``strategy=`` flag names: "auto", "ddp", "fsdp" or an ``FSDPStrategy(...)`` (fsdp, configured)."""
+    from ._fsdp import FSDP, FSDPStrategy
+
+    options = strategy if isinstance(strategy, FSDPStrategy) else None
+    if options is not None:
+        strategy = "fsdp"
     devices = resolve_devices(devices, accelerator, strategy)
     if strategy in (None, "auto", "single"):
         if devices != 1:
-            raise ConfigError(f"devices={devices!r} needs strategy='ddp' (one process per device); or use devices=1.")
+            raise ConfigError(f"devices={devices!r} needs strategy='ddp' or 'fsdp' (one process per device); or use "
+                              "devices=1.")
         if num_nodes != 1:
-            raise ConfigError(f"num_nodes={num_nodes} needs strategy='ddp' (launched with torchrun on every node); "
-                              "or use num_nodes=1.")
+            raise ConfigError(f"num_nodes={num_nodes} needs strategy='ddp' or 'fsdp' (launched with torchrun on every "
+                              "node); or use num_nodes=1.")
         return SingleProcess()  # sync_batchnorm and use_distributed_sampler only matter with several processes
-    if strategy == "ddp":
+    if strategy in ("ddp", "fsdp"):
         if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
             raise ConfigError(f"devices={devices!r} must be an int >= 1: the number of processes on this machine.")
         if sync_batchnorm and accelerator != "cuda":
-            raise ConfigError("sync_batchnorm=True needs CUDA devices: torch's SyncBatchNorm (and DDP with it) runs "
-                              "on GPUs only. Use accelerator='cuda', or drop sync_batchnorm on CPU.")
+            raise ConfigError("sync_batchnorm=True needs CUDA devices: torch's SyncBatchNorm runs on GPUs only. Use "
+                              "accelerator='cuda', or drop sync_batchnorm on CPU.")
+        if strategy == "fsdp":
+            return FSDP(devices, accelerator, num_nodes, sync_batchnorm, use_distributed_sampler, options)
         return DDP(devices, accelerator, num_nodes, sync_batchnorm, use_distributed_sampler)
     from ._refused import value_advice
 
-    raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process) or 'ddp' (torch DistributedDataParallel)"
-                      f"{value_advice('strategy', strategy)}.")
+    raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process), 'ddp' (torch DistributedDataParallel) or "
+                      f"'fsdp' (torch FSDP2, sharded parameters){value_advice('strategy', strategy)}.")
 
 
 def _free_port() -> int:

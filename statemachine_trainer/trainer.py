@@ -111,7 +111,7 @@ class Trainer:
         self,
         *,
         accelerator: str = "auto",
-        strategy: str = "auto",
+        strategy: Any = "auto",
         devices: int | str = 1,
         num_nodes: int = 1,
         precision: str | int = "32",
@@ -444,7 +444,10 @@ class Trainer:
         return None
 
     def _check_saveable(self) -> None:
+        from ._fsdp import _refuse_fsdp_checkpoint
         from .checkpoint import CheckpointError
+
+        _refuse_fsdp_checkpoint(self.strategy)
 
         stopped = self.fit_loop.active_path() if self.run.state == "idle" else ()
         if stopped:
