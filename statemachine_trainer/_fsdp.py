@@ -44,7 +44,12 @@ is what happens to the module:
   gradients are reduced and kept in float32 on float32 shards, the
   optimizer steps float32 weights.  The step still runs under bfloat16
   autocast, as everywhere, so what autocast computes in float32 (losses,
-  softmax, norms) stays so for code outside the sharded units.
+  softmax, norms) stays so for code outside the sharded units;
+* **evaluation under no_grad** -- never ``torch.inference_mode()`` (the
+  ``inference_mode`` flag is ignored): FSDP2 reuses its all-gather buffers,
+  and buffers first allocated in inference mode refuse the next training
+  step's in-place copy ("Inplace update to inference tensor outside
+  InferenceMode").
 """
 
 from __future__ import annotations
@@ -123,6 +128,9 @@ class FSDP(DDP):
     """One process per device, the module sharded with FSDP2's ``fully_shard`` (gloo on CPU, NCCL on CUDA)."""
 
     name = "fsdp"
+    #: Evaluation runs under no_grad: FSDP2 all-gathers into buffers it allocates once and reuses; allocated
+    #: under inference mode they become inference tensors, and the next training all-gather into them fails.
+    supports_inference_mode = False
 
     def __init__(self, devices: int, accelerator: str, num_nodes: int = 1, sync_batchnorm: bool = False,
                  use_distributed_sampler: bool = True, options: FSDPStrategy | None = None) -> None:

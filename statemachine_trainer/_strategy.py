@@ -44,7 +44,7 @@ import torch
 
 from ._optim import ConfigError
 
-__all__ = ["DDP", "SingleProcess", "make_strategy"]
+__all__ = ["DDP", "SingleProcess", "launched_rank_zero", "resolve_devices"]
 
 
 def identity_gate(loss: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,8 @@ class SingleProcess:
     distributed = False  # True: a torch.distributed run, whose checkpoints have one part per rank
     rank, world_size, is_rank_zero = 0, 1, True
     local_rank = 0  # the rank on this node: picks the CUDA device; local rank 0 runs prepare_data
+    #: Whether evaluation may run under ``torch.inference_mode()`` (the ``inference_mode`` flag); else no_grad.
+    supports_inference_mode = True
     #: The device this process's module runs on (Lightning's ``strategy.root_device``); the Trainer sets it.
     root_device = torch.device("cpu")
 
@@ -292,38 +294,6 @@ def resolve_devices(devices: Any, accelerator: str, strategy: str | None) -> Any
         raise ConfigError(f"devices={devices!r}: choose the GPUs with CUDA_VISIBLE_DEVICES (e.g. "
                           f"CUDA_VISIBLE_DEVICES=0,1) and pass how many: devices={count}.")
     return devices
-
-
-def make_strategy(strategy: Any, devices: int, accelerator: str, num_nodes: int = 1,
-                  sync_batchnorm: bool = False, use_distributed_sampler: bool = True) -> SingleProcess:
-    """The strategy a ``strategy=`` flag names: "auto", "ddp", "fsdp" or an ``FSDPStrategy(...)`` (fsdp, configured)."""
-    from ._fsdp import FSDP, FSDPStrategy
-
-    options = strategy if isinstance(strategy, FSDPStrategy) else None
-    if options is not None:
-        strategy = "fsdp"
-    devices = resolve_devices(devices, accelerator, strategy)
-    if strategy in (None, "auto", "single"):
-        if devices != 1:
-            raise ConfigError(f"devices={devices!r} needs strategy='ddp' or 'fsdp' (one process per device); or use "
-                              "devices=1.")
-        if num_nodes != 1:
-            raise ConfigError(f"num_nodes={num_nodes} needs strategy='ddp' or 'fsdp' (launched with torchrun on every "
-                              "node); or use num_nodes=1.")
-        return SingleProcess()  # sync_batchnorm and use_distributed_sampler only matter with several processes
-    if strategy in ("ddp", "fsdp"):
-        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-            raise ConfigError(f"devices={devices!r} must be an int >= 1: the number of processes on this machine.")
-        if sync_batchnorm and accelerator != "cuda":
-            raise ConfigError("sync_batchnorm=True needs CUDA devices: torch's SyncBatchNorm runs on GPUs only. Use "
-                              "accelerator='cuda', or drop sync_batchnorm on CPU.")
-        if strategy == "fsdp":
-            return FSDP(devices, accelerator, num_nodes, sync_batchnorm, use_distributed_sampler, options)
-        return DDP(devices, accelerator, num_nodes, sync_batchnorm, use_distributed_sampler)
-    from ._refused import value_advice
-
-    raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process), 'ddp' (torch DistributedDataParallel) or "
-                      f"'fsdp' (torch FSDP2, sharded parameters){value_advice('strategy', strategy)}.")
 
 
 def _free_port() -> int:

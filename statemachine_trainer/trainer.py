@@ -55,7 +55,8 @@ from ._optim import ConfigError, configure_optimizers
 from ._precision import Precision
 from ._refused import missing_attribute, refuse_flags
 from ._run import Run
-from ._strategy import launched_rank_zero, make_strategy
+from ._strategy import launched_rank_zero
+from ._strategy_flag import make_strategy
 from .datamodule import DataModule
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .machine import Loop
