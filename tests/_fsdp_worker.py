@@ -6,7 +6,7 @@ For each variant the Trainer trains a fresh module, then a loop written here wit
 (``fully_shard``, ``set_requires_gradient_sync``, ``clip_grad_norm_``, ``requires_grad_``) trains another copy --
 the same initial weights, the same wrapping, the same data shard per rank.  Both full state dicts are gathered and
 compared; rank 0 prints one line per variant: ``<variant> equal|DIFFERENT <hand steps> <trained> <trainer's global_step>
-<differing keys>``.
+<sync_dist value equal on both ranks: True|False|- (not logged)> <differing keys>``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Regressor(TrainingModule):
 
     def training_step(self, batch, batch_idx):
         loss = regression_loss(self, batch)
-        self.log("loss", loss, sync_dist=True)
+        self.log("loss", loss, on_step=False, on_epoch=True, sync_dist=True)  # the epoch mean over both ranks
         return loss
 
     def configure_optimizers(self):
@@ -250,9 +250,13 @@ def run_variant(name: str) -> str:
     mine, hand = full_state(ours), full_state(theirs)
     equal = mine.keys() == hand.keys() and all(torch.equal(mine[key], hand[key]) for key in mine)
     trained = any(not torch.equal(mine[key], initial[key]) for key in mine)
+    logged = trainer.callback_metrics.get("loss")  # self.log(..., sync_dist=True): the mean over both ranks
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, None if logged is None else float(logged))
+    synced = "-" if logged is None else str(values[0] == values[1])
     differ = ",".join(f"{key}:{(mine[key] - hand[key]).abs().max().item():.1e}" for key in mine
                       if not torch.equal(mine[key], hand[key]))  # what differs, by how much: for the failure message
-    return f"{name} {'equal' if equal else 'DIFFERENT'} {steps} {trained} {trainer.global_step} {differ}"
+    return f"{name} {'equal' if equal else 'DIFFERENT'} {steps} {trained} {trainer.global_step} {synced} {differ}"
 
 
 def main() -> None:
