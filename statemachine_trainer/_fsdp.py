@@ -65,7 +65,7 @@ from torch import nn
 from ._optim import ConfigError
 from ._strategy import DDP, identity_gate
 
-__all__ = ["FSDP", "FSDPStrategy", "default_wrap"]
+__all__ = ["FSDP", "FSDPStrategy", "default_wrap", "restore_window_grads", "window_grads"]
 
 #: The check the lead's sharded checkpoint format replaces (issue 14, item 2): see :func:`_refuse_fsdp_checkpoint`.
 _NO_SHARDED_CHECKPOINTS = ("sharded checkpoints under strategy='fsdp' are not available yet: the module and "
@@ -222,6 +222,65 @@ def _fix_root(module: nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
     fully_shard.state(module)._lazy_init()
+
+
+def window_grads(module: nn.Module) -> dict[str, torch.Tensor]:
+    """This rank's gradients that FSDP holds back inside an accumulation window, by parameter name; {} outside one.
+
+    With ``set_requires_gradient_sync(False)`` a backward leaves each
+    parameter's gradient *unsharded* (full size, this rank's micro-batches
+    only) inside FSDP2 -- on ``FSDPParam._unsharded_param.grad``, or, when the
+    policy reduces in another dtype than it computes in (bf16-mixed's float32
+    reduce), upcast on ``FSDPParam.unsharded_accumulated_grad`` -- and not on
+    the parameter's ``.grad``, which holds only gradients already
+    reduce-scattered.  A checkpoint inside a window must keep these (rank-local)
+    to resume exactly; :func:`restore_window_grads` puts them back.
+    """
+    grads = {}
+    for name, fsdp_param in _fsdp_params(module):
+        held = fsdp_param.unsharded_accumulated_grad
+        if held is None and hasattr(fsdp_param, "_unsharded_param"):
+            held = fsdp_param._unsharded_param.grad
+        if held is not None:
+            grads[name] = held
+    return grads
+
+
+def restore_window_grads(module: nn.Module, grads: dict[str, torch.Tensor]) -> None:
+    """Put :func:`window_grads`' gradients back into a sharded ``module`` (a collective: every rank calls it).
+
+    Each unit is all-gathered once first (and freed again), so FSDP2 has the
+    unsharded parameter its next backward accumulates into.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not grads:
+        return
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.unshard()
+            unit.reshard()
+    for name, fsdp_param in _fsdp_params(module):
+        grad = grads.get(name)
+        if grad is None:
+            continue
+        computes_in = fsdp_param.param_dtype or fsdp_param.orig_dtype
+        if fsdp_param.reduce_dtype is not None and grad.dtype == fsdp_param.reduce_dtype != computes_in:
+            fsdp_param.unsharded_accumulated_grad = grad.clone()
+        else:
+            fsdp_param._unsharded_param.grad = grad.clone()
+
+
+def _fsdp_params(module: nn.Module) -> Iterator[tuple[str, Any]]:
+    """``(parameter name, FSDP2's FSDPParam)`` for every sharded parameter of ``module`` (FSDP2 internals)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    names = {id(param): name for name, param in module.named_parameters()}
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            for group in unit._get_fsdp_state()._fsdp_param_groups:
+                for fsdp_param in group.fsdp_params:
+                    yield names[id(fsdp_param.sharded_param)], fsdp_param
 
 
 def _refuse_fsdp_checkpoint(strategy: Any) -> None:

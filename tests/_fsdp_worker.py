@@ -259,9 +259,42 @@ def run_variant(name: str) -> str:
     return f"{name} {'equal' if equal else 'DIFFERENT'} {steps} {trained} {trainer.global_step} {synced} {differ}"
 
 
+def check_window_grads(bf16: bool) -> str:
+    """A window's held-back gradients, captured after its first micro-batch and restored into a fresh sharded copy,
+    give that copy the same reduce-scattered gradients after the window's last micro-batch, bit for bit."""
+    from statemachine_trainer._fsdp import FSDPStrategy as Options
+    from statemachine_trainer._fsdp import restore_window_grads, shard, window_grads
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    first, last = list(shard_loader(regression_data()))[:2]
+    models = []
+    for _ in range(2):
+        model = Regressor()
+        shard(model, mesh, Options(), policy or MixedPrecisionPolicy())
+        models.append(model)
+    window, resumed = models
+    window.set_requires_gradient_sync(False)
+    regression_loss(window, first).backward()
+    window.set_requires_gradient_sync(True)
+    held = {name: grad.clone() for name, grad in window_grads(window).items()}
+    restore_window_grads(resumed, held)
+    for model in models:
+        regression_loss(model, last).backward()
+    same = all(torch.equal(a.grad.full_tensor(), b.grad.full_tensor())
+               for a, b in zip(window.parameters(), resumed.parameters()))
+    dtypes = sorted({str(grad.dtype).removeprefix("torch.") for grad in held.values()})
+    return (f"window_grads{'_bf16' if bf16 else ''} {'equal' if same else 'DIFFERENT'} {len(held)} "
+            f"{window_grads(window) == {}} {','.join(dtypes)}")
+
+
 def main() -> None:
+    from statemachine_trainer.distributed import DistributedEnv, join_process_group
+
     torch.set_num_threads(1)
-    lines = [run_variant(name) for name in sys.argv[1:]]
+    join_process_group(DistributedEnv.from_environ())  # the group the Trainers join too (joining is idempotent)
+    lines = [check_window_grads(bf16=name.endswith("bf16")) if name.startswith("window_grads") else run_variant(name)
+             for name in sys.argv[1:]]
     if dist.get_rank() == 0:
         print("\n".join(lines), flush=True)
 

@@ -23,13 +23,15 @@ WORKER = str(Path(__file__).parent / "_fsdp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 TIMEOUT = 240
 VARIANTS = ("automatic", "accumulate_clip_norm", "clip_value", "bf16_wrap_linear", "yield_two_optimizers", "manual")
+WINDOW_CHECKS = ("window_grads", "window_grads_bf16")
 
 
 def test_every_optimization_mode_matches_a_hand_written_fsdp2_loop_bit_for_bit(tmp_path):
     """One optimizer; accumulation over 2 batches (set_requires_gradient_sync) with norm clipping on DTensor
     gradients; value clipping; bf16-mixed as a MixedPrecisionPolicy with a class-set wrap policy; two optimizers
-    with a generator step; manual optimization with toggle_optimizer, no_backward_sync and clip_gradients."""
-    done = subprocess.run([*TORCHRUN, WORKER, *VARIANTS], cwd=tmp_path, capture_output=True, text=True,
+    with a generator step; manual optimization with toggle_optimizer, no_backward_sync and clip_gradients.  And
+    the gradients an accumulation window holds inside FSDP, captured and restored (for checkpoints)."""
+    done = subprocess.run([*TORCHRUN, WORKER, *VARIANTS, *WINDOW_CHECKS], cwd=tmp_path, capture_output=True, text=True,
                           timeout=TIMEOUT, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.split()[:1] != []}
@@ -41,6 +43,11 @@ def test_every_optimization_mode_matches_a_hand_written_fsdp2_loop_bit_for_bit(t
     # The step counts the Trainer reports: 7 batches a rank for 2 epochs; accumulation 2 closes after batch 2, 4,
     # 6 and the epoch's last; two optimizers step twice a batch; manual: G every batch, D every 2nd of 8.
     assert [lines[v][4] for v in VARIANTS] == ["14", "8", "14", "14", "32", "24"]
+    # Inside an accumulation window FSDP holds each rank's unsharded gradients itself (not on param.grad):
+    # window_grads() reads all 6, restore_window_grads() puts them into a fresh sharded copy, whose gradients after
+    # the window's last backward are then the same bit for bit; outside a window there are none.  Under bf16-mixed
+    # they are held upcast to the float32 reduce dtype.
+    assert [lines[name][1:] for name in WINDOW_CHECKS] == [["equal", "6", "True", "float32"]] * 2
 
 
 class Tiny(TrainingModule):
