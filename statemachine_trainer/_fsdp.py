@@ -25,8 +25,12 @@ is what happens to the module:
 * **the root is fixed at once** -- FSDP2 otherwise calls whichever sharded
   module runs forward first the root; a ``training_step`` that calls
   ``self.generator(z)`` rather than ``self(z)`` would make the generator root
-  and the next call of the module itself fail.  :func:`_fix_root` runs
-  FSDP2's own lazy initialisation on the module right after sharding;
+  and the next call of the module itself fail -- or, with the module never
+  called, leave the generator and the discriminator each its own root, which
+  a hand-written FSDP2 loop of ``tests/_fsdp_worker.py``'s manual GAN showed
+  to train wrong (weights 0.3 off a one-process reference; ours 1e-7).
+  :func:`_fix_root` runs FSDP2's own lazy initialisation on the module right
+  after sharding;
 * **one step, every backward synced** -- FSDP2's hooks all-gather in forward
   and reduce-scatter in every backward, whatever calls it; so the step is the
   module's own and the loss gate is the identity (no wrapper, unlike DDP);

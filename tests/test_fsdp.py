@@ -92,6 +92,11 @@ def test_a_world_of_one_still_shards_and_trains_as_one_process_bit_for_bit():
     for name, param in plain.named_parameters():
         assert torch.equal(dict(sharded.named_parameters())[name].full_tensor(), param), name
     assert "val" in trainer.callback_metrics
+    (again,) = trainer.validate(sharded, DataLoader(TensorDataset(torch.ones(8, 3)), batch_size=4))  # sharded already
+    alone = Trainer(strategy="fsdp", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                    enable_checkpointing=False)
+    (fresh,) = alone.validate(Tiny(), DataLoader(TensorDataset(torch.ones(8, 3)), batch_size=4))  # sharded here
+    assert again["val"] != fresh["val"]  # trained vs initial weights, both evaluated through FSDP
 
 
 def test_checkpoints_are_refused_under_fsdp_until_the_sharded_format_exists():
