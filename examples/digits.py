@@ -5,6 +5,7 @@ Run:  python examples/digits.py [--epochs 20] [--seed 0] [--fast-dev-run] [--roo
       python examples/digits.py --resume latest    # ... or from the newest valid one (after a kill -9)
       torchrun --nproc-per-node 2 examples/digits.py --strategy ddp   # two processes (DDP, gloo on CPU)
       python examples/digits.py --strategy ddp --devices 2            # the same, launching its own workers
+      python examples/digits.py --strategy fsdp --devices 2           # FSDP2: parameters sharded over the 2
 
 What it shows: a TrainingModule with training/validation/test steps, a
 torchmetrics accuracy logged as a Metric object (computed and reset each
@@ -89,9 +90,10 @@ def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
     add_run_flags(parser, root="runs/digits", checkpoint_every=100)  # also: --resume last (ROOT/checkpoints/last.ckpt)
-    parser.add_argument("--strategy", default="auto", choices=("auto", "ddp"), help="'ddp': one process per device")
+    parser.add_argument("--strategy", default="auto", choices=("auto", "ddp", "fsdp"),
+                        help="'ddp': one process per device; 'fsdp': the same, parameters sharded (FSDP2)")
     parser.add_argument("--devices", type=int, default=None,
-                        help="processes with --strategy ddp (default: torchrun's --nproc-per-node, else 1)")
+                        help="processes with --strategy ddp|fsdp (default: torchrun's --nproc-per-node, else 1)")
     args = parser.parse_args(argv)
     devices = args.devices or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 

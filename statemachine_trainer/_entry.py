@@ -187,6 +187,8 @@ class EntryLoop(Loop):
         _lifecycle.configure_model(run)
         run.module.to(self._trainer.device)  # after setup and configure_model, which may build layers
         run.module.zero_grad()  # as Lightning: gradients left from before the run never reach its first step
+        # FSDP: shard now, before configure_optimizers builds optimizers over the (then DTensor) parameters.
+        self._trainer.strategy.configure_module(run.module, self._trainer.device, self._trainer.precision)
 
     def read_checkpoint(self) -> None:
         """Read the checkpoint and give the data module its state back, before any dataloader is requested.
@@ -316,6 +318,11 @@ class FitEntryLoop(EntryLoop):
         if self._trainer.strategy.distributed and any(
                 isinstance(cb, ModelCheckpoint) and cb.async_save for cb in self.run_context.callbacks):
             raise ConfigError(f"ModelCheckpoint(async_save=True) under strategy='ddp': {ASYNC_UNDER_DDP}")
+        if not self._trainer.config.fast_dev_run and any(
+                isinstance(cb, ModelCheckpoint) and cb.enabled for cb in self.run_context.callbacks):
+            from ._fsdp import _refuse_fsdp_checkpoint
+
+            _refuse_fsdp_checkpoint(self._trainer.strategy)  # at fit start, not at the first save
 
     def teardown(self) -> None:
         try:

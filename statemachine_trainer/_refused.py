@@ -82,8 +82,7 @@ VALUE_ADVICE: dict[tuple[str, str], str] = {
     ("strategy", "ddp_find_unused_parameters_true"): "use strategy='ddp': several backwards per step already "
                                                      "find unused parameters",
     ("strategy", "ddp_find_unused_parameters_false"): "use strategy='ddp'",
-    ("strategy", "fsdp"): "FSDP is not supported by the Trainer; use strategy='ddp'",
-    ("strategy", "deepspeed"): "DeepSpeed is not supported; use strategy='ddp'",
+    ("strategy", "deepspeed"): "DeepSpeed is not supported; use strategy='fsdp' (torch FSDP2) or 'ddp'",
     ("strategy", "dp"): "DataParallel is gone from Lightning 2 too; use strategy='ddp'",
     ("accelerator", "tpu"): "TPUs are not supported; use 'cuda' or 'cpu'",
     ("accelerator", "mps"): "Apple's MPS is not supported yet; use 'cpu'",
@@ -147,7 +146,6 @@ LOGGER_ADVICE: dict[str, str] = {
 STRATEGY_ADVICE: dict[str, str] = {
     "DDPStrategy": "pass Trainer(strategy='ddp'); several backwards per step already find unused parameters, and "
                    "DDP's other settings are not configurable here",
-    "FSDPStrategy": "FSDP is not supported by the Trainer; use strategy='ddp'",
     "DeepSpeedStrategy": "DeepSpeed is not supported; use strategy='ddp'",
     "SingleDeviceStrategy": "leave strategy='auto' (one process) and pick the device with accelerator=",
     "ModelParallelStrategy": "tensor parallelism is not supported; use strategy='ddp'",

@@ -592,8 +592,10 @@ class Run:
         self.use_data(**{stage: loader for stage, loader in loaders.items() if loader is not None})
 
     def evaluation_grad_mode(self) -> Any:
-        """The context evaluation runs in: ``torch.inference_mode()``, or ``torch.no_grad()`` (inference_mode=False)."""
-        return torch.inference_mode() if self.config.inference_mode else torch.no_grad()
+        """The context evaluation runs in: ``torch.inference_mode()``, or ``torch.no_grad()`` (inference_mode=False,
+        or a strategy whose buffers inference mode would spoil: FSDP's, see ``_fsdp``)."""
+        inference = self.config.inference_mode and self.strategy.supports_inference_mode
+        return torch.inference_mode() if inference else torch.no_grad()
 
     def _source(self, stage: str, loader: Any) -> BatchSource:
         if self.config.overfit_batches and stage in ("train", "validate") and self.state == "fit":

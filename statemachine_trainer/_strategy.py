@@ -44,7 +44,7 @@ import torch
 
 from ._optim import ConfigError
 
-__all__ = ["DDP", "SingleProcess", "make_strategy"]
+__all__ = ["DDP", "SingleProcess", "launched_rank_zero", "resolve_devices"]
 
 
 def identity_gate(loss: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,8 @@ class SingleProcess:
     distributed = False  # True: a torch.distributed run, whose checkpoints have one part per rank
     rank, world_size, is_rank_zero = 0, 1, True
     local_rank = 0  # the rank on this node: picks the CUDA device; local rank 0 runs prepare_data
+    #: Whether evaluation may run under ``torch.inference_mode()`` (the ``inference_mode`` flag); else no_grad.
+    supports_inference_mode = True
     #: The device this process's module runs on (Lightning's ``strategy.root_device``); the Trainer sets it.
     root_device = torch.device("cpu")
 
@@ -70,6 +72,9 @@ class SingleProcess:
 
     def setup(self, device: torch.device) -> torch.device:
         return device
+
+    def configure_module(self, module: torch.nn.Module, device: torch.device, precision: Any) -> None:
+        """Prepare the module on its device before the optimizers are built (FSDP shards it; nothing here)."""
 
     def wrap_step(self, module: torch.nn.Module, device: torch.device, one_backward: bool = True) -> Any:
         """The training_step to call; ``one_backward``: whether each step runs exactly one backward."""
@@ -281,7 +286,7 @@ def resolve_devices(devices: Any, accelerator: str, strategy: str | None) -> Any
     ``CUDA_VISIBLE_DEVICES`` instead.
     """
     if devices in ("auto", -1, "-1"):
-        return max(torch.cuda.device_count(), 1) if strategy == "ddp" and accelerator == "cuda" else 1
+        return max(torch.cuda.device_count(), 1) if strategy in ("ddp", "fsdp") and accelerator == "cuda" else 1
     if isinstance(devices, str) and devices.strip().isdigit():
         return int(devices)
     if isinstance(devices, (list, tuple)) or (isinstance(devices, str) and "," in devices):
@@ -289,29 +294,6 @@ def resolve_devices(devices: Any, accelerator: str, strategy: str | None) -> Any
         raise ConfigError(f"devices={devices!r}: choose the GPUs with CUDA_VISIBLE_DEVICES (e.g. "
                           f"CUDA_VISIBLE_DEVICES=0,1) and pass how many: devices={count}.")
     return devices
-
-
-def make_strategy(strategy: str | None, devices: int, accelerator: str, num_nodes: int = 1,
-                  sync_batchnorm: bool = False, use_distributed_sampler: bool = True) -> SingleProcess:
-    devices = resolve_devices(devices, accelerator, strategy)
-    if strategy in (None, "auto", "single"):
-        if devices != 1:
-            raise ConfigError(f"devices={devices!r} needs strategy='ddp' (one process per device); or use devices=1.")
-        if num_nodes != 1:
-            raise ConfigError(f"num_nodes={num_nodes} needs strategy='ddp' (launched with torchrun on every node); "
-                              "or use num_nodes=1.")
-        return SingleProcess()  # sync_batchnorm and use_distributed_sampler only matter with several processes
-    if strategy == "ddp":
-        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-            raise ConfigError(f"devices={devices!r} must be an int >= 1: the number of processes on this machine.")
-        if sync_batchnorm and accelerator != "cuda":
-            raise ConfigError("sync_batchnorm=True needs CUDA devices: torch's SyncBatchNorm (and DDP with it) runs "
-                              "on GPUs only. Use accelerator='cuda', or drop sync_batchnorm on CPU.")
-        return DDP(devices, accelerator, num_nodes, sync_batchnorm, use_distributed_sampler)
-    from ._refused import value_advice
-
-    raise ConfigError(f"strategy={strategy!r}: use 'auto' (one process) or 'ddp' (torch DistributedDataParallel)"
-                      f"{value_advice('strategy', strategy)}.")
 
 
 def _free_port() -> int:

@@ -1,12 +1,18 @@
-"""Lightning's strategy classes (``lightning.pytorch.strategies``) are flags here: ``Trainer(strategy="ddp")``.
+"""Lightning's strategy classes (``lightning.pytorch.strategies``): ``FSDPStrategy`` here, the others are flags.
 
-Ported code that imports one gets an ``UnsupportedError`` saying what to pass
-instead, not a bare ``ImportError`` (the table: ``_refused.STRATEGY_ADVICE``).
+``Trainer(strategy=FSDPStrategy(wrap={Block}, mixed_precision=...))`` is
+``strategy="fsdp"`` with options (see :mod:`statemachine_trainer._fsdp`).
+Ported code that imports another one (``DDPStrategy``: pass
+``strategy="ddp"``) gets an ``UnsupportedError`` saying what to pass instead,
+not a bare ``ImportError`` (the table: ``_refused.STRATEGY_ADVICE``).
 """
 
 from __future__ import annotations
 
+from ._fsdp import FSDPStrategy
 from ._refused import STRATEGY_ADVICE, refused_name
+
+__all__ = ["FSDPStrategy"]
 
 
 def __getattr__(name: str):

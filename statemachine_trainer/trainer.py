@@ -55,7 +55,8 @@ from ._optim import ConfigError, configure_optimizers
 from ._precision import Precision
 from ._refused import missing_attribute, refuse_flags
 from ._run import Run
-from ._strategy import launched_rank_zero, make_strategy
+from ._strategy import launched_rank_zero
+from ._strategy_flag import make_strategy
 from .datamodule import DataModule
 from .loops import EvaluationLoop, FitLoop, PredictionLoop
 from .machine import Loop
@@ -111,7 +112,7 @@ class Trainer:
         self,
         *,
         accelerator: str = "auto",
-        strategy: str = "auto",
+        strategy: Any = "auto",
         devices: int | str = 1,
         num_nodes: int = 1,
         precision: str | int = "32",
@@ -444,7 +445,10 @@ class Trainer:
         return None
 
     def _check_saveable(self) -> None:
+        from ._fsdp import _refuse_fsdp_checkpoint
         from .checkpoint import CheckpointError
+
+        _refuse_fsdp_checkpoint(self.strategy)
 
         stopped = self.fit_loop.active_path() if self.run.state == "idle" else ()
         if stopped:

@@ -287,7 +287,7 @@ def test_ddp_ranks_shuffle_with_one_seed_so_their_shards_partition_the_data(tmp_
 
 def test_ddp_shards_a_dataloader_with_the_runs_seed_with_the_flag_off_too():
     """``resumable_data=False`` under DDP still shards a DataLoader (as before): with the run's seed, not the rank's."""
-    from statemachine_trainer._strategy import make_strategy
+    from statemachine_trainer._strategy_flag import make_strategy
 
     shards = []
     for rank in (0, 1):

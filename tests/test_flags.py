@@ -317,7 +317,7 @@ def test_num_nodes_needs_ddp_and_a_matching_launcher(monkeypatch):
 
 
 def test_use_distributed_sampler_decides_whether_ddp_shards_the_loader():
-    from statemachine_trainer._strategy import make_strategy
+    from statemachine_trainer._strategy_flag import make_strategy
 
     loader = numbered(16)
     sharding = make_strategy("ddp", 2, "cpu")

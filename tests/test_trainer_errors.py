@@ -176,7 +176,8 @@ def test_bad_log_calls_name_the_key():
 
 @pytest.mark.parametrize(("flags", "fragment"), [
     ({"devices": 2}, "devices=2 needs strategy='ddp'"),
-    ({"strategy": "fsdp"}, "strategy='fsdp': use 'auto'"),
+    ({"strategy": "fsdp_cpu_offload"}, "strategy='fsdp_cpu_offload': use 'auto'"),
+    ({"strategy": "fsdp", "devices": 0}, "devices=0 must be an int >= 1"),
     ({"strategy": "ddp", "devices": 0}, "devices=0 must be an int >= 1"),
 ])
 def test_bad_strategy_flags_fail_at_construction(flags, fragment):
@@ -249,7 +250,7 @@ def test_a_misspelt_attribute_suggests_the_right_one():
 
 
 @pytest.mark.parametrize("flag, value, fragment", [("strategy", "ddp_spawn", "use strategy='ddp' (our launcher"),
-                                                   ("strategy", "fsdp", "FSDP is not supported"),
+                                                   ("strategy", "deepspeed", "DeepSpeed is not supported"),
                                                    ("accelerator", "mps", "MPS is not supported"),
                                                    ("accelerator", "tpu", "TPUs are not supported")])
 def test_a_lightning_value_we_lack_names_what_to_pass(flag, value, fragment):
