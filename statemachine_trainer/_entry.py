@@ -318,11 +318,6 @@ class FitEntryLoop(EntryLoop):
         if self._trainer.strategy.distributed and any(
                 isinstance(cb, ModelCheckpoint) and cb.async_save for cb in self.run_context.callbacks):
             raise ConfigError(f"ModelCheckpoint(async_save=True) under strategy='ddp': {ASYNC_UNDER_DDP}")
-        if not self._trainer.config.fast_dev_run and any(
-                isinstance(cb, ModelCheckpoint) and cb.enabled for cb in self.run_context.callbacks):
-            from ._fsdp import _refuse_fsdp_checkpoint
-
-            _refuse_fsdp_checkpoint(self._trainer.strategy)  # at fit start, not at the first save
 
     def teardown(self) -> None:
         try:

@@ -71,11 +71,6 @@ from ._strategy import DDP, identity_gate
 
 __all__ = ["FSDP", "FSDPStrategy", "default_wrap", "restore_window_grads", "window_grads"]
 
-#: The check the lead's sharded checkpoint format replaces (issue 14, item 2): see :func:`_refuse_fsdp_checkpoint`.
-_NO_SHARDED_CHECKPOINTS = ("sharded checkpoints under strategy='fsdp' are not available yet: the module and "
-                           "optimizer state are DTensor shards, which the per-rank checkpoint format would write "
-                           "as if they were whole. Pass enable_checkpointing=False (and do not call "
-                           "trainer.save_checkpoint) for now.")
 
 
 def default_wrap(module: nn.Module, root: nn.Module) -> bool:
@@ -196,6 +191,14 @@ class FSDP(DDP):
             if outer and self.module is not None:
                 self.module.set_requires_gradient_sync(True)
 
+    def held_grads(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The unsharded gradients FSDP2 holds inside an accumulation window (:func:`window_grads`)."""
+        return window_grads(module)
+
+    def restore_held_grads(self, module: nn.Module, grads: dict[str, torch.Tensor]) -> None:
+        """Put :meth:`held_grads` back (a collective: every rank calls it, as every rank resumes)."""
+        restore_window_grads(module, grads)
+
     def teardown(self) -> None:
         self.module = None  # ours is not the last reference (the user's is), but it must not be one more
         super().teardown()
@@ -285,14 +288,3 @@ def _fsdp_params(module: nn.Module) -> Iterator[tuple[str, Any]]:
             for group in unit._get_fsdp_state()._fsdp_param_groups:
                 for fsdp_param in group.fsdp_params:
                     yield names[id(fsdp_param.sharded_param)], fsdp_param
-
-
-def _refuse_fsdp_checkpoint(strategy: Any) -> None:
-    """PLACEHOLDER until sharded checkpoints exist (issue 14, item 2; to be replaced by the DCP-based format).
-
-    Under FSDP the state set's module and optimizer entries are DTensor
-    shards: the per-rank format would write rank 0's shards as the whole
-    replicated state and resume wrong.  Refused instead, clearly.
-    """
-    if isinstance(strategy, FSDP):
-        raise ConfigError(_NO_SHARDED_CHECKPOINTS)

@@ -100,6 +100,7 @@ class RunCheckpoint:
     schedulers: list[dict[str, Any]]
     precision: dict[str, Any]
     grads: dict[str, torch.Tensor]
+    held_grads: dict[str, torch.Tensor] | None  # FSDP only (strategy.held_grads)
     metrics: dict[str, MetricState]
     results: dict[str, Any]
     data: dict[str, Any]  # stage -> the source's position (its own format)
@@ -123,7 +124,7 @@ class LoopCheckpoint:
 
 
 #: Keys a checkpoint may lack (written before they existed, or not applicable); structured as None.
-_OPTIONAL = {RunCheckpoint: ("hparams", "datamodule"), WeightsCheckpoint: ("datamodule",),
+_OPTIONAL = {RunCheckpoint: ("hparams", "datamodule", "held_grads"), WeightsCheckpoint: ("datamodule",),
              LoopCheckpoint: ("module", "grads")}
 
 

@@ -5,7 +5,8 @@ else is: a resumed run is the same function of this data as the
 uninterrupted one.  The parts, by top-level key:
 
 * ``module`` -- parameters and buffers; ``grads`` -- partial ``.grad``
-  tensors inside a gradient-accumulation window;
+  tensors inside a gradient-accumulation window; ``held_grads`` (FSDP only)
+  -- the unsharded gradients FSDP2 keeps off ``.grad`` inside such a window;
 * ``optimizers``, ``schedulers`` (ReduceLROnPlateau included), ``precision``
   (the GradScaler);
 * ``loops`` -- every loop's FSM position, progress and fields (the state of a
@@ -71,7 +72,7 @@ RUN_KEYS = ("module", "loops", "callbacks", "rng", "optimizers", "schedulers", "
 
 #: Parts that differ between the ranks of a DDP run: each rank saves and loads its own.  The rest is
 #: replicated (equal on every rank by construction) and written once.
-RANK_LOCAL = ("rng", "data", "grads", "results", "metrics", "loggers")
+RANK_LOCAL = ("rng", "data", "grads", "held_grads", "results", "metrics", "loggers")
 
 
 def split(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -98,6 +99,9 @@ def capture(run: Run, root: Loop) -> dict[str, Any]:
         state["schedulers"] = [c.scheduler.state_dict() for c in optimization.setup.schedulers]
         state["precision"] = run.precision.state_dict()
     state["grads"] = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+    held = run.strategy.held_grads(module)
+    if held is not None:
+        state["held_grads"] = held
     state["metrics"] = _metric_states(module)
     state["results"] = run.results.state_dict()
     state["data"] = {stage: source.state_dict() for stage, source in run.sources.items() if source.resumable}
@@ -159,6 +163,7 @@ def _structure(run: Run, root: Loop, state: Any, path: Path, whole_run: bool) ->
     _check_module(run.module, typed.module, path)
     if whole_run:
         _check_grads(run.module, typed.grads, path)
+        _check_held_grads(run, typed.held_grads, path)
         _check_metrics(run.module, typed.metrics, path)
         _check_results(path, typed.results)
         try:
@@ -201,6 +206,8 @@ def restore(run: Run, root: Loop, typed: Any, path: Path, whole_run: bool) -> No
         params = dict(module.named_parameters())
         for name, grad in typed.grads.items():
             params[name].grad = grad.to(params[name].device)
+        if typed.held_grads is not None:
+            run.strategy.restore_held_grads(module, typed.held_grads)
         _load_metric_states(module, typed.metrics)
         rng = typed.rng
         restore_rng({"python": rng.python, "numpy": rng.numpy, "torch": rng.torch}
@@ -548,6 +555,21 @@ def _check_grads(module: torch.nn.Module, grads: Any, path: Path) -> None:
         if grad.dtype != params[name].dtype:
             raise CheckpointError(f"{path}: $.grads[{name!r}] is a {grad.dtype} tensor but its parameter is "
                                   f"{params[name].dtype}; the state file was edited or damaged.")
+
+
+def _check_held_grads(run: Run, held: Any, path: Path) -> None:
+    """Held gradients only where the strategy holds some (FSDP), each shaped like its (whole) parameter."""
+    if held is None:
+        return
+    if run.strategy.held_grads(run.module) is None:
+        raise CheckpointMismatch(f"{path} holds gradients FSDP kept inside an accumulation window ($.held_grads), "
+                                 f"but this run's strategy is {run.strategy.name!r}, which cannot take them; resume "
+                                 "it with strategy='fsdp', or from a checkpoint at an optimizer step.")
+    params = dict(run.module.named_parameters())
+    for name, grad in held.items():
+        if name not in params or tuple(grad.shape) != tuple(params[name].shape):
+            raise CheckpointMismatch(f"{path} does not match {type(run.module).__name__}: $.held_grads[{name!r}] "
+                                     f"has no parameter of that name and shape; {_FIX}.")
 
 
 def _check_metrics(module: torch.nn.Module, saved: dict[str, Any], path: Path) -> None:

@@ -87,6 +87,14 @@ class SingleProcess:
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
+    def held_grads(self, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """Gradients this strategy keeps off ``param.grad`` (FSDP inside an accumulation window), for checkpoints;
+        None: it keeps none, and a checkpoint has no ``held_grads`` entry."""
+        return None
+
+    def restore_held_grads(self, module: torch.nn.Module, grads: dict[str, torch.Tensor]) -> None:
+        """Put :meth:`held_grads`' gradients back (nothing held, nothing to do)."""
+
     def shard(self, loader: Any, seed: int | None = None) -> Any:
         """This rank's part of ``loader`` (one process: all of it); ``seed``: the run's data seed, if any."""
         return loader

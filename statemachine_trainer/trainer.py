@@ -445,10 +445,7 @@ class Trainer:
         return None
 
     def _check_saveable(self) -> None:
-        from ._fsdp import _refuse_fsdp_checkpoint
         from .checkpoint import CheckpointError
-
-        _refuse_fsdp_checkpoint(self.strategy)
 
         stopped = self.fit_loop.active_path() if self.run.state == "idle" else ()
         if stopped:

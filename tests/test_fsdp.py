@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from statemachine_trainer import ConfigError, Trainer, TrainingModule
+from statemachine_trainer import Callback, ConfigError, Trainer, TrainingModule
 from statemachine_trainer.strategies import FSDPStrategy
 
 WORKER = str(Path(__file__).parent / "_fsdp_worker.py")
@@ -70,12 +70,12 @@ class Tiny(TrainingModule):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
 
-def _fit(strategy, **flags) -> tuple[Tiny, Trainer]:
+def _fit(strategy, ckpt_path=None, **flags) -> tuple[Tiny, Trainer]:
     data = TensorDataset(torch.randn(24, 3, generator=torch.Generator().manual_seed(1)))
     module = Tiny()
     trainer = Trainer(strategy=strategy, devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, **{"enable_checkpointing": False, **flags})
-    trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=8))
+    trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=8), ckpt_path=ckpt_path)
     return module, trainer
 
 
@@ -99,12 +99,34 @@ def test_a_world_of_one_still_shards_and_trains_as_one_process_bit_for_bit():
     assert again["val"] != fresh["val"]  # trained vs initial weights, both evaluated through FSDP
 
 
-def test_checkpoints_are_refused_under_fsdp_until_the_sharded_format_exists():
-    with pytest.raises(ConfigError, match="sharded checkpoints under strategy='fsdp' are not available yet"):
-        _fit("fsdp", enable_checkpointing=True)
-    _, trainer = _fit("fsdp")
-    with pytest.raises(ConfigError, match="not available yet"):
-        trainer.save_checkpoint("never.ckpt")
+def test_a_world_of_one_writes_sharded_checkpoints_and_resumes_from_one_mid_window_bit_for_bit(tmp_path):
+    """In a world of one the checkpoint is already the sharded format (DCP shards, format version 3); resuming
+    from a checkpoint taken inside an accumulation window (FSDP then holds the gradients itself) ends with the
+    uninterrupted run's weights, bit for bit."""
+    from statemachine_trainer.callbacks import ModelCheckpoint
+    from statemachine_trainer.checkpoint import load_checkpoint_parts, read_manifest
+
+    flags = {"accumulate_grad_batches": 3, "default_root_dir": str(tmp_path)}
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=1, save_top_k=-1)  # none mid-window
+    whole, trainer = _fit("fsdp", enable_checkpointing=True, callbacks=[saver], **flags)
+
+    mid = tmp_path / "mid.ckpt"
+
+    class SaveMidWindow(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == 2 and batch_idx == 1 and not mid.exists():  # 2 of 3 micro-batches held
+                trainer.request_checkpoint(mid)
+
+    _fit("fsdp", callbacks=[SaveMidWindow()], **flags)
+    manifest = read_manifest(mid)
+    assert manifest["format_version"] == 3 and manifest["world_size"] == 1
+    assert any(name.startswith("shards/__0_") for name in manifest["files"])
+    _, own, _ = load_checkpoint_parts(mid)  # no process group here: a world of one, the shards read whole
+    assert sorted(own["held_grads"]) == ["body.bias", "body.weight", "head.bias", "head.weight"]
+
+    resumed, _ = _fit("fsdp", ckpt_path=str(mid), **flags)
+    for name, param in whole.named_parameters():
+        assert torch.equal(dict(resumed.named_parameters())[name].full_tensor(), param.full_tensor()), name
 
 
 @pytest.mark.parametrize(("options", "fragment"), [
@@ -149,8 +171,6 @@ def test_lightnings_import_name_is_ours_and_the_other_strategy_classes_still_say
         strategies.DDPStrategy  # noqa: B018
 
 
-@pytest.mark.xfail(strict=True, raises=subprocess.CalledProcessError,
-                   reason="digits.py writes checkpoints: sharded checkpoints under fsdp land with issue 14 item 2")
 def test_the_digits_example_runs_under_fsdp(tmp_path):
     digits = str(Path(__file__).parents[1] / "examples" / "digits.py")
     done = subprocess.run([sys.executable, digits, "--strategy", "fsdp", "--devices", "2", "--epochs", "3",
