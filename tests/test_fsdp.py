@@ -108,7 +108,7 @@ def test_a_world_of_one_writes_sharded_checkpoints_and_resumes_from_one_mid_wind
 
     flags = {"accumulate_grad_batches": 3, "default_root_dir": str(tmp_path)}
     saver = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=1, save_top_k=-1)  # none mid-window
-    whole, trainer = _fit("fsdp", enable_checkpointing=True, callbacks=[saver], **flags)
+    whole, _ = _fit("fsdp", enable_checkpointing=True, callbacks=[saver], **flags)
 
     mid = tmp_path / "mid.ckpt"
 

@@ -13,6 +13,8 @@ diff`` finds bit-identical to an uninterrupted run's:
 * ``examples/gan_yield.py`` (generator ``training_step``) and
   ``examples/manual_gan.py`` (manual optimization), as users run them, in
   one process and in two (``--strategy ddp --devices 2``);
+* ``digits.py`` in two processes under ``--strategy fsdp`` (sharded
+  parameters and optimizer state, written as DCP shards);
 * the other four examples with the same flags: ``digits.py``,
   ``val_guided.py`` (a custom optimization loop), and ``kfold.py`` and
   ``active_learning.py`` (a user's loop wrapping the fit loop: kills land
@@ -47,6 +49,9 @@ RUNS = {
     "manual_gan_ddp": [sys.executable, str(ROOT / "examples" / "manual_gan.py"), *GAN_ARGS, *DDP_ARGS],
     # The same flags on every example: --root, --checkpoint-every, --max-steps, --resume latest, --seed.
     "digits": [sys.executable, str(ROOT / "examples" / "digits.py"), *EXAMPLE_ARGS, "--epochs", "2"],
+    # Two processes under FSDP2: sharded parameters and optimizer state, checkpointed as DCP shards.
+    "digits_fsdp": [sys.executable, str(ROOT / "examples" / "digits.py"), *EXAMPLE_ARGS, "--epochs", "2",
+                    "--strategy", "fsdp", "--devices", "2"],
     "val_guided": [sys.executable, str(ROOT / "examples" / "val_guided.py"), *EXAMPLE_ARGS, "--epochs", "2"],
     "kfold": [sys.executable, str(ROOT / "examples" / "kfold.py"), *EXAMPLE_ARGS, "--folds", "3", "--epochs", "2"],
     "active_learning": [sys.executable, str(ROOT / "examples" / "active_learning.py"), *EXAMPLE_ARGS,
@@ -54,7 +59,7 @@ RUNS = {
 }
 CHECKPOINTS = {"classifier": 20, "classifier_bf16": 20, "gan_yield": 32, "manual_gan": 24,  # how many each writes
                "gan_yield_ddp": 16, "manual_gan_ddp": 12,  # each rank has half the batches
-               "digits": 11, "val_guided": 9, "kfold": 28, "active_learning": 9}
+               "digits": 11, "digits_fsdp": 6, "val_guided": 9, "kfold": 28, "active_learning": 9}
 KEPT = {"digits": 5}  # checkpoints left in checkpoints/ at the end: the newest 3 (+ best and last.ckpt for digits)
 
 
@@ -107,8 +112,8 @@ def test_bf16_mixed_killed_anywhere_resumes_bit_identical(references, tmp_path_f
     assert _diff_cli(references["classifier"] / "final.ckpt", killed / "final.ckpt").returncode == 1  # bf16 counts
 
 
-@pytest.mark.parametrize("name", ["gan_yield", "manual_gan", "gan_yield_ddp", "manual_gan_ddp", "digits", "val_guided",
-                                  "kfold", "active_learning"])
+@pytest.mark.parametrize("name", ["gan_yield", "manual_gan", "gan_yield_ddp", "manual_gan_ddp", "digits", "digits_fsdp",
+                                  "val_guided", "kfold", "active_learning"])
 @GAN_SETTINGS
 @given(data=st.data())
 def test_example_killed_anywhere_resumes_bit_identical(references, tmp_path_factory, name, data):
