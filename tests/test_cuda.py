@@ -94,3 +94,26 @@ def test_manual_gan_on_two_gpus_syncs_both_backwards(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     digests = [path.read_text() for path in sorted(tmp_path.glob("rank-*.txt"))]
     assert len(digests) == 2 and digests[0] == digests[1]
+
+
+# -- FSDP2 (strategy="fsdp") on GPUs --------------------------------------------------------------------------
+def test_fsdp_world_of_one_on_cuda_resumes_mid_window_bit_identical(tmp_path):
+    """NCCL with one rank, parameters DTensors on the GPU, deterministic algorithms: a checkpoint inside an
+    accumulation window (FSDP's held gradients on the GPU) resumes to the whole run's weights bit for bit."""
+    from .test_fsdp import resume_mid_window_exactly
+
+    resume_mid_window_exactly(tmp_path, accelerator="cuda", deterministic=True)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices for NCCL")
+def test_fsdp_on_two_gpus_killed_anywhere_resumes_bit_identical(tmp_path):
+    """examples/digits.py --strategy fsdp on 2 GPUs (NCCL), killed after its 3rd checkpoint, resumed: bit-identical."""
+    import sys
+    from pathlib import Path
+
+    from statemachine_trainer.testing import assert_kill_resume_exact
+
+    digits = Path(__file__).parents[1] / "examples" / "digits.py"
+    command = [sys.executable, str(digits), "--root", ".", "--checkpoint-every", "4", "--seed", "1", "--epochs", "2",
+               "--strategy", "fsdp", "--devices", "2"]
+    assert_kill_resume_exact(command, tmp_path, 3, delay=0.01)

@@ -102,14 +102,18 @@ def test_a_world_of_one_still_shards_and_trains_as_one_process_bit_for_bit():
 def test_a_world_of_one_writes_sharded_checkpoints_and_resumes_from_one_mid_window_bit_for_bit(tmp_path):
     """In a world of one the checkpoint is already the sharded format (DCP shards, format version 3); resuming
     from a checkpoint taken inside an accumulation window (FSDP then holds the gradients itself) ends with the
-    uninterrupted run's weights, bit for bit."""
+    uninterrupted run's weights, bit for bit (tests/test_cuda.py repeats it on a GPU)."""
+    resume_mid_window_exactly(tmp_path)
+
+
+def resume_mid_window_exactly(tmp_path, **flags) -> None:
+    """A world-of-one FSDP run resumed from a checkpoint inside an accumulation window equals the whole run."""
     from statemachine_trainer.callbacks import ModelCheckpoint
     from statemachine_trainer.checkpoint import load_checkpoint_parts, read_manifest
 
-    flags = {"accumulate_grad_batches": 3, "default_root_dir": str(tmp_path)}
+    flags = {"accumulate_grad_batches": 3, "default_root_dir": str(tmp_path), **flags}
     saver = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=1, save_top_k=-1)  # none mid-window
     whole, _ = _fit("fsdp", enable_checkpointing=True, callbacks=[saver], **flags)
-
     mid = tmp_path / "mid.ckpt"
 
     class SaveMidWindow(Callback):
