@@ -3,7 +3,8 @@
 Started once per node, in the same directory (the shared filesystem)::
 
     torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint localhost:PORT --rdzv-id ID \\
-        tests/_multinode_script.py [--resume latest] [--kill-rank R --kill-step S] [--signal-rank R --signal-step S]
+        tests/_multinode_script.py [--resume latest] [--kill-rank R --kill-step S]
+        [--signal-rank R --signal-step S [--signal-agent]]
 
 The run is tests/_ddp_script.py's (shuffled data with an augmentation drawn in a
 dataloader worker, dropout, accumulation over 2 batches, validation twice per
@@ -16,7 +17,10 @@ node (GROUP_RANK) and global rank to ``prepared.txt``.
 ``--kill-rank R --kill-step S``: global rank R sends itself SIGKILL at the start
 of the first batch after optimizer step S (its checkpoint is on disk), and
 ``--signal-rank R --signal-step S`` sends itself SIGUSR1 there instead (a
-preemption request that only this node received).
+preemption request that only this node received); with ``--signal-agent`` it
+sends it to its node's torchrun, as SLURM's ``--signal`` would (torchrun
+forwards it to the node's workers when started with ``--signals-to-handle
+...,SIGUSR1``).
 """
 
 import argparse
@@ -25,7 +29,7 @@ import os
 import signal
 
 import torch
-from _ddp_script import Classifier  # this script's directory is on sys.path
+from _ddp_script import Classifier, Slow  # this script's directory is on sys.path
 from _kill_classifier import NoisyPoints
 from torch.utils.data import DataLoader
 
@@ -54,15 +58,16 @@ class Seen(Callback):
 
 
 class SignalAt(Callback):
-    """Rank ``rank`` sends itself ``signum`` at the first batch start after optimizer step ``step``."""
+    """Rank ``rank`` sends ``signum`` at the first batch start after optimizer step ``step``: to itself, or to its
+    node's torchrun agent (its parent), which forwards it to the node's workers if told to handle it."""
 
-    def __init__(self, rank: int, step: int, signum: int) -> None:
-        self.rank, self.step, self.signum, self.sent = rank, step, signum, False
+    def __init__(self, rank: int, step: int, signum: int, to_agent: bool = False) -> None:
+        self.rank, self.step, self.signum, self.to_agent, self.sent = rank, step, signum, to_agent, False
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if trainer.global_rank == self.rank and trainer.global_step == self.step and not self.sent:
             self.sent = True
-            os.kill(os.getpid(), self.signum)
+            os.kill(os.getppid() if self.to_agent else os.getpid(), self.signum)
 
 
 def main() -> None:
@@ -73,15 +78,18 @@ def main() -> None:
     parser.add_argument("--kill-step", type=int)
     parser.add_argument("--signal-rank", type=int)
     parser.add_argument("--signal-step", type=int)
+    parser.add_argument("--signal-agent", action="store_true", help="send the signal to this node's torchrun")
     args = parser.parse_args()
     torch.set_num_threads(1)
     train = DataLoader(NoisyPoints(200, seed=1), batch_size=8, shuffle=True, num_workers=1)
     val = DataLoader(NoisyPoints(64, seed=2), batch_size=16)
-    callbacks = [ModelCheckpoint(dirpath="checkpoints", every_n_train_steps=1, save_top_k=3), Seen()]
+    # Slow: batches of 50 ms, so the preemption vote holds a ballot every 4 batches, and a signal is acted on
+    # well before the run ends (fast batches space ballots up to 64 batches apart: longer than this run).
+    callbacks = [ModelCheckpoint(dirpath="checkpoints", every_n_train_steps=1, save_top_k=3), Seen(), Slow()]
     if args.kill_step is not None:
         callbacks.append(SignalAt(args.kill_rank, args.kill_step, signal.SIGKILL))
     if args.signal_step is not None:
-        callbacks.append(SignalAt(args.signal_rank, args.signal_step, signal.SIGUSR1))
+        callbacks.append(SignalAt(args.signal_rank, args.signal_step, signal.SIGUSR1, args.signal_agent))
     trainer = Trainer(strategy="ddp", num_nodes=args.num_nodes, devices=1, accelerator="cpu", max_epochs=2, seed=5,
                       accumulate_grad_batches=2, val_check_interval=0.5, num_sanity_val_steps=0,
                       enable_progress_bar=False, default_root_dir=".", log_every_n_steps=2, callbacks=callbacks)

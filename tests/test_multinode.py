@@ -39,7 +39,7 @@ import pytest
 import torch
 
 from statemachine_trainer import PREEMPTED_EXIT_CODE, ConfigError, Trainer
-from statemachine_trainer.checkpoint import find_latest, read_manifest
+from statemachine_trainer.checkpoint import CheckpointError, find_latest, read_manifest
 from statemachine_trainer.distributed import DistributedEnv
 from statemachine_trainer.testing import compare_final_states
 
@@ -49,6 +49,8 @@ from .test_distributed_launch import clean_environ
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "tests" / "_multinode_script.py")
 LIMIT = 180  # seconds one two-node run may take; ~15x what it needs on 2 idle cores
+#: The README's SLURM recipe: torchrun forwards SIGUSR1 to its workers only when told to.
+FORWARD_SIGUSR1 = ("--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
 MARKER = "STATEMACHINE_TRAINER_TWO_NODE_TEST"  # set in every process a test starts, to find them all at the end
 
 
@@ -64,9 +66,9 @@ def torchrun() -> list[str]:
     return [str(beside)] if beside.exists() else [sys.executable, "-m", "torch.distributed.run"]
 
 
-def node_command(port: int, job: str, script: str, *args: str) -> list[str]:
+def node_command(port: int, job: str, launcher: Sequence[str], script: str, *args: str) -> list[str]:
     return [*torchrun(), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-            f"localhost:{port}", "--rdzv-id", job, script, *args]
+            f"localhost:{port}", "--rdzv-id", job, *launcher, script, *args]
 
 
 def _marked(job: str) -> list[int]:
@@ -105,11 +107,12 @@ def two_nodes(cwd: Path, commands: Sequence[Sequence[str]], label: str, job: str
             agent.wait(timeout=LIMIT)
 
 
-def run_two_nodes(cwd: Path, *args: str, label: str = "run", script: str = SCRIPT,
+def run_two_nodes(cwd: Path, *args: str, label: str = "run", launcher: Sequence[str] = (),
                   wrap: Sequence[Sequence[str]] = ((), ())) -> tuple[list[int], str]:
-    """Both nodes of one job, to the end; (their exit codes, both logs).  ``wrap[i]`` prefixes node i's command."""
+    """Both nodes of one job, to the end; (their exit codes, both logs).  ``launcher``: more torchrun options;
+    ``wrap[i]`` prefixes node i's command."""
     job, port = uuid.uuid4().hex, free_port()
-    commands = [[*wrap[node], *node_command(port, job, script, *args)] for node in range(2)]
+    commands = [[*wrap[node], *node_command(port, job, launcher, SCRIPT, *args)] for node in range(2)]
     deadline = time.monotonic() + LIMIT
     with two_nodes(cwd, commands, label, job) as agents:
         codes = [agent.wait(timeout=max(deadline - time.monotonic(), 1)) for agent in agents]
@@ -145,23 +148,26 @@ def test_each_node_reads_its_place_prepares_once_and_rank_zero_alone_logs(refere
 
 
 def test_killed_on_one_node_then_preempted_from_one_node_both_nodes_resume_bit_identical(reference, tmp_path):
-    """Three runs of one job: rank 1 SIGKILLs itself after step 4's checkpoint; both nodes restarted with
-    ``--resume latest``, rank 1 sends itself SIGUSR1 after step 8 (a preemption request only its node received):
-    every rank checkpoints at one boundary and exits 75; both restarted again, the job ends as if never stopped."""
-    codes, logs = run_two_nodes(tmp_path, "--kill-rank", "1", "--kill-step", "4", label="killed")
+    """Three runs of one job: rank 1 SIGKILLs itself after step 2's checkpoint.  Both nodes restarted with
+    ``--resume latest``: after step 3 rank 1 sends SIGUSR1 to its node's torchrun (as SLURM's ``--signal`` does),
+    which forwards it to its worker (the README's ``--signals-to-handle``); the other node hears nothing, yet every
+    rank checkpoints at one boundary and exits 75.  Both restarted again, the job ends as if never stopped."""
+    codes, logs = run_two_nodes(tmp_path, "--kill-rank", "1", "--kill-step", "2", label="killed")
     assert all(code != 0 for code in codes), logs[-6000:]  # rank 1 died; rank 0's node stopped too
     latest, _ = find_latest(tmp_path / "checkpoints")
-    assert read_manifest(latest)["metadata"]["step"] == 4  # killed right after step 4's checkpoint
+    assert read_manifest(latest)["metadata"]["step"] == 2  # killed right after step 2's checkpoint
     assert not (tmp_path / "final.ckpt").exists()
 
-    codes, logs = run_two_nodes(tmp_path, "--resume", "latest", "--signal-rank", "1", "--signal-step", "8",
-                                label="preempted")
-    # torchrun reports a worker's non-zero exit as its own exit code 1; the workers' 75 is in its log.
+    codes, logs = run_two_nodes(tmp_path, "--resume", "latest", "--signal-rank", "1", "--signal-step", "3",
+                                "--signal-agent", label="preempted", launcher=FORWARD_SIGUSR1)
+    # torchrun exits with 1 both ways: the signalled one after forwarding the signal and waiting for its worker,
+    # the other one reporting its worker's non-zero exit, whose 75 is in its log.
     assert codes == [1, 1], logs[-6000:]
-    assert logs.count(f"failed (exitcode: {PREEMPTED_EXIT_CODE})") == 2, logs[-6000:]  # both ranks: 75
+    assert logs.count("Received 10 death signal, shutting down workers") == 1, logs[-6000:]
+    assert logs.count(f"failed (exitcode: {PREEMPTED_EXIT_CODE})") == 1, logs[-6000:]
     (preempted,) = (tmp_path / "checkpoints").glob("preempted-*.ckpt")
     manifest = read_manifest(preempted)
-    assert manifest["world_size"] == 2 and manifest["metadata"]["step"] >= 8  # one checkpoint, both ranks' parts
+    assert manifest["world_size"] == 2 and 3 <= manifest["metadata"]["step"] < 14  # one, both ranks' parts
 
     must_succeed(tmp_path, "--resume", "latest", label="resumed")
     compare_final_states(reference / "final.ckpt", tmp_path / "final.ckpt")
@@ -177,6 +183,19 @@ def test_num_nodes_other_than_the_launchers_is_refused_before_joining(monkeypatc
     with pytest.raises(ConfigError, match=re.escape(refusal)):
         trainer.fit(RecordingModule(), tiny_loader())
     assert not torch.distributed.is_initialized()
+
+
+def test_a_rank_that_cannot_see_rank_zeros_temporary_directory_names_the_shared_filesystem(tmp_path):
+    """What rank 1 meets with a per-node directory, without a second node: rank 0's temp directory is not there.
+    (The test below makes it happen with two torchrun nodes, where mount namespaces are allowed.)"""
+    from statemachine_trainer.checkpoint._parts import _Plan, _write_rank
+
+    target = tmp_path / "step=1.ckpt"
+    plan = _Plan(str(target), str(tmp_path / ".step=1.ckpt.tmp-123"), "crc32", durable=False)
+    with pytest.raises(CheckpointError, match=r"rank 1 cannot see .*\.step=1\.ckpt\.tmp-123, the temporary "
+                                              r"directory rank 0 made .* a per-node local directory cannot hold"):
+        _write_rank(1, target, plan, (None, None, {}))
+    assert list(tmp_path.iterdir()) == []
 
 
 def _can_mount_privately() -> bool:
