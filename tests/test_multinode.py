@@ -145,6 +145,8 @@ def test_each_node_reads_its_place_prepares_once_and_rank_zero_alone_logs(refere
     assert prepared == ["node 0 rank 0", "node 1 rank 1"]  # prepare_data_per_node=True: once on each node
     assert read_manifest(reference / "final.ckpt")["world_size"] == 2
     assert sorted(p.name for p in (reference / "logs").iterdir()) == ["version_0"]  # one logger: rank 0's
+    logs = "".join(path.read_text() for path in reference.glob("uninterrupted-node*.log"))
+    assert "could not delete" not in logs  # top-k deletion is rank 0's: both ranks deleting one directory raced
 
 
 def test_killed_on_one_node_then_preempted_from_one_node_both_nodes_resume_bit_identical(reference, tmp_path):
