@@ -6,7 +6,9 @@ process per device under ``torch.distributed``:
 * **launch** -- under ``torchrun`` the launcher's environment says who we
   are; from a plain ``python script.py`` with ``devices=N`` the process
   becomes torch's elastic agent, re-runs the script in N workers and exits
-  with their status (it never trains itself);
+  with their status (it never trains itself).  Several nodes
+  (``num_nodes``) need torchrun on each, whose world must be ``num_nodes *
+  devices`` processes;
 * **the step** -- DDP's contract is one backward per forward through the
   wrapper.  With automatic optimization and one optimizer, ``training_step``
   *is* that forward (a thin ``nn.Module`` whose ``forward`` runs the step) and
@@ -275,8 +277,8 @@ def _check_world_matches(env: Any, num_nodes: int, devices: int) -> None:
     hint = f" (torchrun started {nodes} node(s) of {env.local_world_size}: pass num_nodes={nodes})" if nodes else ""
     expected = num_nodes * devices
     raise ConfigError(f"Trainer(num_nodes={num_nodes}, devices={devices}) expects a world of {expected} "
-                      f"process{'es' if expected > 1 else ''}, but the launcher reports WORLD_SIZE={env.world_size}{hint}; make torchrun's "
-                      "--nnodes and --nproc-per-node match the flags.")
+                      f"process{'es' if expected > 1 else ''}, but the launcher reports WORLD_SIZE={env.world_size}"
+                      f"{hint}; make torchrun's --nnodes and --nproc-per-node match the flags.")
 
 
 def launched_rank_zero(strategy: SingleProcess) -> bool:
