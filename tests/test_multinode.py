@@ -169,7 +169,12 @@ def test_killed_on_one_node_then_preempted_from_one_node_both_nodes_resume_bit_i
     assert logs.count(f"failed (exitcode: {PREEMPTED_EXIT_CODE})") == 1, logs[-6000:]
     (preempted,) = (tmp_path / "checkpoints").glob("preempted-*.ckpt")
     manifest = read_manifest(preempted)
-    assert manifest["world_size"] == 2 and 3 <= manifest["metadata"]["step"] < 14  # one, both ranks' parts
+    step = manifest["metadata"]["step"]
+    assert manifest["world_size"] == 2 and 3 <= step < 14  # one checkpoint, both ranks' parts
+    # The periodic checkpoint requested at the preemption's boundary is written too, and the one it pushed out of
+    # the top 3 deleted: exactly the three the preemption checkpoint's ModelCheckpoint lists.
+    periodic = sorted(read_manifest(path)["metadata"]["step"] for path in (tmp_path / "checkpoints").glob("epoch=*"))
+    assert periodic == [step - 2, step - 1, step]
 
     must_succeed(tmp_path, "--resume", "latest", label="resumed")
     compare_final_states(reference / "final.ckpt", tmp_path / "final.ckpt")
