@@ -6,7 +6,9 @@ process per device under ``torch.distributed``:
 * **launch** -- under ``torchrun`` the launcher's environment says who we
   are; from a plain ``python script.py`` with ``devices=N`` the process
   becomes torch's elastic agent, re-runs the script in N workers and exits
-  with their status (it never trains itself);
+  with their status (it never trains itself).  Several nodes
+  (``num_nodes``) need torchrun on each, whose world must be ``num_nodes *
+  devices`` processes;
 * **the step** -- DDP's contract is one backward per forward through the
   wrapper.  With automatic optimization and one optimizer, ``training_step``
   *is* that forward (a thin ``nn.Module`` whose ``forward`` runs the step) and
@@ -175,10 +177,7 @@ class DDP(SingleProcess):
         from .distributed import join_process_group
 
         env = self.env
-        if self.num_nodes > 1 and env.world_size != self.num_nodes * self.devices:
-            raise ConfigError(f"Trainer(num_nodes={self.num_nodes}, devices={self.devices}) expects a world of "
-                              f"{self.num_nodes * self.devices} processes, but the launcher reports WORLD_SIZE="
-                              f"{env.world_size}; make torchrun's --nnodes and --nproc-per-node match the flags.")
+        _check_world_matches(env, self.num_nodes, self.devices)
         self.rank, self.world_size, self.is_rank_zero = env.rank, env.world_size, env.rank == 0
         self.local_rank = env.local_rank
         joined = join_process_group(env, "cuda" if device.type == "cuda" else "cpu")
@@ -276,6 +275,23 @@ class DDP(SingleProcess):
 
         self.ddp = None  # the only reference: leave_process_group's collection frees DDP
         leave_process_group()
+
+
+def _check_world_matches(env: Any, num_nodes: int, devices: int) -> None:
+    """Refuse a launcher world other than ``num_nodes * devices`` processes, as Lightning does.
+
+    Also with the default ``num_nodes=1``: a script started by ``torchrun
+    --nnodes 2`` without ``num_nodes=2`` would train, but ``trainer.num_nodes``
+    and everything sized from it would be wrong.
+    """
+    if env.world_size == num_nodes * devices:
+        return
+    nodes = env.world_size // env.local_world_size if env.world_size % env.local_world_size == 0 else None
+    hint = f" (torchrun started {nodes} node(s) of {env.local_world_size}: pass num_nodes={nodes})" if nodes else ""
+    expected = num_nodes * devices
+    raise ConfigError(f"Trainer(num_nodes={num_nodes}, devices={devices}) expects a world of {expected} "
+                      f"process{'es' if expected > 1 else ''}, but the launcher reports WORLD_SIZE={env.world_size}"
+                      f"{hint}; make torchrun's --nnodes and --nproc-per-node match the flags.")
 
 
 def launched_rank_zero(strategy: SingleProcess) -> bool:

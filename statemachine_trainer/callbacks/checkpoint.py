@@ -198,8 +198,11 @@ class ModelCheckpoint(Callback):
         self.best_k_models[path] = score
         self._update_ranks()
         # Written at the next transition boundary (after this hook), with this bookkeeping in its state;
-        # the file that fell out of the top k goes only once its replacement is on disk.
+        # the file that fell out of the top k goes only once its replacement is on disk.  Rank 0 deletes it, as
+        # rank 0 committed it: every rank deleting the one shared directory raced (the loser warned "could not
+        # delete", seen with two torchrun nodes).
         obsolete = dropped if dropped and dropped != path and dropped != self.last_model_path else None
+        obsolete = obsolete if trainer.is_global_zero else None
         trainer.request_checkpoint(path, on_written=None if obsolete is None else lambda _: _remove(obsolete),
                                    async_save=self.async_save)
 

@@ -176,6 +176,12 @@ def _write_rank(rank: int, target: Path, plan: _Plan, encoded: Any) -> dict[str,
         raise CheckpointError(f"rank {rank} was asked to save {target}, but rank 0 is saving {plan.target}; every "
                               "rank must pass the same path to save_checkpoint_parts().")
     tmp, hash_name, durable = Path(plan.tmp), plan.hash_name, plan.durable
+    if not tmp.is_dir():  # e.g. a per-node local directory: rank 0 made it on its node's disk, not on this one
+        raise CheckpointError(f"rank {rank} cannot see {tmp}, the temporary directory rank 0 made for this "
+                              "checkpoint: save_checkpoint_parts() needs a directory every rank sees on the same "
+                              "filesystem (one machine, or a shared mount on every node); a per-node local "
+                              "directory cannot hold one checkpoint. Put the checkpoint directory (ModelCheckpoint's "
+                              "dirpath, default_root_dir) on a filesystem mounted on every node.")
     replicated, own, _, _ = encoded
     files = write_part(tmp, *replicated, hash_name, durable) if replicated is not None else {}
     part = tmp / rank_dir(rank)
