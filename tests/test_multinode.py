@@ -198,10 +198,10 @@ def test_a_rank_that_cannot_see_rank_zeros_temporary_directory_names_the_shared_
     from statemachine_trainer.checkpoint._parts import _Plan, _write_rank
 
     target = tmp_path / "step=1.ckpt"
-    plan = _Plan(str(target), str(tmp_path / ".step=1.ckpt.tmp-123"), "crc32", durable=False)
+    plan = _Plan(str(target), str(tmp_path / ".step=1.ckpt.tmp-123"), "crc32", durable=False, sharded=False)
     with pytest.raises(CheckpointError, match=r"rank 1 cannot see .*\.step=1\.ckpt\.tmp-123, the temporary "
                                               r"directory rank 0 made .* a per-node local directory cannot hold"):
-        _write_rank(1, target, plan, (None, None, {}))
+        _write_rank(1, target, plan, (None, None, {}, {}))
     assert list(tmp_path.iterdir()) == []
 
 
