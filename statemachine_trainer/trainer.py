@@ -393,6 +393,11 @@ class Trainer:
         """The first callback that is an instance of ``cls``, or None."""
         return self.run.callback(cls)  # the run holds this trainer's callbacks
 
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Batches per optimizer step: the flag, or with ``global_batch_size`` the one derived at fit start."""
+        return self.run.accumulate_grad_batches
+
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not found normally: the flags, read from the checked config.
         if name in FLAG_NAMES:

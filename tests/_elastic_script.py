@@ -1,6 +1,6 @@
 """A DDP run with a fixed global batch, for tests/test_elastic.py: resumable at another world size.
 
-    python tests/_elastic_script.py --devices W [--resume CKPT] [--kill-after-step K]
+    python tests/_elastic_script.py --devices W [--resume CKPT] [--kill-after-step K] [--signal-at-batch B]
 
 Global batch 16, per-rank batch 4 (accumulation 4 / 2 / 1 at 1 / 2 / 4 processes), dropout, Adam, a per-step
 LR schedule, a value logged with on_epoch=True and sync_dist=True, validation at each epoch end.  Writes, in the
@@ -11,6 +11,7 @@ that rank trained on and a digest of its dropout masks), and on rank 0 weights.p
 import argparse
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -63,8 +64,16 @@ class Classifier(TrainingModule):
 
 
 class Record(Callback):
-    def __init__(self, kill_after: int | None) -> None:
-        self.kill_after = kill_after
+    def __init__(self, kill_after: int | None, signal_at: int | None) -> None:
+        self.kill_after, self.signal_at = kill_after, signal_at
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.batches += 1
+        if self.signal_at is not None:
+            time.sleep(0.1)  # ballots about every 2 batches: the preemption lands well before the fit ends
+            if self.batches == self.signal_at and trainer.global_rank == 0:
+                os.kill(os.getpid(), signal.SIGUSR1)  # inside an accumulation window: the checkpoint waits
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         # A known position: the first batch after the checkpoint of step kill_after was written.
@@ -92,6 +101,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--kill-after-step", type=int, default=None)
+    parser.add_argument("--signal-at-batch", type=int, default=None, help="rank 0 gets SIGUSR1 after this batch")
     parser.add_argument("--accumulate", type=int, default=None, help="no global batch: accumulate_grad_batches")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -102,7 +112,7 @@ def main() -> None:
     trainer = Trainer(strategy="ddp", devices=args.devices, accelerator="cpu", max_epochs=2, seed=5,
                       **batching, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
                       enable_model_summary=False, default_root_dir=".",
-                      callbacks=[checkpoints, Record(args.kill_after_step)])
+                      callbacks=[checkpoints, Record(args.kill_after_step, args.signal_at_batch)])
     module = Classifier()
     trainer.fit(module, train, val, ckpt_path=args.resume)
     if trainer.global_rank == 0:

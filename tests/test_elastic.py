@@ -100,6 +100,31 @@ def test_without_a_global_batch_another_world_size_is_refused_naming_both(refere
     assert "global_batch_size" in done.stderr
 
 
+def _preempted(tmp_path: Path) -> Path:
+    """A 2-process run whose rank 0 gets SIGUSR1 after its 5th batch, inside step 2's accumulation window."""
+    done = _run(tmp_path, 2, "--signal-at-batch", "5")
+    assert done.returncode == 75, done.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "checkpoints").glob("preempted-*.ckpt")
+    return checkpoint
+
+
+def test_a_preemption_under_a_global_batch_waits_for_a_step_boundary(tmp_path):
+    from statemachine_trainer.checkpoint._resize import load_all_parts
+
+    _, parts, _ = load_all_parts(_preempted(tmp_path))
+    positions = {part["data"]["train"]["position"] for part in parts}
+    assert len(positions) == 1 and positions.pop() % 2 == 0  # a = 16 // (4 * 2) batches per step
+    assert all(not part["grads"] for part in parts)
+
+
+@pytest.mark.slow
+def test_a_preempted_two_process_run_resumes_in_one_process(reference, tmp_path):
+    checkpoint = _preempted(tmp_path / "preempted")
+    resumed = _trained(tmp_path / "resumed", 1, "--resume", str(checkpoint))
+    step = int(checkpoint.name.split("step=")[1].split(".")[0])
+    _assert_continues(reference, resumed, step, exact=False)
+
+
 @pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_at_four_processes(reference, tmp_path):
     resumed = _trained(tmp_path, 4, "--resume", str(reference / "checkpoints" / "step=3.ckpt"))

@@ -87,8 +87,17 @@ class TrainingEpochLoop(FetchingLoop):
         """
         if not super().checkpointable:
             return False
+        return self._per_step is None or (self.position.row is None and self.at_step_boundary)
+
+    @property
+    def at_step_boundary(self) -> bool:
+        """No optimizer step is half-accumulated: always, unless ``global_batch_size`` fixes the accumulation.
+
+        Under DDP the ranks also vote on preemption only here, so a
+        preemption checkpoint of such a run is at a step boundary too.
+        """
         per_step = self._per_step
-        return per_step is None or (self.position.row is None and self.progress.current.ready % per_step == 0)
+        return per_step is None or self.progress.current.ready % per_step == 0
 
     @property
     def batch_progress(self) -> BatchProgress:
