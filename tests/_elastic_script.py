@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--resume", default=None)
     parser.add_argument("--kill-after-step", type=int, default=None)
     parser.add_argument("--signal-at-batch", type=int, default=None, help="rank 0 gets SIGUSR1 after this batch")
+    parser.add_argument("--validate", default=None, help="validate this checkpoint's weights instead of fitting")
     parser.add_argument("--accumulate", type=int, default=None, help="no global batch: accumulate_grad_batches")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -114,6 +115,12 @@ def main() -> None:
                       enable_model_summary=False, default_root_dir=".",
                       callbacks=[checkpoints, Record(args.kill_after_step, args.signal_at_batch)])
     module = Classifier()
+    if args.validate is not None:
+        (metrics,) = trainer.validate(module, val, ckpt_path=args.validate)
+        if trainer.global_rank == 0:
+            with open("validated.txt", "w") as f:
+                f.write(f"{metrics['val_loss']:.9g}")
+        return
     trainer.fit(module, train, val, ckpt_path=args.resume)
     if trainer.global_rank == 0:
         torch.save(module.state_dict(), "weights.pt")
