@@ -426,24 +426,28 @@ def _attach(trainer: Any, run: Any, root: Loop) -> None:
 def _read(trainer: Any, path: Path, whole_run: bool) -> tuple[dict[str, Any], Path, int | None]:
     """``(state, path, resized_from)`` of the checkpoint at ``path``: every rank its own part and the replicated one.
 
-    A checkpoint of another world size is re-derived for this one (``_elastic``:
-    with ``global_batch_size`` during fit, weights only otherwise); then
-    ``resized_from`` is the world size that wrote it, else None.
+    A checkpoint of another world size or format (one process / per-rank
+    parts) is re-derived for this run by ``_elastic`` -- during fit only with
+    ``global_batch_size``, else refused naming both world sizes; outside fit
+    its weights load.  ``resized_from`` is then the world size that wrote it.
     """
+    from .checkpoint._resize import saved_world_size
+
+    saved = saved_world_size(path)  # None: one process wrote it (no rank parts)
+    same_size = (saved or 1) == trainer.strategy.world_size
+    same_format = (saved is not None) == trainer.strategy.distributed
+    elastic = trainer.config.global_batch_size is not None or not whole_run
+    if not same_size or (not same_format and elastic):
+        from ._elastic import read_resized
+
+        return read_resized(trainer, path, saved or 1, whole_run), path, saved or 1
     if not trainer.strategy.distributed:
         from .checkpoint import load_checkpoint_dir
 
         state, _ = load_checkpoint_dir(path, map_location=trainer.run.device)
         return state, path, None
     from .checkpoint import load_checkpoint_parts
-    from .checkpoint._resize import saved_world_size
 
-    saved = saved_world_size(path)
-    world_size = trainer.strategy.world_size
-    if saved is not None and saved != world_size:
-        from ._elastic import read_resized
-
-        return read_resized(trainer, path, saved, whole_run), path, saved
     replicated, rank_local, _ = load_checkpoint_parts(path, map_location=trainer.run.device)
     return {**replicated, **rank_local}, path, None
 

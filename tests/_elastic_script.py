@@ -96,21 +96,22 @@ class Record(Callback):
         module.seen.clear()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--strategy", default="ddp", help="'auto': one process, single-file checkpoints")
     parser.add_argument("--resume", default=None)
     parser.add_argument("--kill-after-step", type=int, default=None)
     parser.add_argument("--signal-at-batch", type=int, default=None, help="rank 0 gets SIGUSR1 after this batch")
     parser.add_argument("--validate", default=None, help="validate this checkpoint's weights instead of fitting")
     parser.add_argument("--accumulate", type=int, default=None, help="no global batch: accumulate_grad_batches")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     train = DataLoader(Points(104), batch_size=4, shuffle=True)  # 6 steps of 16 per epoch, 8 samples left over
     val = DataLoader(Points(32), batch_size=8)
     checkpoints = ModelCheckpoint(dirpath="checkpoints", filename="{step}", every_n_train_steps=1, save_top_k=-1)
     batching = {"global_batch_size": 16} if args.accumulate is None else {"accumulate_grad_batches": args.accumulate}
-    trainer = Trainer(strategy="ddp", devices=args.devices, accelerator="cpu", max_epochs=2, seed=5,
+    trainer = Trainer(strategy=args.strategy, devices=args.devices, accelerator="cpu", max_epochs=2, seed=5,
                       **batching, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
                       enable_model_summary=False, default_root_dir=".",
                       callbacks=[checkpoints, Record(args.kill_after_step, args.signal_at_batch)])

@@ -93,6 +93,34 @@ def test_the_same_checkpoint_resumed_at_two_processes_is_bit_identical(reference
     _assert_continues(reference, resumed, 3, exact=True)
 
 
+def _in_process(cwd: Path, monkeypatch, *args: str) -> Path:
+    """The script in this process, under strategy="auto": one process, single-file checkpoints."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from _elastic_script import main
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    cwd.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(cwd)
+    main(["--strategy", "auto", "--devices", "1", *args])
+    return cwd
+
+
+def test_a_two_process_checkpoint_resumes_without_ddp(reference, tmp_path, monkeypatch):
+    """2 -> 1 under strategy="auto": the per-rank parts re-derived into a single process's state."""
+    resumed = _in_process(tmp_path, monkeypatch, "--resume", str(reference / "checkpoints" / "step=3.ckpt"))
+    _assert_continues(reference, resumed, 3, exact=False)
+
+
+@pytest.mark.slow
+def test_a_single_process_checkpoint_resumes_at_two_processes(reference, tmp_path, monkeypatch):
+    """1 -> 2 from a strategy="auto" run (single-file checkpoints), which agrees with the 2-process run too."""
+    one = _in_process(tmp_path / "one", monkeypatch)
+    _assert_continues(reference, one, 0, exact=False)
+    resumed = _trained(tmp_path / "two", 2, "--resume", str(one / "checkpoints" / "step=8.ckpt"))
+    _assert_continues(reference, resumed, 8, exact=False)
+
+
 def test_validate_loads_the_weights_of_a_checkpoint_of_another_world_size(reference, tmp_path):
     done = _run(tmp_path, 1, "--validate", str(reference / "checkpoints" / "step=3.ckpt"))
     assert done.returncode == 0, done.stderr[-3000:]

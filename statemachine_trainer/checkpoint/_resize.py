@@ -31,10 +31,9 @@ def saved_world_size(path: str | os.PathLike[str]) -> int | None:
 def _load_all(path: Path, map_location: Any) -> tuple[Any, list[Any], dict[str, Any]]:
     manifest = read_manifest(path)
     world_size = world_size_of(manifest)
-    if world_size is None:
-        raise CheckpointError(f"{path} is a single-process checkpoint (written by save_checkpoint_dir(), without "
-                              "rank parts); a resume at another world size needs one written under strategy='ddp' "
-                              "(devices=1 writes one too).")
+    if world_size is None:  # one process wrote everything in one state: it is its own only part
+        state = load_part(path, "", manifest, map_location)
+        return state, [state], manifest
     problems = unlisted(path, manifest, range(world_size))
     if problems:
         raise CheckpointError(problems[0])
@@ -43,7 +42,11 @@ def _load_all(path: Path, map_location: Any) -> tuple[Any, list[Any], dict[str, 
 
 
 def load_all_parts(path: str | os.PathLike[str], map_location: Any = None) -> tuple[Any, list[Any], dict[str, Any]]:
-    """Collective: ``(replicated_state, [rank 0's part, rank 1's, ...], manifest)``, each file checked first."""
+    """Collective: ``(replicated_state, [rank 0's part, rank 1's, ...], manifest)``, each file checked first.
+
+    A single-process checkpoint (``save_checkpoint_dir``) is ``(state, [state], manifest)``: the whole state is
+    both, and the caller takes from each what it needs.
+    """
     try:
         loaded, own = _load_all(Path(path), map_location), None
     except CheckpointError as exc:
