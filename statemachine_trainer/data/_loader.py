@@ -338,7 +338,12 @@ class ResumableLoader:
         self._generation += 1
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "position", "seed"}`` (JSON-able ints), or the delegate's own state."""
+        """``{"epoch", "position", "seed"}`` (JSON-able ints), or the delegate's own state.
+
+        In the global-batch order also ``global_batch_size``, ``batch_size``
+        and ``world_size``: enough for :meth:`load_state_dict` at another world
+        size to find the same global position (at a step boundary).
+        """
         if self.delegate is not None:
             return self.delegate.state_dict()
         state = {"epoch": self.batch_sampler.epoch, "position": self._position, "seed": self.seed}
