@@ -195,10 +195,13 @@ def _metrics(parts: list[dict[str, Any]], rank_zero: bool, module: torch.nn.Modu
     from torchmetrics import Metric
 
     live = {name: metric for name, metric in module.named_modules() if isinstance(metric, Metric)}
+    if any(set(part["metrics"]) != set(parts[0]["metrics"]) for part in parts):
+        raise WorldSizeError(f"{where}: the ranks saved different torchmetrics metrics, so their states cannot be "
+                             "merged. Resume it at its own world size.")
     merged: dict[str, Any] = {}
     for name, entry in parts[0]["metrics"].items():
         metric = live.get(name)
-        entries = [part["metrics"].get(name, entry) for part in parts]
+        entries = [part["metrics"][name] for part in parts]
         if metric is None:
             merged[name] = entry  # the structure check names it
             continue

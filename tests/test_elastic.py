@@ -72,28 +72,7 @@ def _assert_continues(reference: Path, resumed: Path, first: int, exact: bool) -
     assert loss == pytest.approx(ref_loss[-len(loss):], rel=1e-5)  # the epoch mean (sync_dist) merged correctly
 
 
-@pytest.fixture(scope="module")
-def in_one_process(reference, tmp_path_factory) -> Path:
-    """The reference's checkpoint after step 3 resumed by 1 process (which writes 1-process checkpoints)."""
-    return _trained(tmp_path_factory.mktemp("one"), 1, "--resume", str(reference / "checkpoints" / "step=3.ckpt"))
-
-
-def test_a_two_process_checkpoint_resumes_in_one_process(reference, in_one_process):
-    _assert_continues(reference, in_one_process, 3, exact=False)
-
-
-def test_a_one_process_checkpoint_resumes_at_two_processes(reference, in_one_process, tmp_path):
-    """1 -> 2 (a detour through one process, back at two): new ranks with no saved part of their own."""
-    resumed = _trained(tmp_path, 2, "--resume", str(in_one_process / "checkpoints" / "step=8.ckpt"))
-    _assert_continues(reference, resumed, 8, exact=False)
-
-
-def test_the_same_checkpoint_resumed_at_two_processes_is_bit_identical(reference, tmp_path):
-    resumed = _trained(tmp_path, 2, "--resume", str(reference / "checkpoints" / "step=3.ckpt"))
-    _assert_continues(reference, resumed, 3, exact=True)
-
-
-def _in_process(cwd: Path, monkeypatch, *args: str) -> Path:
+def _in_process(cwd: Path, *args: str) -> Path:
     """The script in this process, under strategy="auto": one process, single-file checkpoints."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
@@ -101,37 +80,54 @@ def _in_process(cwd: Path, monkeypatch, *args: str) -> Path:
     finally:
         sys.path.remove(str(SCRIPT.parent))
     cwd.mkdir(parents=True, exist_ok=True)
-    monkeypatch.chdir(cwd)
-    main(["--strategy", "auto", "--devices", "1", *args])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        main(["--strategy", "auto", "--devices", "1", *args])
     return cwd
 
 
-def test_a_two_process_checkpoint_resumes_without_ddp(reference, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def in_one_process(reference, tmp_path_factory) -> Path:
+    """The reference's checkpoint after step 3 resumed in this process without DDP (single-file checkpoints)."""
+    return _in_process(tmp_path_factory.mktemp("one"), "--resume", str(reference / "checkpoints" / "step=3.ckpt"))
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(reference, in_one_process):
     """2 -> 1 under strategy="auto": the per-rank parts re-derived into a single process's state."""
-    resumed = _in_process(tmp_path, monkeypatch, "--resume", str(reference / "checkpoints" / "step=3.ckpt"))
-    _assert_continues(reference, resumed, 3, exact=False)
+    _assert_continues(reference, in_one_process, 3, exact=False)
 
 
-@pytest.mark.slow
-def test_a_single_process_checkpoint_resumes_at_two_processes(reference, tmp_path, monkeypatch):
-    """1 -> 2 from a strategy="auto" run (single-file checkpoints), which agrees with the 2-process run too."""
-    one = _in_process(tmp_path / "one", monkeypatch)
-    _assert_continues(reference, one, 0, exact=False)
-    resumed = _trained(tmp_path / "two", 2, "--resume", str(one / "checkpoints" / "step=8.ckpt"))
+def test_a_one_process_checkpoint_resumes_at_two_processes(reference, in_one_process, tmp_path):
+    """1 -> 2 (a detour through one process, back at two): a single-file checkpoint becomes two ranks' parts."""
+    resumed = _trained(tmp_path, 2, "--resume", str(in_one_process / "checkpoints" / "step=8.ckpt"))
     _assert_continues(reference, resumed, 8, exact=False)
 
 
+@pytest.mark.slow
+def test_a_two_process_checkpoint_resumes_in_one_ddp_process(reference, tmp_path):
+    """2 -> 1 under strategy="ddp" with devices=1 (per-rank parts written at world size 1), then back at 2."""
+    one = _trained(tmp_path / "one", 1, "--resume", str(reference / "checkpoints" / "step=3.ckpt"))
+    _assert_continues(reference, one, 3, exact=False)
+    back = _trained(tmp_path / "back", 2, "--resume", str(one / "checkpoints" / "step=8.ckpt"))
+    _assert_continues(reference, back, 8, exact=False)
+
+
+def test_the_same_checkpoint_resumed_at_two_processes_is_bit_identical(reference, tmp_path):
+    resumed = _trained(tmp_path, 2, "--resume", str(reference / "checkpoints" / "step=3.ckpt"))
+    _assert_continues(reference, resumed, 3, exact=True)
+
+
 def test_validate_loads_the_weights_of_a_checkpoint_of_another_world_size(reference, tmp_path):
-    done = _run(tmp_path, 1, "--validate", str(reference / "checkpoints" / "step=3.ckpt"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    _in_process(tmp_path, "--validate", str(reference / "checkpoints" / "step=3.ckpt"))
     assert float((tmp_path / "validated.txt").read_text()) > 0
 
 
 def test_without_a_global_batch_another_world_size_is_refused_naming_both(reference, tmp_path):
-    done = _run(tmp_path, 1, "--accumulate", "4", "--resume", str(reference / "checkpoints" / "step=3.ckpt"))
-    assert done.returncode != 0
-    assert "written at world size 2, but this run has world size 1" in done.stderr
-    assert "global_batch_size" in done.stderr
+    from statemachine_trainer.checkpoint import WorldSizeError
+
+    with pytest.raises(WorldSizeError, match=r"written at world size 2, but this run has world size 1\. (?s:.*)"
+                                             r"Trainer\(global_batch_size=G\)"):
+        _in_process(tmp_path, "--accumulate", "4", "--resume", str(reference / "checkpoints" / "step=3.ckpt"))
 
 
 def _preempted(tmp_path: Path) -> Path:
