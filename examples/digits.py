@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> float:
                         help="processes with --strategy ddp|fsdp (default: torchrun's --nproc-per-node, else 1)")
     parser.add_argument("--num-nodes", type=int, default=1,
                         help="machines of a --strategy ddp|fsdp run (torchrun's --nnodes)")
+    parser.add_argument("--global-batch-size", type=int, default=None,
+                        help="samples per optimizer step at any world size (a multiple of 64 * processes): a "
+                             "checkpoint then resumes at another world size (README 'Elastic resume')")
     args = parser.parse_args(argv)
     devices = args.devices or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> float:
     best = ModelCheckpoint(dirpath=Path(args.root) / "checkpoints", monitor="val_acc", mode="max", save_last=True)
     # The common flags' checkpoints every --checkpoint-every steps, plus the best epoch by val_acc and last.ckpt.
     trainer = Trainer(max_epochs=args.epochs, strategy=args.strategy, devices=devices, num_nodes=args.num_nodes,
+                      global_batch_size=args.global_batch_size,
                       **trainer_kwargs(args, callbacks=[best], logger=True, enable_progress_bar=True))
     resume = Path(args.root) / "checkpoints" / "last.ckpt" if args.resume == "last" else args.resume
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume)

@@ -171,7 +171,9 @@ class BoundaryWriter:
         return all(getattr(node, "checkpointable", True) for _, node in self._root.walk())
 
     def _at_boundary_ranks(self, loop: Loop) -> None:
-        if loop is self._epoch_loop and _between_batches(loop):
+        # With a fixed global batch only at step boundaries (the same batch ends on every rank): its checkpoint
+        # can then resume at another world size (_elastic).
+        if loop is self._epoch_loop and _between_batches(loop) and getattr(loop, "at_step_boundary", True):
             self._agree_on_preemption()  # raises Preempted on every rank at once
         if self._pending:
             self._act(preempt_here=False)  # a signal on one rank waits for the vote above
@@ -216,9 +218,14 @@ class BoundaryWriter:
 
 
 def _between_batches(loop: Loop) -> bool:
-    """The epoch loop just finished a batch: the one boundary per step where ranks agree on preemption."""
+    """The epoch loop just finished a batch: the one boundary per step where ranks agree on preemption.
+
+    Not the epoch's start (ADVANCE before its first batch): a ballot there
+    would time the run's setup as if it were a batch, and space the next
+    ballots by that (up to 64 batches apart).
+    """
     position = loop.position
-    return position.row is None and position.state == "ADVANCE"
+    return position.row is None and position.state == "ADVANCE" and loop.progress.current.ready > 0
 
 
 def _note(exc: BaseException, text: str) -> None:

@@ -61,6 +61,9 @@ def defines(module: TrainingModule, step: str) -> bool:
 def check_optimization_mode(module: TrainingModule, setup: OptimizerSetup, config: TrainerConfig) -> None:
     count = len(setup.optimizers)
     if not module.automatic_optimization:
+        if config.global_batch_size is not None:
+            raise ConfigError(f"global_batch_size={config.global_batch_size} derives a gradient accumulation, which "
+                              "applies to automatic optimization; with automatic_optimization = False, drop it.")
         if config.accumulate_grad_batches != 1 or config.gradient_clip_val is not None:
             raise ConfigError("accumulate_grad_batches and gradient_clip_val apply to automatic optimization; with "
                               "automatic_optimization = False, accumulate and call self.clip_gradients() yourself.")

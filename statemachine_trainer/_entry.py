@@ -90,6 +90,7 @@ class EntryCall:
     setup: Any = None  # what configure_optimizers returned, parsed (fit)
     checkpoint: Path | None = None  # the checkpoint directory to load, once resolved
     saved: Any = None  # (state, path) read from it
+    resized_from: int | None = None  # the world size that wrote it, when another one than this run's (_elastic)
     result: Any = None  # what the stage's tree returned
 
 
@@ -199,7 +200,7 @@ class EntryLoop(Loop):
         call, run = self.call, self.run_context
         if call.checkpoint is None:
             return
-        state, path = _read(self._trainer, call.checkpoint)
+        state, path, call.resized_from = _read(self._trainer, call.checkpoint, whole_run=self.stage == "fit")
         # Structured and checked as far as the run allows before the optimizers exist: nothing applied yet.
         typed = _run_state.structure(run, self._trainer.fit_loop, state, path, whole_run=self.stage == "fit")
         _run_state.check_datamodule(run, typed, path)
@@ -236,6 +237,10 @@ class EntryLoop(Loop):
             whole_run = self.stage == "fit"
             _run_state.check(self.run_context, self._trainer.fit_loop, typed, path, whole_run)
             _run_state.restore(self.run_context, self._trainer.fit_loop, typed, path, whole_run)
+            if whole_run and self.call.resized_from is not None:  # batches counted at another world size
+                from ._elastic import rescale_progress
+
+                rescale_progress(self._trainer.fit_loop, self.call.resized_from, self._trainer.strategy.world_size)
 
     def run_tree(self) -> None:
         self.call.result = self.tree.run()
@@ -394,7 +399,7 @@ def configure_optimization(trainer: Any, run: Any, setup: Any, forward_step: Any
     """The run's Optimization for what ``configure_optimizers`` returned, with the strategy's step parts."""
     config = trainer.config
     optimization = Optimization(run.module, setup, trainer.precision, run.hooks, run.results,
-                                config.accumulate_grad_batches, config.gradient_clip_val,
+                                run.accumulate_grad_batches, config.gradient_clip_val,
                                 config.gradient_clip_algorithm)
     optimization.forward_step = forward_step
     optimization.gate = trainer.strategy.gate
@@ -420,20 +425,36 @@ def _attach(trainer: Any, run: Any, root: Loop) -> None:
     trainer._modes.enter(run, root)
 
 
-def _read(trainer: Any, path: Path) -> tuple[dict[str, Any], Path]:
-    """``(state, path)`` of the checkpoint at ``path`` (every rank its own part and the replicated one)."""
+def _read(trainer: Any, path: Path, whole_run: bool) -> tuple[dict[str, Any], Path, int | None]:
+    """``(state, path, resized_from)`` of the checkpoint at ``path``: every rank its own part and the replicated one.
+
+    A checkpoint of another world size or format (one process / per-rank
+    parts) is re-derived for this run by ``_elastic`` -- during fit only with
+    ``global_batch_size``, else refused naming both world sizes; outside fit
+    its weights load.  ``resized_from`` is then the world size that wrote it.
+    """
+    from .checkpoint._resize import saved_world_size
+
+    saved = saved_world_size(path)  # None: one process wrote it (no rank parts)
+    same_size = (saved or 1) == trainer.strategy.world_size
+    same_format = (saved is not None) == trainer.strategy.distributed
+    elastic = trainer.config.global_batch_size is not None or not whole_run
+    if not same_size or (not same_format and elastic):
+        from ._elastic import read_resized
+
+        return read_resized(trainer, path, saved or 1, whole_run), path, saved or 1
     if not trainer.strategy.distributed:
         from .checkpoint import load_checkpoint_dir
 
         state, _ = load_checkpoint_dir(path, map_location=trainer.run.device)
-        return state, path
+        return state, path, None
     from ._sharded_state import sharded_templates
     from .checkpoint import load_checkpoint_parts
 
     # Sharded tensors (FSDP) are read into this run's split of them; without any, nothing is asked of the template.
     template = sharded_templates(trainer.run.module)
     replicated, rank_local, _ = load_checkpoint_parts(path, map_location=trainer.run.device, template=template)
-    return {**replicated, **rank_local}, path
+    return {**replicated, **rank_local}, path, None
 
 
 def _sanity_isolated(trainer: Any, request: Any) -> Any:

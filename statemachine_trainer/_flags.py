@@ -66,6 +66,35 @@ def _check_overfit(value: Any) -> int | float:
     raise ConfigError(f"overfit_batches={value!r} must be an int >= 0 (batches) or a fraction in [0, 1].")
 
 
+def _check_global_batch(global_batch_size: int | None, accumulate_grad_batches: int | None, limit_train_batches: Any,
+                        overfit_batches: Any, resumable_data: bool, use_distributed_sampler: bool) -> int:
+    """``accumulate_grad_batches`` resolved (None: 1); with ``global_batch_size`` the flags it cannot keep are refused.
+
+    The global batch fixes the accumulation (``G // (batch_size * world
+    size)``, derived at fit start) and which samples each step takes, so a
+    flag that would change either is an error, never silently overridden.
+    """
+    if global_batch_size is None:
+        return 1 if accumulate_grad_batches is None else check_int("accumulate_grad_batches",
+                                                                  accumulate_grad_batches, 1)
+    check_int("global_batch_size", global_batch_size, 1)
+    checks = (
+        (accumulate_grad_batches is not None,
+         f"accumulate_grad_batches={accumulate_grad_batches!r} (derived: global_batch_size // (b * world size))"),
+        (limit_train_batches not in (None, 1.0),
+         f"limit_train_batches={limit_train_batches!r} (a step takes whole global batches)"),
+        (bool(overfit_batches), f"overfit_batches={overfit_batches!r} (it reorders the training data)"),
+        (resumable_data is False, "resumable_data=False (the global-batch order is the resumable loader's)"),
+        (use_distributed_sampler is False,
+         "use_distributed_sampler=False (the global batch decides what each rank reads)"),
+    )
+    conflicts = [text for flag, text in checks if flag]
+    if conflicts:
+        raise ConfigError(f"Trainer(global_batch_size={global_batch_size}) fixes the samples of every optimizer step "
+                          f"and cannot be combined with {'; '.join(conflicts)}. Drop one of them.")
+    return 1
+
+
 def _check_switches(**switches: Any) -> None:
     """The on/off flags are bools (``benchmark`` may also be None: leave cuDNN's setting as it is)."""
     for name, value in switches.items():
@@ -153,12 +182,15 @@ class TrainerConfig:
     barebones: bool = False  # everything that costs speed is off (see _resolve_opt_outs)
     save_on_exception: bool = False  # ours: an exception escaping fit writes the last batch boundary's state
     resumable_data: bool = True  # ours: a plain map-style DataLoader is read through a ResumableLoader (data/_auto)
+    #: ours: samples per optimizer step, kept at any world size (data/_global); the accumulation is derived from it
+    #: at fit start.  None: accumulate_grad_batches decides, and the order depends on the world size.
+    global_batch_size: int | None = None
 
     @classmethod
     def from_flags(cls, *, max_epochs: int | None, min_epochs: int, max_steps: int, min_steps: int | None = None,
                    limit_train_batches: Any, limit_val_batches: Any, limit_test_batches: Any,
                    limit_predict_batches: Any, val_check_interval: Any, check_val_every_n_epoch: int | None,
-                   num_sanity_val_steps: int, fast_dev_run: bool | int, accumulate_grad_batches: int,
+                   num_sanity_val_steps: int, fast_dev_run: bool | int, accumulate_grad_batches: int | None,
                    gradient_clip_val: float | None, gradient_clip_algorithm: str | None, deterministic: bool,
                    seed: int | None, log_every_n_steps: int | None,
                    default_root_dir: str | os.PathLike[str] | None, logger: Any, enable_progress_bar: bool | None,
@@ -168,7 +200,7 @@ class TrainerConfig:
                    inference_mode: bool = True, benchmark: bool | None = None, num_nodes: int = 1,
                    use_distributed_sampler: bool = True, sync_batchnorm: bool = False, profiler: Any = None,
                    barebones: bool = False, save_on_exception: bool = False,
-                   resumable_data: bool = True) -> TrainerConfig:
+                   resumable_data: bool = True, global_batch_size: int | None = None) -> TrainerConfig:
         """Check every flag (ConfigError names the flag and the fix) and resolve what they imply."""
         _refuse_barebones_opt_ins(barebones, fast_dev_run=fast_dev_run, detect_anomaly=detect_anomaly,
                                   profiler=profiler)
@@ -193,7 +225,9 @@ class TrainerConfig:
             check_int("min_steps", min_steps, 0)
         check_int("max_steps", max_steps, -1)
         check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
-        check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
+        accumulate_grad_batches = _check_global_batch(global_batch_size, accumulate_grad_batches,
+                                                      limit_train_batches, overfit_batches, resumable_data,
+                                                      use_distributed_sampler)
         check_int("log_every_n_steps", log_every_n_steps, 1)
         if max_epochs is None:
             max_epochs = 1000 if max_steps == -1 else -1
@@ -228,7 +262,8 @@ class TrainerConfig:
                    num_nodes=num_nodes, use_distributed_sampler=use_distributed_sampler,
                    sync_batchnorm=sync_batchnorm, profiler=profiler, barebones=barebones,
                    save_on_exception=check_bool("save_on_exception", save_on_exception),
-                   resumable_data=check_bool("resumable_data", resumable_data))
+                   resumable_data=check_bool("resumable_data", resumable_data),
+                   global_batch_size=global_batch_size)
 
 
     def val_check_batches(self, num_batches: int, validating: bool = True) -> int:

@@ -396,7 +396,7 @@ class Run:
             raise RuntimeError("trainer.estimated_stepping_batches needs the training data: read it during fit "
                                "(from configure_optimizers on), or, in a loop wrapping the fit loop, after "
                                "use_data(train=...).")
-        per_epoch = -(-self.num_training_batches // config.accumulate_grad_batches)
+        per_epoch = -(-self.num_training_batches // self.accumulate_grad_batches)
         steps = per_epoch * max(config.max_epochs, 1)
         return steps if config.max_steps == -1 else min(steps, config.max_steps)
 
@@ -606,7 +606,10 @@ class Run:
         if self.config.resumable_data and stage != "predict":  # prediction is not resumed mid-run: as given
             loader = self._resumable(stage, loader)
         wrapped = loader
-        loader = self.strategy.shard(loader, self.config.seed)  # strategy="ddp": this rank's part of the data
+        if stage == "train" and self.config.global_batch_size is not None:
+            loader = self._global_batches(loader)  # this rank's part of each step's global batch (data/_global)
+        else:
+            loader = self.strategy.shard(loader, self.config.seed)  # strategy="ddp": this rank's part of the data
         limit = self.config.limits[stage]
         count = count_batches(loader, limit, _LIMIT_NAMES[stage])
         if count == 0 and limit is None:
@@ -614,6 +617,33 @@ class Run:
                               "and drop_last.")
         # trainer.train_dataloader & co. show the user's loader, not the ResumableLoader read in its place.
         return BatchSource(loader, count, self.device, shown=given if loader is wrapped else loader)
+
+    def _global_batches(self, loader: Any) -> Any:
+        """``Trainer(global_batch_size=G)``: the training loader in the global-batch order, as this rank reads it.
+
+        Refused (ConfigError, at fit start) for a loader whose order we do not
+        own, and when ``G`` is not a multiple of its batch size times the
+        world size (the message names all three).
+        """
+        from torch.utils.data import DataLoader
+
+        from .data import ResumableLoader
+        from .data._auto import data_seed
+
+        if isinstance(loader, DataLoader):
+            loader = ResumableLoader(loader, seed=data_seed(loader, self.config.seed))
+        if not isinstance(loader, ResumableLoader) or loader.delegate is not None:
+            raise ConfigError(f"Trainer(global_batch_size={self.config.global_batch_size}) reads the training data in "
+                              f"its own order and needs a plain torch DataLoader (or a ResumableLoader) over a "
+                              f"map-style dataset, got {type(loader).__name__}.")
+        return loader.global_batches(self.config.global_batch_size, self.strategy.rank, self.strategy.world_size)
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Batches per optimizer step: the flag's, or with ``global_batch_size`` the training loader's derived one."""
+        if self.config.global_batch_size is None or "train" not in self.sources:
+            return self.config.accumulate_grad_batches
+        return self.sources["train"].loader.accumulation
 
     def _resumable(self, stage: str, loader: Any) -> Any:
         """``resumable_data=True``: a plain DataLoader read through a ResumableLoader (see ``data/_auto.py``).

@@ -136,7 +136,7 @@ class Trainer:
         enable_checkpointing: bool | None = None,
         enable_progress_bar: bool | None = None,
         enable_model_summary: bool | None = None,
-        accumulate_grad_batches: int = 1,
+        accumulate_grad_batches: int | None = None,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
         deterministic: bool = False,
@@ -152,10 +152,16 @@ class Trainer:
         seed: int | None = None,
         save_on_exception: bool = False,
         resumable_data: bool = True,
+        global_batch_size: int | None = None,
         **unknown: Any,
     ) -> None:
-        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed``, ``save_on_exception`` and
-        ``resumable_data`` are ours.
+        """Lightning 2's flags (see the README's "Trainer flags" table); ``seed``, ``save_on_exception``,
+        ``resumable_data`` and ``global_batch_size`` are ours.
+
+        ``accumulate_grad_batches`` defaults to 1 (None: not given); with
+        ``global_batch_size=G`` it is derived at fit start as ``G //
+        (batch_size * world size)`` and refused when given (README "Elastic
+        resume").
 
         A Lightning flag this Trainer lacks (``resume_from_checkpoint``,
         ``gpus``, ``auto_lr_find``...) raises ConfigError naming the
@@ -176,7 +182,8 @@ class Trainer:
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs, detect_anomaly=detect_anomaly,
             inference_mode=inference_mode, benchmark=benchmark, num_nodes=num_nodes,
             use_distributed_sampler=use_distributed_sampler, sync_batchnorm=sync_batchnorm, profiler=profiler,
-            barebones=barebones, save_on_exception=save_on_exception, resumable_data=resumable_data)
+            barebones=barebones, save_on_exception=save_on_exception, resumable_data=resumable_data,
+            global_batch_size=global_batch_size)
         self.device = resolve_device(accelerator)
         self.strategy = make_strategy(strategy, devices, self.device.type, self.config.num_nodes,
                                       self.config.sync_batchnorm, self.config.use_distributed_sampler)
@@ -386,6 +393,11 @@ class Trainer:
     def callback(self, cls: type) -> Any:
         """The first callback that is an instance of ``cls``, or None."""
         return self.run.callback(cls)  # the run holds this trainer's callbacks
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Batches per optimizer step: the flag, or with ``global_batch_size`` the one derived at fit start."""
+        return self.run.accumulate_grad_batches
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not found normally: the flags, read from the checked config.

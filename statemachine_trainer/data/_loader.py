@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ._global import GLOBAL_STATE_KEYS, GlobalBatchSampler, global_position, training_seeder
 from ._sampler import ResumableSampler, check_state
 from ._seeding import (
     ALL_RNGS,
@@ -63,8 +64,6 @@ from ._seeding import (
     RngStates,
     SeededDataset,
     check_rngs,
-    epoch_key,
-    key_of_batch,
     seeder,
     training_key,
 )
@@ -73,6 +72,7 @@ from ._settings import dataset_settings, is_stateful, loader_settings
 __all__ = ["ResumableLoader", "StaleIteratorError"]
 
 _STATE_KEYS = ("epoch", "position", "seed")
+_AT_LEAST_ONE = ("global_batch_size", "batch_size", "world_size")
 _MASK64 = (1 << 64) - 1
 
 
@@ -135,12 +135,24 @@ class ResumableLoader:
         self.dataset = settings.pop("dataset")
         seed = settings.pop("seed")
         self.seed: int = torch.initial_seed() if seed is None else seed
+        #: Samples per optimizer step when the order is the global-batch one (``data/_global``); None: DDP's split.
+        self.global_batch_size: int | None = settings.pop("global_batch_size", None)
         # Named batch_sampler, not sampler: code that calls `loader.sampler.set_epoch` (as for DistributedSampler)
         # would move the sampler's epoch behind the adapter's back; the adapter's own set_epoch is the one to call.
-        self.batch_sampler = ResumableSampler(
-            len(self.dataset), settings.pop("batch_size"), shuffle=settings.pop("shuffle"),
-            drop_last=settings.pop("drop_last"), seed=self.seed, rank=settings.pop("rank"),
-            world_size=settings.pop("world_size"), shard_drop_last=settings.pop("shard_drop_last"))
+        if self.global_batch_size is None:
+            self.batch_sampler = ResumableSampler(
+                len(self.dataset), settings.pop("batch_size"), shuffle=settings.pop("shuffle"),
+                drop_last=settings.pop("drop_last"), seed=self.seed, rank=settings.pop("rank"),
+                world_size=settings.pop("world_size"), shard_drop_last=settings.pop("shard_drop_last"))
+        else:
+            rank, world_size = settings.pop("rank"), settings.pop("world_size")
+            settings.pop("drop_last"), settings.pop("shard_drop_last")
+            self.batch_sampler = GlobalBatchSampler(
+                len(self.dataset), settings.pop("batch_size"), self.global_batch_size,
+                shuffle=settings.pop("shuffle"), seed=self.seed, rank=0 if rank is None else rank,
+                world_size=1 if world_size is None else world_size)
+            # Every RNG, torch's too, restarts from each micro-batch's key: draws depend on the micro-batch only.
+            self._seed_training = training_seeder(self._rngs)
         self.batch_sampler.epoch = settings.pop("epoch")
         if not settings.get("num_workers"):
             settings["prefetch_factor"], settings["persistent_workers"] = None, False  # DataLoader refuses them
@@ -177,6 +189,33 @@ class ResumableLoader:
         sharded._build({**self._settings, "seed": self.seed, "rank": rank, "world_size": world_size}, self._rngs)
         return sharded
 
+    def global_batches(self, global_batch_size: int, rank: int = 0, world_size: int = 1) -> ResumableLoader:
+        """This loader's data in the global-batch order, as rank ``rank`` of ``world_size`` reads it (a new loader).
+
+        ``Trainer(global_batch_size=G)`` calls it for the training data: every
+        optimizer step then takes the same ``G`` samples, with the same random
+        draws, at any world size (``data/_global``); ``accumulation`` says how
+        many of this loader's batches make one step here.  A ConfigError
+        names ``G``, the batch size and ``world_size`` when they do not divide.
+        """
+        if self.delegate is not None:
+            raise TypeError(f"{type(self.delegate).__name__} keeps its own position and order, so it cannot be read "
+                            "in the global-batch order; give a torch DataLoader over a map-style dataset.")
+        if self.batch_sampler.world_size != 1:
+            raise ValueError(f"This ResumableLoader is already sharded as rank {self.batch_sampler.rank} of "
+                             f"{self.batch_sampler.world_size}; give an unsharded loader.")
+        ordered = object.__new__(ResumableLoader)
+        ordered.delegate = None
+        ordered._build({**self._settings, "seed": self.seed, "rank": rank, "world_size": world_size,
+                        "global_batch_size": global_batch_size}, self._rngs)
+        return ordered
+
+    @property
+    def accumulation(self) -> int:
+        """Batches of this loader per optimizer step: ``G // (batch_size * world_size)`` in the global-batch
+        order, else 1."""
+        return self.batch_sampler.accumulation if self.global_batch_size is not None else 1
+
     def unshuffled(self) -> ResumableLoader:
         """This loader's data in its sequential order (a new loader; ``overfit_batches`` asks for it)."""
         if self.delegate is not None:
@@ -205,7 +244,7 @@ class ResumableLoader:
     def _serve(self, batches: Iterator[Any], generation: int) -> Iterator[Any]:
         seed_training = self._seed_training
         keep_torch = "torch" in self._rngs and not self.loader.num_workers  # the fetch runs here: put torch back
-        epoch_part = epoch_key(self.seed, self.epoch, self.batch_sampler.rank)
+        key_of = self.batch_sampler.key_function()  # batch index -> its key (the global-batch order's own rule)
         while True:
             # Checked before pulling: with persistent workers a newer iterator shares `batches`.
             if generation != self._generation:
@@ -226,7 +265,7 @@ class ResumableLoader:
             if fresh:
                 self._served = position + 1
                 if seed_training is not None:
-                    seed_training(training_key(key_of_batch(epoch_part, position)))
+                    seed_training(training_key(key_of(position)))
             self._position = position + 1  # counted as the consumer receives it, whatever the workers prefetched
             yield batch
 
@@ -241,6 +280,24 @@ class ResumableLoader:
             saved.restore()
 
     # -- position --------------------------------------------------------------------------------------
+    def _state_keys(self) -> tuple[str, ...]:
+        return _STATE_KEYS if self.global_batch_size is None else GLOBAL_STATE_KEYS
+
+    def _global_position(self, state: dict[str, Any]) -> int:
+        """This rank's position for a global-batch state saved at any world size (``data/_global``)."""
+        if not isinstance(state, dict) or set(state) != set(GLOBAL_STATE_KEYS):
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"A global-batch loader's state has the keys {list(GLOBAL_STATE_KEYS)}, got {found}: it "
+                             "was saved without global_batch_size (its order is another one); resume it without "
+                             "global_batch_size, or start this run afresh.")
+        for key in GLOBAL_STATE_KEYS:
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < (key in _AT_LEAST_ONE):
+                raise ValueError(f"state[{key!r}]={value!r} must be an int >= {int(key in _AT_LEAST_ONE)}; the "
+                                 "checkpoint is damaged or not ours.")
+        sampler = self.batch_sampler
+        return global_position(state, sampler.batch_size, self.global_batch_size, sampler.world_size)
+
     @property
     def epoch(self) -> int:
         return self.batch_sampler.epoch
@@ -281,18 +338,30 @@ class ResumableLoader:
         self._generation += 1
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "position", "seed"}`` (JSON-able ints), or the delegate's own state."""
+        """``{"epoch", "position", "seed"}`` (JSON-able ints), or the delegate's own state.
+
+        In the global-batch order also ``global_batch_size``, ``batch_size``
+        and ``world_size``: enough for :meth:`load_state_dict` at another world
+        size to find the same global position (at a step boundary).
+        """
         if self.delegate is not None:
             return self.delegate.state_dict()
-        return {"epoch": self.batch_sampler.epoch, "position": self._position, "seed": self.seed}
+        state = {"epoch": self.batch_sampler.epoch, "position": self._position, "seed": self.seed}
+        if self.global_batch_size is not None:  # what a resume at another world size needs (data/_global)
+            sampler = self.batch_sampler
+            state |= {"global_batch_size": self.global_batch_size, "batch_size": sampler.batch_size,
+                      "world_size": sampler.world_size}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Jump to a saved position: only integers are set; nothing is fetched until the next batch."""
         if self.delegate is not None:
             self.delegate.load_state_dict(state)
             return
-        check_state(state, _STATE_KEYS, len(self))
+        position = self._global_position(state) if self.global_batch_size is not None else None
+        check_state(state if position is None else {**state, "position": position}, self._state_keys(), len(self))
         self.seed = self.batch_sampler.seed = state["seed"]
-        self.batch_sampler.epoch, self._position, self._seeked = state["epoch"], state["position"], True
+        self.batch_sampler.epoch, self._seeked = state["epoch"], True
+        self._position = state["position"] if position is None else position
         self._served = self._position  # the saved run served the batches before it; the next one is fresh
         self._generation += 1

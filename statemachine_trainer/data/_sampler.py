@@ -17,8 +17,9 @@ with no batch before it replayed.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
@@ -121,6 +122,10 @@ class ResumableSampler(Sampler[list[int]]):
         _, order, epoch_part = self._epoch_cache()
         start = index * self.batch_size
         return TaggedBatch(order[start:start + self.batch_size], key_of_batch(epoch_part, index))
+
+    def key_function(self) -> Callable[[int], int]:
+        """``index -> key of batch index`` for the current epoch (its epoch part computed once, here)."""
+        return functools.partial(key_of_batch, self._epoch_cache()[2])
 
     def __iter__(self) -> Iterator[TaggedBatch]:
         if self.position >= len(self) > 0 and not self._seeked:

@@ -75,6 +75,29 @@ class TrainingEpochLoop(FetchingLoop):
         self.batch_loop: Loop = BatchLoop()
         self.val_loop: Loop = EvaluationLoop("validate")
         self._across_epochs = False  # check_val_every_n_epoch=None (set as a run attaches)
+        self._per_step: int | None = None  # global_batch_size: batches per optimizer step (set as a run attaches)
+
+    @property
+    def checkpointable(self) -> bool:
+        """With ``global_batch_size``: only between two transitions at an optimizer-step boundary.
+
+        There the state set is the same function of the global position at
+        any world size (no batch in flight, no partial gradient), so every
+        checkpoint of such a run can resume at another world size (``_elastic``).
+        """
+        if not super().checkpointable:
+            return False
+        return self._per_step is None or (self.position.row is None and self.at_step_boundary)
+
+    @property
+    def at_step_boundary(self) -> bool:
+        """No optimizer step is half-accumulated: always, unless ``global_batch_size`` fixes the accumulation.
+
+        Under DDP the ranks also vote on preemption only here, so a
+        preemption checkpoint of such a run is at a step boundary too.
+        """
+        per_step = self._per_step
+        return per_step is None or self.progress.current.ready % per_step == 0
 
     @property
     def batch_progress(self) -> BatchProgress:
@@ -85,6 +108,8 @@ class TrainingEpochLoop(FetchingLoop):
         self.skip_transfer_hooks()
         # check_val_every_n_epoch=None: validation counts the fit's batches, not the epoch's (once per run).
         self._across_epochs = self.context.config.check_val_every_n_epoch is None
+        # Batches per optimizer step when the global batch is fixed (checkpoints wait for a step boundary), else None.
+        self._per_step = self.context.accumulate_grad_batches if self.context.config.global_batch_size else None
 
     # -- conditions ------------------------------------------------------------------------
     @property
