@@ -76,7 +76,11 @@ def read_resized(trainer: Any, path: Path, saved_world_size: int, whole_run: boo
                              f"--nproc-per-node {saved_world_size} ...): each rank's RNG states and data position "
                              "belong to that rank. To resume at another world size, train with a fixed global batch "
                              "(Trainer(global_batch_size=G)) in both runs.")
-    replicated, parts, _ = load_all_parts(path, map_location=trainer.run.device)
+    from ._sharded_state import sharded_templates
+
+    # An FSDP checkpoint's shards are read into this world's split of each tensor: DCP reshards.
+    replicated, parts, _ = load_all_parts(path, map_location=trainer.run.device,
+                                          template=sharded_templates(trainer.run.module))
     if not whole_run:
         return {**replicated, **parts[0]}
     merged, own = None, None
@@ -120,7 +124,7 @@ def rescale_progress(root: Any, saved_world_size: int, world_size: int) -> None:
 
 # -- the parts ----------------------------------------------------------------------------------------
 def _refuse_partial_gradients(parts: list[dict[str, Any]], where: str) -> None:
-    if any(part["grads"] for part in parts):
+    if any(part["grads"] or part.get("held_grads") for part in parts):  # held_grads: FSDP's, inside a window
         raise WorldSizeError(f"{where}: the checkpoint was taken inside a gradient-accumulation window, so each "
                              "rank holds its own partial gradient, which cannot be re-split. Resume it at its own "
                              "world size, or from a checkpoint taken at an optimizer-step boundary.")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from statemachine_trainer import Callback, Trainer, TrainingModule
 from statemachine_trainer.callbacks import ModelCheckpoint
+from statemachine_trainer.strategies import FSDPStrategy
 
 
 class Points(Dataset):
@@ -99,7 +100,7 @@ class Record(Callback):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=2)
-    parser.add_argument("--strategy", default="ddp", help="'auto': one process, single-file checkpoints")
+    parser.add_argument("--strategy", default="ddp", help="'auto': one process, single-file checkpoints; 'fsdp'")
     parser.add_argument("--resume", default=None)
     parser.add_argument("--kill-after-step", type=int, default=None)
     parser.add_argument("--signal-at-batch", type=int, default=None, help="rank 0 gets SIGUSR1 after this batch")
@@ -111,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     val = DataLoader(Points(32), batch_size=8)
     checkpoints = ModelCheckpoint(dirpath="checkpoints", filename="{step}", every_n_train_steps=1, save_top_k=-1)
     batching = {"global_batch_size": 16} if args.accumulate is None else {"accumulate_grad_batches": args.accumulate}
-    trainer = Trainer(strategy=args.strategy, devices=args.devices, accelerator="cpu", max_epochs=2, seed=5,
+    # The step calls the net's layers one by one, so under fsdp each Linear is a unit of its own (a unit's inner
+    # layers called directly would see its parameters still sharded).
+    strategy = FSDPStrategy(wrap={nn.Linear}) if args.strategy == "fsdp" else args.strategy
+    trainer = Trainer(strategy=strategy, devices=args.devices, accelerator="cpu", max_epochs=2, seed=5,
                       **batching, num_sanity_val_steps=0, enable_progress_bar=False, logger=False,
                       enable_model_summary=False, default_root_dir=".",
                       callbacks=[checkpoints, Record(args.kill_after_step, args.signal_at_batch)])
@@ -123,8 +127,11 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(f"{metrics['val_loss']:.9g}")
         return
     trainer.fit(module, train, val, ckpt_path=args.resume)
+    # Under fsdp the parameters are DTensor shards: gathered whole (a collective) before rank 0 saves them.
+    weights = {name: value.full_tensor() if hasattr(value, "full_tensor") else value
+               for name, value in module.state_dict().items()}
     if trainer.global_rank == 0:
-        torch.save(module.state_dict(), "weights.pt")
+        torch.save(weights, "weights.pt")
 
 
 if __name__ == "__main__":

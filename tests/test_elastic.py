@@ -310,3 +310,47 @@ def test_torchmetrics_states_merge_by_their_reduction():
     parts = [_part(_results_part([]), {"level": {"state": dict(holder.level.metric_state), "update_count": 1}})] * 2
     with pytest.raises(WorldSizeError, match="'level' has accumulated values and is reduced across ranks by "):
         merge_parts(parts, 0, 1, holder, Path("ckpt"))
+
+
+# -- FSDP: DCP reshards the module and optimizer state; the rest is re-derived as under DDP ----------------------
+@pytest.fixture(scope="module")
+def fsdp_reference(tmp_path_factory) -> Path:
+    """The uninterrupted 2-process run under strategy="fsdp" (each Linear a unit)."""
+    return _trained(tmp_path_factory.mktemp("fsdp-reference"), 2, "--strategy", "fsdp")
+
+
+@pytest.fixture(scope="module")
+def fsdp_at_one(fsdp_reference, tmp_path_factory) -> Path:
+    """Its sharded checkpoint after step 3 resumed by one FSDP process (a mesh of one: DCP reads every slice)."""
+    return _trained(tmp_path_factory.mktemp("fsdp-one"), 1, "--strategy", "fsdp", "--resume",
+                    str(fsdp_reference / "checkpoints" / "step=3.ckpt"))
+
+
+def test_fsdp_matches_ddp_within_the_tolerance(reference, fsdp_reference):
+    _assert_continues(reference, fsdp_reference, 0, exact=False)
+
+
+def test_a_sharded_two_process_checkpoint_resumes_at_one_process(fsdp_reference, fsdp_at_one):
+    """2 -> 1: the 2 ranks' slices of every parameter and Adam state resharded by DCP onto one rank."""
+    _assert_continues(fsdp_reference, fsdp_at_one, 3, exact=False)
+
+
+def test_a_sharded_one_process_checkpoint_resumes_at_two_processes(fsdp_reference, fsdp_at_one, tmp_path):
+    """1 -> 2: a world-of-one FSDP checkpoint (still DCP shards) split over two ranks."""
+    resumed = _trained(tmp_path, 2, "--strategy", "fsdp", "--resume",
+                       str(fsdp_at_one / "checkpoints" / "step=8.ckpt"))
+    _assert_continues(fsdp_reference, resumed, 8, exact=False)
+
+
+@pytest.mark.slow
+def test_a_sharded_two_process_checkpoint_resumes_at_four_processes(fsdp_reference, tmp_path):
+    resumed = _trained(tmp_path, 4, "--strategy", "fsdp", "--resume",
+                       str(fsdp_reference / "checkpoints" / "step=3.ckpt"))
+    _assert_continues(fsdp_reference, resumed, 3, exact=False)
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_resumed_at_two_processes_is_bit_identical(fsdp_reference, tmp_path):
+    resumed = _trained(tmp_path, 2, "--strategy", "fsdp", "--resume",
+                       str(fsdp_reference / "checkpoints" / "step=3.ckpt"))
+    _assert_continues(fsdp_reference, resumed, 3, exact=True)
