@@ -354,3 +354,28 @@ def test_a_sharded_checkpoint_resumed_at_two_processes_is_bit_identical(fsdp_ref
     resumed = _trained(tmp_path, 2, "--strategy", "fsdp", "--resume",
                        str(fsdp_reference / "checkpoints" / "step=3.ckpt"))
     _assert_continues(fsdp_reference, resumed, 3, exact=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_digits_recipe_resumes_at_four_and_at_one_process(tmp_path, strategy):
+    """README's recipe: examples/digits.py at 2 processes with --global-batch-size 256, its step-12 checkpoint
+    resumed at 4 and at 1; the same val_acc, the weights within the tolerance."""
+    from statemachine_trainer.checkpoint import load_module_state
+
+    digits = str(Path(__file__).parents[1] / "examples" / "digits.py")
+    common = ["--strategy", strategy, "--global-batch-size", "256", "--epochs", "3"]
+    runs = {"two": ["--devices", "2", "--checkpoint-every", "2"],
+            "four": ["--devices", "4", "--resume", "two/checkpoints/epoch=2-step=12.ckpt"],
+            "one": ["--devices", "1", "--resume", "two/checkpoints/epoch=2-step=12.ckpt"]}
+    accuracy = {}
+    for name, args in runs.items():
+        done = subprocess.run([sys.executable, digits, *common, "--root", name, *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        accuracy[name] = done.stdout.splitlines()[-1]
+    assert accuracy["four"] == accuracy["one"] == accuracy["two"] == "val_acc=0.8083"
+    whole = load_module_state(tmp_path / "two" / "checkpoints" / "last.ckpt")
+    for name in ("four", "one"):
+        other = load_module_state(tmp_path / name / "checkpoints" / "last.ckpt")
+        assert max((whole[k] - other[k]).abs().max().item() for k in whole) <= TOLERANCE
