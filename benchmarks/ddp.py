@@ -24,35 +24,12 @@ the ``ResumableLoader`` that ``strategy="ddp"`` makes of the same
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
-WARMUP = 20
-
-
-def _data(steps: int, world_size: int):
-    import torch
-    from torch.utils.data import TensorDataset
-
-    g = torch.Generator().manual_seed(0)
-    n = 32 * world_size * (steps + WARMUP)
-    x = torch.randn(n, 64, generator=g)
-    return TensorDataset(x, (x[:, 0] > 0).long())
-
-
-def _model():
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2))
+from _jobs import WARMUP, fit_clocked, mlp, synthetic_data, torchrun_job, write_result  # this directory
 
 
 def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
@@ -68,12 +45,12 @@ def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
         import torch.distributed._shard
 
         dist.init_process_group("gloo")
-        data = _data(steps, dist.get_world_size())
+        data = synthetic_data(steps, dist.get_world_size())
         loader = DataLoader(data, batch_size=32, sampler=DistributedSampler(data, shuffle=True, seed=0))
-        model = DistributedDataParallel(_model())
+        model = DistributedDataParallel(mlp())
     else:
-        loader = DataLoader(_data(steps, 1), batch_size=32, shuffle=True)
-        model = _model()
+        loader = DataLoader(synthetic_data(steps, 1), batch_size=32, shuffle=True)
+        model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = cpu = None
     for i, (x, y) in enumerate(loader):
@@ -92,44 +69,14 @@ def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
 
 
 def ours(steps: int, strategy: str = "ddp") -> tuple[float, float]:
-    import torch
     from torch.utils.data import DataLoader
 
-    from statemachine_trainer import Callback, Trainer, TrainingModule
     from statemachine_trainer.data import ResumableLoader
 
-    class Module(TrainingModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = _model()
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return torch.nn.functional.cross_entropy(self.net(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-    class Clock(Callback):
-        start = end = cpu = 0.0
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if batch_idx == WARMUP:
-                self.start, self.cpu = time.perf_counter(), time.process_time()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            self.end, self.cpu_end = time.perf_counter(), time.process_time()  # the last one counts
-
-    world_size = int(os.environ["WORLD_SIZE"])
-    clock = Clock()
-    trainer = Trainer(strategy=strategy, devices=int(os.environ["LOCAL_WORLD_SIZE"]), accelerator="cpu", max_epochs=1,
-                      logger=False, enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
-                      callbacks=[clock])
-    loader = DataLoader(_data(steps, world_size), batch_size=32, shuffle=True)
+    loader = DataLoader(synthetic_data(steps, int(os.environ["WORLD_SIZE"])), batch_size=32, shuffle=True)
     if strategy == "auto":  # the loader "ddp" makes of it (this rank's part of a seeded order), so that the
         loader = ResumableLoader(loader)  # control ours ddp/ours auto compares the strategies, not the loaders
-    trainer.fit(Module(), loader)
-    return steps / (clock.end - clock.start), (clock.cpu_end - clock.cpu) / steps
+    return fit_clocked(steps, strategy=strategy, loader=loader)
 
 
 #: name -> (what runs in each worker, process counts it is measured at)
@@ -146,28 +93,12 @@ def worker(variant: str, steps: int, out: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    rate, cpu = VARIANTS[variant][0](steps)
-    with open(os.path.join(out, f"{os.environ['RANK']}.json"), "w") as file:
-        json.dump({"steps_per_s": rate, "cpu_s_per_step": cpu}, file)
+    write_result(out, *VARIANTS[variant][0](steps))
 
 
 def measure(variant: str, nproc: int, steps: int) -> tuple[float, float]:
     """(rank 0's steps/s, CPU seconds per step averaged over the ranks) of one torchrun job."""
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   __file__, "--worker", variant, "--steps", str(steps), "--out", out]
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
-        results = []
-        for rank in range(nproc):
-            with contextlib.suppress(FileNotFoundError), open(os.path.join(out, f"{rank}.json")) as file:
-                results.append(json.load(file))
-    if done.returncode != 0:
-        # Seen now and then for either variant on a busy 2-core VM, cause not found yet: show it, don't hide it.
-        tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
-        raise SystemExit(f"the {variant} job ({nproc} process(es)) exited {done.returncode}; its output ends:\n{tail}")
-    if len(results) != nproc:
-        raise SystemExit(f"the {variant} job ({nproc} process(es)) reported {len(results)} results:\n{done.stdout}")
-    return results[0]["steps_per_s"], statistics.fmean(result["cpu_s_per_step"] for result in results)
+    return torchrun_job(__file__, ["--worker", variant, "--steps", str(steps)], nproc, variant)
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ atomic commit) against ``dcp.save`` of the same state dict to a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -38,25 +37,7 @@ import sys
 import tempfile
 import time
 
-WARMUP = 20
-
-
-def _data(steps: int, world_size: int):
-    import torch
-    from torch.utils.data import TensorDataset
-
-    g = torch.Generator().manual_seed(0)
-    n = 32 * world_size * (steps + WARMUP)
-    x = torch.randn(n, 64, generator=g)
-    return TensorDataset(x, (x[:, 0] > 0).long())
-
-
-def _net():
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2))
+from _jobs import WARMUP, fit_clocked, mlp, synthetic_data, torchrun_job, write_result  # this directory
 
 
 def plain(steps: int) -> tuple[float, float]:
@@ -70,12 +51,12 @@ def plain(steps: int) -> tuple[float, float]:
     from torch.utils.data import DataLoader, DistributedSampler
 
     dist.init_process_group("gloo")
-    data = _data(steps, dist.get_world_size())
+    data = synthetic_data(steps, dist.get_world_size())
     loader = DataLoader(data, batch_size=32, sampler=DistributedSampler(data, shuffle=True, seed=0))
     class Model(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.net = _net()
+            self.net = mlp()
 
         def forward(self, x):
             return self.net(x)
@@ -103,42 +84,11 @@ def plain(steps: int) -> tuple[float, float]:
 
 
 def ours(steps: int) -> tuple[float, float]:
-    import torch
     from torch import nn
-    from torch.utils.data import DataLoader
 
-    from statemachine_trainer import Callback, Trainer, TrainingModule
     from statemachine_trainer.strategies import FSDPStrategy
 
-    class Module(TrainingModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = _net()
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return torch.nn.functional.cross_entropy(self.net(x), y)
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-    class Clock(Callback):
-        start = end = cpu = cpu_end = 0.0
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if batch_idx == WARMUP:
-                self.start, self.cpu = time.perf_counter(), time.process_time()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            self.end, self.cpu_end = time.perf_counter(), time.process_time()  # the last one counts
-
-    clock = Clock()
-    trainer = Trainer(strategy=FSDPStrategy(wrap={nn.Linear}), devices=int(os.environ["LOCAL_WORLD_SIZE"]),
-                      accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      callbacks=[clock])
-    trainer.fit(Module(), DataLoader(_data(steps, int(os.environ["WORLD_SIZE"])), batch_size=32, shuffle=True))
-    return steps / (clock.end - clock.start), (clock.cpu_end - clock.cpu) / steps
+    return fit_clocked(steps, strategy=FSDPStrategy(wrap={nn.Linear}))
 
 
 VARIANTS = {"plain": plain, "ours": ours}
@@ -150,26 +100,12 @@ def worker(variant: str, steps: int, out: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    rate, cpu = VARIANTS[variant](steps)
-    with open(os.path.join(out, f"{os.environ['RANK']}.json"), "w") as file:
-        json.dump({"steps_per_s": rate, "cpu_s_per_step": cpu}, file)
+    write_result(out, *VARIANTS[variant](steps))
 
 
 def measure(variant: str, steps: int) -> tuple[float, float]:
     """(rank 0's steps/s, CPU seconds per step averaged over the ranks) of one torchrun job."""
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={NPROC}",
-                   __file__, "--worker", variant, "--steps", str(steps), "--out", out]
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
-        results = []
-        for rank in range(NPROC):
-            with contextlib.suppress(FileNotFoundError), open(os.path.join(out, f"{rank}.json")) as file:
-                results.append(json.load(file))
-    if done.returncode != 0 or len(results) != NPROC:
-        tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
-        raise SystemExit(f"the {variant} job exited {done.returncode} with {len(results)} results; its output "
-                         f"ends:\n{tail}")
-    return results[0]["steps_per_s"], statistics.fmean(result["cpu_s_per_step"] for result in results)
+    return torchrun_job(__file__, ["--worker", variant, "--steps", str(steps)], NPROC, variant)
 
 
 def step_ratios(steps: int, repeats: int) -> list[str]:

@@ -8,7 +8,6 @@ drawn in a dataloader worker, dropout, accumulation over 2 batches, validation t
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,17 +19,11 @@ from statemachine_trainer.checkpoint import load_checkpoint_parts, read_manifest
 from statemachine_trainer.checkpoint._inspect import diff_checkpoints
 from statemachine_trainer.testing import assert_kill_resume_exact, kill_points
 
+from .test_ddp import run  # the same subprocess helper (and run) as the DDP tests
+
 SCRIPT = str(Path(__file__).parent / "_ddp_script.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", SCRIPT,
             "--strategy", "fsdp"]
-TIMEOUT = 240
-
-
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    if check:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,103 @@
+"""What benchmarks/ddp.py and benchmarks/fsdp.py share: the data, the model, our clocked module, torchrun jobs.
+
+Both time a small MLP trained by a hand-written loop and by our Trainer, each
+measurement its own ``torchrun`` job whose ranks write their numbers to a
+folder (their stdout lines could interleave).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+#: Steps before the clocks start (imports, first allocations, the process group's first collectives).
+WARMUP = 20
+
+
+def synthetic_data(steps: int, world_size: int) -> Any:
+    """Enough 64-feature samples for ``steps`` batches of 32 per rank after the warm-up; labels from feature 0."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    n = 32 * world_size * (steps + WARMUP)
+    x = torch.randn(n, 64, generator=g)
+    return TensorDataset(x, (x[:, 0] > 0).long())
+
+
+def mlp() -> Any:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2))
+
+
+def fit_clocked(steps: int, **flags: Any) -> tuple[float, float]:
+    """Our Trainer (``flags``: strategy, devices...) on :func:`mlp`; (steps/s, CPU s/step) after the warm-up."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from statemachine_trainer import Callback, Trainer, TrainingModule
+
+    class Module(TrainingModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    class Clock(Callback):
+        start = end = cpu = cpu_end = 0.0
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == WARMUP:
+                self.start, self.cpu = time.perf_counter(), time.process_time()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.end, self.cpu_end = time.perf_counter(), time.process_time()  # the last one counts
+
+    clock = Clock()
+    loader = flags.pop("loader", None) or DataLoader(synthetic_data(steps, int(os.environ["WORLD_SIZE"])),
+                                                     batch_size=32, shuffle=True)
+    trainer = Trainer(devices=int(os.environ["LOCAL_WORLD_SIZE"]), accelerator="cpu", max_epochs=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, callbacks=[clock], **flags)
+    trainer.fit(Module(), loader)
+    return steps / (clock.end - clock.start), (clock.cpu_end - clock.cpu) / steps
+
+
+def write_result(out: str, rate: float, cpu: float) -> None:
+    """This rank's numbers, as ``out``/RANK.json."""
+    with open(os.path.join(out, f"{os.environ['RANK']}.json"), "w") as file:
+        json.dump({"steps_per_s": rate, "cpu_s_per_step": cpu}, file)
+
+
+def torchrun_job(script: str, args: list[str], nproc: int, label: str) -> tuple[float, float]:
+    """Run ``script args --out DIR`` under torchrun with ``nproc`` processes; (rank 0's steps/s, CPU s/step
+    averaged over the ranks).  A failed job stops the benchmark, showing its output's end."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   script, *args, "--out", out]
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+        results = []
+        for rank in range(nproc):
+            with contextlib.suppress(FileNotFoundError), open(os.path.join(out, f"{rank}.json")) as file:
+                results.append(json.load(file))
+    if done.returncode != 0 or len(results) != nproc:
+        tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
+        raise SystemExit(f"the {label} job ({nproc} process(es)) exited {done.returncode} with {len(results)} "
+                         f"results; its output ends:\n{tail}")
+    return results[0]["steps_per_s"], statistics.fmean(result["cpu_s_per_step"] for result in results)
