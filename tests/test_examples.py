@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,7 +36,6 @@ def test_digits_fast_dev_run(tmp_path):
     assert not (tmp_path / "checkpoints").exists()  # fast-dev-run writes no checkpoints
 
 
-@pytest.mark.slow
 def test_digits_reaches_95_percent_and_keeps_checkpoints(tmp_path):
     out = run_example("--root", str(tmp_path), cwd=tmp_path)
     last = out.strip().splitlines()[-1]

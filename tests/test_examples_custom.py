@@ -207,7 +207,6 @@ def test_active_learning_resumes_exactly_from_anywhere_in_the_tree(hook: str, ca
     assert_resume_exact(al.Classifier, _al_trainer, tuple, hook, call, workdir=tmp_path)
 
 
-@pytest.mark.slow
 def test_uncertainty_picks_beat_random_picks_on_the_default_budget() -> None:
     al = _example("active_learning")
     finals = {}
