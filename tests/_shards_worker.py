@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -100,7 +101,9 @@ def main(out: Path) -> None:
     again, _, _ = load_checkpoint_parts(out / "step=2", template=sharded_templates(fresh, [fresh_optimizer]))
     fresh_optimizer.load_state_dict(again["optimizers"][0])
     same = same and all(torch.equal(a, b) for a, b in zip(before, local(state(fresh, fresh_optimizer))))
-    (out / f"rank-{rank}.json").write_text(json.dumps({"same": same, "sharded": sharded, "own": own}))
+    damaged = load_damaged(out, rank)
+    (out / f"rank-{rank}.json").write_text(json.dumps({"same": same, "sharded": sharded, "own": own,
+                                                       "damaged": damaged}))
     dist.barrier()
     if rank == 1:
         kill_while_writing_shards()
@@ -109,6 +112,28 @@ def main(out: Path) -> None:
     finally:
         del model, optimizer, fresh, fresh_optimizer, saved, replicated, again, reference, before, after
         leave_process_group()
+
+
+def load_damaged(out: Path, rank: int) -> str:
+    """Both ranks load a copy of step=2 whose rank-0 shard file has a flipped byte: what each one raised.
+
+    The ranks split checking the shard files (rank 0 checks this one), so rank 1 refuses through the agreement.
+    """
+    from statemachine_trainer.checkpoint import CheckpointError
+
+    if rank == 0:
+        shutil.copytree(out / "step=2", out / "damaged")
+        with open(out / "damaged" / "shards" / "__0_0.distcp", "r+b") as file:
+            file.seek(100)
+            byte = file.read(1)
+            file.seek(100)
+            file.write(bytes([byte[0] ^ 1]))
+    dist.barrier()
+    try:
+        load_checkpoint_parts(out / "damaged")
+    except CheckpointError as exc:
+        return str(exc)
+    return "loaded"
 
 
 def kill_while_writing_shards() -> None:

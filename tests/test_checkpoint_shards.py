@@ -59,7 +59,10 @@ def _full(shard_run: Path) -> dict:
 def test_each_rank_loads_its_own_slices_back_into_a_fresh_sharded_model(shard_run: Path) -> None:
     for rank in range(2):
         seen = json.loads((shard_run / f"rank-{rank}.json").read_text())
+        damaged = seen.pop("damaged")
         assert seen == {"same": True, "sharded": True, "own": {"note": f"rank {rank}"}}
+        # The ranks split checking the shard files: rank 0 finds the flipped byte, rank 1 refuses with it.
+        assert "__0_0.distcp" in damaged and "checksum" in damaged if rank == 0 else "rank 0" in damaged, damaged
 
 
 def test_the_manifest_lists_every_shard_file_and_the_checkpoint_verifies(shard_run: Path, capsys) -> None:

@@ -100,7 +100,7 @@ def _sharded_tensors(path: Path, manifest: dict[str, Any], summary: dict[str, An
                                                     if name.startswith(f"{SHARDS}/")):
         return None
     try:
-        index = shard_index(path, manifest)
+        index = shard_index(path, manifest, files_checked=True)  # file_status checked them
     except CheckpointError as exc:
         summary["valid"] = False
         summary["files"][f"{SHARDS}/.metadata"].update(ok=False, problem=str(exc))

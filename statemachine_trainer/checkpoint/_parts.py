@@ -255,7 +255,9 @@ def _read_rank(path: Path, rank: int, world_size: int, map_location: Any) -> tup
     problems = unlisted(path, manifest_, range(rank, rank + 1))  # each rank checks its own dir; verify checks all
     if problems:
         raise CheckpointError(problems[0])
-    index = shard_index(path, manifest_) if is_sharded_manifest(manifest_) else None
+    # The ranks split checking the shard files (the agreement after this read makes one rank's failure all's).
+    share = _dist.rank_and_world_size() if _dist.active() else None  # alone (no group), it checks them all
+    index = shard_index(path, manifest_, share=share) if is_sharded_manifest(manifest_) else None
     return (read_part(path, "", manifest_, map_location), read_part(path, rank_dir(rank), manifest_, map_location),
             manifest_, index)
 

@@ -124,13 +124,22 @@ def tensors_of_part(part: str, tensors: dict[str, Any], shards: dict[str, Any]) 
     return {**tensors, **own}
 
 
-def shard_index(path: Path, manifest: dict[str, Any]) -> Any:
-    """The checked DCP index of a sharded checkpoint, after every shard file's size and checksum held."""
+def shard_index(path: Path, manifest: dict[str, Any], share: tuple[int, int] | None = None,
+                files_checked: bool = False) -> Any:
+    """The checked DCP index of a sharded checkpoint, after the shard files' sizes and checksums held.
+
+    ``share=(rank, world_size)``: this rank checks every ``world_size``-th data
+    file only -- the ranks of a load split the reading, and agree on the
+    outcome before DCP reads a tensor.  ``files_checked``: the caller already
+    checked them all (``verify``, ``inspect``); the index is checked anyway,
+    since its bytes are unpickled next.
+    """
     names = shard_names(manifest["files"])
-    for name in names:
-        _check_file(path, name, manifest)
-    index_name = names[0]  # shard_names puts the index first; the manifest check makes sure it is listed
-    return read_index(path, _read_checked(path, index_name, manifest), set(names[1:]))
+    index_name, data_files = names[0], names[1:]  # shard_names puts the index first; the manifest lists it
+    if not files_checked:
+        for name in data_files if share is None else data_files[share[0]::share[1]]:
+            _check_file(path, name, manifest)
+    return read_index(path, _read_checked(path, index_name, manifest), set(data_files))
 
 
 def shard_tensors(path: Path, manifest: dict[str, Any], template: Template | None = None,
@@ -264,7 +273,7 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:
     shards: dict[str, Any] = {}
     if is_sharded_manifest(manifest):
         try:
-            index = shard_index(path, manifest)
+            index = shard_index(path, manifest, files_checked=True)  # file_status checked every file above
         except CheckpointError as exc:
             return [str(exc)]
         shards = {name: torch.empty(shape, dtype=dtype, device="meta") for name, (shape, dtype) in index.tensors.items()}

@@ -46,9 +46,9 @@ def _load_all(path: Path, map_location: Any, shards: dict[str, Any] | None) -> t
 
 
 def _index(path: Path) -> Any:
-    """The checked DCP index of a sharded checkpoint; None for any other."""
+    """The checked DCP index of a sharded checkpoint (the ranks split checking its files); None for any other."""
     manifest = read_manifest(path)
-    return shard_index(path, manifest) if is_sharded_manifest(manifest) else None
+    return shard_index(path, manifest, share=_dist.rank_and_world_size()) if is_sharded_manifest(manifest) else None
 
 
 def load_all_parts(path: str | os.PathLike[str], map_location: Any = None,
