@@ -76,6 +76,10 @@ class Record(Callback):
             if self.batches == self.signal_at and trainer.global_rank == 0:
                 os.kill(os.getpid(), signal.SIGUSR1)  # inside an accumulation window: the checkpoint waits
 
+    def on_train_start(self, trainer, module):
+        if self.signal_at == 0 and trainer.global_rank == 0:  # a detour that takes no step: preempted at once
+            os.kill(os.getpid(), signal.SIGUSR1)
+
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         # A known position: the first batch after the checkpoint of step kill_after was written.
         if self.kill_after is not None and trainer.global_step == self.kill_after:
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategy", default="ddp", help="'auto': one process, single-file checkpoints; 'fsdp'")
     parser.add_argument("--resume", default=None)
     parser.add_argument("--kill-after-step", type=int, default=None)
-    parser.add_argument("--signal-at-batch", type=int, default=None, help="rank 0 gets SIGUSR1 after this batch")
+    parser.add_argument("--signal-at-batch", type=int, default=None, help="rank 0 gets SIGUSR1 after this batch (0: at train start)")
     parser.add_argument("--validate", default=None, help="validate this checkpoint's weights instead of fitting")
     parser.add_argument("--accumulate", type=int, default=None, help="no global batch: accumulate_grad_batches")
     args = parser.parse_args(argv)

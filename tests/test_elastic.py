@@ -117,6 +117,22 @@ def test_the_same_checkpoint_resumed_at_two_processes_is_bit_identical(reference
     _assert_continues(reference, resumed, 3, exact=True)
 
 
+def _detour(cwd: Path, checkpoint: Path, *strategy: str) -> Path:
+    """``checkpoint`` resumed at one process and preempted before its first batch: step 3 written at world size 1."""
+    done = _run(cwd, 1, *strategy, "--resume", str(checkpoint), "--signal-at-batch", "0")
+    assert done.returncode == 75, done.stderr[-3000:]
+    (written,) = (cwd / "checkpoints").glob("*.ckpt")
+    assert written.name == "preempted-epoch=0-step=3.ckpt"  # no step taken at one process
+    return written
+
+
+def test_back_at_two_processes_after_a_detour_at_one_that_took_no_step_is_bit_identical(reference, tmp_path):
+    """2 -> 1 -> 2 through one process's single-file checkpoint: the same reduction order again, the same bits."""
+    one = _detour(tmp_path / "one", reference / "checkpoints" / "step=3.ckpt", "--strategy", "auto")
+    back = _trained(tmp_path / "back", 2, "--resume", str(one))
+    _assert_continues(reference, back, 3, exact=True)
+
+
 def test_validate_loads_the_weights_of_a_checkpoint_of_another_world_size(reference, tmp_path):
     _in_process(tmp_path, "--validate", str(reference / "checkpoints" / "step=3.ckpt"))
     assert float((tmp_path / "validated.txt").read_text()) > 0
@@ -324,6 +340,14 @@ def fsdp_at_one(fsdp_reference, tmp_path_factory) -> Path:
     """Its sharded checkpoint after step 3 resumed by one FSDP process (a mesh of one: DCP reads every slice)."""
     return _trained(tmp_path_factory.mktemp("fsdp-one"), 1, "--strategy", "fsdp", "--resume",
                     str(fsdp_reference / "checkpoints" / "step=3.ckpt"))
+
+
+def test_fsdp_back_at_two_processes_after_a_detour_at_one_that_took_no_step_is_bit_identical(fsdp_reference,
+                                                                                            tmp_path):
+    """2 -> 1 -> 2 under fsdp: DCP reshards the module and optimizer state to one process's shards and back."""
+    one = _detour(tmp_path / "one", fsdp_reference / "checkpoints" / "step=3.ckpt", "--strategy", "fsdp")
+    back = _trained(tmp_path / "back", 2, "--strategy", "fsdp", "--resume", str(one))
+    _assert_continues(fsdp_reference, back, 3, exact=True)
 
 
 def test_fsdp_matches_ddp_within_the_tolerance(reference, fsdp_reference):

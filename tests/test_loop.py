@@ -362,6 +362,31 @@ def test_interrupt_anywhere_then_resume_is_exact(n, inner, cut, engine):
     assert final_state(loop) == want
 
 
+def _saved_between_two_transitions(snap: dict) -> bool:
+    """The innermost loop under way in ``snap`` stood between two of its transitions, nothing queued."""
+    under_way = [p for _, p in sorted((name.count("."), loop["position"]) for name, loop in snap["loops"].items())
+                 if p["row"] is not None or p["queue"] or p["state"] not in (START, END)]
+    return bool(under_way) and under_way[-1]["row"] is None and not under_way[-1]["queue"]
+
+
+@pytest.mark.parametrize("engine", ["direct", "transitions"])
+def test_a_run_resumed_between_two_transitions_meets_that_boundary_first(engine):
+    """Its first boundary is the saved one, so a checkpoint asked for while resuming holds the state loaded.
+
+    (Before, the resumed loop took its next transition -- in a Trainer, a whole batch -- before an observer could
+    act: a preemption or a request in ``on_train_start`` of a resumed fit was written one step late.)
+    """
+    snaps, _ = boundaries_of(lambda e: make_outer(e), engine)
+    between = [snap for snap in snaps if _saved_between_two_transitions(snap)]
+    assert any(snap["loops"]["outer"]["position"]["row"] is not None for snap in between)  # an inner loop's too
+    for snap in between:
+        loop, first = make_outer(engine), []
+        loop.load_state_dict(snap)
+        loop.observe(lambda _, loop=loop, first=first: first.append(json.loads(json.dumps(loop.state_dict()))))
+        loop.run()
+        assert first[0] == snap
+
+
 def test_restarting_and_on_restart():
     events = []
 

@@ -50,7 +50,10 @@ tree, not about the call stack.
 history pseudostate); ``run()`` then fires the built-in ``restart`` transition
 back to the saved state (hook ``on_restart``), re-runs the saved row from the
 saved hook, and carries on.  A parent re-enters the hook that was running its
-child, and the child resumes in turn.  Nothing is inferred from counters.
+child, and the child resumes in turn.  Nothing is inferred from counters.  A
+loop saved *between* two transitions meets that boundary again first (the
+observer is called there before the next transition), so a checkpoint asked for
+while resuming holds exactly the state that was loaded.
 """
 
 from ._binding import abstract_hook, noop_hook
