@@ -54,7 +54,7 @@ class BoundRow:
     check: Callable[[], Any] | None = attrs.field(init=False)  # all guards as one call; None if unguarded
     enters_end: bool = attrs.field(init=False)
     # (fn, takes_args, table index, the index once it returned, a boundary follows in the row) per kept hook:
-    # what DirectDispatcher._take iterates, everything it needs per hook worked out here
+    # what the transitions engine iterates and ``_codegen`` writes out, everything it needs per hook worked out here
     steps: tuple[tuple[Callable[..., Any], bool, int, int, bool], ...] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

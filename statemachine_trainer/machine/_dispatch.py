@@ -2,11 +2,11 @@
 
 Two engines differ only in how a transition is taken:
 
-* :class:`DirectDispatcher` compiles the table into a dict from
-  ``(state, trigger)`` to candidate rows and takes a transition in one Python
-  frame (:meth:`DirectDispatcher._take`), whichever way it was asked for.  It
-  is the default because the hot path of training fires several transitions
-  per step.
+* :class:`DirectDispatcher` compiles each ``(state, trigger)`` pair's
+  candidate rows into one generated Python function (``_codegen``) and takes
+  a transition in that one frame, whichever way it was asked for.  It is the
+  default because the hot path of training takes several transitions per
+  step.
 * :class:`TransitionsDispatcher` hands each trigger to a ``transitions.Machine``
   built from the table -- conditions and ``unless`` become its guards, a row's
   hooks its ``before`` callback (so the state changes only after every hook
@@ -34,6 +34,7 @@ from transitions import Machine
 
 from ..state._position import Position
 from ._binding import BoundRow, HookWrapper, bind_rows
+from ._codegen import compile_choice
 from ._table import END, RESTART_TRIGGER, RESTARTING, START, Table
 
 __all__ = ["DirectDispatcher", "Dispatcher", "FinishedRunWarning", "IllegalTriggerError", "LoopStuckError",
@@ -74,9 +75,10 @@ class Dispatcher:
     The engine-independent rules live here, each once: :meth:`run` and
     :meth:`fire` (each one run-to-completion unit that ends in :meth:`_abort`
     if anything raises), :meth:`_drain` (the queue) and :meth:`_restart`.  An
-    engine supplies how a transition is taken: :meth:`_take_planned` (the row
-    ``run()`` takes in a state, from ``_plan``), :meth:`_process` (a trigger
-    fired by name) and :meth:`_take_row` (a row chosen before: a resume's).
+    engine supplies how a transition is taken: ``_plan`` (per state, a
+    function that takes the driving trigger's row and says whether one was
+    taken: what ``run()`` calls), :meth:`_process` (a trigger fired by name)
+    and :meth:`_take_row` (a row chosen before: a resume's).
     """
 
     state: str
@@ -108,7 +110,7 @@ class Dispatcher:
         self._allowed[RESTARTING] = (RESTART_TRIGGER,)
         restart = getattr(owner, "on_restart", None)
         self._on_restart = None if restart is None or getattr(restart, "__noop_hook__", False) else restart
-        self._plan: dict[str, Any] = {}  # state -> what run() takes there, in the engine's terms (_take_planned)
+        self._plan: dict[str, Callable[[], bool]] = {}  # state -> take its driving trigger's row (False: none passed)
 
     def rebind(self, skip: frozenset[str]) -> None:
         """Bind the rows again, leaving out the hooks in ``skip``; only between runs."""
@@ -179,9 +181,9 @@ class Dispatcher:
         try:
             if self.state == RESTARTING:
                 self._restart()
-            plan, take, queue = self._plan, self._take_planned, self.queue
+            plan, queue = self._plan, self.queue
             while self.state != END:
-                if not take(plan[self.state]):
+                if not plan[self.state]():
                     raise LoopStuckError(self.name, self.state, self._driving[self.state])
                 if queue:
                     self._drain()
@@ -250,10 +252,6 @@ class Dispatcher:
         return self._busy
 
     # -- what an engine supplies ----------------------------------------------------------
-    def _take_planned(self, planned: Any) -> bool:  # pragma: no cover - engines override
-        """Take the driving trigger's row, ``planned = self._plan[state]``; False if no guards passed."""
-        raise NotImplementedError
-
     def _process(self, trigger: str) -> bool:  # pragma: no cover - engines override
         """Take the row ``trigger`` selects; False if no guards passed, IllegalTriggerError if it has no row here."""
         raise NotImplementedError
@@ -266,12 +264,20 @@ class Dispatcher:
         raise NotImplementedError
 
 
-class DirectDispatcher(Dispatcher):
-    """The table compiled to dict lookups: the hot-path engine.
+def _none_taken() -> bool:
+    """A state whose driving trigger has no row: nothing can be taken (``run()`` reports the loop stuck)."""
+    return False
 
-    Every transition, however it was asked for (``run()``, ``fire()``, the
-    queue, a resume), is taken by :meth:`_take` in one Python frame, so
-    ``run()`` costs one call per transition and each rule is written once.
+
+class DirectDispatcher(Dispatcher):
+    """The table compiled to Python: the hot-path engine.
+
+    Every ``(state, trigger)`` pair's candidate rows become one generated
+    function (``_codegen.compile_choice``) that checks the guards in table
+    order and takes the first row that passes, in one Python frame.  Every
+    transition, however it was asked for (``run()``, ``fire()``, the queue, a
+    resume), is taken by such a function, so each rule is written once: in
+    the generator.
     """
 
     def __init__(self, table: Table, owner: Any, name: str) -> None:
@@ -283,62 +289,26 @@ class DirectDispatcher(Dispatcher):
         lookup: dict[str, dict[str, list[BoundRow]]] = {state: {} for state in self.table.states}
         for bound in self.rows:
             lookup[bound.row.source].setdefault(bound.row.trigger, []).append(bound)
-        # state -> trigger -> candidate rows, in table order
-        self._lookup = {state: {t: tuple(rows) for t, rows in by_trigger.items()}
-                        for state, by_trigger in lookup.items()}
-        # state -> the candidate rows of its driving trigger: all run() ever needs
-        self._plan = {state: self._lookup[state].get(trigger, ()) for state, trigger in self._driving.items()
-                      if trigger is not None}
-
-    def _take(self, candidates: tuple[BoundRow, ...]) -> bool:
-        """Take the first candidate row whose guards pass; False, with nothing changed, if none does.
-
-        The hooks run in order in the source state, ``row``/``hook`` always
-        naming the hook under way (``hook`` is past it once it returned); the
-        observer is called between two hooks and after the state change.
-        """
-        for bound in candidates:
-            check = bound.check
-            if check is None or check():
-                break
-        else:
-            return False
-        self.row = bound.index
-        result = None
-        for fn, takes_args, index, after, between in bound.steps:
-            self.hook = index
-            result = fn(*self.args, **self.kwargs) if takes_args else fn()
-            self.hook = after
-            # Read at each boundary (a hook may have just installed one): a boundary between two hooks of one
-            # transition.  The common case, no observer, costs one attribute read.
-            if self.observer is not None and between:
-                self.observer(self.owner)
-        self.state = bound.dest
-        self.row = None
-        self.hook = 0
-        if bound.enters_end:
-            self.output = result if bound.returns_last else None
-            # A nested loop that just finished is not a boundary: its parent's hook is still
-            # running, and a resume would re-enter that hook and start the child over.  The
-            # parent's next boundary comes as soon as the hook returns.
-            if self.nested:
-                return True
-        observer = self.observer  # again: a hook may have changed it
-        if observer is not None:
-            observer(self.owner)  # a boundary between two transitions
-        return True
-
-    _take_planned = _take
+        owner = type(self.owner).__name__
+        # state -> trigger -> take the first of its candidate rows (in table order) whose guards pass
+        self._choices = {state: {trigger: compile_choice(self, rows, f"{owner} {state} --{trigger}-->")
+                                 for trigger, rows in by_trigger.items()}
+                         for state, by_trigger in lookup.items()}
+        # state -> the choice of its driving trigger: all run() ever needs
+        self._plan = {state: self._choices[state].get(trigger, _none_taken)
+                      for state, trigger in self._driving.items() if trigger is not None}
 
     def _process(self, trigger: str) -> bool:
-        by_trigger = self._lookup.get(self.state)
-        candidates = by_trigger.get(trigger) if by_trigger is not None else None
-        if candidates is None:
+        by_trigger = self._choices.get(self.state)
+        choice = by_trigger.get(trigger) if by_trigger is not None else None
+        if choice is None:
             raise self._illegal(trigger)
-        return self._take(candidates)
+        return choice()
 
     def _take_row(self, bound: BoundRow) -> None:
-        self._take((bound,))  # a resumed row has no guards
+        # A resumed row has no guards; compiled for this one resume (a row resumes from any of its hooks).
+        compile_choice(self, (bound,), f"{type(self.owner).__name__} {bound.row.source} resumed at hook "
+                                       f"{bound.hook_index[0] if bound.hook_index else 'end'}")()
 
     def _enter_restart(self, state: str) -> None:
         if self._on_restart is not None:
@@ -377,7 +347,8 @@ class TransitionsDispatcher(Dispatcher):
                 self._machine.add_transition(RESTART_TRIGGER, RESTARTING, state,
                                              conditions=partial(self._resumes_to, state),
                                              before=self._before_restart)
-        self._plan = {state: trigger for state, trigger in self._driving.items() if trigger is not None}
+        self._plan = {state: partial(self._process, trigger) for state, trigger in self._driving.items()
+                      if trigger is not None}
 
     @property  # type: ignore[override]
     def state(self) -> str:
@@ -399,7 +370,8 @@ class TransitionsDispatcher(Dispatcher):
         self.state = bound.dest
         self._finish_row(bound, result)
 
-    # The rules of DirectDispatcher._take, split where the Machine changes the state.
+    # The rules of a transition (``_codegen`` writes them out for the direct engine), split where the Machine
+    # changes the state.
     def _run_hooks(self, bound: BoundRow) -> Any:
         self.row = bound.index
         result = None
@@ -423,8 +395,6 @@ class TransitionsDispatcher(Dispatcher):
         if event is None or not event.transitions.get(self.state):
             raise self._illegal(trigger)
         return bool(event.trigger(self._model))
-
-    _take_planned = _process
 
     def _resumes_to(self, state: str) -> bool:
         return self._resume is not None and self._resume.state == state
