@@ -235,12 +235,13 @@ class Dispatcher:
         self.queue.extend(resume.queue)
         if resume.row is not None:
             self._take_row(self.rows[resume.row].resumed(resume.hook))
-        self.restarting = False
-        if resume.row is None and not resume.queue and self.observer is not None:
-            # Saved between two transitions: the resumed position is that boundary again.  Without it, a loop
-            # resumed there would take its next transition (a whole batch) before any observer could act, so a
-            # checkpoint asked for while resuming (on_train_start, a preemption signal) would come one step late.
+        elif not resume.queue and self.observer is not None:
+            # Saved between two transitions: the resumed position is that boundary again (still ``restarting``:
+            # nothing has run since the load).  Without it, a loop resumed there would take its next transition
+            # (a whole batch) before any observer could act, so a checkpoint asked for while resuming
+            # (on_train_start, a preemption signal) would come one step late.
             self.observer(self.owner)
+        self.restarting = False
         self._drain()
 
     def _illegal(self, trigger: str) -> IllegalTriggerError:
