@@ -279,3 +279,34 @@ def test_run_is_one_unit_so_a_trigger_fired_by_a_condition_waits_its_turn(engine
     owner = Owner3()
     owner.dispatcher.run((), {})
     assert owner.calls == ["first@START", "stopped@A"] and owner.dispatcher.state == END
+
+
+def test_generated_transitions_name_the_hooks_so_a_traceback_shows_the_failing_call():
+    """The direct engine runs each trigger's rows as generated code (``_codegen``): readable where it fails."""
+    import traceback
+
+    table = Table(states=(START, "A", END), rows=(
+        Row("go", START, "A", hooks=("first", "result")),  # `result` is also a name of the generated code's own
+        Row("stop", "A", END, hooks="last"),
+    ))
+
+    class Owner4:
+        calls: list[str] = []
+
+        def first(self) -> None:
+            self.calls.append("first")
+
+        def result(self) -> None:
+            raise ValueError("result failed")
+
+        def last(self) -> str:
+            return "out"
+
+    owner = Owner4()
+    dispatcher = DirectDispatcher(table, owner, "named")
+    with pytest.raises(ValueError, match="result failed") as info:
+        dispatcher.fire("go")
+    frames = traceback.extract_tb(info.value.__traceback__)
+    generated = next(f for f in frames if f.filename.startswith("<statemachine_trainer Owner4 START --go-->"))
+    assert generated.line.startswith("result_") and generated.line.endswith("()")  # renamed, and shown
+    assert owner.calls == ["first"] and dispatcher.position == Position(START)  # as the rules say of a failure

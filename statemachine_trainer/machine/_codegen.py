@@ -38,6 +38,9 @@ from ._binding import BoundRow
 
 __all__ = ["compile_choice"]
 
+#: The generated code's own names: a hook or condition called so gets a suffix.
+_RESERVED = frozenset({"d", "make", "observer", "result", "take"})
+
 def compile_choice(dispatcher: Any, candidates: Sequence[BoundRow], label: str) -> Callable[[], bool]:
     """One function taking the first of ``candidates`` whose guards pass; False when none does.
 
@@ -45,10 +48,12 @@ def compile_choice(dispatcher: Any, candidates: Sequence[BoundRow], label: str) 
     ``output``, ``observer``, ``owner``, ``nested``, ``args`` and ``kwargs``
     the transition reads and writes; ``label`` names the function in tracebacks.
     """
-    names: dict[str, Any] = {}  # the free variables of the generated function: callables and the dispatcher
+    names: dict[str, Any] = {}  # the free variables of the generated function, by the table's names
 
-    def bind(prefix: str, value: Any) -> str:
-        name = f"{prefix}{len(names)}"
+    def bind(name: str, value: Any) -> str:
+        """A variable for ``value`` named as the table names it (a traceback line reads ``advance()``)."""
+        if name in _RESERVED or names.get(name, value) is not value:
+            name = f"{name}_{len(names)}"
         names[name] = value
         return name
 
@@ -68,8 +73,9 @@ def compile_choice(dispatcher: Any, candidates: Sequence[BoundRow], label: str) 
 
 def _guard(bound: BoundRow, bind: Callable[[str, Any], str]) -> str | None:
     """The row's guards as one short-circuit expression in table order; None when it has none."""
-    terms = [f"{bind('c', condition)}()" for condition in bound.conditions]
-    terms += [f"not {bind('u', guard)}()" for guard in bound.unless]
+    row = bound.row
+    terms = [f"{bind(name, condition)}()" for name, condition in zip(row.conditions, bound.conditions)]
+    terms += [f"not {bind(name, guard)}()" for name, guard in zip(row.unless, bound.unless)]
     return " and ".join(terms) or None
 
 
@@ -82,7 +88,8 @@ def _row(bound: BoundRow, bind: Callable[[str, Any], str]) -> list[str]:
     for k, (fn, takes_args, index, after, between) in enumerate(bound.steps):
         if k == 0 or index != hook:
             lines.append(f"d.hook = {index}")
-        call = f"{bind('f', fn)}(*d.args, **d.kwargs)" if takes_args else f"{bind('f', fn)}()"
+        name = bind(bound.row.hooks[index], fn)
+        call = f"{name}(*d.args, **d.kwargs)" if takes_args else f"{name}()"
         lines.append(f"result = {call}" if keep_output and k == last else call)
         lines.append(f"d.hook = {after}")
         hook = after
