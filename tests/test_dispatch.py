@@ -291,7 +291,8 @@ def test_generated_transitions_name_the_hooks_so_a_traceback_shows_the_failing_c
     ))
 
     class Owner4:
-        calls: list[str] = []
+        def __init__(self) -> None:
+            self.calls: list[str] = []
 
         def first(self) -> None:
             self.calls.append("first")
