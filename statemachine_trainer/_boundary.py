@@ -220,10 +220,12 @@ class BoundaryWriter:
 def _between_batches(loop: Loop) -> bool:
     """The epoch loop just finished a batch: the one boundary per step where ranks agree on preemption.
 
-    Not the epoch's start (ADVANCE before its first batch), nor the boundary
-    a resumed run starts at (``restarting``): a ballot there would time the
-    run's setup as if it were a batch, and space the next ballots by that (up
-    to 64 batches apart).
+    Not the epoch's start (ADVANCE before its first batch), nor a boundary
+    the loop reaches while still ``restarting`` (the one a resumed run starts
+    at, or the end of the batch it resumed inside): a ballot there would time
+    the run's setup as if it were a batch, and space the next ballots by that
+    (up to 64 batches apart).  Every rank resumes at the same position, so
+    all skip the same boundaries.
     """
     position = loop.position
     return (position.row is None and position.state == "ADVANCE" and loop.progress.current.ready > 0
