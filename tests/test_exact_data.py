@@ -122,3 +122,17 @@ def test_a_checkpoint_resumes_with_another_num_workers(tmp_path):
     resumed = trainer()
     resumed.fit(Net(), *loaders(2)(), ckpt_path=path)
     assert first_difference(final_state(full), final_state(resumed)) is None
+
+
+def test_the_python_generator_is_seeded_exactly_as_random_seed_seeds_it():
+    """The per-batch seeding calls random's C seed directly (no wrapper): same state, no cached gauss left."""
+    import random
+
+    from statemachine_trainer.data._seeding import seeder
+
+    for key in (0, 1, 2**32 + 7, 2**64 - 1, 0x5EED_7EA1_7EA1_5EED):
+        random.seed(key)
+        want = random.getstate()
+        random.gauss(0, 1)  # leaves a cached second deviate behind
+        seeder(["random"])(key)
+        assert random.getstate() == want

@@ -132,7 +132,8 @@ class ResumableSampler(Sampler[list[int]]):
             self.set_epoch(self.epoch + 1)
         self._seeked = False
         self.order()  # the permutation's cost is paid here, not inside the first fetch
-        while self.position < len(self):
+        batches = len(self)  # fixed for the epoch (dataset size, batch size, world size): not asked per batch
+        while self.position < batches:
             batch = self.batch(self.position)
             self.position += 1
             yield batch

@@ -52,6 +52,7 @@ draws on the GPU in ``__getitem__`` is not made reproducible by this module.
 
 from __future__ import annotations
 
+import _random
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -123,6 +124,16 @@ class TaggedBatch(list):
 _MASK32 = (1 << 32) - 1
 _seed_torch = torch.default_generator.manual_seed
 _seed_numpy = np.random.seed
+# Python's module-level generator, seeded through its C method: what random.seed(int) does once its Python
+# wrapper has checked the argument's type (an int here, always) -- less than half the bytecodes, twice per batch.
+_python_random = random._inst  # type: ignore[attr-defined]
+_seed_python_c = _random.Random.seed
+
+
+def _seed_python(key: int) -> None:
+    """``random.seed(key)`` for an int ``key``: the same state (tested), without the wrapper's type dispatch."""
+    _seed_python_c(_python_random, key)
+    _python_random.gauss_next = None  # as random.seed does: no cached normal deviate survives a reseed
 
 # name -> (seed it from a 64-bit key, save its state, restore a state).  Each library takes its own part of the
 # (already mixed) key, so no two share a stream: torch its low 32 bits and NumPy its high 32 bits (both take
@@ -131,7 +142,7 @@ _seed_numpy = np.random.seed
 _RNGS: dict[str, tuple[Callable[[int], Any], Callable[[], Any], Callable[[Any], Any]]] = {
     "torch": (lambda key: _seed_torch(key & _MASK32), torch.default_generator.get_state,
               torch.default_generator.set_state),
-    "random": (lambda key: random.seed(key), random.getstate, random.setstate),
+    "random": (_seed_python, random.getstate, random.setstate),
     "numpy": (lambda key: _seed_numpy(key >> 32), np.random.get_state, np.random.set_state),
 }
 
@@ -139,7 +150,8 @@ _RNGS: dict[str, tuple[Callable[[int], Any], Callable[[], Any], Callable[[Any], 
 def _seed_all(key: int) -> None:
     """Every RNG of ALL_RNGS seeded from ``key`` (the default ``rngs``, written out: no loop on the hot path)."""
     _seed_torch(key & _MASK32)
-    random.seed(key)
+    _seed_python_c(_python_random, key)
+    _python_random.gauss_next = None
     _seed_numpy(key >> 32)
 
 
