@@ -51,7 +51,6 @@ class BoundRow:
     returns_last: bool  # the row's last table hook is kept, so its return value is the row's output
     # Derived once for the hot path:
     dest: str = attrs.field(init=False)
-    check: Callable[[], Any] | None = attrs.field(init=False)  # all guards as one call; None if unguarded
     enters_end: bool = attrs.field(init=False)
     # (fn, takes_args, table index, the index once it returned, a boundary follows in the row) per kept hook:
     # what the transitions engine iterates and ``_codegen`` writes out, everything it needs per hook worked out here
@@ -60,7 +59,6 @@ class BoundRow:
     def __attrs_post_init__(self) -> None:
         last = len(self.hooks) - 1
         object.__setattr__(self, "dest", self.row.dest)
-        object.__setattr__(self, "check", _combine(self.conditions, self.unless))
         object.__setattr__(self, "enters_end", self.row.dest == END)
         object.__setattr__(self, "steps", tuple((fn, takes, self.hook_index[k], self.hook_index[k] + 1, k != last)
                                                 for k, (fn, takes) in enumerate(self.hooks)))
@@ -75,26 +73,6 @@ class BoundRow:
         return BoundRow(index=self.index, row=self.row, conditions=(), unless=(),
                         hooks=tuple(self.hooks[k] for k in kept), hook_index=tuple(self.hook_index[k] for k in kept),
                         returns_last=self.returns_last)
-
-
-def _combine(conditions: tuple[Callable[[], Any], ...],
-             unless: tuple[Callable[[], Any], ...]) -> Callable[[], Any] | None:
-    """One callable for a row's guards, evaluated in order with short-circuit (transitions' order)."""
-    if not conditions and not unless:
-        return None
-    if len(conditions) == 1 and not unless:
-        return conditions[0]
-
-    def check() -> bool:
-        for condition in conditions:
-            if not condition():
-                return False
-        for guard in unless:
-            if guard():
-                return False
-        return True
-
-    return check
 
 
 def _static(cls: type, name: str) -> Any:

@@ -41,6 +41,7 @@ __all__ = ["compile_choice"]
 #: The generated code's own names: a hook or condition called so gets a suffix.
 _RESERVED = frozenset({"d", "make", "observer", "result", "take"})
 
+
 def compile_choice(dispatcher: Any, candidates: Sequence[BoundRow], label: str) -> Callable[[], bool]:
     """One function taking the first of ``candidates`` whose guards pass; False when none does.
 
@@ -82,11 +83,11 @@ def _guard(bound: BoundRow, bind: Callable[[str, Any], str]) -> str | None:
 def _row(bound: BoundRow, bind: Callable[[str, Any], str]) -> list[str]:
     """The statements that take ``bound`` once its guards passed (see the module docstring)."""
     lines = [f"d.row = {bound.index}"]
-    hook = 0  # what d.hook holds, as far as the generated code knows (the row starts at 0 only in a resume)
+    hook = -1  # what d.hook holds at this point of the row (nothing known before its first hook)
     keep_output = bound.enters_end and bound.returns_last
     last = len(bound.steps) - 1
     for k, (fn, takes_args, index, after, between) in enumerate(bound.steps):
-        if k == 0 or index != hook:
+        if index != hook:
             lines.append(f"d.hook = {index}")
         name = bind(bound.row.hooks[index], fn)
         call = f"{name}(*d.args, **d.kwargs)" if takes_args else f"{name}()"
