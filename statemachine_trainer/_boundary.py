@@ -150,7 +150,7 @@ class BoundaryWriter:
             self._observe()
 
     def _at_boundary_snapshotting(self, loop: Loop) -> None:
-        if loop is self._epoch_loop and loop.position.row is None and self._checkpointable():
+        if loop is self._epoch_loop and loop.between_transitions and self._checkpointable():
             self._snapshot = self._take_snapshot()  # type: ignore[misc]
         if self._pending or self._guard.signum is not None:
             self._act(preempt_here=True)
@@ -227,8 +227,7 @@ def _between_batches(loop: Loop) -> bool:
     (up to 64 batches apart).  Every rank resumes at the same position, so
     all skip the same boundaries.
     """
-    position = loop.position
-    return (position.row is None and position.state == "ADVANCE" and loop.progress.current.ready > 0
+    return (loop.between_transitions and loop.state == "ADVANCE" and loop.progress.current.ready > 0
             and not loop.restarting)
 
 

@@ -362,6 +362,17 @@ def test_interrupt_anywhere_then_resume_is_exact(n, inner, cut, engine):
     assert final_state(loop) == want
 
 
+@pytest.mark.parametrize("engine", ["direct", "transitions"])
+def test_between_transitions_says_what_the_position_says_at_every_boundary(engine):
+    """The cheap read the DDP preemption vote makes at every boundary agrees with the position, loop by loop."""
+    outer, seen = make_outer(engine), []
+    outer.observe(lambda _: seen.extend((node.between_transitions, node.position.row is None)
+                                        for _, node in outer.walk()))
+    outer.run()
+    assert seen and all(cheap == exact for cheap, exact in seen)
+    assert {exact for _, exact in seen} == {True, False}  # both cases were seen
+
+
 def _saved_between_two_transitions(snap: dict) -> bool:
     """The innermost loop under way in ``snap`` stood between two of its transitions, nothing queued."""
     under_way = [p for _, p in sorted((name.count("."), loop["position"]) for name, loop in snap["loops"].items())

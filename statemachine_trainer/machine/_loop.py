@@ -128,6 +128,16 @@ class Loop:
         return self._machine.position
 
     @property
+    def between_transitions(self) -> bool:
+        """No transition of this loop is under way: ``position.row is None`` without building the Position.
+
+        For observers that ask at every boundary (a dozen per training step
+        under DDP).  A loop waiting in RESTARTING is between transitions of
+        none of its states: read its ``position``.
+        """
+        return self._machine.row is None
+
+    @property
     def running(self) -> bool:
         """True while this loop's ``run()`` (or a ``fire()``) is under way: inside its hooks and its children's runs."""
         return self._machine.busy
