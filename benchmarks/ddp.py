@@ -27,9 +27,8 @@ import argparse
 import gc
 import os
 import statistics
-import time
 
-from _jobs import WARMUP, fit_clocked, mlp, synthetic_data, torchrun_job, write_result  # this directory
+from _jobs import fit_clocked, loop_clocked, mlp, synthetic_data, torchrun_job, write_result  # this directory
 
 
 def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
@@ -42,7 +41,7 @@ def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
     if ddp:
         # Not in the tutorial, but without it the job aborts now and then at exit (SIGABRT: a gloo thread alive into
         # interpreter finalization; statemachine_trainer/distributed/_group.py has the story).  Outside the clocks.
-        import torch.distributed._shard
+        import torch.distributed._shard  # noqa: F401 - imported for its side effect (see above)
 
         dist.init_process_group("gloo")
         data = synthetic_data(steps, dist.get_world_size())
@@ -51,18 +50,9 @@ def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
     else:
         loader = DataLoader(synthetic_data(steps, 1), batch_size=32, shuffle=True)
         model = mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    start = cpu = None
-    for i, (x, y) in enumerate(loader):
-        if i == WARMUP:
-            start, cpu = time.perf_counter(), time.process_time()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    rate, cpu = steps / (time.perf_counter() - start), (time.process_time() - cpu) / steps
+    rate, cpu = loop_clocked(model, loader, steps)
     if ddp:
-        del model, opt, loss  # nothing may hold DDP (and so the group) when the group goes: same story
+        del model  # nothing may hold DDP (and so the group) when the group goes: same story
         gc.collect()
         dist.destroy_process_group()
     return rate, cpu

@@ -37,14 +37,14 @@ import sys
 import tempfile
 import time
 
-from _jobs import WARMUP, fit_clocked, mlp, synthetic_data, torchrun_job, write_result  # this directory
+from _jobs import fit_clocked, loop_clocked, mlp, synthetic_data, torchrun_job, write_result  # this directory
 
 
 def plain(steps: int) -> tuple[float, float]:
     """A hand-written FSDP2 loop, as torch's FSDP2 tutorial writes it: each Linear a unit, then the root."""
     import torch
     import torch.distributed as dist
-    import torch.distributed._shard  # outside the clocks: see benchmarks/ddp.py (the exit abort)
+    import torch.distributed._shard  # noqa: F401 - outside the clocks: see benchmarks/ddp.py (the exit abort)
     from torch import nn
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -67,17 +67,8 @@ def plain(steps: int) -> tuple[float, float]:
         if isinstance(layer, nn.Linear):
             fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    start = cpu = None
-    for i, (x, y) in enumerate(loader):
-        if i == WARMUP:
-            start, cpu = time.perf_counter(), time.process_time()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    rate, cpu = steps / (time.perf_counter() - start), (time.process_time() - cpu) / steps
-    del model, opt, loss, mesh  # nothing may hold the group (DTensors, the mesh) when it goes
+    rate, cpu = loop_clocked(model, loader, steps)
+    del model, mesh  # nothing may hold the group (DTensors, the mesh) when it goes
     gc.collect()
     dist.destroy_process_group()
     return rate, cpu
