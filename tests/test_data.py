@@ -282,6 +282,26 @@ def test_the_sampler_alone_saves_and_jumps():
     assert other.state_dict() == {"epoch": 0, "position": 4}
 
 
+def test_iterating_the_sampler_serves_exactly_its_batches_by_index():
+    """The iterator writes batch() out (it runs per batch): both must give the same indices and keys."""
+    sampler = ResumableSampler(103, 8, seed=5, rank=1, world_size=3)
+    sampler.set_epoch(2)
+    served = list(sampler)
+    assert [(list(b), b.key) for b in served] == [(list(sampler.batch(i)), sampler.batch(i).key)
+                                                 for i in range(len(sampler))]
+    assert len({b.key for b in served}) == len(served)
+
+
+def test_a_tagged_batch_is_a_list_with_only_its_key():
+    """No per-batch __dict__; it reaches a worker process (pickled) with its key."""
+    import pickle
+
+    batch = ResumableSampler(10, 4, seed=0).batch(1)
+    assert not hasattr(batch, "__dict__")
+    back = pickle.loads(pickle.dumps(batch))
+    assert type(back) is type(batch) and back == batch and back.key == batch.key
+
+
 def test_a_stale_iterator_refuses_to_continue():
     adapter, _ = _adapter(10, 2, False, False, 0)
     iterator = iter(adapter)

@@ -110,10 +110,11 @@ class TaggedBatch(list):
     indices takes it unchanged; it pickles to worker processes with its key.
     """
 
+    __slots__ = ("key",)  # no per-batch __dict__: one of these is made for every batch
     key: int
 
     def __init__(self, indices: Sequence[int], key: int) -> None:
-        super().__init__(indices)
+        list.__init__(self, indices)
         self.key = key
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -208,14 +209,19 @@ class SeededDataset(Dataset):
     def __init__(self, dataset: Any, rngs: Sequence[str] = ALL_RNGS) -> None:
         self.dataset = dataset
         self.rngs = check_rngs(rngs)
+        self._bind()
+
+    def _bind(self) -> None:
+        """What every fetch calls, looked up once: the seeder, and the dataset's own batched fetch (or None)."""
         self._seed = seeder(self.rngs)
+        self._getitems = getattr(self.dataset, "__getitems__", None)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "rngs": self.rngs}  # the seeder may be a closure: rebuilt, not pickled
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.dataset, self.rngs = state["dataset"], state["rngs"]
-        self._seed = seeder(self.rngs)
+        self._bind()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -227,7 +233,7 @@ class SeededDataset(Dataset):
         key = getattr(indices, "key", None)
         if key is not None and self._seed is not None:
             self._seed(key)
-        getitems = getattr(self.dataset, "__getitems__", None)
-        if getitems:
-            return getitems(indices)  # keep a dataset's own batched fetch (e.g. one query per batch)
-        return [self.dataset[i] for i in indices]
+        if self._getitems:
+            return self._getitems(indices)  # keep a dataset's own batched fetch (e.g. one query per batch)
+        dataset = self.dataset
+        return [dataset[i] for i in indices]
