@@ -2,6 +2,7 @@
 
 Run:  python benchmarks/overhead.py [--steps N] [--repeats R] [--quick]
       python benchmarks/overhead.py --count-calls [--steps N]
+      python benchmarks/overhead.py --instructions [--steps N]   # needs valgrind
       python benchmarks/overhead.py --scalar [--steps N] [--repeats R]
 
 The design's performance target (DESIGN.md, "Performance targets"): on a tiny
@@ -85,6 +86,15 @@ execute per step -- the difference between an epoch of ``2N`` and one of
 ``N`` steps, divided by ``N``, so setup and teardown cancel -- and prints the
 framework's share (ours - plain) with the functions it is spent in, most
 bytecodes first.  It is the profile to read when the overhead moves.
+
+``--instructions`` (needs ``valgrind``) counts machine instructions instead:
+``plain``, ``ours-as-given`` and ``ours`` each run in a process of its own
+under callgrind for an epoch of ``N`` and of ``3N`` steps (``--steps``,
+default here 100), and the difference over ``2N`` is the instructions per
+step -- the C work too (torch's dispatcher, the generators' seeding), which
+``--count-calls`` does not see.  It takes a few minutes, barely moves with
+the machine's load (a run-to-run spread of about 1%), and names the C entry
+points of the per-batch seeding that exact data pays for.
 
 ``--scalar`` runs ``plain`` and ``ours`` alone on a one-parameter model fed
 one batch from a list, so a step's torch work is a few us and what remains is
@@ -455,6 +465,76 @@ def report_calls(steps: int, top: int = 100) -> None:
     print(f"our calls per step over the plain loop = {sum(c[0] for c in extra.values()):.2f}")
 
 
+# -- counting machine instructions (valgrind) ---------------------------------------------------
+#: The C functions whose inclusive cost is what exact data's per-batch seeding pays (callgrind's names).
+SEEDING = {
+    "random.seed (Python's generator)": "random_seed",
+    "numpy.random.seed": "__pyx_pw_5numpy_6random_6mtrand_1seed",
+    "torch generator get_state": "THPGenerator_getState(_object*, _object*)",
+    "torch generator set_state": "THPGenerator_setState(_object*, _object*)",
+    "torch generator manual_seed": "THPGenerator_manualSeed(_object*, _object*)",
+}
+INSTRUCTION_VARIANTS = ("plain", "ours-as-given", "ours")
+
+
+def run_one(label: str, steps: int) -> None:
+    """One run of one variant (what ``--instructions`` runs under valgrind)."""
+    ours = {v.label: v for v in our_variants()[0]}
+    variant = plain_variant() if label == "plain" else ours[label]
+    with tempfile.TemporaryDirectory(prefix="overhead-one-") as tmp, quiet():
+        run = variant.run(Data(steps), 0, Path(tmp))
+    if run.steps_done != steps:
+        raise AssertionError(f"{label}: {run.steps_done} optimizer steps for an epoch of {steps}")
+
+
+def callgrind(label: str, steps: int, out: Path) -> tuple[int, dict[str, int]]:
+    """(instructions, inclusive instructions of each SEEDING function) of one ``run_one`` under callgrind."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}  # no spinning BLAS threads, the same dict layouts in every run
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
+               "--run-one", label, "--steps", str(steps)]
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    total = next(int(line.split()[1]) for line in out.read_text().splitlines() if line.startswith("summary:"))
+    annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
+                               check=True, capture_output=True, text=True).stdout
+    seeding = {}
+    for name, symbol in SEEDING.items():
+        costs = [int(line.split()[0].replace(",", "")) for line in annotated.splitlines()
+                 if line.split(" [")[0].endswith(":" + symbol)]
+        seeding[name] = max(costs, default=0)
+    return total, seeding
+
+
+def report_instructions(steps: int) -> None:
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
+        raise SystemExit("--instructions needs valgrind (callgrind and callgrind_annotate) on PATH.")
+    jobs = [(label, n) for label in INSTRUCTION_VARIANTS for n in (steps, 3 * steps)]
+    with tempfile.TemporaryDirectory(prefix="overhead-callgrind-") as tmp, \
+            ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        counted = dict(zip(jobs, pool.map(lambda job: callgrind(*job, Path(tmp) / f"{job[0]}.{job[1]}"), jobs)))
+    per_step = {label: (counted[label, 3 * steps][0] - counted[label, steps][0]) / (2 * steps)
+                for label in INSTRUCTION_VARIANTS}
+    print(f"Machine instructions per step (callgrind), epochs of {steps} and {3 * steps} steps, one process each:")
+    for label in INSTRUCTION_VARIANTS:
+        over = per_step[label] - per_step["plain"]
+        print(f"  {label:<14}{per_step[label]:>12,.0f}" + (f"   +{over:,.0f} over plain" if label != "plain" else ""))
+    print("Per step in the per-batch seeding's C entry points (inclusive), ours - ours-as-given:")
+    for name in SEEDING:
+        extra = {label: counted[label, 3 * steps][1][name] - counted[label, steps][1][name]
+                 for label in ("ours", "ours-as-given")}
+        print(f"  {name:<36}{(extra['ours'] - extra['ours-as-given']) / (2 * steps):>10,.0f}")
+    print(f"exact data (ours - ours-as-given) = {per_step['ours'] - per_step['ours-as-given']:,.0f} instructions/step")
+    print(f"our instructions per step over the plain loop = {per_step['ours'] - per_step['plain']:,.0f} "
+          f"(as given: {per_step['ours-as-given'] - per_step['plain']:,.0f})")
+
+
 # -- the framework alone: a one-parameter model --------------------------------------------------
 def report_scalar(steps: int, repeats: int) -> None:
     """``plain`` and ``ours`` on a one-parameter model with batches from a list, interleaved.
@@ -617,7 +697,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="plain and ours only, on a one-parameter model: the framework's own us/step")
     parser.add_argument("--count-calls", action="store_true",
                         help="time nothing: count the Python calls and bytecodes per step of plain and ours (deterministic)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="time nothing: count machine instructions per step under valgrind (a few minutes)")
+    parser.add_argument("--run-one", choices=INSTRUCTION_VARIANTS, help=argparse.SUPPRESS)  # --instructions' job
     args = parser.parse_args(argv)
+    if args.run_one:
+        run_one(args.run_one, args.steps)
+        return 0
+    if args.instructions:
+        report_instructions(args.steps if "--steps" in (argv if argv is not None else sys.argv) else 100)
+        return 0
     if args.quick:
         args.steps, args.repeats = 200, 1
     if args.steps < 20 or args.repeats < 1:
