@@ -13,15 +13,20 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch.utils.data import (
     BatchSampler,
+    ConcatDataset,
     DataLoader,
     Dataset,
     DistributedSampler,
     IterableDataset,
+    StackDataset,
+    Subset,
     TensorDataset,
     WeightedRandomSampler,
+    default_collate,
 )
 
-from statemachine_trainer.data import ResumableLoader, ResumableSampler, StaleIteratorError
+from statemachine_trainer.data import ResumableLoader, ResumableSampler, SeededDataset, StaleIteratorError
+from statemachine_trainer.data._seeding import fetch_draws_nothing
 
 
 class Augmented(Dataset):
@@ -171,6 +176,79 @@ def test_what_a_step_draws_between_batches(workers):
     assert len({pair[0][1] for _, pair in expected}) == len(expected)  # a new stream per batch and per epoch
 
 
+class Opaque(Dataset):
+    """The same items as the dataset it wraps, behind a type the loader cannot know draws nothing."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int):
+        return self.inner[index]
+
+
+def _states_after_each_batch(dataset: Dataset) -> list:
+    """Per batch of an epoch, a resume mid-epoch and a rewound batch: the batch, every generator's state and what
+    a step then draws."""
+    def record(loader):
+        return [(batch, torch.initial_seed(), *_global_states(), _draws(2)) for batch in loader]
+
+    _reseed_globals(3)
+    loader = ResumableLoader(DataLoader(dataset, batch_size=4, shuffle=True), seed=11)
+    seen = record(loader)
+    state = {"epoch": 0, "position": 2, "seed": 11}
+    loader.load_state_dict(state)
+    loader.rewind(1)  # the batch in flight served again, then the rest
+    return seen + record(loader)
+
+
+def test_a_fetch_that_draws_nothing_is_not_seeded_and_the_streams_are_the_same():
+    """A TensorDataset with the default collate skips the fetch's seeding: every generator, every draw the same."""
+    tensors = TensorDataset(torch.arange(22.0).reshape(11, 2), torch.arange(11))
+    skipping = ResumableLoader(DataLoader(tensors, batch_size=4))
+    assert skipping.loader.dataset is tensors and not isinstance(ResumableLoader(Opaque(tensors)).loader.dataset,
+                                                                  TensorDataset)
+    got, expected = _states_after_each_batch(tensors), _states_after_each_batch(Opaque(tensors))
+    assert len(got) == len(expected) == 3 + 2  # the epoch, then batch 1 again and batch 2
+    for (batch, seed, torch_state, python_state, numpy_state, draws), want in zip(got, expected):
+        assert all(torch.equal(a, b) for a, b in zip(batch, want[0]))
+        assert seed == want[1] and torch.equal(torch_state, want[2]) and python_state == want[3]
+        assert all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b for a, b in zip(numpy_state, want[4]))
+        assert draws == want[5]
+
+
+def _collate(batch):
+    return default_collate(batch)
+
+
+class MyTensors(TensorDataset):
+    pass
+
+
+_TENSORS = TensorDataset(torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize(("dataset", "collate_fn", "draws_nothing"), [
+    (_TENSORS, None, True),
+    (_TENSORS, default_collate, True),
+    (_TENSORS, _collate, False),  # a collate_fn of one's own may draw (mixup)
+    (MyTensors(torch.zeros(4, 2)), None, False),  # a subclass may override __getitem__
+    (Subset(_TENSORS, [0, 2]), None, True),
+    (ConcatDataset([_TENSORS, Subset(_TENSORS, [1])]), None, True),
+    (ConcatDataset([_TENSORS, Opaque(_TENSORS)]), None, False),
+    (StackDataset(_TENSORS, _TENSORS), None, True),
+    (StackDataset(a=_TENSORS, b=Opaque(_TENSORS)), None, False),
+    (Opaque(_TENSORS), None, False),
+])
+def test_which_fetches_are_known_to_draw_nothing(dataset, collate_fn, draws_nothing):
+    assert fetch_draws_nothing(dataset, collate_fn) is draws_nothing
+    loader = ResumableLoader(DataLoader(dataset, batch_size=2, collate_fn=collate_fn))
+    assert isinstance(loader.loader.dataset, SeededDataset) is not draws_nothing
+    assert isinstance(ResumableLoader(DataLoader(dataset, batch_size=2), rngs=()).loader.dataset, SeededDataset) is False
+
+
 def test_torch_initial_seed_is_kept_for_loaders_made_later():
     """A loader built mid-run (a K-fold round, an active-learning round) seeds itself from torch.initial_seed()."""
     torch.manual_seed(11)
@@ -280,16 +358,6 @@ def test_the_sampler_alone_saves_and_jumps():
     other.load_state_dict({"epoch": 0, "position": 2})
     assert [list(batch) for batch in other] == whole[2:]
     assert other.state_dict() == {"epoch": 0, "position": 4}
-
-
-def test_iterating_the_sampler_serves_exactly_its_batches_by_index():
-    """The iterator writes batch() out (it runs per batch): both must give the same indices and keys."""
-    sampler = ResumableSampler(103, 8, seed=5, rank=1, world_size=3)
-    sampler.set_epoch(2)
-    served = list(sampler)
-    assert [(list(b), b.key) for b in served] == [(list(sampler.batch(i)), sampler.batch(i).key)
-                                                 for i in range(len(sampler))]
-    assert len({b.key for b in served}) == len(served)
 
 
 def test_a_tagged_batch_is_a_list_with_only_its_key():

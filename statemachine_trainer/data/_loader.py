@@ -64,6 +64,7 @@ from ._seeding import (
     RngStates,
     SeededDataset,
     check_rngs,
+    fetch_draws_nothing,
     seeder,
     training_key,
 )
@@ -159,8 +160,12 @@ class ResumableLoader:
         # DataLoader draws its workers' base seed from `generator` at every iter(); a private one keeps that
         # draw off the global torch stream, which a resumed run would otherwise see moved by one extra draw.
         self._generator = torch.Generator()
-        self.loader = DataLoader(SeededDataset(self.dataset, rngs), batch_sampler=self.batch_sampler,
-                                 generator=self._generator, in_order=True, **settings)
+        # A fetch that provably draws nothing (a TensorDataset, the default collate) is not seeded, nor torch's
+        # generator put back around it: both would leave every generator as they found it (see _seeding).
+        self._fetch_draws = bool(self._rngs) and not fetch_draws_nothing(self.dataset, settings.get("collate_fn"))
+        dataset = SeededDataset(self.dataset, rngs) if self._fetch_draws else self.dataset
+        self.loader = DataLoader(dataset, batch_sampler=self.batch_sampler, generator=self._generator,
+                                 in_order=True, **settings)
         self._position = 0  # batches the consumer received this epoch; 0 <= _position <= len(self)
         # Batches below this position were served before in this epoch (or by the run a loaded state comes from):
         # serving one again must not reseed the training stream.  _position <= _served <= len(self).
@@ -243,7 +248,8 @@ class ResumableLoader:
 
     def _serve(self, batches: Iterator[Any], generation: int) -> Iterator[Any]:
         seed_training = self._seed_training
-        keep_torch = "torch" in self._rngs and not self.loader.num_workers  # the fetch runs here: put torch back
+        # The fetch runs here and may draw: put torch's generator back after it.
+        keep_torch = self._fetch_draws and "torch" in self._rngs and not self.loader.num_workers
         key_of = self.batch_sampler.key_function()  # batch index -> its key (the global-batch order's own rule)
         while True:
             # Checked before pulling: with persistent workers a newer iterator shares `batches`.
@@ -271,7 +277,7 @@ class ResumableLoader:
 
     def _serve_again(self, batches: Iterator[Any]) -> Any:
         """The next batch, served before: its fetch in this process (no workers) must not move the caller's RNGs."""
-        if self.loader.num_workers or not self._rngs:
+        if self.loader.num_workers or not self._fetch_draws:
             return next(batches)
         saved = RngStates(self._rngs)
         try:

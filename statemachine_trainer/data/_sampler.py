@@ -131,14 +131,11 @@ class ResumableSampler(Sampler[list[int]]):
         if self.position >= len(self) > 0 and not self._seeked:
             self.set_epoch(self.epoch + 1)
         self._seeked = False
-        # What every batch of the epoch needs, worked out here once (the permutation's cost too, not inside the
-        # first fetch): batch() written out, since this runs for every batch.
-        _, order, epoch_part = self._epoch_cache()
-        batches, size = len(self), self.batch_size
-        while (index := self.position) < batches:
-            start = index * size
-            batch = TaggedBatch(order[start:start + size], key_of_batch(epoch_part, index))
-            self.position = index + 1
+        self.order()  # the permutation's cost is paid here, not inside the first fetch
+        batches = len(self)  # fixed for the epoch (dataset size, batch size, world size): not asked per batch
+        while self.position < batches:
+            batch = self.batch(self.position)  # a subclass's own order (GlobalBatchSampler) overrides batch()
+            self.position += 1
             yield batch
 
     def state_dict(self) -> dict[str, int]:

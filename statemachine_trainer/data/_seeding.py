@@ -43,6 +43,16 @@ for the fetch as before (the same augmentations) and, in the main process,
 every named RNG is saved around it and put back -- once per resume -- and
 the training stream is not seeded again.
 
+A fetch that provably draws no random numbers -- torch's own datasets of
+tensors (``TensorDataset``, and ``Subset``/``ConcatDataset``/``StackDataset``
+of them, by exact type) with the default collate -- would leave every
+generator as the seeding found it (torch's put back, the others seeded again
+for the training stream), so the loader skips that seeding and the put-back
+(:func:`fetch_draws_nothing`): about half of what exact data costs per batch
+(``benchmarks/overhead.py --instructions``).  The training stream is seeded as
+ever, so the draws are the same either way (tested).  A dataset of any other
+type may draw (augmentations): it is seeded.
+
 torch's generator is seeded through ``torch.default_generator.manual_seed``,
 not ``torch.manual_seed`` (~90 µs: it also seeds the CUDA, MPS, XPU and
 custom devices' generators).  The CUDA generators are never touched: GPU
@@ -59,10 +69,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset, StackDataset, Subset, TensorDataset, default_collate
 
 __all__ = ["ALL_RNGS", "KEPT_RNGS", "RngStates", "SeededDataset", "TaggedBatch", "batch_key", "check_rngs",
-           "epoch_key", "key_of_batch", "seeder", "training_key"]
+           "epoch_key", "fetch_draws_nothing", "key_of_batch", "seeder", "training_key"]
 
 #: The global RNGs that can be seeded per batch, by name.
 ALL_RNGS: tuple[str, ...] = ("torch", "random", "numpy")
@@ -182,6 +192,30 @@ def seeder(rngs: Sequence[str]) -> Callable[[int], None] | None:
             one(key)
 
     return seed
+
+
+def fetch_draws_nothing(dataset: Any, collate_fn: Any) -> bool:
+    """Whether fetching a batch of ``dataset`` with ``collate_fn`` provably draws no random numbers.
+
+    True only for torch's own datasets whose items are tensor indexing, by
+    exact type (a subclass may override ``__getitem__``), and the default
+    collate (``None``: a DataLoader's default); anything else may augment.
+    """
+    return collate_fn in (None, default_collate) and _indexes_tensors(dataset)
+
+
+def _indexes_tensors(dataset: Any) -> bool:
+    kind = type(dataset)
+    if kind is TensorDataset:
+        return True
+    if kind is Subset:
+        return _indexes_tensors(dataset.dataset)
+    if kind is ConcatDataset:
+        return all(_indexes_tensors(part) for part in dataset.datasets)
+    if kind is StackDataset:
+        parts = dataset.datasets
+        return all(_indexes_tensors(part) for part in (parts.values() if isinstance(parts, dict) else parts))
+    return False
 
 
 class RngStates:
