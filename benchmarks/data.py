@@ -1,7 +1,8 @@
 """What does exact data cost per step?  A plain loop, the Trainer on a DataLoader (as given, and made resumable by
 default), the Trainer on a ResumableLoader.
 
-Run:  python benchmarks/data.py [--steps N] [--repeats R] [--workers 0 2] [--clock wall|cpu] [--quick]
+Run:  python benchmarks/data.py [--steps N] [--repeats R] [--workers 0 2] [--dataset own|tensors]
+                                [--clock wall|cpu] [--quick]
 
 The target (issue 13, item 1; DESIGN.md "Performance targets"): a
 ``ResumableLoader`` with its default ``rngs`` (per-batch seeding of torch's,
@@ -14,8 +15,14 @@ What runs
 ---------
 The tiny model of ``benchmarks/overhead.py``: a 64 -> 64 -> 10 MLP,
 cross-entropy, SGD, batch 32, one torch thread, one epoch of ``--steps``
-batches over a generated ``TensorDataset``, shuffled.  For each ``num_workers``
-in ``--workers`` (default 0 and 2):
+batches over generated data, shuffled.  ``--dataset own`` (the default) serves
+it through a ``Dataset`` class of the benchmark's own, as a user's dataset is:
+the loader cannot know that its ``__getitem__`` draws nothing, so it seeds the
+generators for every fetch -- what exact data costs a dataset that may
+augment.  ``--dataset tensors`` serves the ``TensorDataset`` itself, whose
+fetch provably draws nothing, so only the training stream is seeded
+(``data/_seeding.py``).  For each ``num_workers`` in ``--workers`` (default 0
+and 2):
 
 ``iterate``          only ``for batch in loader`` over a shuffled ``DataLoader`` (``iterate+resumable``: over
                      ``ResumableLoader(that DataLoader)``): loading's own cost, without a model's noise;
@@ -62,7 +69,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 torch.set_num_threads(1)
 
@@ -78,13 +85,27 @@ def make_model(seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-def make_dataset(steps: int) -> TensorDataset:
+class OwnDataset(Dataset):
+    """A user's dataset class: the items of the tensors it holds, by a ``__getitem__`` of its own."""
+
+    def __init__(self, tensors: TensorDataset) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.tensors[index]
+
+
+def make_dataset(steps: int, kind: str) -> Dataset:
     g = torch.Generator().manual_seed(0)
     n = steps * BATCH
-    return TensorDataset(torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g))
+    tensors = TensorDataset(torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g))
+    return tensors if kind == "tensors" else OwnDataset(tensors)
 
 
-def make_loader(dataset: TensorDataset, workers: int, seed: int, resumable: bool) -> Any:
+def make_loader(dataset: Dataset, workers: int, seed: int, resumable: bool) -> Any:
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(seed))
     if not resumable:
@@ -174,7 +195,7 @@ def steady(stamps: list[float]) -> float:
     return (window[-1] - window[0]) / (len(window) - 1)
 
 
-def measure(name: str, workers: int, dataset: TensorDataset, seed: int, root: Path) -> tuple[float, float]:
+def measure(name: str, workers: int, dataset: Dataset, seed: int, root: Path) -> tuple[float, float]:
     run, resumable = VARIANTS[name]
     stamps: Stamps = []
     gc.collect()
@@ -231,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000, help="steps (one epoch) per run (default 2000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant, interleaved (default 5)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="num_workers values (default 0 2)")
+    parser.add_argument("--dataset", choices=("own", "tensors"), default="own",
+                        help="own: a Dataset class of ours over the tensors, seeded per fetch (default); tensors: "
+                             "the TensorDataset itself, whose fetch draws nothing and is not seeded")
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="the clock of the last ratio lines")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 200 steps, 1 repeat")
     args = parser.parse_args(argv)
@@ -240,10 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be >= 20 and --repeats >= 1")
     print(f"data benchmark: {platform.python_implementation()} {platform.python_version()}, torch {torch.__version__} "
           f"(1 thread), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {args.steps} steps x "
-          f"{args.repeats} interleaved repeats")
+          f"{args.repeats} interleaved repeats; dataset: {args.dataset}")
     cases = [(name, w) for w in args.workers for name in VARIANTS]
     times: dict[tuple[str, int], list[tuple[float, float]]] = {case: [] for case in cases}
-    dataset, warm = make_dataset(args.steps), make_dataset(max(20, args.steps // 10))
+    dataset, warm = make_dataset(args.steps, args.dataset), make_dataset(max(20, args.steps // 10), args.dataset)
     with TemporaryDirectory(prefix="data-bench-") as tmp:
         for name, w in cases:
             measure(name, w, warm, 1, Path(tmp))
