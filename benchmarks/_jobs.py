@@ -1,4 +1,4 @@
-"""What benchmarks/ddp.py and benchmarks/fsdp.py share: the data, the model, both clocked loops, torchrun jobs.
+"""What the benchmarks share: the data (ddp.py, fsdp.py, data.py), the model, both clocked loops, torchrun jobs.
 
 Both time a small MLP trained by a hand-written loop and by our Trainer, each
 measurement its own ``torchrun`` job whose ranks write their numbers to a
@@ -21,15 +21,42 @@ from typing import Any
 WARMUP = 20
 
 
-def synthetic_data(steps: int, world_size: int) -> Any:
-    """Enough 64-feature samples for ``steps`` batches of 32 per rank after the warm-up; labels from feature 0."""
+class OwnDataset:
+    """A user's dataset class over some tensors: the same items, by a ``__getitem__`` of its own.
+
+    A ``ResumableLoader`` cannot know that it draws nothing, so it seeds the
+    global generators for every fetch -- what exact data costs a dataset that
+    may augment -- where a ``TensorDataset``'s fetch is not seeded at all
+    (``statemachine_trainer/data/_seeding.py``).
+    """
+
+    def __init__(self, tensors: Any) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.tensors[index]
+
+
+#: ``--dataset`` choices: the data behind a Dataset class of our own (seeded per fetch), or the TensorDataset itself.
+DATASETS = ("own", "tensors")
+
+
+def synthetic_data(steps: int, world_size: int, dataset: str = "tensors") -> Any:
+    """Enough 64-feature samples for ``steps`` batches of 32 per rank after the warm-up; labels from feature 0.
+
+    ``dataset="own"``: served through :class:`OwnDataset`, else as the ``TensorDataset``.
+    """
     import torch
     from torch.utils.data import TensorDataset
 
     g = torch.Generator().manual_seed(0)
     n = 32 * world_size * (steps + WARMUP)
     x = torch.randn(n, 64, generator=g)
-    return TensorDataset(x, (x[:, 0] > 0).long())
+    tensors = TensorDataset(x, (x[:, 0] > 0).long())
+    return OwnDataset(tensors) if dataset == "own" else tensors
 
 
 def mlp() -> Any:

@@ -68,8 +68,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _jobs import DATASETS, OwnDataset  # this directory
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 torch.set_num_threads(1)
 
@@ -85,27 +86,14 @@ def make_model(seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-class OwnDataset(Dataset):
-    """A user's dataset class: the items of the tensors it holds, by a ``__getitem__`` of its own."""
-
-    def __init__(self, tensors: TensorDataset) -> None:
-        self.tensors = tensors
-
-    def __len__(self) -> int:
-        return len(self.tensors)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.tensors[index]
-
-
-def make_dataset(steps: int, kind: str) -> Dataset:
+def make_dataset(steps: int, kind: str) -> Any:
     g = torch.Generator().manual_seed(0)
     n = steps * BATCH
     tensors = TensorDataset(torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g))
     return tensors if kind == "tensors" else OwnDataset(tensors)
 
 
-def make_loader(dataset: Dataset, workers: int, seed: int, resumable: bool) -> Any:
+def make_loader(dataset: Any, workers: int, seed: int, resumable: bool) -> Any:
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(seed))
     if not resumable:
@@ -195,7 +183,7 @@ def steady(stamps: list[float]) -> float:
     return (window[-1] - window[0]) / (len(window) - 1)
 
 
-def measure(name: str, workers: int, dataset: Dataset, seed: int, root: Path) -> tuple[float, float]:
+def measure(name: str, workers: int, dataset: Any, seed: int, root: Path) -> tuple[float, float]:
     run, resumable = VARIANTS[name]
     stamps: Stamps = []
     gc.collect()
@@ -252,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000, help="steps (one epoch) per run (default 2000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant, interleaved (default 5)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="num_workers values (default 0 2)")
-    parser.add_argument("--dataset", choices=("own", "tensors"), default="own",
+    parser.add_argument("--dataset", choices=DATASETS, default="own",
                         help="own: a Dataset class of ours over the tensors, seeded per fetch (default); tensors: "
                              "the TensorDataset itself, whose fetch draws nothing and is not seeded")
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="the clock of the last ratio lines")

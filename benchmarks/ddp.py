@@ -1,13 +1,17 @@
 """Steps/s of the Trainer under strategy="ddp" vs a hand-written PyTorch DDP loop, 1 and 2 processes (CPU, gloo).
 
-    python benchmarks/ddp.py [--steps 400] [--repeats 3]
+    python benchmarks/ddp.py [--steps 400] [--repeats 3] [--dataset own|tensors]
 
 Each measurement is its own ``torchrun`` job on this machine.  The jobs of a
 repeat run one after the other, in the opposite order on every other repeat,
 ``--repeats`` times; each number is the median over the repeats.  Both sides
 train the same MLP on the same synthetic data with the same DistributedSampler
 order rule, batch 32 per process, Adam, no logging or checkpoints; the clocks
-start after a warm-up of 20 steps and stop after the last.
+start after a warm-up of 20 steps and stop after the last.  The data is
+served through a ``Dataset`` class of the benchmark's own (``--dataset own``,
+the default: what exact data costs a user's dataset, seeded per fetch), or as
+the ``TensorDataset`` itself (``--dataset tensors``: its fetch draws nothing,
+so only the training stream is seeded).
 
 Two clocks: rank 0's wall steps/s, and the CPU time per step of each rank's
 process (all its threads: DDP's reducer and gloo work there too), averaged
@@ -28,7 +32,10 @@ import gc
 import os
 import statistics
 
-from _jobs import fit_clocked, loop_clocked, mlp, synthetic_data, torchrun_job, write_result  # this directory
+from _jobs import DATASETS, fit_clocked, loop_clocked, mlp, synthetic_data, torchrun_job, write_result  # this dir
+
+#: Which data every variant of this job reads (``--dataset``; set in each worker from its arguments).
+DATASET = "own"
 
 
 def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
@@ -44,11 +51,11 @@ def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
         import torch.distributed._shard  # noqa: F401 - imported for its side effect (see above)
 
         dist.init_process_group("gloo")
-        data = synthetic_data(steps, dist.get_world_size())
+        data = synthetic_data(steps, dist.get_world_size(), DATASET)
         loader = DataLoader(data, batch_size=32, sampler=DistributedSampler(data, shuffle=True, seed=0))
         model = DistributedDataParallel(mlp())
     else:
-        loader = DataLoader(synthetic_data(steps, 1), batch_size=32, shuffle=True)
+        loader = DataLoader(synthetic_data(steps, 1, DATASET), batch_size=32, shuffle=True)
         model = mlp()
     rate, cpu = loop_clocked(model, loader, steps)
     if ddp:
@@ -63,7 +70,7 @@ def ours(steps: int, strategy: str = "ddp") -> tuple[float, float]:
 
     from statemachine_trainer.data import ResumableLoader
 
-    loader = DataLoader(synthetic_data(steps, int(os.environ["WORLD_SIZE"])), batch_size=32, shuffle=True)
+    loader = DataLoader(synthetic_data(steps, int(os.environ["WORLD_SIZE"]), DATASET), batch_size=32, shuffle=True)
     if strategy == "auto":  # the loader "ddp" makes of it (this rank's part of a seeded order), so that the
         loader = ResumableLoader(loader)  # control ours ddp/ours auto compares the strategies, not the loaders
     return fit_clocked(steps, strategy=strategy, loader=loader)
@@ -78,17 +85,19 @@ VARIANTS = {
 }
 
 
-def worker(variant: str, steps: int, out: str) -> None:
+def worker(variant: str, steps: int, out: str, dataset: str) -> None:
     """Run ``variant`` in this rank; write its numbers to ``out``/RANK.json (ranks' stdout lines can interleave)."""
     import torch
 
+    global DATASET
+    DATASET = dataset
     torch.set_num_threads(1)
     write_result(out, *VARIANTS[variant][0](steps))
 
 
-def measure(variant: str, nproc: int, steps: int) -> tuple[float, float]:
+def measure(variant: str, nproc: int, steps: int, dataset: str) -> tuple[float, float]:
     """(rank 0's steps/s, CPU seconds per step averaged over the ranks) of one torchrun job."""
-    return torchrun_job(__file__, ["--worker", variant, "--steps", str(steps)], nproc, variant)
+    return torchrun_job(__file__, ["--worker", variant, "--steps", str(steps), "--dataset", dataset], nproc, variant)
 
 
 def main() -> None:
@@ -97,16 +106,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", choices=tuple(VARIANTS))
     parser.add_argument("--out", help="(for --worker) the folder each rank writes its numbers to")
+    parser.add_argument("--dataset", choices=DATASETS, default="own",
+                        help="own: the tensors behind a Dataset class of ours, seeded per fetch (default); tensors: "
+                             "the TensorDataset itself, whose fetch draws nothing and is not seeded")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.out)
+        worker(args.worker, args.steps, args.out, args.dataset)
         return
+    print(f"dataset: {args.dataset}")
     jobs = [(variant, nproc) for variant, (_, counts) in VARIANTS.items() for nproc in counts]
     rates: dict[tuple[str, int], list[float]] = {}
     cpus: dict[tuple[str, int], list[float]] = {}
     for repeat in range(args.repeats):
         for variant, nproc in jobs if repeat % 2 == 0 else reversed(jobs):
-            rate, cpu = measure(variant, nproc, args.steps)
+            rate, cpu = measure(variant, nproc, args.steps, args.dataset)
             rates.setdefault((variant, nproc), []).append(rate)
             cpus.setdefault((variant, nproc), []).append(cpu)
     rate = {job: statistics.median(values) for job, values in rates.items()}

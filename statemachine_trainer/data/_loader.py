@@ -21,7 +21,9 @@ hands the batch to the consumer Python's and NumPy's generators are seeded
 from the batch's training key (the *training stream*: whatever the step
 draws from them until the next batch).  So what a step draws does not
 depend on ``num_workers``, on how many numbers the augmentations drew, or on
-whether the run was resumed.
+whether the run was resumed.  (A fetch that provably draws nothing -- a
+``TensorDataset`` with the default collate -- is neither seeded nor guarded:
+see ``_seeding``.)
 
 The batch in flight.  A checkpoint taken while batch ``k`` is being processed
 holds ``position = k + 1``.  To serve batch ``k`` again after resuming, call
