@@ -92,9 +92,10 @@ bytecodes first.  It is the profile to read when the overhead moves.
 under callgrind for an epoch of ``N`` and of ``3N`` steps (``--steps``,
 default here 100), and the difference over ``2N`` is the instructions per
 step -- the C work too (torch's dispatcher, the generators' seeding), which
-``--count-calls`` does not see.  It takes a few minutes, barely moves with
-the machine's load (a run-to-run spread of about 1%), and names the C entry
-points of the per-batch seeding that exact data pays for.
+``--count-calls`` does not see.  It takes a few minutes and barely moves with
+the machine's load (totals within 0.6% from run to run, where timings move by
+10-20%), and names the C entry points of the per-batch seeding that exact
+data pays for.
 
 ``--scalar`` runs ``plain`` and ``ours`` alone on a one-parameter model fed
 one batch from a list, so a step's torch work is a few us and what remains is
