@@ -689,7 +689,8 @@ def verdicts(over: dict[str, tuple[float, float]], clock: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (one epoch) per run (default 2000)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps (one epoch) per run (default 2000; with --instructions 100)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant, interleaved (default 5)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 200 steps, 1 repeat")
     parser.add_argument("--clock", choices=CLOCKS, default="wall",
@@ -702,11 +703,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="time nothing: count machine instructions per step under valgrind (a few minutes)")
     parser.add_argument("--run-one", choices=INSTRUCTION_VARIANTS, help=argparse.SUPPRESS)  # --instructions' job
     args = parser.parse_args(argv)
+    if args.steps is None:
+        args.steps = 100 if args.instructions else 2000
     if args.run_one:
         run_one(args.run_one, args.steps)
         return 0
     if args.instructions:
-        report_instructions(args.steps if "--steps" in (argv if argv is not None else sys.argv) else 100)
+        report_instructions(args.steps)
         return 0
     if args.quick:
         args.steps, args.repeats = 200, 1
