@@ -189,14 +189,14 @@ class Opaque(Dataset):
         return self.inner[index]
 
 
-def _states_after_each_batch(dataset: Dataset) -> list:
+def _states_after_each_batch(dataset: Dataset, workers: int) -> list:
     """Per batch of an epoch, a resume mid-epoch and a rewound batch: the batch, every generator's state and what
     a step then draws."""
     def record(loader):
         return [(batch, torch.initial_seed(), *_global_states(), _draws(2)) for batch in loader]
 
     _reseed_globals(3)
-    loader = ResumableLoader(DataLoader(dataset, batch_size=4, shuffle=True), seed=11)
+    loader = ResumableLoader(DataLoader(dataset, batch_size=4, shuffle=True, num_workers=workers), seed=11)
     seen = record(loader)
     state = {"epoch": 0, "position": 2, "seed": 11}
     loader.load_state_dict(state)
@@ -204,13 +204,20 @@ def _states_after_each_batch(dataset: Dataset) -> list:
     return seen + record(loader)
 
 
-def test_a_fetch_that_draws_nothing_is_not_seeded_and_the_streams_are_the_same():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_fetch_that_draws_nothing_is_not_seeded_and_the_streams_are_the_same(workers):
     """A TensorDataset with the default collate skips the fetch's seeding: every generator, every draw the same."""
     tensors = TensorDataset(torch.arange(22.0).reshape(11, 2), torch.arange(11))
     skipping = ResumableLoader(DataLoader(tensors, batch_size=4))
     assert skipping.loader.dataset is tensors and not isinstance(ResumableLoader(Opaque(tensors)).loader.dataset,
                                                                   TensorDataset)
-    got, expected = _states_after_each_batch(tensors), _states_after_each_batch(Opaque(tensors))
+    got = _states_after_each_batch(tensors, workers)
+    _assert_same_states(got, _states_after_each_batch(Opaque(tensors), workers))
+    if workers:
+        _assert_same_states(got, _states_after_each_batch(tensors, 0))  # and the same with any num_workers
+
+
+def _assert_same_states(got: list, expected: list) -> None:
     assert len(got) == len(expected) == 3 + 2  # the epoch, then batch 1 again and batch 2
     for (batch, seed, torch_state, python_state, numpy_state, draws), want in zip(got, expected):
         assert all(torch.equal(a, b) for a, b in zip(batch, want[0]))
