@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/overhead.py [--steps N] [--repeats R] [--quick]
       python benchmarks/overhead.py --count-calls [--steps N]
-      python benchmarks/overhead.py --instructions [--steps N]   # needs valgrind
+      python benchmarks/overhead.py --instructions [--loaders] [--steps N]   # needs valgrind
       python benchmarks/overhead.py --scalar [--steps N] [--repeats R]
 
 The design's performance target (DESIGN.md, "Performance targets"): on a tiny
@@ -95,7 +95,9 @@ step -- the C work too (torch's dispatcher, the generators' seeding), which
 ``--count-calls`` does not see.  It takes a few minutes and barely moves with
 the machine's load (totals within 0.6% from run to run, where timings move by
 10-20%), and names the C entry points of the per-batch seeding that exact
-data pays for.
+data pays for.  ``--loaders`` adds the plain loop over a ``DataLoader`` and
+over ``ResumableLoader`` of it, for a ``TensorDataset`` (whose fetch is not
+seeded) and for the same tensors behind a ``Dataset`` class of one's own.
 
 ``--scalar`` runs ``plain`` and ``ours`` alone on a one-parameter model fed
 one batch from a list, so a step's torch work is a few us and what remains is
@@ -476,10 +478,41 @@ SEEDING = {
     "torch generator manual_seed": "THPGenerator_manualSeed(_object*, _object*)",
 }
 INSTRUCTION_VARIANTS = ("plain", "ours-as-given", "ours")
+#: ``--loaders``: the plain loop over the DataLoader as given and over ResumableLoader(it), for a TensorDataset (whose
+#: fetch is not seeded) and for the same tensors behind a Dataset class of one's own (seeded per fetch).
+LOADER_VARIANTS = ("loop", "loop+resumable", "loop-own", "loop-own+resumable")
+
+
+def run_loop(label: str, steps: int) -> None:
+    """One of LOADER_VARIANTS: the plain loop's step over a DataLoader with the default collate."""
+    from _jobs import OwnDataset  # this directory
+
+    from statemachine_trainer.data import ResumableLoader
+
+    dataset: Any = Data(steps).dataset
+    if label.startswith("loop-own"):
+        dataset = OwnDataset(dataset)
+    loader: Any = DataLoader(dataset, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
+    if label.endswith("+resumable"):
+        loader = ResumableLoader(loader)
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    done = 0
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        done += 1
+    if done != steps:
+        raise AssertionError(f"{label}: {done} steps for an epoch of {steps}")
 
 
 def run_one(label: str, steps: int) -> None:
     """One run of one variant (what ``--instructions`` runs under valgrind)."""
+    if label in LOADER_VARIANTS:
+        run_loop(label, steps)
+        return
     ours = {v.label: v for v in our_variants()[0]}
     variant = plain_variant() if label == "plain" else ours[label]
     with tempfile.TemporaryDirectory(prefix="overhead-one-") as tmp, quiet():
@@ -510,18 +543,18 @@ def callgrind(label: str, steps: int, out: Path) -> tuple[int, dict[str, int]]:
     return total, seeding
 
 
-def report_instructions(steps: int) -> None:
+def report_instructions(steps: int, loaders: bool) -> None:
     import shutil
     from concurrent.futures import ThreadPoolExecutor
 
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         raise SystemExit("--instructions needs valgrind (callgrind and callgrind_annotate) on PATH.")
-    jobs = [(label, n) for label in INSTRUCTION_VARIANTS for n in (steps, 3 * steps)]
+    labels = INSTRUCTION_VARIANTS + (LOADER_VARIANTS if loaders else ())
+    jobs = [(label, n) for label in labels for n in (steps, 3 * steps)]
     with tempfile.TemporaryDirectory(prefix="overhead-callgrind-") as tmp, \
             ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
         counted = dict(zip(jobs, pool.map(lambda job: callgrind(*job, Path(tmp) / f"{job[0]}.{job[1]}"), jobs)))
-    per_step = {label: (counted[label, 3 * steps][0] - counted[label, steps][0]) / (2 * steps)
-                for label in INSTRUCTION_VARIANTS}
+    per_step = {label: (counted[label, 3 * steps][0] - counted[label, steps][0]) / (2 * steps) for label in labels}
     print(f"Machine instructions per step (callgrind), epochs of {steps} and {3 * steps} steps, one process each:")
     for label in INSTRUCTION_VARIANTS:
         over = per_step[label] - per_step["plain"]
@@ -532,6 +565,10 @@ def report_instructions(steps: int) -> None:
                  for label in ("ours", "ours-as-given")}
         print(f"  {name:<36}{(extra['ours'] - extra['ours-as-given']) / (2 * steps):>10,.0f}")
     print(f"exact data (ours - ours-as-given) = {per_step['ours'] - per_step['ours-as-given']:,.0f} instructions/step")
+    if loaders:
+        print("ResumableLoader - DataLoader in the plain loop (default collate), instructions/step: "
+              f"TensorDataset (fetch not seeded) {per_step['loop+resumable'] - per_step['loop']:+,.0f}, a Dataset "
+              f"class of one's own (seeded) {per_step['loop-own+resumable'] - per_step['loop-own']:+,.0f}")
     print(f"our instructions per step over the plain loop = {per_step['ours'] - per_step['plain']:,.0f} "
           f"(as given: {per_step['ours-as-given'] - per_step['plain']:,.0f})")
 
@@ -701,7 +738,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="time nothing: count the Python calls and bytecodes per step of plain and ours (deterministic)")
     parser.add_argument("--instructions", action="store_true",
                         help="time nothing: count machine instructions per step under valgrind (a few minutes)")
-    parser.add_argument("--run-one", choices=INSTRUCTION_VARIANTS, help=argparse.SUPPRESS)  # --instructions' job
+    parser.add_argument("--loaders", action="store_true",
+                        help="with --instructions: also the plain loop over DataLoader vs ResumableLoader, for a "
+                             "TensorDataset and for a Dataset class of one's own (twice as long)")
+    parser.add_argument("--run-one", choices=INSTRUCTION_VARIANTS + LOADER_VARIANTS,
+                        help=argparse.SUPPRESS)  # --instructions' job
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = 100 if args.instructions else 2000
@@ -709,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         run_one(args.run_one, args.steps)
         return 0
     if args.instructions:
-        report_instructions(args.steps)
+        report_instructions(args.steps, args.loaders)
         return 0
     if args.quick:
         args.steps, args.repeats = 200, 1
