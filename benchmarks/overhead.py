@@ -93,7 +93,7 @@ under callgrind for an epoch of ``N`` and of ``3N`` steps (``--steps``,
 default here 100), and the difference over ``2N`` is the instructions per
 step -- the C work too (torch's dispatcher, the generators' seeding), which
 ``--count-calls`` does not see.  It takes a few minutes and barely moves with
-the machine's load (totals within 0.6% from run to run, where timings move by
+the machine's load (totals within 1% from run to run, where timings move by
 10-20%), and names the C entry points of the per-batch seeding that exact
 data pays for.  ``--loaders`` adds the plain loop over a ``DataLoader`` and
 over ``ResumableLoader`` of it, for a ``TensorDataset`` (whose fetch is not
