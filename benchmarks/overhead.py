@@ -226,26 +226,31 @@ def quiet() -> Any:
 
 
 # -- the variants -----------------------------------------------------------------------------
+def plain_loop(model: nn.Module, loader: Any) -> int:
+    """The hand-written loop over ``loader``, in the Trainer's order; the steps taken."""
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    steps = 0
+    last = None
+    model.train()
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        last = loss.detach()  # what self.log keeps
+        steps += 1
+    assert last is not None
+    return steps
+
+
 def plain_variant() -> Variant:
     def run(data: Data, seed: int, scratch: Path) -> Run:
         stamps: list[tuple[float, float]] = []
         loader = data.loader(stamps, seed)
         model = make_model(seed)
-        opt = torch.optim.SGD(model.parameters(), lr=LR)
-        steps = 0
-        last = None
         start = now()
-        model.train()
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            last = loss.detach()
-            steps += 1
-        total = since(start)
-        assert last is not None
-        return Run(total, stamps, steps)
+        steps = plain_loop(model, loader)
+        return Run(since(start), stamps, steps)
 
     return Variant("plain", run)
 
@@ -495,15 +500,7 @@ def run_loop(label: str, steps: int) -> None:
     loader: Any = DataLoader(dataset, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
     if label.endswith("+resumable"):
         loader = ResumableLoader(loader)
-    model = make_model(0)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    done = 0
-    for x, y in loader:
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        done += 1
+    done = plain_loop(make_model(0), loader)
     if done != steps:
         raise AssertionError(f"{label}: {done} steps for an epoch of {steps}")
 

@@ -49,7 +49,7 @@ of them, by exact type) with the default collate -- would leave every
 generator as the seeding found it (torch's put back, the others seeded again
 for the training stream), so the loader skips that seeding and the put-back
 (:func:`fetch_draws_nothing`): about half of what exact data costs per batch
-(``benchmarks/overhead.py --instructions``).  The training stream is seeded as
+(``benchmarks/overhead.py --instructions --loaders``).  The training stream is seeded as
 ever, so the draws are the same either way (tested).  A dataset of any other
 type may draw (augmentations): it is seeded.
 
