@@ -443,9 +443,10 @@ class Trainer:
     def _flush_writes(self, close: bool = False) -> BaseException | None:
         """Wait for the asynchronous write in flight, if any; return its failure instead of raising it.
 
-        ``close`` (a run's end) also frees the host copy kept for the next save.
+        ``close`` (a run's end) also frees the host copy kept for the next save, and waits for the background
+        deletes of replaced and pruned checkpoints: when ``fit`` returns, the checkpoint directory is as it stays.
         """
-        from .checkpoint import AsyncWriteError
+        from .checkpoint import AsyncWriteError, wait_for_removals
 
         try:
             if self._writer is not None and close:
@@ -454,6 +455,9 @@ class Trainer:
                 self._writer.wait()
         except AsyncWriteError as exc:
             return exc
+        finally:
+            if close:
+                wait_for_removals()
         return None
 
     def _check_saveable(self) -> None:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from statemachine_trainer.checkpoint import (
     CheckpointError,
+    _fsops,
     _hashing,
     decode,
     encode,
@@ -33,6 +34,7 @@ from statemachine_trainer.checkpoint import (
     read_manifest,
     save_checkpoint_dir,
     verify_checkpoint,
+    wait_for_removals,
 )
 from statemachine_trainer.state import SCHEMA_VERSION
 
@@ -205,7 +207,38 @@ def test_saving_over_an_existing_checkpoint_replaces_it(tmp_path: Path) -> None:
     save_checkpoint_dir(tmp_path / "last", _state(2), {"step": 2})
     loaded, manifest = load_checkpoint_dir(tmp_path / "last")
     assert loaded["step"] == 2 and manifest["metadata"]["step"] == 2
+    assert find_latest(tmp_path) == (tmp_path / "last", [])  # the replaced one, while it is deleted, is no candidate
+    wait_for_removals()
     assert os.listdir(tmp_path) == ["last"]
+
+
+def test_the_replaced_checkpoint_is_deleted_in_the_background(tmp_path: Path) -> None:
+    save_checkpoint_dir(tmp_path / "last", _state(1), {"step": 1})
+    save_checkpoint_dir(tmp_path / "last", _state(2), {"step": 2})
+    pending = _fsops._removals[:]  # the save handed the old directory, hidden, to a thread, and returned
+    assert len(pending) == 1 and pending[0].name == "checkpoint-remove" and not pending[0].daemon
+    wait_for_removals()
+    assert not pending[0].is_alive() and _fsops._removals == [] and os.listdir(tmp_path) == ["last"]
+
+
+def test_a_save_waits_for_the_deletes_before_it(tmp_path: Path) -> None:
+    save_checkpoint_dir(tmp_path / "a", _state(1), {"step": 1})
+    save_checkpoint_dir(tmp_path / "a", _state(2), {"step": 2})  # its old "a" is being deleted
+    save_checkpoint_dir(tmp_path / "b", _state(3), {"step": 3})  # no delete of its own
+    assert _fsops._removals == [] and sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+def test_a_process_that_ends_leaves_no_half_deleted_checkpoint(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import sys, torch
+        from statemachine_trainer.checkpoint import save_checkpoint_dir
+        for step in (1, 2, 3):
+            save_checkpoint_dir(f"{sys.argv[1]}/step={step}", {"w": torch.zeros(3_000_000)}, {"step": step},
+                                keep_last=1)
+            save_checkpoint_dir(f"{sys.argv[1]}/last", {"w": torch.zeros(3_000_000)}, {"step": step})
+    """)  # the last two deletes (step=2 pruned, the old last replaced) are still running when the script ends
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+    assert sorted(os.listdir(tmp_path)) == ["last", "step=3"]
 
 
 def test_other_versions_are_refused_naming_both(tmp_path: Path) -> None:
@@ -290,8 +323,11 @@ def test_keep_last_deletes_the_oldest_complete_checkpoints(tmp_path: Path) -> No
     (tmp_path / "notes").mkdir()  # not a checkpoint: never touched
     for step in (3, 1, 4, 2):
         save_checkpoint_dir(tmp_path / f"step={step}", _state(step), {"step": step}, keep_last=2)
+    assert find_latest(tmp_path) == (tmp_path / "step=4", [])
+    wait_for_removals()  # the pruned ones are deleted in the background
     assert sorted(os.listdir(tmp_path)) == ["notes", "step=2", "step=4"]  # step=2 was just written: kept
     save_checkpoint_dir(tmp_path / "step=5", _state(5), {"step": 5}, keep_last=2)
+    wait_for_removals()
     assert sorted(os.listdir(tmp_path)) == ["notes", "step=4", "step=5"]
     with pytest.raises(CheckpointError, match="keep_last=0 would delete every checkpoint"):
         save_checkpoint_dir(tmp_path / "step=6", _state(6), {"step": 6}, keep_last=0)

@@ -44,6 +44,7 @@ from statemachine_trainer.checkpoint import (
     save_checkpoint_dir,
     summarize,
     verify_checkpoint,
+    wait_for_removals,
 )
 from statemachine_trainer.checkpoint._inspect import format_summary
 from statemachine_trainer.cli import main
@@ -429,6 +430,7 @@ def test_pruning_beside_a_symlinked_checkpoint_neither_follows_nor_fails(tmp_pat
     os.symlink(outside, root / "linked")
     os.symlink(root / "step=1", root / "alias")
     save_checkpoint_dir(root / "step=3", {"w": torch.ones(1) * 3}, {"step": 3}, keep_last=1)
+    wait_for_removals()  # the pruned ones are deleted in the background
     assert sorted(p.name for p in root.iterdir()) == ["alias", "linked", "step=3"]
     assert verify_checkpoint(outside) == [] and _hidden(root) == []
 
@@ -437,9 +439,9 @@ def test_a_prune_killed_half_way_leaves_nothing_visible_and_the_next_save_cleans
     root = tmp_path / "ckpts"
     for step in (1, 2):
         save_checkpoint_dir(root / f"step={step}", {"w": torch.ones(1) * step}, {"step": step})
-    # A process that prunes step=1 and is killed between the rename that hides it and the delete.
-    script = (f"import os, signal; from statemachine_trainer.checkpoint import _latest; "
-              f"_latest.remove_entry = lambda p: os.kill(os.getpid(), signal.SIGKILL); "
+    # A process that prunes step=1 and is killed between the rename that hides it and the (background) delete.
+    script = (f"import os, signal; from statemachine_trainer.checkpoint import _fsops, _latest; "
+              f"_fsops.remove_entry = lambda p: os.kill(os.getpid(), signal.SIGKILL); "
               f"_latest.prune({str(root)!r}, 1)")
     repo = str(Path(__file__).resolve().parents[1])
     result = subprocess.run([sys.executable, "-c", script], check=False, env={**os.environ, "PYTHONPATH": repo})

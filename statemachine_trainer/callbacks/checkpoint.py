@@ -290,14 +290,14 @@ def _as_score(value: Any, mode: str) -> float:
 
 
 def _remove(path: str) -> None:
-    """Delete a checkpoint that fell out of the top k: hidden first, then deleted (a kill in between leaves only a
-    hidden entry, which the next save removes); a symlink is unlinked, never followed."""
+    """Delete a checkpoint that fell out of the top k: hidden first, then deleted in the background (a kill in
+    between leaves only a hidden entry, which the next save removes); a symlink is unlinked, never followed."""
     import warnings
 
     from ..checkpoint import remove_checkpoint
 
     try:
-        remove_checkpoint(path)
+        remove_checkpoint(path, wait=False)
     except OSError as exc:  # training goes on; the checkpoint stays, as a valid one
         warnings.warn(f"ModelCheckpoint could not delete {path}, which fell out of the top k ({exc}); delete it "
                       "yourself.", stacklevel=2)

@@ -26,7 +26,7 @@ write is raised as :class:`AsyncWriteError` at the next save or wait.
 from ._async import AsyncCheckpointWriter
 from ._codec import decode, encode
 from ._errors import AsyncWriteError, CheckpointError, WorldSizeError
-from ._fsops import remove_checkpoint
+from ._fsops import remove_checkpoint, wait_for_removals
 from ._hashing import DEFAULT_HASH, HASHES
 from ._inspect import compare_checkpoints, diff_checkpoints, first_difference, summarize
 from ._latest import find_latest, load_latest, prune
@@ -67,4 +67,5 @@ __all__ = [
     "save_checkpoint_parts",
     "summarize",
     "verify_checkpoint",
+    "wait_for_removals",
 ]

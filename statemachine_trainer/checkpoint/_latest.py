@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._errors import CheckpointError, WorldSizeError
-from ._fsops import clean_strays, fsync_dir, hide, remove_entry
+from ._fsops import clean_strays, fsync_dir, hide, remove_soon
 from ._manifest import FILES, MANIFEST, read_manifest, step_of
 from ._read import load_checkpoint_dir, verify_checkpoint
 
@@ -111,8 +111,9 @@ def load_latest(root: str | os.PathLike[str], map_location: Any = None
 def prune(parent: str | os.PathLike[str], keep_last: int, keep: str | os.PathLike[str] | None = None) -> list[Path]:
     """Keep ``keep_last`` complete checkpoints in ``parent`` -- ``keep`` and the newest others -- and delete the rest.
 
-    Each one deleted is hidden first (renamed), then removed: a kill midway
-    leaves no visible half-deleted checkpoint, and the next save cleans up.
+    Each one deleted is hidden first (renamed), then removed in the background
+    (``remove_soon``): a kill midway leaves no visible half-deleted checkpoint,
+    and the next save cleans up.
     """
     check_keep_last(keep_last)
     parent = Path(parent)
@@ -125,8 +126,7 @@ def prune(parent: str | os.PathLike[str], keep_last: int, keep: str | os.PathLik
     hidden = [hide(path) for path in doomed]
     if hidden:
         fsync_dir(parent)  # the renames are durable before anything is deleted
-    for aside in hidden:
-        remove_entry(aside)
+    remove_soon(hidden)
     return doomed
 
 

@@ -39,7 +39,7 @@ from ..state import SCHEMA_VERSION, StateError, check_json
 from ._codec import encode
 from ._errors import CheckpointError
 from ._files import max_state_bytes, state_too_large
-from ._fsops import clean_strays, discard, fsync_dir, remove_entry
+from ._fsops import clean_strays, discard, fsync_dir, remove_entry, remove_soon
 from ._hashing import DEFAULT_HASH, HASHES, HashingWriter
 from ._latest import prune
 from ._manifest import (
@@ -214,18 +214,19 @@ def _install(tmp: Path, path: Path) -> None:
 
     An existing ``path`` that is a symlink (``last.ckpt`` linked to another
     checkpoint) is replaced as a link: the checkpoint it points to is left as it is.
+    The replaced one, hidden, is deleted in the background (``remove_soon``).
     """
     if not os.path.lexists(path):
         os.replace(tmp, path)
         return
-    if _exchange(tmp, path):  # tmp now holds the old checkpoint (or the old link)
-        remove_entry(tmp)
+    if _exchange(tmp, path):  # tmp now holds the old checkpoint (or the old link), under its hidden name
+        remove_soon([tmp])
         return
     # Fallback: a kill between these two renames leaves the old checkpoint under .<name>.old-<pid>;
     # clean_strays() moves it back to <name> on the next save.
     aside = path.parent / f".{path.name}.old-{os.getpid()}"
     os.replace(path, aside)
     os.replace(tmp, path)
-    remove_entry(aside)
+    remove_soon([aside])
 
 
