@@ -250,8 +250,10 @@ class ResumableLoader:
 
     def _serve(self, batches: Iterator[Any], generation: int) -> Iterator[Any]:
         seed_training = self._seed_training
-        # The fetch runs here and may draw: put torch's generator back after it.
-        keep_torch = self._fetch_draws and "torch" in self._rngs and not self.loader.num_workers
+        # The fetch runs here and may draw: put torch's generator back after it -- unless the training stream
+        # reseeds torch's right after (the global-batch order does), which would overwrite what was put back.
+        keep_torch = (self._fetch_draws and "torch" in self._rngs and not self.loader.num_workers
+                      and self.global_batch_size is None)
         key_of = self.batch_sampler.key_function()  # batch index -> its key (the global-batch order's own rule)
         while True:
             # Checked before pulling: with persistent workers a newer iterator shares `batches`.
