@@ -443,10 +443,11 @@ class Trainer:
     def _flush_writes(self, close: bool = False) -> BaseException | None:
         """Wait for the asynchronous write in flight, if any; return its failure instead of raising it.
 
-        ``close`` (a run's end) also frees the host copy kept for the next save, and waits for the background
-        deletes of replaced and pruned checkpoints: when ``fit`` returns, the checkpoint directory is as it stays.
+        ``close`` (a run's end) also frees the host copy kept for the next save, deletes the spare tensors files
+        kept for the next save to write over, and waits for the background deletes of replaced and pruned
+        checkpoints: when ``fit`` returns, the checkpoint directory is as it stays.
         """
-        from .checkpoint import AsyncWriteError, wait_for_removals
+        from .checkpoint import AsyncWriteError, release_spares
 
         try:
             if self._writer is not None and close:
@@ -457,7 +458,7 @@ class Trainer:
             return exc
         finally:
             if close:
-                wait_for_removals()
+                release_spares()  # and waits for the background deletes
         return None
 
     def _check_saveable(self) -> None:

@@ -32,6 +32,7 @@ from statemachine_trainer.checkpoint import (
     load_checkpoint_dir,
     load_latest,
     read_manifest,
+    release_spares,
     save_checkpoint_dir,
     verify_checkpoint,
     wait_for_removals,
@@ -208,7 +209,7 @@ def test_saving_over_an_existing_checkpoint_replaces_it(tmp_path: Path) -> None:
     loaded, manifest = load_checkpoint_dir(tmp_path / "last")
     assert loaded["step"] == 2 and manifest["metadata"]["step"] == 2
     assert find_latest(tmp_path) == (tmp_path / "last", [])  # the replaced one, while it is deleted, is no candidate
-    wait_for_removals()
+    release_spares()  # its tensors file, kept for the next save to write over, goes too
     assert os.listdir(tmp_path) == ["last"]
 
 
@@ -218,13 +219,16 @@ def test_the_replaced_checkpoint_is_deleted_in_the_background(tmp_path: Path) ->
     pending = _fsops._removals[:]  # the save handed the old directory, hidden, to a thread, and returned
     assert len(pending) == 1 and pending[0].name == "checkpoint-remove" and not pending[0].daemon
     wait_for_removals()
-    assert not pending[0].is_alive() and _fsops._removals == [] and os.listdir(tmp_path) == ["last"]
+    assert not pending[0].is_alive() and _fsops._removals == []
+    assert sorted(os.listdir(tmp_path)) == [f".tensors.pt.spare-{os.getpid()}", "last"]  # its tensors file, kept
+    release_spares()
+    assert os.listdir(tmp_path) == ["last"]
 
 
 def test_a_save_waits_for_the_deletes_before_it(tmp_path: Path) -> None:
     save_checkpoint_dir(tmp_path / "a", _state(1), {"step": 1})
     save_checkpoint_dir(tmp_path / "a", _state(2), {"step": 2})  # its old "a" is being deleted
-    save_checkpoint_dir(tmp_path / "b", _state(3), {"step": 3})  # no delete of its own
+    save_checkpoint_dir(tmp_path / "b", _state(3), {"step": 3})  # no delete of its own; it writes over the spare
     assert _fsops._removals == [] and sorted(os.listdir(tmp_path)) == ["a", "b"]
 
 
@@ -324,10 +328,10 @@ def test_keep_last_deletes_the_oldest_complete_checkpoints(tmp_path: Path) -> No
     for step in (3, 1, 4, 2):
         save_checkpoint_dir(tmp_path / f"step={step}", _state(step), {"step": step}, keep_last=2)
     assert find_latest(tmp_path) == (tmp_path / "step=4", [])
-    wait_for_removals()  # the pruned ones are deleted in the background
+    release_spares()  # the pruned ones are deleted in the background, one tensors file kept for the next save
     assert sorted(os.listdir(tmp_path)) == ["notes", "step=2", "step=4"]  # step=2 was just written: kept
     save_checkpoint_dir(tmp_path / "step=5", _state(5), {"step": 5}, keep_last=2)
-    wait_for_removals()
+    release_spares()
     assert sorted(os.listdir(tmp_path)) == ["notes", "step=4", "step=5"]
     with pytest.raises(CheckpointError, match="keep_last=0 would delete every checkpoint"):
         save_checkpoint_dir(tmp_path / "step=6", _state(6), {"step": 6}, keep_last=0)

@@ -26,15 +26,16 @@ write is raised as :class:`AsyncWriteError` at the next save or wait.
 from ._async import AsyncCheckpointWriter
 from ._codec import decode, encode
 from ._errors import AsyncWriteError, CheckpointError, WorldSizeError
-from ._fsops import remove_checkpoint, wait_for_removals
+from ._fsops import wait_for_removals
 from ._hashing import DEFAULT_HASH, HASHES
 from ._inspect import compare_checkpoints, diff_checkpoints, first_difference, summarize
-from ._latest import find_latest, load_latest, prune
+from ._latest import find_latest, load_latest, prune, remove_checkpoint
 from ._manifest import FORMAT, FORMAT_VERSION, PARTS_FORMAT_VERSION, read_manifest
 from ._module_state import load_module_state
 from ._parts import load_checkpoint_parts, load_latest_parts, save_checkpoint_parts
 from ._read import load_checkpoint_dir, verify_checkpoint
 from ._rng import capture_rng, restore_rng
+from ._spare import release_spares
 from ._write import save_checkpoint_dir
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "load_module_state",
     "prune",
     "read_manifest",
+    "release_spares",
     "remove_checkpoint",
     "restore_rng",
     "save_checkpoint_dir",

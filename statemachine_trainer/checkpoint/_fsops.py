@@ -2,8 +2,9 @@
 
 Everything a save or a prune leaves behind when it is killed is a hidden
 entry named ``.<name>.<kind>-<pid>`` beside the checkpoints: ``tmp`` (a save
-in progress), ``old`` (a replaced checkpoint set aside) or ``del`` (a pruned
-one, hidden before it is deleted).  :func:`clean_strays` removes those whose
+in progress), ``old`` (a replaced checkpoint set aside), ``del`` (a pruned
+one, hidden before it is deleted) or ``spare`` (a tensors file kept for the
+next save to write over, see ``_spare``).  :func:`clean_strays` removes those whose
 process is gone, at the start of the next save or prune.
 
 Deleting a replaced or pruned checkpoint is the one step of a save that
@@ -23,13 +24,12 @@ import re
 import shutil
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 
-__all__ = ["clean_strays", "discard", "fsync_dir", "remove_checkpoint", "remove_entry", "remove_soon",
-           "wait_for_removals"]
+__all__ = ["clean_strays", "discard", "fsync_dir", "hide", "remove_entry", "remove_soon", "wait_for_removals"]
 
-_STRAY = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|del)-(?P<pid>\d+)\Z")
+_STRAY = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old|del|spare)-(?P<pid>\d+)\Z")
 
 
 def fsync_dir(path: Path) -> None:
@@ -105,16 +105,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_strays(parent: Path) -> None:
+def clean_strays(parent: Path, keep: Container[Path] = ()) -> None:
     """Remove what killed saves left in ``parent``: temp directories, checkpoints hidden for deletion by
-    pruning (``.<name>.del-<pid>``), and a set-aside old checkpoint (moved back when nothing replaced it).
+    pruning (``.<name>.del-<pid>``), spare tensors files other than ``keep`` (this process's, in use), and a
+    set-aside old checkpoint (moved back when nothing replaced it).
 
     This process's own background deletes are waited for first: they remove entries this would remove too.
     """
     wait_for_removals()
     for entry in parent.iterdir():
         match = _STRAY.match(entry.name)
-        if not match:
+        if not match or entry in keep:
             continue
         pid = int(match["pid"])
         if pid != os.getpid() and _alive(pid):
@@ -135,20 +136,3 @@ def hide(path: Path) -> Path:
     aside = path.parent / f".{path.name}.del-{os.getpid()}"
     os.replace(path, aside)
     return aside
-
-
-def remove_checkpoint(path: str | os.PathLike[str], *, wait: bool = True) -> None:
-    """Delete a checkpoint crash-safely: hide it, make that durable, then delete it; a symlink is unlinked only.
-
-    ``wait=False`` returns once it is hidden (no load can find it any more) and deletes it in the background
-    (:func:`remove_soon`).
-    """
-    path = Path(path)
-    if not os.path.lexists(path):
-        return
-    aside = hide(path)
-    fsync_dir(path.parent)
-    if wait:
-        remove_entry(aside)
-    else:
-        remove_soon([aside])

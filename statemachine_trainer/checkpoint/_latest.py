@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._errors import CheckpointError, WorldSizeError
-from ._fsops import clean_strays, fsync_dir, hide, remove_soon
+from ._fsops import clean_strays, fsync_dir, hide, remove_entry
 from ._manifest import FILES, MANIFEST, read_manifest, step_of
 from ._read import load_checkpoint_dir, verify_checkpoint
+from ._spare import kept_spares, retire
 
-__all__ = ["candidates", "check_keep_last", "find_latest", "load_latest", "prune"]
+__all__ = ["candidates", "check_keep_last", "find_latest", "load_latest", "prune", "remove_checkpoint"]
 
 _T = TypeVar("_T")
 _STEP_IN_NAME = re.compile(r"step=(\d+)")
@@ -112,12 +113,13 @@ def prune(parent: str | os.PathLike[str], keep_last: int, keep: str | os.PathLik
     """Keep ``keep_last`` complete checkpoints in ``parent`` -- ``keep`` and the newest others -- and delete the rest.
 
     Each one deleted is hidden first (renamed), then removed in the background
-    (``remove_soon``): a kill midway leaves no visible half-deleted checkpoint,
-    and the next save cleans up.
+    (``_spare.retire``: one tensors file may be kept for the next save to write
+    over): a kill midway leaves no visible half-deleted checkpoint, and the next
+    save cleans up.
     """
     check_keep_last(keep_last)
     parent = Path(parent)
-    clean_strays(parent)
+    clean_strays(parent, kept_spares())
     complete = [p for p in candidates(parent) if not _is_link(p) and _has_manifest(p)]
     keep_path = Path(keep).absolute() if keep is not None else None
     others = [p for p in complete if p.absolute() != keep_path]
@@ -126,8 +128,25 @@ def prune(parent: str | os.PathLike[str], keep_last: int, keep: str | os.PathLik
     hidden = [hide(path) for path in doomed]
     if hidden:
         fsync_dir(parent)  # the renames are durable before anything is deleted
-    remove_soon(hidden)
+    retire(hidden)
     return doomed
+
+
+def remove_checkpoint(path: str | os.PathLike[str], *, wait: bool = True) -> None:
+    """Delete a checkpoint crash-safely: hide it, make that durable, then delete it; a symlink is unlinked only.
+
+    ``wait=False`` returns once it is hidden (no load can find it any more) and leaves the deleting to
+    ``_spare.retire`` (in the background; its tensors file may be kept for the next save to write over).
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    aside = hide(path)
+    fsync_dir(path.parent)
+    if wait:
+        remove_entry(aside)
+    else:
+        retire([aside])
 
 
 def _is_link(path: Path) -> bool:

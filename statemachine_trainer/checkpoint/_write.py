@@ -39,7 +39,7 @@ from ..state import SCHEMA_VERSION, StateError, check_json
 from ._codec import encode
 from ._errors import CheckpointError
 from ._files import max_state_bytes, state_too_large
-from ._fsops import clean_strays, discard, fsync_dir, remove_entry, remove_soon
+from ._fsops import clean_strays, discard, fsync_dir, remove_entry
 from ._hashing import DEFAULT_HASH, HASHES, HashingWriter
 from ._latest import prune
 from ._manifest import (
@@ -53,6 +53,7 @@ from ._manifest import (
     seal,
 )
 from ._shards import is_shard_file
+from ._spare import kept_spares, open_new_file, retire, take_spare
 
 __all__ = ["EncodedState", "check_hash_name", "checked_metadata", "commit", "encode_state", "manifest", "new_tmp",
            "save_checkpoint_dir", "write_encoded", "write_part"]
@@ -103,7 +104,7 @@ def write_encoded(path: Path, encoded: EncodedState, keep_last: int | None = Non
     """Steps 2-4 for ``encoded`` at absolute ``path``, then ``keep_last`` pruning; safe to run in another thread."""
     tmp = new_tmp(path)
     try:
-        files = _write_files(tmp, encoded.text, encoded.tensors, hash_name, durable)
+        files = _write_files(tmp, encoded.text, encoded.tensors, hash_name, durable, take_spare(path.parent))
         commit(tmp, path, manifest(files, hash_name, encoded.metadata), hash_name, durable)
     except BaseException:
         discard(tmp)
@@ -121,7 +122,7 @@ def check_hash_name(hash_name: str) -> None:
 def new_tmp(path: Path) -> Path:
     """A fresh, empty ``.<name>.tmp-<pid>`` beside ``path``, after removing what killed saves left there."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_strays(path.parent)
+    clean_strays(path.parent, kept_spares())
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     remove_entry(tmp)
     tmp.mkdir()
@@ -138,10 +139,12 @@ def write_part(directory: Path, data: Any, tensors: dict[str, torch.Tensor], has
 
 
 def _write_files(directory: Path, text: bytes, tensors: dict[str, torch.Tensor], hash_name: str,
-                 durable: bool) -> dict[str, dict[str, Any]]:
+                 durable: bool, spare: Path | None = None) -> dict[str, dict[str, Any]]:
+    """``state.json`` and ``tensors.pt`` in ``directory``; the tensors written over ``spare`` when it may be
+    (``_spare``)."""
     return {
         STATE: _write_file(directory / STATE, lambda f: f.write(text), hash_name, durable),
-        TENSORS: _write_file(directory / TENSORS, lambda f: torch.save(tensors, f), hash_name, durable),
+        TENSORS: _write_file(directory / TENSORS, lambda f: torch.save(tensors, f), hash_name, durable, spare),
     }
 
 
@@ -187,11 +190,15 @@ def manifest(files: dict[str, dict[str, Any]], hash_name: str, metadata: dict[st
     return out | {"files": files, "metadata": metadata}
 
 
-def _write_file(path: Path, write: Callable[[BinaryIO], Any], hash_name: str, durable: bool) -> dict[str, Any]:
-    with open(path, "xb") as raw:
+def _write_file(path: Path, write: Callable[[BinaryIO], Any], hash_name: str, durable: bool,
+                spare: Path | None = None) -> dict[str, Any]:
+    raw, recycled = open_new_file(path, spare)
+    with raw:
         writer = HashingWriter(raw, hash_name, durable)
         try:
             write(writer)  # type: ignore[arg-type]  # HashingWriter is file-like enough for torch.save and json
+            if recycled:
+                raw.truncate(writer.size)  # the old bytes past the new end go, before the fsync
         except BaseException:
             if writer.error is not None:
                 raise writer.error from None  # e.g. "No space left on device", not torch's follow-up error
@@ -214,19 +221,20 @@ def _install(tmp: Path, path: Path) -> None:
 
     An existing ``path`` that is a symlink (``last.ckpt`` linked to another
     checkpoint) is replaced as a link: the checkpoint it points to is left as it is.
-    The replaced one, hidden, is deleted in the background (``remove_soon``).
+    The replaced one, hidden, is deleted in the background, its tensors file perhaps kept for the next save to
+    write over (``_spare.retire``).
     """
     if not os.path.lexists(path):
         os.replace(tmp, path)
         return
     if _exchange(tmp, path):  # tmp now holds the old checkpoint (or the old link), under its hidden name
-        remove_soon([tmp])
+        retire([tmp])
         return
     # Fallback: a kill between these two renames leaves the old checkpoint under .<name>.old-<pid>;
     # clean_strays() moves it back to <name> on the next save.
     aside = path.parent / f".{path.name}.old-{os.getpid()}"
     os.replace(path, aside)
     os.replace(tmp, path)
-    remove_soon([aside])
+    retire([aside])
 
 
