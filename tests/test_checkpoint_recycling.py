@@ -166,3 +166,24 @@ def test_a_fit_leaves_no_spare_behind(tmp_path: Path) -> None:
     names = os.listdir(tmp_path / "ckpts")
     assert "last.ckpt" in names and not [name for name in names if re.search(r"\.(spare|del|tmp|old)-\d+$", name)]
     assert _spare.kept_spares() == frozenset()
+
+
+_LEASE_HOLDER = textwrap.dedent("""
+    import os, subprocess, sys, time
+    from statemachine_trainer.checkpoint import _spare
+    path = sys.argv[1]
+    fd = os.open(path, os.O_RDWR)
+    with _spare._write_lease(fd):
+        # Someone opens the file while the lease is held (a backup tool scanning the directory): the kernel
+        # signals the holder and makes the opener wait until the lease is dropped.
+        opener = subprocess.Popen([sys.executable, "-c", f"open({path!r}, 'rb').read()"])
+        time.sleep(1.0)
+    print("alive", opener.wait(timeout=60), flush=True)
+""")
+
+
+def test_someone_opening_the_spare_during_the_lease_check_kills_nobody(tmp_path: Path) -> None:
+    (tmp_path / "spare").write_bytes(b"x" * 1000)
+    result = subprocess.run([sys.executable, "-c", _LEASE_HOLDER, str(tmp_path / "spare")], check=False,
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout.strip()) == (0, "alive 0"), result.stderr

@@ -22,9 +22,11 @@ process reading the old checkpoint, a ``torch.load(mmap=True)`` of it --
 would change under them, where deleting it would not.  So before writing
 over the spare, the save takes a write lease on it (Linux's ``F_SETLEASE``,
 refused while any other open file description or mapping of it exists) and
-drops it again; a file with a second link is never reused.  Where a check
-fails, or leases are not supported (other systems, network filesystems),
-the spare is deleted and a new file is written, as without recycling.
+drops it again (with SIGURG, ignored by default, as the signal that would
+tell of someone opening it meanwhile); a file with a second link is never
+reused.  Where a check fails, or leases are not supported (other systems,
+network filesystems), the spare is deleted and a new file is written, as
+without recycling.
 
 Disk.  Between saves the spare holds as much space as the tensors it came
 from: what a save needs anyway while the old checkpoint and the new one are
@@ -37,11 +39,12 @@ hidden stray that the next save's ``clean_strays`` deletes.
 from __future__ import annotations
 
 import atexit
-import errno
+import contextlib
 import os
+import signal
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,6 +59,7 @@ except ImportError:  # Windows: no leases, so no recycling
 __all__ = ["kept_spares", "open_new_file", "release_spares", "retire", "take_spare"]
 
 _F_SETLEASE = getattr(fcntl, "F_SETLEASE", None)  # Linux only
+_F_SETSIG = getattr(fcntl, "F_SETSIG", 10)  # Linux's value, for Pythons that do not name it
 _spare: Path | None = None  # this process's one spare tensors file (the most recently retired), if any
 _lock = threading.Lock()
 
@@ -143,17 +147,37 @@ def open_new_file(path: Path, spare: Path | None = None) -> tuple[BinaryIO, bool
 
 
 def _unshared(fd: int) -> bool:
-    """Whether nothing but ``fd`` has the file open or mapped, and it has one link (so writing over it is unseen)."""
+    """Whether nothing but ``fd`` has the file open or mapped, and it has one link (so writing over it is unseen).
+
+    Any failure of the check (no leases on this filesystem, another owner, ...) answers False: the save then
+    writes a new file, it never fails for this.
+    """
     try:
         if not _reusable(os.fstat(fd)):
             return False
-        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_WRLCK)  # refused (EAGAIN) while another open description exists
-        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
-    except OSError as exc:
-        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EINVAL, errno.ENOLCK, errno.EBUSY):
-            raise
+        with _write_lease(fd):
+            pass
+    except OSError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def _write_lease(fd: int) -> Iterator[None]:
+    """Hold a write lease on ``fd``'s file: refused (EAGAIN) while any other open description or mapping of it
+    exists.
+
+    Should another process open the file while the lease is held, the kernel
+    tells the holder with a signal, SIGIO unless set otherwise -- which would
+    kill this process (its default action).  So the lease is taken with
+    SIGURG as that signal: ignored by default, as it is by Python.
+    """
+    fcntl.fcntl(fd, _F_SETSIG, signal.SIGURG)
+    fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_WRLCK)
+    try:
+        yield
+    finally:
+        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
 
 
 def release_spares() -> None:
