@@ -443,7 +443,7 @@ class Trainer:
     def _flush_writes(self, close: bool = False) -> BaseException | None:
         """Wait for the asynchronous write in flight, if any; return its failure instead of raising it.
 
-        ``close`` (a run's end) also frees the host copy kept for the next save, deletes the spare tensors files
+        ``close`` (a run's end) also frees the host copy kept for the next save, deletes the spare tensors file
         kept for the next save to write over, and waits for the background deletes of replaced and pruned
         checkpoints: when ``fit`` returns, the checkpoint directory is as it stays.
         """

@@ -214,6 +214,7 @@ def test_saving_over_an_existing_checkpoint_replaces_it(tmp_path: Path) -> None:
 
 
 def test_the_replaced_checkpoint_is_deleted_in_the_background(tmp_path: Path) -> None:
+    release_spares()  # no spare of an earlier test's directory to delete as well
     save_checkpoint_dir(tmp_path / "last", _state(1), {"step": 1})
     save_checkpoint_dir(tmp_path / "last", _state(2), {"step": 2})
     pending = _fsops._removals[:]  # the save handed the old directory, hidden, to a thread, and returned

@@ -4,8 +4,8 @@ Everything a save or a prune leaves behind when it is killed is a hidden
 entry named ``.<name>.<kind>-<pid>`` beside the checkpoints: ``tmp`` (a save
 in progress), ``old`` (a replaced checkpoint set aside), ``del`` (a pruned
 one, hidden before it is deleted) or ``spare`` (a tensors file kept for the
-next save to write over, see ``_spare``).  :func:`clean_strays` removes those whose
-process is gone, at the start of the next save or prune.
+next save to write over, see ``_spare``).  :func:`clean_strays` removes
+those whose process is gone, at the start of the next save or prune.
 
 Deleting a replaced or pruned checkpoint is the one step of a save that
 nothing waits for: once it is hidden, no load can see it, and unlinking a

@@ -14,8 +14,9 @@ checkpoint -- is kept, hidden, as the process's *spare*
 (``.tensors.pt.spare-<pid>`` beside the checkpoints; one per process, the
 most recently retired).  The next single-process save into that directory
 moves the spare into its temporary directory and writes the tensors over
-it, truncating it to their size before the fsync and the manifest.  The checksum covers exactly the
-bytes written, so nothing of the old content can pass a load.
+it, truncating it to their size before the fsync and the manifest.  The
+checksum covers exactly the bytes written, so nothing of the old content
+can pass a load.
 
 Never under a reader.  A file someone still has open or mapped -- a sidecar
 process reading the old checkpoint, a ``torch.load(mmap=True)`` of it --
@@ -31,9 +32,9 @@ without recycling.
 Disk.  Between saves the spare holds as much space as the tensors it came
 from: what a save needs anyway while the old checkpoint and the new one are
 both on disk, so a run that fits on its disk still fits.  One spare per
-process bounds it, however many directories a process saves into.  It is deleted when
-``fit`` ends, at exit, and by :func:`release_spares`; after a kill -9 it is a
-hidden stray that the next save's ``clean_strays`` deletes.
+process bounds it, however many directories a process saves into.  It is
+deleted when ``fit`` ends, at exit, and by :func:`release_spares`; after a
+kill -9 it is a hidden stray that the next save's ``clean_strays`` deletes.
 """
 
 from __future__ import annotations
