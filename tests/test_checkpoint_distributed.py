@@ -32,10 +32,10 @@ from statemachine_trainer.checkpoint import (
     load_latest,
     load_latest_parts,
     read_manifest,
+    release_spares,
     save_checkpoint_dir,
     save_checkpoint_parts,
     verify_checkpoint,
-    wait_for_removals,
 )
 from statemachine_trainer.cli import main
 from statemachine_trainer.state import SCHEMA_VERSION
@@ -289,7 +289,7 @@ def test_parts_keep_last_and_latest(tmp_path: Path) -> None:
     for step in (1, 2, 3):
         save_checkpoint_parts(tmp_path / f"step={step}", {"step": step}, {"rank_step": step}, {"step": step},
                               keep_last=2)
-    wait_for_removals()  # the pruned step=1 is deleted in the background
+    release_spares()  # the pruned step=1 is deleted in the background, its replicated tensors kept as a spare
     assert sorted(os.listdir(tmp_path)) == ["step=2", "step=3"]
     _flip(tmp_path / "step=3" / "rank-0" / "tensors.pt")
     path, (replicated, local, _), skipped = load_latest_parts(tmp_path)  # type: ignore[misc]

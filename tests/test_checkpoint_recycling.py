@@ -23,9 +23,11 @@ from statemachine_trainer.callbacks import ModelCheckpoint
 from statemachine_trainer.checkpoint import (
     _spare,
     load_checkpoint_dir,
+    load_checkpoint_parts,
     release_spares,
     remove_checkpoint,
     save_checkpoint_dir,
+    save_checkpoint_parts,
     verify_checkpoint,
     wait_for_removals,
 )
@@ -137,6 +139,19 @@ def test_a_tensors_file_with_another_link_is_never_recycled(tmp_path: Path) -> N
         save_checkpoint_dir(tmp_path / "c", _state(step), {"step": step})
     wait_for_removals()
     assert (tmp_path / "backup.pt").read_bytes() == before and os.stat(tmp_path / "backup.pt").st_nlink == 1
+
+
+def test_rank_zero_writes_the_replicated_state_over_its_spare(tmp_path: Path) -> None:
+    for step in (1, 2):  # a multi-process checkpoint (a world of one here): replicated state + rank-0/ part
+        save_checkpoint_parts(tmp_path / "last", _state(step), {"rank_step": step}, {"step": step})
+    wait_for_removals()
+    spare = _inode(_spare_file(tmp_path))
+    save_checkpoint_parts(tmp_path / "last", _state(3), {"rank_step": 3}, {"step": 3})
+    assert _inode(tmp_path / "last" / "tensors.pt") == spare
+    assert verify_checkpoint(tmp_path / "last") == []
+    replicated, local, _ = load_checkpoint_parts(tmp_path / "last")
+    assert replicated["step"] == 3 and torch.equal(replicated["w"], torch.full((100_000,), 3.0))
+    assert local == {"rank_step": 3}
 
 
 def test_one_spare_per_process(tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ from ._latest import candidates, check_keep_last, prune
 from ._manifest import files_for, is_sharded_manifest, rank_dir, read_manifest, world_size_of
 from ._read import decode_part, read_part, shard_index, tensors_of_part, unlisted
 from ._shards import RANK_PREFIX, SHARDS, Template, load_shards, shard_names, split_sharded, write_shards
+from ._spare import take_spare
 from ._write import check_hash_name, checked_metadata, commit, manifest, new_tmp, write_part
 
 __all__ = ["load_checkpoint_parts", "load_latest_parts", "save_checkpoint_parts"]
@@ -183,7 +184,9 @@ def _write_rank(rank: int, target: Path, plan: _Plan, encoded: Any) -> dict[str,
                               "directory cannot hold one checkpoint. Put the checkpoint directory (ModelCheckpoint's "
                               "dirpath, default_root_dir) on a filesystem mounted on every node.")
     replicated, own, _, _ = encoded
-    files = write_part(tmp, *replicated, hash_name, durable) if replicated is not None else {}
+    # Rank 0 writes the replicated state -- over the tensors file its own last save retired, when it may (_spare).
+    files = (write_part(tmp, *replicated, hash_name, durable, take_spare(target.parent)) if replicated is not None
+             else {})
     part = tmp / rank_dir(rank)
     part.mkdir()
     files |= {f"{rank_dir(rank)}/{name}": entry for name, entry in write_part(part, *own, hash_name,

@@ -9,14 +9,14 @@ ms) written over a file of that size in place: the new-file case is both
 slower and bimodal.  Databases recycle their log segments for this reason.
 
 What.  When a save replaces or prunes one of this process's checkpoints,
-the old ``tensors.pt`` -- a plain file with one link, from a single-process
-checkpoint -- is kept, hidden, as the process's *spare*
-(``.tensors.pt.spare-<pid>`` beside the checkpoints; one per process, the
-most recently retired).  The next single-process save into that directory
-moves the spare into its temporary directory and writes the tensors over
-it, truncating it to their size before the fsync and the manifest.  The
-checksum covers exactly the bytes written, so nothing of the old content
-can pass a load.
+the old ``tensors.pt`` -- a plain file with one link; in a multi-process
+checkpoint, the replicated state rank 0 writes -- is kept, hidden, as the
+process's *spare* (``.tensors.pt.spare-<pid>`` beside the checkpoints; one
+per process, the most recently retired).  The next save into that directory
+(rank 0's replicated state, for a multi-process one) moves the spare into
+its temporary directory and writes the tensors over it, truncating it to
+their size before the fsync and the manifest.  The checksum covers exactly
+the bytes written, so nothing of the old content can pass a load.
 
 Never under a reader.  A file someone still has open or mapped -- a sidecar
 process reading the old checkpoint, a ``torch.load(mmap=True)`` of it --
@@ -82,8 +82,12 @@ def retire(paths: Iterable[Path]) -> None:
 
 
 def _keep(checkpoint: Path) -> bool:
-    """Make ``checkpoint``'s tensors file the spare if it may be reused (a plain file with one link, of a
-    single-process checkpoint) and no spare waits in that directory already.
+    """Make ``checkpoint``'s tensors file the spare if it may be reused (a plain file with one link) and no spare
+    waits in that directory already.
+
+    A multi-process checkpoint's top-level ``tensors.pt`` is its replicated
+    state, which rank 0 -- the process that retires checkpoints -- writes
+    again at its next save; the ranks' parts are deleted.
 
     One spare per process: a spare kept in another directory is deleted, so
     the space held between saves is at most one checkpoint's tensors.
@@ -99,8 +103,8 @@ def _keep(checkpoint: Path) -> bool:
         try:
             if not stat.S_ISDIR(os.lstat(checkpoint).st_mode):
                 return False  # a link (last.ckpt -> a checkpoint): what it points to is not garbage
-            if os.path.lexists(checkpoint / "rank-0") or not _reusable(os.lstat(tensors)):
-                return False  # a multi-process checkpoint's parts are written afresh: its file would idle
+            if not _reusable(os.lstat(tensors)):
+                return False
             spare = parent / f".{TENSORS}.spare-{os.getpid()}"
             os.replace(tensors, spare)
         except OSError:

@@ -130,12 +130,13 @@ def new_tmp(path: Path) -> Path:
 
 
 def write_part(directory: Path, data: Any, tensors: dict[str, torch.Tensor], hash_name: str,
-               durable: bool) -> dict[str, dict[str, Any]]:
-    """Write one encoded state as ``state.json`` + ``tensors.pt`` in ``directory``; their manifest entries."""
+               durable: bool, spare: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Write one encoded state as ``state.json`` + ``tensors.pt`` in ``directory`` (its tensors over ``spare``
+    when it may be, see ``_spare``); their manifest entries."""
     text = _json_bytes(data)
     if len(text) > max_state_bytes():  # refused now rather than written into a checkpoint no load would accept
         raise state_too_large(directory / STATE, len(text))
-    return _write_files(directory, text, tensors, hash_name, durable)
+    return _write_files(directory, text, tensors, hash_name, durable, spare)
 
 
 def _write_files(directory: Path, text: bytes, tensors: dict[str, torch.Tensor], hash_name: str,
