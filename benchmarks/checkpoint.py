@@ -8,7 +8,10 @@ machine that gets busier slows all of them alike):
 
 * ``torch.save`` of the flat ``{name: tensor}`` dict, and the same + fsync;
 * ``save_checkpoint_dir`` (ours, synchronous: encode, write, checksum,
-  fsync, rename, manifest commit);
+  fsync, rename, manifest commit), replacing the checkpoint of the round
+  before -- so, as in a run's periodic saves, over the tensors file that
+  one retired (``checkpoint/_spare.py``; the uncounted first round writes
+  a new file);
 * the time an asynchronous save (``AsyncCheckpointWriter.save``) blocks the
   caller -- encode and the copy to host memory -- and until its background
   write is committed (waited for outside the blocked time, so every round
