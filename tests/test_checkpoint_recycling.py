@@ -192,7 +192,7 @@ _LEASE_HOLDER = textwrap.dedent("""
         # Someone opens the file while the lease is held (a backup tool scanning the directory): the kernel
         # signals the holder and makes the opener wait until the lease is dropped.
         opener = subprocess.Popen([sys.executable, "-c", f"open({path!r}, 'rb').read()"])
-        time.sleep(1.0)
+        time.sleep(2.0)  # the opener starts Python and blocks in open() meanwhile
     print("alive", opener.wait(timeout=60), flush=True)
 """)
 
