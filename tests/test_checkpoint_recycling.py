@@ -191,9 +191,12 @@ _LEASE_HOLDER = textwrap.dedent("""
     with _spare._write_lease(fd):
         # Someone opens the file while the lease is held (a backup tool scanning the directory): the kernel
         # signals the holder and makes the opener wait until the lease is dropped.
-        opener = subprocess.Popen([sys.executable, "-c", f"open({path!r}, 'rb').read()"])
+        opener = subprocess.Popen([sys.executable, "-c", f"import time; open({path!r}, 'rb'); print(time.time())"],
+                                  stdout=subprocess.PIPE, text=True)
         time.sleep(2.0)  # the opener starts Python and blocks in open() meanwhile
-    print("alive", opener.wait(timeout=60), flush=True)
+        dropped = time.time()
+    opened = float(opener.communicate(timeout=60)[0])
+    print("alive", opener.returncode, "blocked" if opened >= dropped else "not blocked", flush=True)
 """)
 
 
@@ -201,4 +204,5 @@ def test_someone_opening_the_spare_during_the_lease_check_kills_nobody(tmp_path:
     (tmp_path / "spare").write_bytes(b"x" * 1000)
     result = subprocess.run([sys.executable, "-c", _LEASE_HOLDER, str(tmp_path / "spare")], check=False,
                             capture_output=True, text=True, timeout=120)
-    assert (result.returncode, result.stdout.strip()) == (0, "alive 0"), result.stderr
+    # "blocked": the opener's open() returned only after the lease was dropped, so the break signal was sent
+    assert (result.returncode, result.stdout.strip()) == (0, "alive 0 blocked"), result.stderr
