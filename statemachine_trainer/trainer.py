@@ -438,7 +438,9 @@ class Trainer:
             from .checkpoint import AsyncCheckpointWriter
 
             self._writer = AsyncCheckpointWriter()
-        self._writer.save(targets, self.capture_state(), self._metadata())
+        optimization = self.run.optimization  # the optimizers' state is copied in the background, before they step
+        self._writer.save(targets, self.capture_state(), self._metadata(),
+                          until_step=optimization.optimizers if optimization is not None else ())
 
     def _flush_writes(self, close: bool = False) -> BaseException | None:
         """Wait for the asynchronous write in flight, if any; return its failure instead of raising it.

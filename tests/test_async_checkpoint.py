@@ -228,6 +228,69 @@ def test_a_failed_background_write_is_raised_by_the_next_save_and_by_wait(tmp_pa
     writer.wait()  # reported once
 
 
+def _adam_state() -> tuple[nn.Module, torch.optim.Optimizer, dict]:
+    """A net and an Adam that has stepped once (so it has moments), and their state as the Trainer captures it."""
+    torch.manual_seed(0)
+    net = nn.Linear(8, 4)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.randn(5, 8)).pow(2).sum().backward()
+    opt.step()
+    return net, opt, {"module": net.state_dict(), "optimizer": opt.state_dict()}
+
+
+def _held_copy(writer: AsyncCheckpointWriter) -> threading.Event:
+    """Hold the writer's deferred copy (``HostCopier.finish``) until the returned event is set."""
+    release, finish = threading.Event(), writer._copier.finish
+
+    def held() -> None:
+        assert release.wait(30)
+        finish()
+
+    writer._copier.finish = held
+    return release
+
+
+def test_optimizer_state_is_copied_in_the_background_and_its_next_step_waits_for_the_copy(tmp_path):
+    net, opt, state = _adam_state()
+    save_checkpoint_dir(tmp_path / "sync.ckpt", state)  # what the asynchronous checkpoint must hold
+    writer = AsyncCheckpointWriter()
+    release = _held_copy(writer)
+    writer.save([(tmp_path / "a.ckpt", None)], state, until_step=[opt])  # returns with the moments not yet copied
+    assert len(opt._optimizer_step_pre_hooks) == 1
+    with torch.no_grad():
+        net.weight.add_(1.0)  # parameters were copied at the save: a change now does not reach the checkpoint
+    net(torch.randn(5, 8)).pow(2).sum().backward()  # training goes on until the step
+    stepping = threading.Thread(target=opt.step)
+    stepping.start()
+    time.sleep(0.3)
+    assert stepping.is_alive()  # the step waits: its state is not copied yet
+    release.set()
+    stepping.join(30)
+    assert not stepping.is_alive()
+    writer.close()
+    assert len(opt._optimizer_step_pre_hooks) == 0  # close removes the hook
+    for file in ("state.json", "tensors.pt"):
+        assert (tmp_path / "a.ckpt" / file).read_bytes() == (tmp_path / "sync.ckpt" / file).read_bytes()
+    opt.step()  # no hook left, nothing to wait for
+
+
+def test_optimizer_state_changed_in_place_before_the_step_fails_that_checkpoint(tmp_path):
+    _, opt, state = _adam_state()
+    writer = AsyncCheckpointWriter()
+    release = _held_copy(writer)
+    writer.save([(tmp_path / "a.ckpt", None)], state, until_step=[opt])
+    exp_avg = next(iter(opt.state.values()))["exp_avg"]
+    exp_avg.mul_(0.0)  # e.g. a callback resetting the moments outside step(), while the copy is pending
+    release.set()
+    with pytest.raises(AsyncWriteError, match=r"a\.ckpt failed.*exp_avg.*changed in place.*before the optimizer's "
+                                              r"next step"):
+        writer.wait()
+    assert not (tmp_path / "a.ckpt").exists() and not list(tmp_path.glob(".a.ckpt.tmp-*"))
+    writer.save([(tmp_path / "b.ckpt", None)], state, until_step=[opt])  # the next save works (same hook, kept)
+    writer.close()
+    assert verify_checkpoint(tmp_path / "b.ckpt") == [] and len(opt._optimizer_step_pre_hooks) == 0
+
+
 class _Net(TrainingModule):
     def __init__(self) -> None:
         super().__init__()

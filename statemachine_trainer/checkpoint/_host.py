@@ -23,11 +23,18 @@ case: the same model and optimizer at every save), so pinned memory is
 allocated once per run, not per save (``release`` frees them when the run ends).  The caller must not copy again while
 a write of the previous copy is still running (``AsyncCheckpointWriter``
 waits for it first).
+
+Some CPU storages can be copied *later*, while training goes on: those
+``copy`` is told nothing changes until a known moment (an optimizer's state
+until its next ``step()``, ``AsyncCheckpointWriter``).  Their buffers are
+allocated and the rebuilt tensors handed out at once; ``finish`` fills them,
+in whatever thread calls it, before anyone reads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -47,23 +54,33 @@ class HostCopier:
     def __init__(self) -> None:
         self._buffers: list[torch.Tensor] = []  # uint8 host buffers, one per distinct storage of the last copy
         self._threads: ThreadPoolExecutor | None = None  # CPU copy workers, started at the first CPU copy
+        self._later: list[tuple[torch.Tensor, torch.Tensor]] = []  # (buffer, source) pairs ``finish`` copies
 
-    def copy(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``tensors`` with every plain tensor rebuilt over a host copy of its storage (others cloned to host)."""
+    def copy(self, tensors: dict[str, torch.Tensor], later: AbstractSet[int] = frozenset()) -> dict[str, torch.Tensor]:
+        """``tensors`` with every plain tensor rebuilt over a host copy of its storage (others cloned to host).
+
+        CPU storages whose ``_cdata`` is in ``later`` are not copied yet: ``finish`` copies them, and until then
+        the tensors rebuilt over them hold garbage.
+        """
         storages = _distinct_storages(t for t in tensors.values() if _plain(t))
         buffers = self._buffers_for(list(storages.values()))
-        on_cpu = []
-        for storage, buffer in zip(storages.values(), buffers):
+        on_cpu, self._later = [], []
+        for (key, storage), buffer in zip(storages.items(), buffers):
             source = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
             if buffer.is_pinned():
                 buffer.copy_(source, non_blocking=True)
             else:
-                on_cpu.append((buffer, source))
+                (self._later if key in later else on_cpu).append((buffer, source))
         self._copy_on_cpu(on_cpu)
         for device in {storage.device for storage in storages.values() if _pin(storage)}:
             torch.cuda.synchronize(device)  # the non-blocking copies above are all issued; the write needs them done
         host = dict(zip(storages, (buffer.untyped_storage() for buffer in buffers)))
         return {name: _rebuilt(t, host) for name, t in tensors.items()}
+
+    def finish(self) -> None:
+        """Copy the storages the last ``copy`` left for later (nothing if it left none)."""
+        pairs, self._later = self._later, []
+        self._copy_on_cpu(pairs)
 
     def release(self) -> None:
         """Free the kept buffers (the next copy allocates new ones) and stop the copy threads."""
