@@ -324,6 +324,59 @@ def test_fit_waits_for_its_last_write_and_raises_a_failed_one(tmp_path):
     assert [verify_checkpoint(tmp_path / f"s{step}.ckpt") for step in (1, 2, 3)] == [[], [], []]
 
 
+class _TwoAdams(TrainingModule):
+    """Manual optimization with two Adam optimizers, stepped one after the other inside training_step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(3, 2), nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        opt_a, opt_b = self.optimizers()
+        for opt in (opt_a, opt_b):
+            loss = self.b(self.a(batch[0])).pow(2).mean()
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.a.parameters(), lr=0.1), torch.optim.Adam(self.b.parameters(), lr=0.1)
+
+
+def test_a_trainer_s_asynchronous_saves_defer_its_optimizers_state_and_hold_the_synchronous_bytes(tmp_path):
+    """The Trainer hands its optimizers to the writer: each of their manual steps waits for the copy of their state,
+    and the checkpoints hold the bytes a synchronous run writes; fit removes the step pre-hooks when it returns."""
+
+    hooked = []  # per batch, the step pre-hooks on each optimizer as the batch starts
+
+    def fit(async_save: bool) -> tuple[Path, _TwoAdams]:
+        out = tmp_path / ("async" if async_save else "sync")
+
+        class Request(Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                hooked.append([len(opt.optimizer._optimizer_step_pre_hooks) for opt in module.optimizers()])
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                trainer.request_checkpoint(out / f"s{trainer.global_step}.ckpt", async_save=async_save)
+
+        module = _TwoAdams()
+        Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                callbacks=[Request()], default_root_dir=tmp_path).fit(module, _data())
+        return out, module
+
+    synced, _ = fit(False)
+    out, module = fit(True)
+    assert hooked == [[0, 0]] * 4 + [[0, 0]] + [[1, 1]] * 3  # hooked from the first asynchronous save on
+    assert [len(opt.optimizer._optimizer_step_pre_hooks) for opt in module.optimizers()] == [0, 0]
+    names = sorted(p.name for p in synced.iterdir())
+    assert len(names) == 4 and sorted(p.name for p in out.iterdir()) == names
+    for name in names:
+        for file in ("state.json", "tensors.pt"):
+            assert (out / name / file).read_bytes() == (synced / name / file).read_bytes(), (name, file)
+
+
 def test_async_save_is_refused_under_ddp_and_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"async_save=1\) must be True or False"):
         ModelCheckpoint(async_save=1)
