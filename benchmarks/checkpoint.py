@@ -12,11 +12,17 @@ machine that gets busier slows all of them alike):
   before -- so, as in a run's periodic saves, over the tensors file that
   one retired (``checkpoint/_spare.py``; the uncounted first round writes
   a new file);
-* the time an asynchronous save (``AsyncCheckpointWriter.save``) blocks the
-  caller -- encode and the copy to host memory -- and until its background
-  write is committed (waited for outside the blocked time, so every round
-  starts with no write in flight, as a run whose saves are further apart
-  than one write takes);
+* an asynchronous save (``AsyncCheckpointWriter.save(..., until_step=[the
+  Adam])``, as the Trainer makes it) followed by what training does next,
+  one training step (forward, backward, ``opt.step()``): **blocked** is the
+  time ``save`` took (encode, the copy of the parameters to host memory)
+  plus the time that ``opt.step()`` waited in its pre-hook for the
+  background copy of the optimizer state; also the step's whole time, next
+  to a step without a save (``training step``: what the background copy and
+  write cost a step that runs beside them), and the time until the write
+  was committed.  The write is waited for before the round goes on, so
+  every round starts with no write in flight, as in a run whose saves are
+  further apart than one write takes;
 * ``torch.load(weights_only=True)`` and ``load_checkpoint_dir`` (verify + load),
   each after ``malloc_trim(0)`` so both start from the same heap (see
   ``_malloc_trim``).
@@ -25,7 +31,7 @@ Each round starts the saves, and the loads, at another one of them, so no
 variant always follows the same other.  A first round warms the page cache
 and the writer's host buffers and is not counted.  Prints min and median per row, then the ratios of the medians,
 last, in three lines: save (ours / torch.save), load (ours / torch.load) and
-async blocking (blocked by an asynchronous save / a synchronous save).
+async blocking (training blocked by an asynchronous save / a synchronous save).
 ``torch.save`` writes without fsync, so the save ratio includes our
 durability; the ``torch.save + fsync`` row compares like with like.
 """
@@ -248,6 +254,8 @@ def main() -> None:
         writer.wait()
         shutil.rmtree(root)
     rounds.print()
+    beside = rounds.median("training step after async save") - rounds.median("training step")
+    print(f"a training step beside an asynchronous save's background copy and write (median): {beside * 1e3:+.1f} ms")
     synced = rounds.median("torch.save + fsync")
     print(f"ours save / torch.save + fsync (median): {rounds.median('ours save (sync)') / synced:.2f}")
     print(f"ratio save (median): {rounds.median('ours save (sync)') / rounds.median('torch.save'):.2f}")
