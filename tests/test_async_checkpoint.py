@@ -211,6 +211,11 @@ def test_a_host_copy_in_pieces_over_threads_holds_the_same_tensors_and_sharing()
     assert copied["big"].data_ptr() != big.data_ptr()
     big.add_(1)  # training goes on: the copy keeps the values of the moment it was taken
     assert torch.equal(copied["big"] + 1, big)
+    later = copier.copy(tensors, later={big.untyped_storage()._cdata})  # the big storage copied by finish()
+    assert torch.equal(later["small"], tensors["small"]) and not torch.equal(later["big"], big)  # old values still
+    copier.finish()
+    for name, t in tensors.items():
+        assert torch.equal(later[name], t), name
     copier.release()
 
 
