@@ -7,6 +7,7 @@ The runs are real processes (``tests/_async_script.py``), killed with SIGKILL or
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -294,6 +297,67 @@ def test_optimizer_state_changed_in_place_before_the_step_fails_that_checkpoint(
     writer.save([(tmp_path / "b.ckpt", None)], state, until_step=[opt])  # the next save works (same hook, kept)
     writer.close()
     assert verify_checkpoint(tmp_path / "b.ckpt") == [] and len(opt._optimizer_step_pre_hooks) == 0
+
+
+def _flat(state: dict) -> dict[str, torch.Tensor]:
+    """The module's and the optimizer's tensors of a state, by a name that says where each came from."""
+    flat = {f"module.{k}": v for k, v in state["module"].items()}
+    for index, per_param in state["optimizer"]["state"].items():
+        flat.update({f"optimizer.{index}.{k}": v for k, v in per_param.items()})
+    return flat
+
+
+@settings(max_examples=25)
+@given(st.lists(st.sampled_from(["save", "step", "change a parameter", "change a moment"]), min_size=1, max_size=10))
+def test_an_asynchronous_checkpoint_holds_the_state_at_its_save_or_fails_saying_why(tmp_path_factory, actions):
+    """Whatever training does after an asynchronous save -- steps, in-place changes to parameters (copied at the
+    save), in-place changes to optimizer state before its next step (copied later) -- the checkpoint holds exactly
+    the state at the save, or it is not written and the failure names the changed optimizer state; the failure
+    happens only when such a change came before the optimizer's next step."""
+    root = tmp_path_factory.mktemp("async-property")
+    net, opt, _ = _adam_state()
+    writer = AsyncCheckpointWriter()
+    pending = None  # the save not checked yet: its path, its state copied at the save, whether it may fail
+
+    def check_pending() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        (path, expected, may_fail), pending = pending, None
+        try:
+            writer.wait()
+        except AsyncWriteError as failure:
+            assert may_fail and "changed in place" in str(failure), failure
+            assert not path.exists()
+            return
+        saved = _flat(load_checkpoint_dir(path)[0])
+        assert saved.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert torch.equal(saved[name], tensor), name
+
+    stepped = True  # whether the optimizer stepped since the last save (so its state's copy is surely done)
+    for number, action in enumerate(actions):
+        if action == "save":
+            check_pending()  # the writer would wait for it anyway; checked before the next save replaces it
+            state = {"module": net.state_dict(), "optimizer": opt.state_dict()}
+            pending = (root / f"{number}.ckpt", copy.deepcopy(_flat(state)), False)
+            writer.save([(pending[0], None)], state, until_step=[opt])
+            stepped = False
+        elif action == "step":
+            opt.zero_grad()
+            net(torch.randn(5, 8)).pow(2).sum().backward()
+            opt.step()
+            stepped = True
+        elif action == "change a parameter":
+            with torch.no_grad():
+                net.weight.mul_(1.5)
+        else:
+            next(iter(opt.state.values()))["exp_avg"].add_(1.0)
+            if pending is not None and not stepped:
+                pending = (*pending[:2], True)
+    check_pending()
+    writer.close()
+    assert len(opt._optimizer_step_pre_hooks) == 0
 
 
 class _Net(TrainingModule):
