@@ -37,6 +37,7 @@ from statemachine_trainer.checkpoint import (
     first_difference,
     load_checkpoint_parts,
     load_latest_parts,
+    release_spares,
     save_checkpoint_parts,
 )
 from statemachine_trainer.state import SCHEMA_VERSION
@@ -153,6 +154,10 @@ def main() -> None:
     out, ws1, single = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo")
     save(out / "run", out, ws1, single)
+    # The run's end, as fit ends: rank 0's spare tensors file (kept when keep_last pruned step=1) is deleted now.
+    # Left to exit, it would stay behind whenever torchrun terminates rank 0 after kill() kills rank 1 (as a hidden
+    # stray the next save there would delete), and the test lists this directory.
+    release_spares()
     kill(out / "killed")
     dist.destroy_process_group()
 
