@@ -85,8 +85,7 @@ class HostCopier:
         training step beside it: +40-47 ms against +50-55 ms over 4 threads, ``benchmarks/checkpoint.py``).
         """
         pairs, self._later = self._later, []
-        for target, source in _pieces(pairs):
-            target.copy_(source)
+        self._copy_on_cpu(pairs, alone=True)
 
     def release(self) -> None:
         """Free the kept buffers (the next copy allocates new ones) and stop the copy threads."""
@@ -95,10 +94,11 @@ class HostCopier:
             self._threads.shutdown()
             self._threads = None
 
-    def _copy_on_cpu(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Copy each (buffer, source) pair, in pieces spread over ``COPY_THREADS`` threads when that can help."""
+    def _copy_on_cpu(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], alone: bool = False) -> None:
+        """Copy each (buffer, source) pair, in pieces spread over ``COPY_THREADS`` threads when that can help
+        (``alone``: in the calling thread only)."""
         pieces = list(_pieces(pairs))
-        if COPY_THREADS == 1 or len(pieces) < 2:
+        if alone or COPY_THREADS == 1 or len(pieces) < 2:
             for target, source in pieces:
                 target.copy_(source)
             return
