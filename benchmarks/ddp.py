@@ -1,38 +1,52 @@
 """Steps/s of the Trainer under strategy="ddp" vs a hand-written PyTorch DDP loop, 1 and 2 processes (CPU, gloo).
 
-    python benchmarks/ddp.py [--steps 400] [--repeats 3] [--dataset own|tensors]
+    python benchmarks/ddp.py [--steps 400] [--rounds 6] [--jobs 1] [--dataset own|tensors]
 
-Each measurement is its own ``torchrun`` job on this machine.  The jobs of a
-repeat run one after the other, in the opposite order on every other repeat,
-``--repeats`` times; each number is the median over the repeats.  Both sides
-train the same MLP on the same synthetic data with the same DistributedSampler
-order rule, batch 32 per process, Adam, no logging or checkpoints; the clocks
-start after a warm-up of 20 steps and stop after the last.  The data is
-served through a ``Dataset`` class of the benchmark's own (``--dataset own``,
-the default: what exact data costs a user's dataset, seeded per fetch), or as
-the ``TensorDataset`` itself (``--dataset tensors``: its fetch draws nothing,
-so only the training stream is seeded).
+How it is measured
+------------------
+Interleaved inside one ``torchrun`` job per process count: its processes join
+one process group and then run every variant in turn, ``--rounds`` times, in
+the opposite order on every other round (ABBA), so a neighbour's load, the
+CPU placement of the ranks and the page cache hit both sides of a comparison
+alike.  Each variant is one epoch of ``--steps`` steps after a warm-up of 20;
+the clocks start after the warm-up and stop after the last step.  Each ratio
+is taken per round (the two runs next to each other) and the median over the
+rounds is printed, with the rounds' lowest and highest.  ``--jobs N`` repeats
+the whole measurement in N fresh jobs (new processes, new group).
+
+Both sides train the same MLP on the same synthetic data with the same
+DistributedSampler order rule, batch 32 per process, Adam, no logging or
+checkpoints.  The data is served through a ``Dataset`` class of the
+benchmark's own (``--dataset own``, the default: what exact data costs a
+user's dataset, seeded per fetch), or as the ``TensorDataset`` itself
+(``--dataset tensors``: its fetch draws nothing, so only the training stream
+is seeded).
 
 Two clocks: rank 0's wall steps/s, and the CPU time per step of each rank's
 process (all its threads: DDP's reducer and gloo work there too), averaged
 over the ranks.  On a shared machine the CPU clock moves much less with the
 neighbours' load than the wall clock, so its ratio is the one to trust there.
 
-Two controls separate what DDP costs from what our loop costs anyway:
-``plain-single`` is the plain loop without DDP or a process group, and
-``ours-auto`` is our Trainer with ``strategy="auto"`` (one process), given
-the ``ResumableLoader`` that ``strategy="ddp"`` makes of the same
-``DataLoader``.  The ratios are printed last; above 1 means ours is faster.
+Two controls separate what DDP costs from what our loop costs anyway (in the
+1-process job): ``plain-single`` is the plain loop without DDP, and
+``ours-auto`` is our Trainer with ``strategy="auto"``, given the
+``ResumableLoader`` that ``strategy="ddp"`` makes of the same ``DataLoader``.
+The ratios are printed last; above 1 means ours is faster.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 
-from _jobs import DATASETS, fit_clocked, loop_clocked, mlp, synthetic_data, torchrun_job, write_result  # this dir
+from _jobs import DATASETS, fit_clocked, loop_clocked, mlp, synthetic_data  # this directory
 
 #: Which data every variant of this job reads (``--dataset``; set in each worker from its arguments).
 DATASET = "own"
@@ -40,29 +54,22 @@ DATASET = "own"
 
 def plain(steps: int, ddp: bool = True) -> tuple[float, float]:
     """A hand-written DDP loop, as the PyTorch tutorial writes it; ``ddp=False``: the same loop, one process."""
-    import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader, DistributedSampler
 
     if ddp:
-        # Not in the tutorial, but without it the job aborts now and then at exit (SIGABRT: a gloo thread alive into
-        # interpreter finalization; statemachine_trainer/distributed/_group.py has the story).  Outside the clocks.
-        import torch.distributed._shard  # noqa: F401 - imported for its side effect (see above)
-
-        dist.init_process_group("gloo")
         data = synthetic_data(steps, dist.get_world_size(), DATASET)
         loader = DataLoader(data, batch_size=32, sampler=DistributedSampler(data, shuffle=True, seed=0))
         model = DistributedDataParallel(mlp())
     else:
         loader = DataLoader(synthetic_data(steps, 1, DATASET), batch_size=32, shuffle=True)
         model = mlp()
-    rate, cpu = loop_clocked(model, loader, steps)
-    if ddp:
-        del model  # nothing may hold DDP (and so the group) when the group goes: same story
+    try:
+        return loop_clocked(model, loader, steps)
+    finally:
+        del model  # nothing may hold DDP (and so the group) when the group goes at the job's end
         gc.collect()
-        dist.destroy_process_group()
-    return rate, cpu
 
 
 def ours(steps: int, strategy: str = "ddp") -> tuple[float, float]:
@@ -76,64 +83,98 @@ def ours(steps: int, strategy: str = "ddp") -> tuple[float, float]:
     return fit_clocked(steps, strategy=strategy, loader=loader)
 
 
-#: name -> (what runs in each worker, process counts it is measured at)
+#: name -> what runs in each worker
 VARIANTS = {
-    "plain-single": (lambda steps: plain(steps, ddp=False), (1,)),
-    "ours-auto": (lambda steps: ours(steps, "auto"), (1,)),
-    "plain": (plain, (1, 2)),
-    "ours": (ours, (1, 2)),
+    "plain-single": lambda steps: plain(steps, ddp=False),
+    "ours-auto": lambda steps: ours(steps, "auto"),
+    "plain": plain,
+    "ours": ours,
 }
+#: process count -> the variants its job interleaves
+JOBS = {1: ("plain-single", "ours-auto", "plain", "ours"), 2: ("plain", "ours")}
 
 
-def worker(variant: str, steps: int, out: str, dataset: str) -> None:
-    """Run ``variant`` in this rank; write its numbers to ``out``/RANK.json (ranks' stdout lines can interleave)."""
+def worker(variants: list[str], steps: int, rounds: int, out: str, dataset: str) -> None:
+    """Join the group once, run ``variants`` ``rounds`` times (ABBA); write this rank's numbers to ``out``/RANK.json."""
     import torch
+    import torch.distributed as dist
 
     global DATASET
     DATASET = dataset
     torch.set_num_threads(1)
-    write_result(out, *VARIANTS[variant][0](steps))
+    # Not in the tutorial, but without it the job aborts now and then at exit (SIGABRT: a gloo thread alive into
+    # interpreter finalization; statemachine_trainer/distributed/_group.py has the story).  Before the group.
+    import torch.distributed._shard  # imported for its side effect (see above)
+
+    dist.init_process_group("gloo")  # the Trainer joins this group (idempotent) and leaves it at exit
+    numbers: dict[str, list[list[float]]] = {variant: [] for variant in variants}
+    for round_ in range(rounds):
+        for variant in variants if round_ % 2 == 0 else reversed(variants):
+            gc.collect()
+            numbers[variant].append(list(VARIANTS[variant](steps)))
+    with open(os.path.join(out, f"{os.environ['RANK']}.json"), "w") as file:
+        json.dump(numbers, file)
+    gc.collect()
+    dist.destroy_process_group()
 
 
-def measure(variant: str, nproc: int, steps: int, dataset: str) -> tuple[float, float]:
-    """(rank 0's steps/s, CPU seconds per step averaged over the ranks) of one torchrun job."""
-    return torchrun_job(__file__, ["--worker", variant, "--steps", str(steps), "--dataset", dataset], nproc, variant)
+def job(nproc: int, steps: int, rounds: int, dataset: str) -> dict[str, list[tuple[float, float]]]:
+    """One torchrun job of ``nproc`` processes: variant -> per round (rank 0's steps/s, CPU s/step over the ranks)."""
+    variants = JOBS[nproc]
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   __file__, "--worker", ",".join(variants), "--steps", str(steps), "--rounds", str(rounds),
+                   "--dataset", dataset, "--out", out]
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=3600)
+        ranks = []
+        for rank in range(nproc):
+            with contextlib.suppress(FileNotFoundError), open(os.path.join(out, f"{rank}.json")) as file:
+                ranks.append(json.load(file))
+    if done.returncode != 0 or len(ranks) != nproc:
+        tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
+        raise SystemExit(f"the {nproc}-process job exited {done.returncode} with {len(ranks)} results; its output "
+                         f"ends:\n{tail}")
+    return {variant: [(ranks[0][variant][r][0], statistics.fmean(rank[variant][r][1] for rank in ranks))
+                      for r in range(rounds)] for variant in variants}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--worker", choices=tuple(VARIANTS))
-    parser.add_argument("--out", help="(for --worker) the folder each rank writes its numbers to")
+    parser.add_argument("--steps", type=int, default=400, help="timed steps per run (after 20 warm-up steps)")
+    parser.add_argument("--rounds", type=int, default=6, help="runs of every variant per job, interleaved ABBA")
+    parser.add_argument("--jobs", type=int, default=1, help="fresh torchrun jobs per process count (default 1)")
+    parser.add_argument("--worker", help="(internal) the comma-separated variants this job's ranks run")
+    parser.add_argument("--out", help="(internal) the folder each rank writes its numbers to")
     parser.add_argument("--dataset", choices=DATASETS, default="own",
                         help="own: the tensors behind a Dataset class of ours, seeded per fetch (default); tensors: "
                              "the TensorDataset itself, whose fetch draws nothing and is not seeded")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.out, args.dataset)
+        worker(args.worker.split(","), args.steps, args.rounds, args.out, args.dataset)
         return
-    print(f"dataset: {args.dataset}")
-    jobs = [(variant, nproc) for variant, (_, counts) in VARIANTS.items() for nproc in counts]
-    rates: dict[tuple[str, int], list[float]] = {}
-    cpus: dict[tuple[str, int], list[float]] = {}
-    for repeat in range(args.repeats):
-        for variant, nproc in jobs if repeat % 2 == 0 else reversed(jobs):
-            rate, cpu = measure(variant, nproc, args.steps, args.dataset)
-            rates.setdefault((variant, nproc), []).append(rate)
-            cpus.setdefault((variant, nproc), []).append(cpu)
-    rate = {job: statistics.median(values) for job, values in rates.items()}
-    cpu = {job: statistics.median(values) for job, values in cpus.items()}
-    print(f"{'variant':>13} {'processes':>9} {'CPU us/step':>12} {'steps/s':>8}")
-    for job in jobs:
-        print(f"{job[0]:>13} {job[1]:>9} {cpu[job] * 1e6:>12.0f} {rate[job]:>8.1f}")
-    print("ratios (speed of the first over the second; CPU: by CPU time per step, wall: by steps/s):")
+    print(f"dataset: {args.dataset}; {args.steps} steps per run, {args.rounds} rounds per job, {args.jobs} job(s) "
+          "per process count")
+    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (variant, nproc) -> every round of every job
+    for _ in range(args.jobs):
+        for nproc in JOBS:
+            for variant, rounds in job(nproc, args.steps, args.rounds, args.dataset).items():
+                runs.setdefault((variant, nproc), []).extend(rounds)
+    print(f"{'variant':>13} {'processes':>9} {'CPU us/step':>12} {'steps/s':>8}   (medians over rounds)")
+    for (variant, nproc), rounds in runs.items():
+        print(f"{variant:>13} {nproc:>9} {statistics.median(c for _, c in rounds) * 1e6:>12.0f} "
+              f"{statistics.median(r for r, _ in rounds):>8.1f}")
+    print("ratios (speed of the first over the second, per round next to each other: median [lowest, highest]; "
+          "CPU: by CPU time per step, wall: by steps/s):")
     for first, second, label in ((("ours", 1), ("plain", 1), "ours/plain DDP, 1 process"),
                                  (("ours", 2), ("plain", 2), "ours/plain DDP, 2 processes"),
                                  (("ours-auto", 1), ("plain-single", 1), "control: ours-auto/plain-single"),
                                  (("ours", 1), ("ours-auto", 1), "control: ours ddp/ours auto, 1 process"),
                                  (("plain", 1), ("plain-single", 1), "control: plain ddp/plain single")):
-        print(f"  {label:<40} CPU {cpu[second] / cpu[first]:5.2f}   wall {rate[first] / rate[second]:5.2f}")
+        pairs = list(zip(runs[first], runs[second], strict=True))
+        cpu = [b[1] / a[1] for a, b in pairs]
+        wall = [a[0] / b[0] for a, b in pairs]
+        print(f"  {label:<40} CPU {statistics.median(cpu):5.2f} [{min(cpu):.2f}, {max(cpu):.2f}]   "
+              f"wall {statistics.median(wall):5.2f} [{min(wall):.2f}, {max(wall):.2f}]")
 
 
 if __name__ == "__main__":
