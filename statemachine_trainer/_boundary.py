@@ -18,7 +18,9 @@ writer observes the tree only while it has work: a request or a signal
 installs the observer (the dispatcher reads it afresh at every boundary, so
 one installed inside a hook acts at that hook's end), and it takes itself
 off once everything is written.  Under DDP (two ranks or more) it observes
-all the time, since only the vote may decide to preempt, at a batch end.
+the epoch loop's own boundaries all the time, since only the vote may decide
+to preempt, at a batch end; the whole tree only while a request waits (a
+signal waits for the vote).
 
 ``Trainer(save_on_exception=True)`` (one process): the writer also observes
 all the time and keeps a copy of the run's state at every boundary *between
@@ -80,7 +82,7 @@ class BoundaryWriter:
         self._root: Loop | None = None  # the tree being watched; None outside watch()
         self._epoch_loop: Loop | None = None  # the loop whose batch ends are where ranks agree on preemption
         self._vote: Any = None  # the ranks' PreemptionVote while a multi-process run is watched, else None
-        self._observing = False  # whether the tree's boundaries call us now
+        self._observing = False  # whether the whole tree's boundaries call us now (under DDP: the epoch loop's always)
         self._take_snapshot: Callable[[], Any] | None = None  # save_on_exception: copy the run's state now
         self._write_snapshot: Callable[[Any], Path] | None = None
         self._snapshot: Any = None  # the copy taken at the epoch loop's last boundary
@@ -111,9 +113,8 @@ class BoundaryWriter:
         self._pending, self._root, self._epoch_loop, self._snapshot = [], root, epoch_loop, None
         self._guard.on_signal = self._observe
         self._vote = self._strategy.preemption_vote()
-        if self._vote is not None:  # several ranks: they vote on preemption at batch ends
-            root.observe(self._at_boundary_ranks)
-            self._observing = True
+        if self._vote is not None:  # several ranks: they vote on preemption at the epoch loop's batch ends
+            self._watch_batch_ends()
         elif self._take_snapshot is not None:
             root.observe(self._at_boundary_snapshotting)
             self._observing = True
@@ -135,10 +136,29 @@ class BoundaryWriter:
             self._observing = False
 
     def _observe(self) -> None:
-        """Start observing the tree's boundaries (one process: only while there is something to do)."""
-        if self._root is not None and not self._observing:
+        """Observe the whole tree while there is something to do: in one process a request or a signal, under DDP
+        a request (a signal there waits for the vote at a batch end)."""
+        if self._root is None or self._observing:
+            return
+        if self._vote is None:
             self._root.observe(self._at_boundary)
-            self._observing = True
+        elif self._pending:
+            self._root.observe(self._at_boundary_ranks)
+        else:
+            return
+        self._observing = True
+
+    def _watch_batch_ends(self) -> None:
+        """Under DDP with nothing to write: only the epoch loop's own boundaries, where the ranks vote.
+
+        Its sub-loops' boundaries (the batch's and the step's, ten or so per
+        step) are then not observed at all, as in one process.
+        """
+        assert self._root is not None
+        self._root.observe(None)  # marks the loops below the root nested, as observe() does
+        if self._epoch_loop is not None:
+            self._epoch_loop.observe_alone(self._at_boundary_ranks)
+        self._observing = False
 
     def _at_boundary(self, loop: Loop) -> None:
         self._act(preempt_here=True)
@@ -177,6 +197,8 @@ class BoundaryWriter:
             self._agree_on_preemption()  # raises Preempted on every rank at once
         if self._pending:
             self._act(preempt_here=False)  # a signal on one rank waits for the vote above
+            if not self._pending and self._root is not None:
+                self._watch_batch_ends()  # all written: back to the epoch loop alone
 
     def _act(self, preempt_here: bool) -> None:
         if not self._checkpointable():

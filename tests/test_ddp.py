@@ -8,6 +8,7 @@ every optimizer step and ``final.ckpt`` at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -174,6 +175,23 @@ def test_validate_alone_shares_rank_zeros_weights_and_sync_dist_and_metrics_redu
     assert float(value0) == float(value1) == 67.5  # sync_dist: the mean over both ranks' batches
     assert float(metric0) == float(metric1) == 4.5  # torchmetrics synced at compute: rank 0 alone would say 4.0
 
+
+
+def test_idle_ranks_observe_only_the_epoch_loop_and_a_request_still_waits_for_the_first_boundary(tmp_path):
+    """Under DDP the writer watches the epoch loop's boundaries (the vote) and the whole tree only while a request
+    waits: ~2 observer calls per step instead of ~13, and a request is written where one process writes it."""
+    script = str(Path(__file__).parent / "_ddp_boundaries.py")
+    run([sys.executable, script, "--strategy", "auto"], tmp_path)
+    alone = json.loads((tmp_path / "boundaries-0.json").read_text())
+    assert alone["written_at_step"] == 2  # asked as batch 2 starts: written before its step, at the batch loop's
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script], tmp_path)
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"boundaries-{rank}.json").read_text())
+        assert set(seen["idle"]) == {"training_epoch_loop"}, seen  # (the old writer: every loop, 207 calls)
+        assert 16 <= seen["idle"]["training_epoch_loop"] <= 3 * 16, seen  # 16 batches: the vote saw each end
+        assert seen["pending"] == {"batch_loop": 1}, seen  # the request, at the tree's next boundary
+        assert seen["written_at_step"] == alone["written_at_step"]
+    assert read_manifest(tmp_path / "asked.ckpt")["world_size"] == 2
 
 # -- several backwards per step: every optimizer steps on gradients averaged over the ranks -------------------
 GAN_SCRIPT = str(Path(__file__).parent / "_ddp_gan.py")

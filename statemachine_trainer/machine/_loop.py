@@ -191,6 +191,17 @@ class Loop:
         """
         self._observe(observer, nested=False)
 
+    def observe_alone(self, observer: Callable[[Loop], None] | None) -> None:
+        """Call ``observer(self)`` at this loop's own boundaries only; its sub-loops keep theirs.
+
+        For an observer that acts at one loop's boundaries (the ranks' preemption
+        vote at the epoch loop's batch ends): the rest of the tree's boundaries,
+        a dozen per training step, then cost nothing.  Call it after
+        :meth:`observe` on the root, which marks the loops below the root as
+        nested (their END is not a boundary).
+        """
+        self._machine.observer = observer
+
     def _observe(self, observer: Callable[[Loop], None] | None, nested: bool) -> None:
         """Observe this subtree; ``nested`` says whether this loop is itself a sub-loop of the observed tree."""
         for _, loop in self.walk():
