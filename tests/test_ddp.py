@@ -176,7 +176,6 @@ def test_validate_alone_shares_rank_zeros_weights_and_sync_dist_and_metrics_redu
     assert float(metric0) == float(metric1) == 4.5  # torchmetrics synced at compute: rank 0 alone would say 4.0
 
 
-
 def test_idle_ranks_observe_only_the_epoch_loop_and_a_request_still_waits_for_the_first_boundary(tmp_path):
     """Under DDP the writer watches the epoch loop's boundaries (the vote) and the whole tree only while a request
     waits: ~2 observer calls per step instead of ~13, and a request is written where one process writes it."""
@@ -192,6 +191,7 @@ def test_idle_ranks_observe_only_the_epoch_loop_and_a_request_still_waits_for_th
         assert seen["pending"] == {"batch_loop": 1}, seen  # the request, at the tree's next boundary
         assert seen["written_at_step"] == alone["written_at_step"]
     assert read_manifest(tmp_path / "asked.ckpt")["world_size"] == 2
+
 
 # -- several backwards per step: every optimizer steps on gradients averaged over the ranks -------------------
 GAN_SCRIPT = str(Path(__file__).parent / "_ddp_gan.py")
