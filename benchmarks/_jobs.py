@@ -129,13 +129,13 @@ def write_result(out: str, rate: float, cpu: float) -> None:
         json.dump({"steps_per_s": rate, "cpu_s_per_step": cpu}, file)
 
 
-def torchrun_job(script: str, args: list[str], nproc: int, label: str) -> tuple[float, float]:
-    """Run ``script args --out DIR`` under torchrun with ``nproc`` processes; (rank 0's steps/s, CPU s/step
-    averaged over the ranks).  A failed job stops the benchmark, showing its output's end."""
+def torchrun_ranks(script: str, args: list[str], nproc: int, label: str, timeout: float = 600) -> list[Any]:
+    """Run ``script args --out DIR`` under torchrun with ``nproc`` processes; what each rank wrote to
+    ``DIR``/RANK.json, by rank.  A failed job stops the benchmark, showing its output's end."""
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                    script, *args, "--out", out]
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
         results = []
         for rank in range(nproc):
             with contextlib.suppress(FileNotFoundError), open(os.path.join(out, f"{rank}.json")) as file:
@@ -144,4 +144,10 @@ def torchrun_job(script: str, args: list[str], nproc: int, label: str) -> tuple[
         tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
         raise SystemExit(f"the {label} job ({nproc} process(es)) exited {done.returncode} with {len(results)} "
                          f"results; its output ends:\n{tail}")
+    return results
+
+
+def torchrun_job(script: str, args: list[str], nproc: int, label: str) -> tuple[float, float]:
+    """One measurement as its own torchrun job: (rank 0's steps/s, CPU s/step averaged over the ranks)."""
+    results = torchrun_ranks(script, args, nproc, label)
     return results[0]["steps_per_s"], statistics.fmean(result["cpu_s_per_step"] for result in results)

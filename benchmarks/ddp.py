@@ -37,16 +37,12 @@ The ratios are printed last; above 1 means ours is faster.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 
-from _jobs import DATASETS, fit_clocked, loop_clocked, mlp, synthetic_data  # this directory
+from _jobs import DATASETS, fit_clocked, loop_clocked, mlp, synthetic_data, torchrun_ranks  # this directory
 
 #: Which data every variant of this job reads (``--dataset``; set in each worker from its arguments).
 DATASET = "own"
@@ -121,19 +117,8 @@ def worker(variants: list[str], steps: int, rounds: int, out: str, dataset: str)
 def job(nproc: int, steps: int, rounds: int, dataset: str) -> dict[str, list[tuple[float, float]]]:
     """One torchrun job of ``nproc`` processes: variant -> per round (rank 0's steps/s, CPU s/step over the ranks)."""
     variants = JOBS[nproc]
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   __file__, "--worker", ",".join(variants), "--steps", str(steps), "--rounds", str(rounds),
-                   "--dataset", dataset, "--out", out]
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=3600)
-        ranks = []
-        for rank in range(nproc):
-            with contextlib.suppress(FileNotFoundError), open(os.path.join(out, f"{rank}.json")) as file:
-                ranks.append(json.load(file))
-    if done.returncode != 0 or len(ranks) != nproc:
-        tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
-        raise SystemExit(f"the {nproc}-process job exited {done.returncode} with {len(ranks)} results; its output "
-                         f"ends:\n{tail}")
+    ranks = torchrun_ranks(__file__, ["--worker", ",".join(variants), "--steps", str(steps), "--rounds", str(rounds),
+                                      "--dataset", dataset], nproc, f"{nproc}-process", timeout=3600)
     return {variant: [(ranks[0][variant][r][0], statistics.fmean(rank[variant][r][1] for rank in ranks))
                       for r in range(rounds)] for variant in variants}
 
