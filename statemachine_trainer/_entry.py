@@ -402,7 +402,7 @@ def configure_optimization(trainer: Any, run: Any, setup: Any, forward_step: Any
                                 run.accumulate_grad_batches, config.gradient_clip_val,
                                 config.gradient_clip_algorithm)
     optimization.forward_step = forward_step
-    optimization.gate = trainer.strategy.gate
+    optimization.gate = trainer.strategy.step_gate()  # after wrap_step: it decides whether losses pass DDP
     optimization.no_sync = trainer.strategy.no_sync
     run.optimization = optimization
     run.manual_optimizers = tuple(ManualOptimizer(opt, optimization, _manual_progress(run))

@@ -86,6 +86,11 @@ class SingleProcess:
     #: calling it, since the Trainer hands ``strategy.gate`` to every backward).
     gate = staticmethod(identity_gate)
 
+    def step_gate(self) -> Any:
+        """What every backward of this run passes its loss through, once :meth:`wrap_step` has run:
+        :func:`identity_gate` whenever the gate would hand the loss back unchanged, so the step skips the call."""
+        return self.gate
+
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
@@ -223,6 +228,11 @@ class DDP(SingleProcess):
 
     def _step_through_ddp(self, *args: Any) -> Any:
         return self.ddp(self._training_step, *args)
+
+    def step_gate(self) -> Any:
+        """The gate only where it acts (several backwards per step over several ranks): with one backward the loss
+        already came out of DDP's forward, and in a world of one there is no DDP."""
+        return self.gate if self._gated and self.ddp is not None else identity_gate
 
     def gate(self, loss: torch.Tensor) -> torch.Tensor:
         """``loss`` through DDP's forward, so the backward that follows all-reduces the gradients it writes."""
