@@ -151,3 +151,59 @@ def torchrun_job(script: str, args: list[str], nproc: int, label: str) -> tuple[
     """One measurement as its own torchrun job: (rank 0's steps/s, CPU s/step averaged over the ranks)."""
     results = torchrun_ranks(script, args, nproc, label)
     return results[0]["steps_per_s"], statistics.fmean(result["cpu_s_per_step"] for result in results)
+
+
+def _second_level_cache() -> str | None:
+    """This machine's L2 as valgrind's ``--LL`` (size,ways,line): the level a step's working set spills from."""
+    index = "/sys/devices/system/cpu/cpu0/cache/index2/"
+    try:
+        with open(index + "size") as size, open(index + "ways_of_associativity") as ways, \
+                open(index + "coherency_line_size") as line:
+            kib = int(size.read().strip().rstrip("K"))
+            return f"{kib * 1024},{int(ways.read())},{int(line.read())}"
+    except (OSError, ValueError):
+        return None
+
+
+def cachegrind_per_step(command: list[str], steps: int) -> dict[str, float]:
+    """Machine events per step of ``command + ["--steps", N]`` under cachegrind (cache and branch simulation).
+
+    The command runs for epochs of ``steps`` and ``3 * steps`` steps, each in a process of its own, and the
+    difference over ``2 * steps`` is one step: setup and teardown cancel.  Deterministic where timings are not:
+    hash seeds are fixed, and BLAS and OpenMP pools get one thread (an idle OpenBLAS worker spins under
+    valgrind and would count as work).  Events: instructions (``Ir``), L1 instruction/data misses, misses of
+    the last level simulated (this machine's L2, when sysfs names it), conditional and indirect branches and
+    their mispredictions (``Bcm``, ``Bim``).
+    """
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind on PATH.")
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    level = _second_level_cache()
+    with tempfile.TemporaryDirectory(prefix="cachegrind-") as tmp:
+        outs = [os.path.join(tmp, f"{n}.out") for n in (steps, 3 * steps)]
+        valgrind = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes",
+                    *([f"--LL={level}"] if level else [])]
+        runs = []
+        for out, n in zip(outs, (steps, 3 * steps), strict=True):  # side by side: one core each
+            with open(out + ".log", "w") as log:  # a file, not a pipe: nothing blocks on a full pipe
+                runs.append(subprocess.Popen([*valgrind, f"--cachegrind-out-file={out}", *command, "--steps", str(n)],
+                                             env=env, stdout=subprocess.DEVNULL, stderr=log))
+        for out, run in zip(outs, runs, strict=True):
+            if run.wait():
+                with open(out + ".log") as log:
+                    raise SystemExit(f"{' '.join(command)} under cachegrind exited {run.returncode}:\n"
+                                     f"{log.read()[-2000:]}")
+        totals = [_cachegrind_summary(out) for out in outs]
+    return {event: (totals[1][event] - totals[0][event]) / (2 * steps) for event in totals[0]}
+
+
+def _cachegrind_summary(path: str) -> dict[str, int]:
+    """A cachegrind output file's totals, by event name."""
+    with open(path) as file:
+        lines = file.read().splitlines()
+    events = next(line.split()[1:] for line in lines if line.startswith("events:"))
+    summary = next(line.split()[1:] for line in lines if line.startswith("summary:"))
+    return dict(zip(events, map(int, summary), strict=True))

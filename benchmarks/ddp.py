@@ -1,6 +1,7 @@
 """Steps/s of the Trainer under strategy="ddp" vs a hand-written PyTorch DDP loop, 1 and 2 processes (CPU, gloo).
 
     python benchmarks/ddp.py [--steps 400] [--rounds 6] [--jobs 1] [--dataset own|tensors]
+    python benchmarks/ddp.py --instructions [--steps 30]     # needs valgrind; ~15 minutes on 2 cores
 
 How it is measured
 ------------------
@@ -32,6 +33,14 @@ Two controls separate what DDP costs from what our loop costs anyway (in the
 ``ours-auto`` is our Trainer with ``strategy="auto"``, given the
 ``ResumableLoader`` that ``strategy="ddp"`` makes of the same ``DataLoader``.
 The ratios are printed last; above 1 means ours is faster.
+
+``--instructions`` measures no time: it counts what one step of the
+1-process pair (``plain-single`` and ``ours-auto``, no process group) costs
+the machine, under valgrind's cachegrind (``_jobs.cachegrind_per_step``):
+instructions, cache misses and branch mispredictions per step, the same in
+every run.  Timings of this model on a shared 2-core VM move by 10-20% from
+run to run, more than the few per cent the target is about; the counts show
+what our loop and exact data add to the step's work, and where.
 """
 
 from __future__ import annotations
@@ -41,8 +50,17 @@ import gc
 import json
 import os
 import statistics
+import sys
 
-from _jobs import DATASETS, fit_clocked, loop_clocked, mlp, synthetic_data, torchrun_ranks  # this directory
+from _jobs import (  # this directory
+    DATASETS,
+    cachegrind_per_step,
+    fit_clocked,
+    loop_clocked,
+    mlp,
+    synthetic_data,
+    torchrun_ranks,
+)
 
 #: Which data every variant of this job reads (``--dataset``; set in each worker from its arguments).
 DATASET = "own"
@@ -123,17 +141,62 @@ def job(nproc: int, steps: int, rounds: int, dataset: str) -> dict[str, list[tup
                       for r in range(rounds)] for variant in variants}
 
 
+#: --instructions: the 1-process pair (no process group), event -> what the table calls it
+COUNTED = ("plain-single", "ours-auto")
+EVENTS = {"Ir": "instructions", "I1mr": "L1 instruction misses", "D1mr": "L1 data read misses",
+          "D1mw": "L1 data write misses", "DLmr": "last-level data read misses",
+          "DLmw": "last-level data write misses", "Bcm": "conditional branch mispredictions",
+          "Bim": "indirect branch mispredictions"}
+
+
+def run_one(variant: str, steps: int, dataset: str) -> None:
+    """One variant of COUNTED in this process, as --instructions runs it under valgrind."""
+    import torch
+
+    global DATASET
+    DATASET = dataset
+    os.environ.setdefault("WORLD_SIZE", "1")  # what synthetic_data and the Trainer read, as torchrun sets them
+    os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
+    torch.set_num_threads(1)
+    VARIANTS[variant](steps)
+
+
+def report_instructions(steps: int, dataset: str) -> None:
+    counts = {variant: cachegrind_per_step([sys.executable, __file__, "--run-one", variant, "--dataset", dataset],
+                                           steps) for variant in COUNTED}
+    plain_, ours_ = (counts[variant] for variant in COUNTED)
+    print(f"dataset: {dataset}; per step, from epochs of {steps} and {3 * steps} steps under cachegrind:")
+    print(f"{'event':>34} {'plain-single':>13} {'ours-auto':>12} {'ours - plain':>13} {'ratio':>6}")
+    for event, name in EVENTS.items():
+        if event in plain_:
+            ratio = ours_[event] / plain_[event] if plain_[event] else float("nan")
+            print(f"{name:>34} {plain_[event]:>13,.0f} {ours_[event]:>12,.0f} {ours_[event] - plain_[event]:>+13,.0f} "
+                  f"{ratio:>6.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400, help="timed steps per run (after 20 warm-up steps)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per run (after 20 warm-up steps; default 400, with --instructions 30)")
     parser.add_argument("--rounds", type=int, default=6, help="runs of every variant per job, interleaved ABBA")
     parser.add_argument("--jobs", type=int, default=1, help="fresh torchrun jobs per process count (default 1)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions, cache misses and branch mispredictions per step of the 1-process "
+                             "pair under valgrind instead of timing (default --steps 30)")
+    parser.add_argument("--run-one", choices=COUNTED, help="(internal) one variant in this process, untimed")
     parser.add_argument("--worker", help="(internal) the comma-separated variants this job's ranks run")
     parser.add_argument("--out", help="(internal) the folder each rank writes its numbers to")
     parser.add_argument("--dataset", choices=DATASETS, default="own",
                         help="own: the tensors behind a Dataset class of ours, seeded per fetch (default); tensors: "
                              "the TensorDataset itself, whose fetch draws nothing and is not seeded")
     args = parser.parse_args()
+    if args.run_one:
+        run_one(args.run_one, args.steps, args.dataset)
+        return
+    if args.instructions:
+        report_instructions(args.steps or 30, args.dataset)
+        return
+    args.steps = args.steps or 400
     if args.worker:
         worker(args.worker.split(","), args.steps, args.rounds, args.out, args.dataset)
         return

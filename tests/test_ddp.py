@@ -193,6 +193,40 @@ def test_idle_ranks_observe_only_the_epoch_loop_and_a_request_still_waits_for_th
     assert read_manifest(tmp_path / "asked.ckpt")["world_size"] == 2
 
 
+
+class _TracedStep(RecordingModule):
+    """Records the Python functions of ours that run from batch 3's training_step to batch 4's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.traced: list[str] = []
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 4:
+            sys.setprofile(None)
+        elif batch_idx == 3:
+            sys.setprofile(self._record)
+        return super().training_step(batch, batch_idx)
+
+    def _record(self, frame, event, arg):
+        code = frame.f_code
+        if event == "call" and ("statemachine_trainer" in code.co_filename or code.co_filename.startswith("<")):
+            self.traced.append(f"{Path(code.co_filename).name}:{code.co_name}")
+
+
+def test_a_world_of_one_under_ddp_runs_the_same_python_per_step_as_auto(tmp_path):
+    """Issue 13: in a world of one, nothing of "ddp" may cost more per step than "auto" -- the same functions of
+    ours, called as often (DDP's wrapper, the loss gate and the vote are all left out there)."""
+    traced = {}
+    for strategy in ("auto", "ddp"):
+        module = _TracedStep()
+        Trainer(max_epochs=1, strategy=strategy, devices=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path / strategy).fit(
+            module, ResumableLoader(tiny_loader(n=24, batch_size=4, shuffle=True), seed=3))
+        traced[strategy] = module.traced
+    assert len(traced["auto"]) > 20, traced["auto"]  # the step's loops and hooks were seen
+    assert traced["ddp"] == traced["auto"]
+
 # -- several backwards per step: every optimizer steps on gradients averaged over the ranks -------------------
 GAN_SCRIPT = str(Path(__file__).parent / "_ddp_gan.py")
 
