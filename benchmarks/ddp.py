@@ -1,7 +1,7 @@
 """Steps/s of the Trainer under strategy="ddp" vs a hand-written PyTorch DDP loop, 1 and 2 processes (CPU, gloo).
 
     python benchmarks/ddp.py [--steps 400] [--rounds 6] [--jobs 1] [--dataset own|tensors]
-    python benchmarks/ddp.py --instructions [--steps 30]     # needs valgrind; ~15 minutes on 2 cores
+    python benchmarks/ddp.py --instructions [--steps 30]     # needs valgrind; ~8 minutes on 2 cores
 
 How it is measured
 ------------------

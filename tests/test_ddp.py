@@ -193,7 +193,6 @@ def test_idle_ranks_observe_only_the_epoch_loop_and_a_request_still_waits_for_th
     assert read_manifest(tmp_path / "asked.ckpt")["world_size"] == 2
 
 
-
 class _TracedStep(RecordingModule):
     """Records the Python functions of ours that run from batch 3's training_step to batch 4's."""
 
@@ -220,12 +219,16 @@ def test_a_world_of_one_under_ddp_runs_the_same_python_per_step_as_auto(tmp_path
     traced = {}
     for strategy in ("auto", "ddp"):
         module = _TracedStep()
-        Trainer(max_epochs=1, strategy=strategy, devices=1, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path / strategy).fit(
-            module, ResumableLoader(tiny_loader(n=24, batch_size=4, shuffle=True), seed=3))
+        trainer = Trainer(max_epochs=1, strategy=strategy, devices=1, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path / strategy)
+        try:
+            trainer.fit(module, ResumableLoader(tiny_loader(n=24, batch_size=4, shuffle=True), seed=3))
+        finally:
+            sys.setprofile(None)  # a step that raised between batches 3 and 4 must not leave it recording
         traced[strategy] = module.traced
     assert len(traced["auto"]) > 20, traced["auto"]  # the step's loops and hooks were seen
     assert traced["ddp"] == traced["auto"]
+
 
 # -- several backwards per step: every optimizer steps on gradients averaged over the ranks -------------------
 GAN_SCRIPT = str(Path(__file__).parent / "_ddp_gan.py")
