@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from statemachine_trainer import Trainer, TrainingModule
 from statemachine_trainer.checkpoint import first_difference
@@ -90,6 +90,23 @@ def final_state(fitted: Trainer) -> dict:
                                                                                "batch-start"])
 def test_resume_is_exact_with_augmentation_and_dropout(tmp_path, workers, hook, call):
     assert_resume_exact(Net, trainer, loaders(workers), hook, call, tmp_path)
+
+
+def tensor_loaders(workers: int):
+    """The same points as a TensorDataset: a fetch that draws nothing, so the loader seeds no generator at all."""
+    points = Augmented()
+    return lambda: (ResumableLoader(DataLoader(TensorDataset(points.x, points.y), batch_size=8, shuffle=True,
+                                               num_workers=workers), seed=3),)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(("hook", "call"), [("on_before_zero_grad", 5), ("on_train_batch_end", 6)],
+                         ids=["between-optimizers", "batch-end"])
+def test_resume_is_exact_when_the_fetch_draws_nothing(tmp_path, workers, hook, call):
+    """No seeding: dropout and the hook's draws from torch, random and NumPy run on across batches as in a plain
+    loop, and the checkpoint's RNG states replay them (mid-step too, where the batch in flight is served again)."""
+    assert tensor_loaders(workers)()[0]._seed_training is None
+    assert_resume_exact(Net, trainer, tensor_loaders(workers), hook, call, tmp_path)
 
 
 def test_the_run_is_the_same_with_any_num_workers():

@@ -22,8 +22,9 @@ from the batch's training key (the *training stream*: whatever the step
 draws from them until the next batch).  So what a step draws does not
 depend on ``num_workers``, on how many numbers the augmentations drew, or on
 whether the run was resumed.  (A fetch that provably draws nothing -- a
-``TensorDataset`` with the default collate -- is neither seeded nor guarded:
-see ``_seeding``.)
+``TensorDataset`` with the default collate -- touches no generator at all:
+it is not seeded, not guarded, and no training stream is seeded after it,
+so the step's draws run on as in a plain loop; see ``_seeding``.)
 
 The batch in flight.  A checkpoint taken while batch ``k`` is being processed
 holds ``position = k + 1``.  To serve batch ``k`` again after resuming, call
@@ -132,10 +133,15 @@ class ResumableLoader:
 
     def _build(self, settings: dict[str, Any], rngs: Sequence[str]) -> None:
         self._settings, self._rngs = dict(settings), check_rngs(rngs)  # what shard() rebuilds from
+        self.dataset = settings.pop("dataset")
+        # A fetch that provably draws nothing (a TensorDataset, the default collate) is not seeded, nor torch's
+        # generator put back around it, nor the training stream seeded after it: it leaves every generator as it
+        # found it, with or without workers, so the step's draws run on as in a plain loop (see _seeding).
+        self._fetch_draws = bool(self._rngs) and not fetch_draws_nothing(self.dataset, settings.get("collate_fn"))
         # Seeds the training stream from a key (None when there is nothing to seed); the RNGs of KEPT_RNGS are
         # put back around a main-process fetch instead.
-        self._seed_training = seeder([name for name in self._rngs if name not in KEPT_RNGS])
-        self.dataset = settings.pop("dataset")
+        self._seed_training = seeder([name for name in self._rngs if name not in KEPT_RNGS]) \
+            if self._fetch_draws else None
         seed = settings.pop("seed")
         self.seed: int = torch.initial_seed() if seed is None else seed
         #: Samples per optimizer step when the order is the global-batch one (``data/_global``); None: DDP's split.
@@ -162,9 +168,6 @@ class ResumableLoader:
         # DataLoader draws its workers' base seed from `generator` at every iter(); a private one keeps that
         # draw off the global torch stream, which a resumed run would otherwise see moved by one extra draw.
         self._generator = torch.Generator()
-        # A fetch that provably draws nothing (a TensorDataset, the default collate) is not seeded, nor torch's
-        # generator put back around it: both would leave every generator as they found it (see _seeding).
-        self._fetch_draws = bool(self._rngs) and not fetch_draws_nothing(self.dataset, settings.get("collate_fn"))
         dataset = SeededDataset(self.dataset, rngs) if self._fetch_draws else self.dataset
         self.loader = DataLoader(dataset, batch_sampler=self.batch_sampler, generator=self._generator,
                                  in_order=True, **settings)

@@ -45,13 +45,17 @@ the training stream is not seeded again.
 
 A fetch that provably draws no random numbers -- torch's own datasets of
 tensors (``TensorDataset``, and ``Subset``/``ConcatDataset``/``StackDataset``
-of them, by exact type) with the default collate -- would leave every
-generator as the seeding found it (torch's put back, the others seeded again
-for the training stream), so the loader skips that seeding and the put-back
-(:func:`fetch_draws_nothing`): about half of what exact data costs per batch
-(``benchmarks/overhead.py --instructions --loaders``).  The training stream is seeded as
-ever, so the draws are the same either way (tested).  A dataset of any other
-type may draw (augmentations): it is seeded.
+of them, by exact type) with the default collate -- moves no generator, in
+the main process or in a worker, so there is nothing to make independent of
+``num_workers``: the loader seeds nothing for it (:func:`fetch_draws_nothing`),
+neither the fetch, nor torch's put-back, nor the training stream after it.
+The step's draws then run on from batch to batch as in a plain loop, and a
+checkpoint's RNG states (which hold Python's and NumPy's generators as well
+as torch's) replay them on resume (tested, with workers and a rewound
+batch).  Exact data then costs only the loader's bookkeeping
+(``benchmarks/overhead.py --instructions --loaders``).  A dataset of any
+other type may draw (augmentations): it is seeded, and so is the training
+stream after it.
 
 torch's generator is seeded through ``torch.default_generator.manual_seed``,
 not ``torch.manual_seed`` (~90 µs: it also seeds the CUDA, MPS, XPU and
