@@ -17,8 +17,9 @@ Every variant trains the same model on the same data for one epoch of
 ``--steps`` batches (default 2000):
 
 * a 64 -> 64 -> 10 MLP (Linear, ReLU, Linear), cross-entropy, SGD (lr 0.05);
-* a shuffled ``DataLoader`` (batch 32, ``num_workers=0``) over a generated
-  ``TensorDataset`` of ``steps * 32`` samples, so one epoch is ``steps`` steps;
+* a shuffled ``DataLoader`` (batch 32, ``num_workers=0``, the default
+  collate) over a generated ``TensorDataset`` of ``steps * 32`` samples, so
+  one epoch is ``steps`` steps;
 * ``torch.set_num_threads(1)``.
 
 Variants:
@@ -35,6 +36,13 @@ Variants:
 ``ours-as-given``
     ``ours`` with ``resumable_data=False``: the DataLoader iterated as given,
     so ``ours`` minus this is what exact data (the default) costs per step.
+    A ``TensorDataset`` with the default collate provably draws nothing, so
+    exact data seeds no generator for it (``data/_seeding``).
+``ours-seeded``
+    ``ours`` with a ``collate_fn`` of one's own (the default collate behind
+    a function): the loader cannot know it draws nothing, so every batch's
+    fetch and the training stream after it are seeded -- what a dataset with
+    random augmentations pays.
 ``ours+csv``
     the same with the default logger (``logger=True``: a ``CSVLogger``, written
     every ``log_every_n_steps=50`` steps).
@@ -53,11 +61,13 @@ How it is measured
 * All variants run in one process, interleaved: each repeat runs every
   variant once, in an order rotated per repeat, so drift of the machine hits
   all of them alike.  One untimed warm-up run per variant comes first.
-* The DataLoader's ``collate_fn`` records ``time.perf_counter()`` (wall) and
-  ``time.process_time()`` (this process's CPU time) as each batch is fetched
-  -- the same instrumentation for every variant, inside a real ``DataLoader``.
-  **steady us/step** is the mean step time between the batch fetched after
-  the first 10% of the epoch and the last batch fetched, so it excludes each
+* A forward pre-hook on the model records ``time.perf_counter()`` (wall) and
+  ``time.process_time()`` (this process's CPU time) as each step's forward
+  begins -- the same instrumentation for every variant, and outside the data
+  path, so the loader keeps the default collate (a ``collate_fn`` of one's
+  own would make exact data seed every fetch: ``ours-seeded``).
+  **steady us/step** is the mean step time between the forward after the
+  first 10% of the epoch and the last forward, so it excludes each
   framework's start-up and end-of-fit work; the overheads and verdicts use it.
   **p50 step** is the median single-step interval (blind to rare costs, such
   as a log flush every 50 steps, so it is shown for insight only).
@@ -72,7 +82,7 @@ How it is measured
   variant - plain on the mins and on the medians.  The garbage collector stays
   on (as in real use); ``gc.collect()`` runs between measurements.
 * Each run is checked afterwards: exactly ``steps`` optimizer steps, and
-  ``steps`` batches fetched.
+  ``steps`` forwards.
 
 The checkpoint: the default ``ModelCheckpoint`` saves at epoch end (if the
 installed version saves at all: the script reports whether a checkpoint file
@@ -88,14 +98,14 @@ framework's share (ours - plain) with the functions it is spent in, most
 bytecodes first.  It is the profile to read when the overhead moves.
 
 ``--instructions`` (needs ``valgrind``) counts machine instructions instead:
-``plain``, ``ours-as-given`` and ``ours`` each run in a process of its own
+``plain``, ``ours-as-given``, ``ours`` and ``ours-seeded`` each run in a process of its own
 under callgrind for an epoch of ``N`` and of ``3N`` steps (``--steps``,
 default here 100), and the difference over ``2N`` is the instructions per
 step -- the C work too (torch's dispatcher, the generators' seeding), which
 ``--count-calls`` does not see.  It takes a few minutes and barely moves with
 the machine's load (totals within 1% from run to run, where timings move by
 10-20%), and names the C entry points of the per-batch seeding that exact
-data pays for.  ``--loaders`` adds the plain loop over a ``DataLoader`` and
+data pays for when it seeds (``ours-seeded``).  ``--loaders`` adds the plain loop over a ``DataLoader`` and
 over ``ResumableLoader`` of it, for a ``TensorDataset`` (whose fetch is not
 seeded) and for the same tensors behind a ``Dataset`` class of one's own.
 
@@ -145,13 +155,18 @@ TARGET_VS_IGNITE = 1.0
 
 
 # -- shared pieces --------------------------------------------------------------------------
-def make_model(seed: int) -> nn.Module:
+def make_model(seed: int, stamps: list[tuple[float, float]] | None = None) -> nn.Module:
+    """The MLP; with ``stamps``, each forward first appends (perf_counter, process_time) to it."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    if stamps is not None:
+        wall, cpu, append = time.perf_counter, time.process_time, stamps.append
+        model.register_forward_pre_hook(lambda module, args: append((wall(), cpu())))
+    return model
 
 
 class Data:
-    """The generated data set, and a fresh, seeded, time-stamping DataLoader over it per run."""
+    """The generated data set, and a fresh, seeded DataLoader over it per run."""
 
     def __init__(self, steps: int, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -159,22 +174,20 @@ class Data:
         self.dataset = TensorDataset(torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g))
         self.steps = steps
 
-    def loader(self, stamps: list[tuple[float, float]], seed: int) -> DataLoader:
-        wall, cpu = time.perf_counter, time.process_time
-        append = stamps.append
-
-        def collate(samples: list[Any]) -> Any:
-            append((wall(), cpu()))
-            return default_collate(samples)
-
-        return DataLoader(self.dataset, batch_size=BATCH, shuffle=True, num_workers=0, collate_fn=collate,
+    def loader(self, seed: int, collate_fn: Callable[[list[Any]], Any] | None = None) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=BATCH, shuffle=True, num_workers=0, collate_fn=collate_fn,
                           generator=torch.Generator().manual_seed(seed))
+
+
+def own_collate(samples: list[Any]) -> Any:
+    """The default collate behind a function of one's own: the loader cannot know it draws nothing (mixup might)."""
+    return default_collate(samples)
 
 
 @dataclass
 class Run:
     total: tuple[float, float]  # (wall, cpu) seconds of the timed fit/run call
-    stamps: list[tuple[float, float]]  # (perf_counter, process_time) at each batch fetch
+    stamps: list[tuple[float, float]]  # (perf_counter, process_time) as each step's forward begins
     steps_done: int  # optimizer steps the framework says it took
 
 
@@ -246,8 +259,8 @@ def plain_loop(model: nn.Module, loader: Any) -> int:
 def plain_variant() -> Variant:
     def run(data: Data, seed: int, scratch: Path) -> Run:
         stamps: list[tuple[float, float]] = []
-        loader = data.loader(stamps, seed)
-        model = make_model(seed)
+        loader = data.loader(seed)
+        model = make_model(seed, stamps)
         start = now()
         steps = plain_loop(model, loader)
         return Run(since(start), stamps, steps)
@@ -260,9 +273,9 @@ def our_variants() -> tuple[list[Variant], Callable[[Path], float]]:
     from statemachine_trainer.trainer import Trainer
 
     class MLP(TrainingModule):
-        def __init__(self, seed: int) -> None:
+        def __init__(self, seed: int, stamps: list[tuple[float, float]] | None = None) -> None:
             super().__init__()
-            self.net = make_model(seed)
+            self.net = make_model(seed, stamps)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net(x)
@@ -276,11 +289,11 @@ def our_variants() -> tuple[list[Variant], Callable[[Path], float]]:
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=LR)
 
-    def make(logger: bool, resumable_data: bool = True) -> Callable[[Data, int, Path], Run]:
+    def make(logger: bool, resumable_data: bool = True, collate_fn: Any = None) -> Callable[[Data, int, Path], Run]:
         def run(data: Data, seed: int, scratch: Path) -> Run:
             stamps: list[tuple[float, float]] = []
-            loader = data.loader(stamps, seed)
-            module = MLP(seed)
+            loader = data.loader(seed, collate_fn)
+            module = MLP(seed, stamps)
             trainer = Trainer(max_epochs=1, enable_progress_bar=False, logger=logger, default_root_dir=scratch,
                               resumable_data=resumable_data)
             with quiet():
@@ -299,7 +312,7 @@ def our_variants() -> tuple[list[Variant], Callable[[Path], float]]:
         module = MLP(0)
         trainer = Trainer(max_epochs=1, enable_progress_bar=False, logger=False, default_root_dir=scratch)
         with quiet():
-            trainer.fit(module, data.loader([], 0))
+            trainer.fit(module, data.loader(0))
         best = float("inf")
         for i in range(5):
             start = time.perf_counter()
@@ -308,7 +321,8 @@ def our_variants() -> tuple[list[Variant], Callable[[Path], float]]:
         return best
 
     return ([Variant("ours", make(False), "logger=False"), Variant("ours+csv", make(True), "default CSVLogger"),
-             Variant("ours-as-given", make(False, resumable_data=False), "logger=False, resumable_data=False")],
+             Variant("ours-as-given", make(False, resumable_data=False), "logger=False, resumable_data=False"),
+             Variant("ours-seeded", make(False, collate_fn=own_collate), "logger=False, a collate_fn of one's own")],
             save_checkpoint_seconds)
 
 
@@ -325,9 +339,9 @@ def lightning_variants() -> list[Variant]:
             return []
 
     class LitMLP(L.LightningModule):
-        def __init__(self, seed: int) -> None:
+        def __init__(self, seed: int, stamps: list[tuple[float, float]]) -> None:
             super().__init__()
-            self.net = make_model(seed)
+            self.net = make_model(seed, stamps)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net(x)
@@ -344,8 +358,8 @@ def lightning_variants() -> list[Variant]:
     def make(csv: bool) -> Callable[[Data, int, Path], Run]:
         def run(data: Data, seed: int, scratch: Path) -> Run:
             stamps: list[tuple[float, float]] = []
-            loader = data.loader(stamps, seed)
-            module = LitMLP(seed)
+            loader = data.loader(seed)
+            module = LitMLP(seed, stamps)
             with quiet():
                 trainer = L.Trainer(max_epochs=1, enable_progress_bar=False, enable_model_summary=False,
                                     logger=CSVLogger(scratch) if csv else False, accelerator="cpu", devices=1,
@@ -370,8 +384,8 @@ def ignite_variants() -> list[Variant]:
 
     def run(data: Data, seed: int, scratch: Path) -> Run:
         stamps: list[tuple[float, float]] = []
-        loader = data.loader(stamps, seed)
-        model = make_model(seed)
+        loader = data.loader(seed)
+        model = make_model(seed, stamps)
         opt = torch.optim.SGD(model.parameters(), lr=LR)
         engine = create_supervised_trainer(model, opt, F.cross_entropy,
                                            output_transform=lambda x, y, y_pred, loss: loss.detach())
@@ -390,7 +404,7 @@ def measure_once(variant: Variant, data: Data, seed: int, root: Path, record: bo
     gc.collect()
     run = variant.run(data, seed, scratch)
     if run.steps_done != data.steps or len(run.stamps) != data.steps:
-        raise AssertionError(f"{variant.label}: {run.steps_done} optimizer steps and {len(run.stamps)} batches "
+        raise AssertionError(f"{variant.label}: {run.steps_done} optimizer steps and {len(run.stamps)} forwards "
                              f"for an epoch of {data.steps}")
     if record:
         for k, clock in enumerate(CLOCKS):
@@ -482,7 +496,7 @@ SEEDING = {
     "torch generator set_state": "THPGenerator_setState(_object*, _object*)",
     "torch generator manual_seed": "THPGenerator_manualSeed(_object*, _object*)",
 }
-INSTRUCTION_VARIANTS = ("plain", "ours-as-given", "ours")
+INSTRUCTION_VARIANTS = ("plain", "ours-as-given", "ours", "ours-seeded")
 #: ``--loaders``: the plain loop over the DataLoader as given and over ResumableLoader(it), for a TensorDataset (whose
 #: fetch is not seeded) and for the same tensors behind a Dataset class of one's own (seeded per fetch).
 LOADER_VARIANTS = ("loop", "loop+resumable", "loop-own", "loop-own+resumable")
@@ -556,12 +570,13 @@ def report_instructions(steps: int, loaders: bool) -> None:
     for label in INSTRUCTION_VARIANTS:
         over = per_step[label] - per_step["plain"]
         print(f"  {label:<14}{per_step[label]:>12,.0f}" + (f"   +{over:,.0f} over plain" if label != "plain" else ""))
-    print("Per step in the per-batch seeding's C entry points (inclusive), ours - ours-as-given:")
+    print("Per step in the per-batch seeding's C entry points (inclusive), ours-seeded - ours-as-given:")
     for name in SEEDING:
         extra = {label: counted[label, 3 * steps][1][name] - counted[label, steps][1][name]
-                 for label in ("ours", "ours-as-given")}
-        print(f"  {name:<36}{(extra['ours'] - extra['ours-as-given']) / (2 * steps):>10,.0f}")
-    print(f"exact data (ours - ours-as-given) = {per_step['ours'] - per_step['ours-as-given']:,.0f} instructions/step")
+                 for label in ("ours-seeded", "ours-as-given")}
+        print(f"  {name:<36}{(extra['ours-seeded'] - extra['ours-as-given']) / (2 * steps):>10,.0f}")
+    print(f"exact data (ours - ours-as-given) = {per_step['ours'] - per_step['ours-as-given']:,.0f} instructions/step; "
+          f"seeded (ours-seeded - ours-as-given) = {per_step['ours-seeded'] - per_step['ours-as-given']:,.0f}")
     if loaders:
         print("ResumableLoader - DataLoader in the plain loop (default collate), instructions/step: "
               f"TensorDataset (fetch not seeded) {per_step['loop+resumable'] - per_step['loop']:+,.0f}, a Dataset "
@@ -705,6 +720,8 @@ def verdicts(over: dict[str, tuple[float, float]], clock: str) -> None:
           f"with the CSV logger {us(over['ours+csv'][1]):.1f} (target <= {TARGET_US:g})")
     print(f"[{clock}] our overhead with resumable_data=False (the DataLoader iterated as given, no exact data) "
           f"{us(over['ours-as-given'][1]):.1f} us/step (min-based {us(over['ours-as-given'][0]):.1f})")
+    print(f"[{clock}] our overhead with a collate_fn of one's own (exact data seeds every batch) "
+          f"{us(over['ours-seeded'][1]):.1f} us/step (min-based {us(over['ours-seeded'][0]):.1f})")
     if "lightning" in over:
         print(f"[{clock}] Lightning overhead = {us(over['lightning'][1]):.1f} us/step (logger=False), "
               f"{us(over['lightning+csv'][1]):.1f} (CSVLogger); ours+csv / lightning+csv = "
