@@ -14,7 +14,9 @@ What the generated function does is exactly what the rules in
 whose conditions all hold and whose ``unless`` guards all fail (in table
 order, short-circuit), set ``row``; for each kept hook set ``hook`` to its
 table index, call it (with ``run()``'s arguments if it takes them), set
-``hook`` past it, and call the observer at the boundary between two hooks;
+``hook`` past it, and call the observer at the boundary between two hooks
+(the stores that cannot be seen are left out: ``hook`` is 0 between
+transitions, and nothing runs between the last hook and the row's end);
 then move to the destination state, clear ``row``/``hook``, keep the output
 of a transition into END, and call the observer at the boundary after the
 transition (not after a nested loop's END: its parent's hook is still
@@ -83,7 +85,9 @@ def _guard(bound: BoundRow, bind: Callable[[str, Any], str]) -> str | None:
 def _row(bound: BoundRow, bind: Callable[[str, Any], str]) -> list[str]:
     """The statements that take ``bound`` once its guards passed (see the module docstring)."""
     lines = [f"d.row = {bound.index}"]
-    hook = -1  # what d.hook holds at this point of the row (nothing known before its first hook)
+    # What d.hook holds at this point of the row.  Between transitions it is 0 (every row ends by setting it so, and
+    # so do restore and a failed transition), so a row whose first kept hook is hook 0 need not set it.
+    hook = 0
     keep_output = bound.enters_end and bound.returns_last
     last = len(bound.steps) - 1
     for k, (fn, takes_args, index, after, between) in enumerate(bound.steps):
@@ -92,6 +96,8 @@ def _row(bound: BoundRow, bind: Callable[[str, Any], str]) -> list[str]:
         name = bind(bound.row.hooks[index], fn)
         call = f"{name}(*d.args, **d.kwargs)" if takes_args else f"{name}()"
         lines.append(f"result = {call}" if keep_output and k == last else call)
+        if k == last:
+            break  # the row's end sets d.hook = 0 next: nothing can read the index past its last hook
         lines.append(f"d.hook = {after}")
         hook = after
         if between:
