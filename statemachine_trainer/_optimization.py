@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor  # a global, not torch.Tensor: torch's module __getattr__ defeats attribute caching
 
 from ._hooks import HookRelay
 from ._optim import ConfigError, OptimizerSetup
@@ -63,7 +64,7 @@ class OptimizerClosureError(RuntimeError):
 
 def loss_of(output: Any) -> torch.Tensor | None:
     """The loss in what ``training_step`` returned (or yielded): the tensor, ``output["loss"]``, or None (skip)."""
-    if output is None or isinstance(output, torch.Tensor):
+    if output is None or isinstance(output, Tensor):
         return output
     if isinstance(output, dict) and "loss" in output:
         return output["loss"]
@@ -113,7 +114,9 @@ class Optimization:
         self.accumulate = accumulate_grad_batches
         self.clip_val, self.clip_algorithm = gradient_clip_val, gradient_clip_algorithm
         self.optimizers = setup.optimizers
-        self.toggle = len(self.optimizers) > 1 and module.automatic_optimization
+        #: The module's optimization mode for this fit (read once: an attribute of an nn.Module is slow to read).
+        self.automatic = bool(module.automatic_optimization)
+        self.toggle = len(self.optimizers) > 1 and self.automatic
         self.pass_index = len(self.optimizers) > 1 and takes_optimizer_idx(module.training_step)
         #: training_step(batch) or training_step(batch, batch_idx): its signature says, once per run.
         self.takes_batch_idx = takes_batch_idx(module.training_step)
@@ -127,7 +130,7 @@ class Optimization:
         self.batch_idx = 0
         self.batch_number = 0
         self.is_last_batch = False
-        self._all = range(len(self.optimizers))
+        self._all = tuple(range(len(self.optimizers)))  # a tuple, not a range: indexing a tuple is cached per step
         self._active: Any = self._all
         # The strategy's: training_step (called through DDP under strategy="ddp" when a step runs one backward),
         # its gate for each loss (DDP, several backwards per step) and its no_sync() for the micro-batches of an
@@ -183,7 +186,7 @@ class Optimization:
     def call_training_step(self, batch: Any, batch_idx: int, optimizer_idx: int | None) -> Any:
         """``training_step`` (through DDP's forward where the strategy says so); manual mode under autocast."""
         self.results.fx = "training_step"
-        if self.module.automatic_optimization:
+        if self.automatic:
             # the automatic loops run this (or a generator's next()) under autocast themselves
             if optimizer_idx is not None and self.pass_index:
                 return self.module.training_step(batch, batch_idx, optimizer_idx)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch import Tensor  # a global, not torch.Tensor: torch's module __getattr__ defeats attribute caching
 from torchmetrics import Metric
 
 from ._hook_spec import HOOKS, PER_BATCH, STAGE_HOOKS
@@ -156,7 +157,7 @@ class Results:
         if slot.direct:
             self._publish(slot, value)
             return
-        if type(value) is torch.Tensor:  # the common case first: an exact type test is the cheapest
+        if type(value) is Tensor:  # the common case first: an exact type test is the cheapest
             if not slot.on_epoch:
                 # Per-step only: keep the tensor as is.  Backward has already freed its graph's buffers,
                 # and detaching is left to whoever reads it (every log_every_n_steps), not every step.
@@ -166,10 +167,10 @@ class Results:
         elif isinstance(value, Metric):
             slot.metric = value
             cached = getattr(value, "_forward_cache", None)
-            if slot.on_step and isinstance(cached, torch.Tensor):
+            if slot.on_step and isinstance(cached, Tensor):
                 slot.last = cached.detach()
             return
-        elif isinstance(value, torch.Tensor):
+        elif isinstance(value, Tensor):
             value = value.detach()
         else:
             value = torch.tensor(float(value))

@@ -33,6 +33,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -88,7 +89,12 @@ class Run:
 
     Its attributes are fixed (``__slots__``): user code may read them and set
     ``should_stop``, but a typo such as ``trainer.shuld_stop = True`` raises
-    instead of silently adding an attribute nobody reads.
+    instead of silently adding an attribute nobody reads.  The flags read as
+    attributes too (``trainer.max_epochs``), and a Lightning name this library
+    does not have raises an ``AttributeError`` naming what to read instead;
+    both are properties (:func:`_add_flag_and_advice_properties`), not a
+    ``__getattr__``: on Python 3.11 a class with ``__getattr__`` gets no cached
+    attribute reads at all, and the loops read the run's parts every step.
     """
 
     __slots__ = (
@@ -429,17 +435,6 @@ class Run:
         """The first callback that is an instance of ``cls``, or None."""
         return next((cb for cb in self.callbacks if isinstance(cb, cls)), None)
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names not found normally: the flags (run.max_epochs) and a clear error otherwise.
-        if name in FLAG_NAMES:
-            return getattr(self.config, name)
-        if name in ATTRIBUTE_ADVICE or name in FLAG_ADVICE:
-            raise missing_attribute("trainer (the run)", name, ())
-        raise AttributeError(f"The run has no attribute {name!r}. Inside hooks, `trainer` is the run: its parts "
-                             "(module, datamodule, sources, hooks, results, optimization, precision, strategy, "
-                             "callbacks, loggers, config), Lightning's counters and the flags; the Trainer's entry "
-                             "points are not reachable from inside a run.")
-
     # -- services -------------------------------------------------------------------------------
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` on global rank 0, above a progress bar that is drawing (so the bar is not torn)."""
@@ -724,6 +719,28 @@ class Run:
         if self.hooks is not None and self.optimization is not None:
             self.optimization.hooks = self.hooks
 
+
+def _add_flag_and_advice_properties(cls: type) -> None:
+    """Give ``cls`` a read-only property per Trainer flag it does not define (``run.max_epochs`` reads
+    ``run.config.max_epochs``), and one per Lightning attribute or flag it lacks that raises the error naming
+    the replacement (``run.lightning_module``)."""
+    for name in sorted(FLAG_NAMES):
+        if not hasattr(cls, name):
+            setattr(cls, name, property(attrgetter(f"config.{name}"), doc=f"The ``{name}`` flag (``config.{name}``)."))
+    for name in sorted({*ATTRIBUTE_ADVICE, *FLAG_ADVICE}):
+        if not hasattr(cls, name):
+            setattr(cls, name, property(_refusal(name)))
+
+
+def _refusal(name: str) -> Callable[[Any], Any]:
+    """A property getter that raises the error naming what to read instead of Lightning's ``name``."""
+    def refuse(run: Any) -> Any:
+        raise missing_attribute("trainer (the run)", name, ())
+
+    return refuse
+
+
+_add_flag_and_advice_properties(Run)
 
 #: Stage name -> the name its limit flag uses (limit_val_batches for "validate").
 _LIMIT_NAMES = {"train": "train", "validate": "val", "test": "test", "predict": "predict"}

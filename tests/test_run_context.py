@@ -60,8 +60,23 @@ def test_the_run_refuses_new_attributes_and_names_the_fix():
     assert trainer.should_stop
     with pytest.raises(AttributeError, match=r"trainer.shuld_stop cannot be set.*should_stop = True"):
         run.shuld_stop = True
-    with pytest.raises(AttributeError, match="The run has no attribute 'fit_looop'"):
+    with pytest.raises(AttributeError, match="'Run' object has no attribute 'fit_looop'"):
         run.fit_looop  # noqa: B018
+
+
+def test_the_run_reads_flags_as_attributes_and_has_no_getattr_hook():
+    """Flags and Lightning's names are properties: the class has no __getattr__, which on Python 3.11 would keep
+    every read of the run's parts (several per step) from being cached."""
+    trainer = quiet(max_epochs=3)
+    module = Tiny()
+    trainer.fit(module, loader())
+    run = module.trainer
+    assert not hasattr(type(run), "__getattr__")
+    assert run.max_epochs == 3 and run.log_every_n_steps == trainer.log_every_n_steps
+    assert "max_epochs" in dir(run)  # discoverable, unlike names a __getattr__ answers
+    with pytest.raises(AttributeError, match="there is no tuner"):
+        run.tuner  # noqa: B018
+    assert not hasattr(run, "tuner")
 
 
 def test_use_data_names_the_stages_and_fit_without_data_says_where_to_give_it():

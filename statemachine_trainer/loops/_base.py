@@ -22,7 +22,13 @@ __all__ = ["TrainerLoop"]
 
 class TrainerLoop(Loop, abstract=True):
     #: Set before a run: the module, data sources, hook relay, results, optimization and services.
-    context: Run | None = None
+    context: Run | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # On the instance, not as a class default: Python 3.11 caches no read of an attribute that the class
+        # also defines, and the loops read ``context`` several times a step.
+        self.context = None
 
     @property
     def trainer(self) -> Run:

@@ -60,13 +60,17 @@ _NOTHING = object()  # no batch held (None is a batch a loader may yield)
 class FetchingLoop(TrainerLoop, abstract=True):
     """A loop whose per-batch rows begin with :data:`FETCH`; subclasses define ``fetch`` with ``hold``."""
 
-    _held: Any = _NOTHING  # the batch between fetch and advance; _NOTHING otherwise
-    _held_dataloader_idx: int = 0  # which of the stage's dataloaders it came from
-    _user_transfer = False  # the module overrides a transfer hook (so its random draws are replayed on resume)
-    # The torch RNG states from before the transfer hooks of the batch in flight (from hold() to the end of
-    # advance: done_with_batch()); None when no batch is in flight or no transfer hook is overridden.
-    _rng_in_flight: dict[str, Any] | None = None
-    _pinned = False  # the batch in flight came from a loader that cannot step back: no checkpoint until it is done
+    def __init__(self) -> None:
+        super().__init__()
+        # Instance attributes, not class defaults: Python 3.11 caches no read of an attribute the class also
+        # defines, and these are read and written every batch.
+        self._held: Any = _NOTHING  # the batch between fetch and advance; _NOTHING otherwise
+        self._held_dataloader_idx = 0  # which of the stage's dataloaders it came from
+        self._user_transfer = False  # the module overrides a transfer hook (so its random draws are replayed on resume)
+        # The torch RNG states from before the transfer hooks of the batch in flight (from hold() to the end of
+        # advance: done_with_batch()); None when no batch is in flight or no transfer hook is overridden.
+        self._rng_in_flight: dict[str, Any] | None = None
+        self._pinned = False  # the batch in flight came from a loader that cannot step back: no checkpoint till done
 
     def skip_transfer_hooks(self) -> None:
         """Leave out, for this run, the transfer hooks that would not change the batch (worked out once)."""

@@ -222,7 +222,7 @@ class TrainingEpochLoop(FetchingLoop):
         run, progress = self.context, self.progress
         source = run.sources["train"]
         batch_idx = progress.current.ready - 1
-        restarting = self.restarting
+        restarting = self._machine.restarting  # self.restarting, without the property's generic lookup
         if restarting:
             # Re-entered on resume: the checkpoint was taken while this batch was being processed, and its
             # counters were already moved.  Fetch it again (and transfer it again) instead of the next one.
