@@ -4,6 +4,7 @@ Run:  python benchmarks/overhead.py [--steps N] [--repeats R] [--quick]
       python benchmarks/overhead.py --count-calls [--steps N]
       python benchmarks/overhead.py --instructions [--loaders] [--steps N]   # needs valgrind
       python benchmarks/overhead.py --scalar [--steps N] [--repeats R]
+      python benchmarks/overhead.py --scalar --instructions [--steps N]   # needs valgrind
 
 The design's performance target (DESIGN.md, "Performance targets"): on a tiny
 model on CPU, the runtime's per-step overhead over a plain PyTorch loop must be
@@ -111,7 +112,11 @@ seeded) and for the same tensors behind a ``Dataset`` class of one's own.
 
 ``--scalar`` runs ``plain`` and ``ours`` alone on a one-parameter model fed
 one batch from a list, so a step's torch work is a few us and what remains is
-the framework's own cost per step, measured with far less noise.
+the framework's own cost per step, measured with far less noise.  With
+``--instructions`` it counts the two runs' machine instructions per step
+under cachegrind instead (epochs of ``N`` and ``3N`` steps, default
+``N = 2000``: the later part of an epoch, after Python has specialized what
+it can; about 3 minutes), which no neighbour on the machine moves.
 
 The last lines are the verdicts::
 
@@ -586,14 +591,17 @@ def report_instructions(steps: int, loaders: bool) -> None:
 
 
 # -- the framework alone: a one-parameter model --------------------------------------------------
-def report_scalar(steps: int, repeats: int) -> None:
-    """``plain`` and ``ours`` on a one-parameter model with batches from a list, interleaved.
+SCALAR_VARIANTS = ("scalar-plain", "scalar-ours")
+
+
+def scalar_runs(steps: int) -> dict[str, Callable[[list[tuple[float, float]], Path], int]]:
+    """``plain`` and ``ours`` on a one-parameter model fed one batch from a list: label -> run(stamps, scratch).
 
     The torch work of a step (a multiply, its backward, SGD on one number,
     zero_grad) is a few us, the same in both, so the difference is the
     framework's own per-step cost with far less noise than next to a 400 us
-    step.  Steady per-step CPU and wall time from stamps taken as each batch is
-    handed out, as in the main measurement.
+    step.  Each run stamps (wall, CPU) as each batch is handed out and
+    returns the optimizer steps taken.
     """
     from statemachine_trainer.module import TrainingModule
     from statemachine_trainer.trainer import Trainer
@@ -649,7 +657,12 @@ def report_scalar(steps: int, repeats: int) -> None:
             trainer.fit(Scalar(), Batches(stamps))
         return trainer.global_step
 
-    runs = {"plain": plain, "ours": ours}
+    return {"plain": plain, "ours": ours}
+
+
+def report_scalar(steps: int, repeats: int) -> None:
+    """The two :func:`scalar_runs`, interleaved; steady per-step CPU and wall time, as in the main measurement."""
+    runs = scalar_runs(steps)
     steady: dict[str, dict[str, list[float]]] = {label: {clock: [] for clock in CLOCKS} for label in runs}
     with tempfile.TemporaryDirectory(prefix="overhead-scalar-") as tmp:
         for r in range(repeats + 1):  # the first round warms up
@@ -667,6 +680,36 @@ def report_scalar(steps: int, repeats: int) -> None:
         print(f"[{clock}] plain {us(statistics.median(p)):.1f}, ours {us(statistics.median(o)):.1f}: "
               f"framework {us(statistics.median(o) - statistics.median(p)):.1f} us/step "
               f"(median; min-based {us(min(o) - min(p)):.1f})")
+
+
+def run_scalar_one(label: str, steps: int) -> None:
+    """One fit of ``scalar-plain`` or ``scalar-ours`` (what ``--scalar --instructions`` runs under valgrind)."""
+    with tempfile.TemporaryDirectory(prefix="overhead-scalar-one-") as tmp:
+        done = scalar_runs(steps)[label.removeprefix("scalar-")]([], Path(tmp))
+    if done != steps:
+        raise AssertionError(f"{label}: {done} optimizer steps for an epoch of {steps}")
+
+
+def report_scalar_instructions(steps: int) -> None:
+    """Machine instructions per step of the two scalar runs, in the steady state, under cachegrind.
+
+    Each runs one epoch of ``steps`` and one of ``3 * steps`` steps in a process of its own; the difference
+    over ``2 * steps`` is one step of the later part of an epoch, where Python 3.11 has specialized (cached)
+    what it can: its specializer retries a missed bytecode only after up to thousands of runs, so a short
+    epoch would count the warm-up too.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from _jobs import cachegrind_per_step  # this directory
+
+    with ThreadPoolExecutor(len(SCALAR_VARIANTS)) as pool:
+        counted = dict(zip(SCALAR_VARIANTS, pool.map(
+            lambda label: cachegrind_per_step([sys.executable, __file__, "--run-one", label], steps,
+                                              simulate_caches=False), SCALAR_VARIANTS)))
+    plain, ours = counted["scalar-plain"]["Ir"], counted["scalar-ours"]["Ir"]
+    print(f"one-parameter model, machine instructions per step (cachegrind), epochs of {steps} and {3 * steps}:")
+    print(f"  plain {plain:,.0f}, ours {ours:,.0f}")
+    print(f"framework instructions per step (ours - plain) = {ours - plain:,.0f}")
 
 
 def _short_path(filename: str) -> str:
@@ -741,7 +784,8 @@ def verdicts(over: dict[str, tuple[float, float]], clock: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps (one epoch) per run (default 2000; with --instructions 100)")
+                        help="training steps (one epoch) per run (default 2000; with --instructions 100, "
+                             "with --scalar --instructions 2000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant, interleaved (default 5)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 200 steps, 1 repeat")
     parser.add_argument("--clock", choices=CLOCKS, default="wall",
@@ -755,13 +799,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loaders", action="store_true",
                         help="with --instructions: also the plain loop over DataLoader vs ResumableLoader, for a "
                              "TensorDataset and for a Dataset class of one's own (twice as long)")
-    parser.add_argument("--run-one", choices=INSTRUCTION_VARIANTS + LOADER_VARIANTS,
+    parser.add_argument("--run-one", choices=INSTRUCTION_VARIANTS + LOADER_VARIANTS + SCALAR_VARIANTS,
                         help=argparse.SUPPRESS)  # --instructions' job
     args = parser.parse_args(argv)
     if args.steps is None:
-        args.steps = 100 if args.instructions else 2000
+        args.steps = 100 if args.instructions and not args.scalar else 2000
     if args.run_one:
-        run_one(args.run_one, args.steps)
+        (run_scalar_one if args.run_one in SCALAR_VARIANTS else run_one)(args.run_one, args.steps)
+        return 0
+    if args.instructions and args.scalar:
+        report_scalar_instructions(args.steps)
         return 0
     if args.instructions:
         report_instructions(args.steps, args.loaders)
