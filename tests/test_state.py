@@ -164,3 +164,20 @@ def test_every_reachable_state_set_round_trips(n, inner):
     schema = tree.state_schema()
     for state_set in [*seen, tree.state_set()]:
         assert structure_state_set(json.loads(json.dumps(unstructure_state_set(state_set))), schema) == state_set
+
+
+def test_each_progress_class_counts_with_code_of_its_own():
+    """One increment body shared by three tracker types would miss Python 3.11's per-bytecode attribute cache every
+    step; each class gets its own copy, which counts exactly as the shared one did."""
+    from statemachine_trainer.state import BatchProgress, Progress, ReadyCompletedProgress, StartedProgress
+
+    classes = (Progress, BatchProgress, StartedProgress, ReadyCompletedProgress)
+    codes = {id(cls.increment_ready.__code__) for cls in classes}  # distinct objects (equal ones compare equal)
+    assert len(codes) == len(classes)
+    progress = BatchProgress()
+    for name in ("increment_ready", "increment_ready", "increment_started", "increment_processed",
+                 "increment_completed"):
+        getattr(progress, name)()
+    assert (progress.total.ready, progress.total.started, progress.total.processed, progress.total.completed) == \
+        (2, 1, 1, 1) == (progress.current.ready, progress.current.started, progress.current.processed,
+                         progress.current.completed)
