@@ -165,6 +165,13 @@ def _second_level_cache() -> str | None:
         return None
 
 
+def valgrind_env() -> dict[str, str]:
+    """This environment for a process counted under valgrind: fixed hash seeds (the same dict layouts in every
+    run) and one BLAS/OpenMP thread (an idle OpenBLAS worker spins under valgrind and would count as work)."""
+    return {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1"}
+
+
 def cachegrind_per_step(command: list[str], steps: int, simulate_caches: bool = True) -> dict[str, float]:
     """Machine events per step of ``command + ["--steps", N]`` under cachegrind (cache and branch simulation).
 
@@ -179,8 +186,7 @@ def cachegrind_per_step(command: list[str], steps: int, simulate_caches: bool = 
 
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind on PATH.")
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
+    env = valgrind_env()
     level = _second_level_cache()
     with tempfile.TemporaryDirectory(prefix="cachegrind-") as tmp:
         outs = [os.path.join(tmp, f"{n}.out") for n in (steps, 3 * steps)]

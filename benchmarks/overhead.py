@@ -541,8 +541,9 @@ def callgrind(label: str, steps: int, out: Path) -> tuple[int, dict[str, int]]:
     """(instructions, inclusive instructions of each SEEDING function) of one ``run_one`` under callgrind."""
     import subprocess
 
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}  # no spinning BLAS threads, the same dict layouts in every run
+    from _jobs import valgrind_env  # this directory
+
+    env = valgrind_env()
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
                "--run-one", label, "--steps", str(steps)]
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)

@@ -248,7 +248,7 @@ class Optimization:
     def zero_grad(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress,
                   set_to_none: bool = True) -> None:
         progress.optimizer.zero_grad.increment_started()
-        if self.zero_grad_override and self.module.automatic_optimization:
+        if self.zero_grad_override and self.automatic:
             self.hooks.optimizer_zero_grad(self.module.current_epoch, self.batch_idx, optimizer)
         else:
             optimizer.zero_grad(set_to_none=set_to_none)
@@ -309,7 +309,7 @@ class Optimization:
     def _after_closure(self, optimizer: torch.optim.Optimizer) -> None:
         """Between the gradients and the step: ``on_before_optimizer_step``, then clipping in automatic mode."""
         self.hooks.on_before_optimizer_step(optimizer)
-        if self.module.automatic_optimization:
+        if self.automatic:
             self.clip(optimizer)
 
     def step_optimizer(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress) -> None:
