@@ -20,7 +20,10 @@ of the first batch after optimizer step S (its checkpoint is on disk), and
 preemption request that only this node received); with ``--signal-agent`` it
 sends it to its node's torchrun, as SLURM's ``--signal`` would (torchrun
 forwards it to the node's workers when started with ``--signals-to-handle
-...,SIGUSR1``).
+...,SIGUSR1``).  A rank that stops with ``SystemExit`` writes its exit code to
+``exit-rank<R>.txt``: the other node's torchrun reports its worker's 75 only if
+it notices that exit before the rendezvous store goes away with the signalled
+agent, when that agent hosted it.
 """
 
 import argparse
@@ -98,4 +101,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as stopped:  # a preemption: recorded here, as torchrun's own report of it may be lost
+        with open(f"exit-rank{os.environ['RANK']}.txt", "w") as out:
+            out.write(str(stopped.code))
+        raise
