@@ -25,7 +25,13 @@ from torch.utils.data import (
     default_collate,
 )
 
-from statemachine_trainer.data import ResumableLoader, ResumableSampler, SeededDataset, StaleIteratorError
+from statemachine_trainer.data import (
+    ResumableLoader,
+    ResumableSampler,
+    SeededDataset,
+    StaleIteratorError,
+    TaggedBatch,
+)
 from statemachine_trainer.data._seeding import fetch_draws_nothing
 
 
@@ -257,6 +263,9 @@ def test_which_fetches_are_known_to_draw_nothing(dataset, collate_fn, draws_noth
     assert fetch_draws_nothing(dataset, collate_fn) is draws_nothing
     loader = ResumableLoader(DataLoader(dataset, batch_size=2, collate_fn=collate_fn))
     assert isinstance(loader.loader.dataset, SeededDataset) is not draws_nothing
+    # The sampler computes a batch's key only for a fetch that reads it: a seeded one.
+    handed_out = next(iter(loader.batch_sampler))
+    assert isinstance(handed_out, TaggedBatch) is not draws_nothing and handed_out == [0, 1]
     assert isinstance(ResumableLoader(DataLoader(dataset, batch_size=2), rngs=()).loader.dataset, SeededDataset) is False
 
 

@@ -166,11 +166,12 @@ class GlobalBatchSampler(ResumableSampler):
         generator.manual_seed((self.seed + self.epoch) & ((1 << 64) - 1))  # DistributedSampler's seeding rule
         return torch.randperm(self.num_items, generator=generator)
 
-    def batch(self, index: int) -> TaggedBatch:
+    def batch(self, index: int) -> list[int]:
         _, order, epoch_part = self._epoch_cache()
         j = self.micro_batch(index)
         start = j * self.batch_size
-        return TaggedBatch(order[start:start + self.batch_size], key_of_batch(epoch_part, j))
+        indices = order[start:start + self.batch_size]
+        return TaggedBatch(indices, key_of_batch(epoch_part, j)) if self.tagged else indices
 
     def key_function(self) -> Callable[[int], int]:
         epoch_part, micro_batch = self._epoch_cache()[2], self.micro_batch

@@ -163,6 +163,7 @@ class ResumableLoader:
             # Every RNG, torch's too, restarts from each micro-batch's key: draws depend on the micro-batch only.
             self._seed_training = training_seeder(self._rngs)
         self.batch_sampler.epoch = settings.pop("epoch")
+        self.batch_sampler.tagged = self._fetch_draws  # an unseeded fetch reads no key: none is computed per batch
         if not settings.get("num_workers"):
             settings["prefetch_factor"], settings["persistent_workers"] = None, False  # DataLoader refuses them
         # DataLoader draws its workers' base seed from `generator` at every iter(); a private one keeps that

@@ -64,6 +64,9 @@ class ResumableSampler(Sampler[list[int]]):
         self.epoch = 0  # the epoch whose order is served; any int >= 0
         self.position = 0  # batches handed out this epoch; 0 <= position <= len(self)
         self._seeked = False  # position was set from outside since the last iter(): serve it, even at the end
+        #: Whether batches carry their key (:class:`TaggedBatch`), which a seeded fetch reads; ResumableLoader
+        #: turns it off for a fetch it does not seed, which then gets plain lists and no key is computed.
+        self.tagged = True
         # ((seed, epoch), this rank's indices, the epoch's part of every batch key): computed once per epoch
         self._order: tuple[tuple[int, int], list[int], int] | None = None
 
@@ -117,17 +120,18 @@ class ResumableSampler(Sampler[list[int]]):
         slots = self.rank + torch.arange(self.num_samples) * self.world_size
         return perm[slots % n]  # slot j of the padded order is perm[j % n]
 
-    def batch(self, index: int) -> TaggedBatch:
+    def batch(self, index: int) -> list[int]:
         """Batch ``index`` of the current epoch, in O(batch_size): the jump that makes resuming O(1)."""
         _, order, epoch_part = self._epoch_cache()
         start = index * self.batch_size
-        return TaggedBatch(order[start:start + self.batch_size], key_of_batch(epoch_part, index))
+        indices = order[start:start + self.batch_size]
+        return TaggedBatch(indices, key_of_batch(epoch_part, index)) if self.tagged else indices
 
     def key_function(self) -> Callable[[int], int]:
         """``index -> key of batch index`` for the current epoch (its epoch part computed once, here)."""
         return functools.partial(key_of_batch, self._epoch_cache()[2])
 
-    def __iter__(self) -> Iterator[TaggedBatch]:
+    def __iter__(self) -> Iterator[list[int]]:
         if self.position >= len(self) > 0 and not self._seeked:
             self.set_epoch(self.epoch + 1)
         self._seeked = False
