@@ -20,7 +20,7 @@ it through a ``Dataset`` class of the benchmark's own, as a user's dataset is:
 the loader cannot know that its ``__getitem__`` draws nothing, so it seeds the
 generators for every fetch -- what exact data costs a dataset that may
 augment.  ``--dataset tensors`` serves the ``TensorDataset`` itself, whose
-fetch provably draws nothing, so only the training stream is seeded
+fetch provably draws nothing, so nothing is seeded and no key is computed
 (``data/_seeding.py``).  For each ``num_workers`` in ``--workers`` (default 0
 and 2):
 

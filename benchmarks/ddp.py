@@ -20,8 +20,8 @@ DistributedSampler order rule, batch 32 per process, Adam, no logging or
 checkpoints.  The data is served through a ``Dataset`` class of the
 benchmark's own (``--dataset own``, the default: what exact data costs a
 user's dataset, seeded per fetch), or as the ``TensorDataset`` itself
-(``--dataset tensors``: its fetch draws nothing, so only the training stream
-is seeded).
+(``--dataset tensors``: its fetch draws nothing, so nothing is seeded: what
+our loop costs without exact data's seeding).
 
 Two clocks: rank 0's wall steps/s, and the CPU time per step of each rank's
 process (all its threads: DDP's reducer and gloo work there too), averaged

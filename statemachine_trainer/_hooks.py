@@ -94,8 +94,8 @@ class HookRelay:
         """The hooks of evaluation/prediction stage ``name`` ("validate", "test", "predict")."""
         return self._stages[name]
 
-    def __getattr__(self, name: str) -> Any:
-        raise AttributeError(f"HookRelay has no hook {name!r}; hooks are: {', '.join(HOOK_NAMES)}.")
+    # No __getattr__ (for a custom message on an unknown hook): a class with one gets no cached attribute reads
+    # from Python 3.11, and loops read hooks from here every step.  Python's own message names the closest hook.
 
 
 def _module_hook(fn: Callable[..., Any], name: str, results: Results) -> Callable[..., Any]:

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from statemachine_trainer import Callback, ConfigError, Trainer, TrainingModule
+from statemachine_trainer._hooks import HookRelay
 from statemachine_trainer._run import Run
 
 
@@ -77,6 +78,20 @@ def test_the_run_reads_flags_as_attributes_and_has_no_getattr_hook():
     with pytest.raises(AttributeError, match="there is no tuner"):
         run.tuner  # noqa: B018
     assert not hasattr(run, "tuner")
+
+
+def test_the_hook_relay_has_no_getattr_hook_and_an_unknown_hook_gets_pythons_suggestion():
+    """Loops read hooks off the relay every step: with a __getattr__ on its class, Python 3.11 would cache none of
+    those reads."""
+    trainer = quiet(max_epochs=1)
+    module = Tiny()
+    trainer.fit(module, loader())
+    hooks = module.trainer.hooks
+    assert type(hooks) is HookRelay and not hasattr(HookRelay, "__getattr__")
+    assert callable(hooks.on_train_batch_end)
+    with pytest.raises(AttributeError, match="'HookRelay' object has no attribute 'on_train_bach_end'") as raised:
+        hooks.on_train_bach_end  # noqa: B018
+    assert raised.value.name == "on_train_bach_end"  # what Python's "Did you mean: 'on_train_batch_end'?" reads
 
 
 def test_use_data_names_the_stages_and_fit_without_data_says_where_to_give_it():
