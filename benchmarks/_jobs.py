@@ -214,3 +214,21 @@ def _cachegrind_summary(path: str) -> dict[str, int]:
     events = next(line.split()[1:] for line in lines if line.startswith("events:"))
     summary = next(line.split()[1:] for line in lines if line.startswith("summary:"))
     return dict(zip(events, map(int, summary), strict=True))
+
+
+#: cachegrind's events that :func:`print_events` shows, and what it calls them.
+EVENTS = {"Ir": "instructions", "I1mr": "L1 instruction misses", "ILmr": "last-level instruction misses",
+          "D1mr": "L1 data read misses", "D1mw": "L1 data write misses", "DLmr": "last-level data read misses",
+          "DLmw": "last-level data write misses", "Bcm": "conditional branch mispredictions",
+          "Bim": "indirect branch mispredictions"}
+
+
+def print_events(labels: tuple[str, str], counts: tuple[dict[str, float], dict[str, float]]) -> None:
+    """Two :func:`cachegrind_per_step` results side by side: each event, the difference, the ratio."""
+    (left_label, right_label), (left, right) = labels, counts
+    print(f"{'event':>34} {left_label:>13} {right_label:>12} {'difference':>13} {'ratio':>6}")
+    for event, name in EVENTS.items():
+        if event in left:
+            ratio = right[event] / left[event] if left[event] else float("nan")
+            print(f"{name:>34} {left[event]:>13,.0f} {right[event]:>12,.0f} {right[event] - left[event]:>+13,.0f} "
+                  f"{ratio:>6.3f}")

@@ -58,6 +58,7 @@ from _jobs import (  # this directory
     fit_clocked,
     loop_clocked,
     mlp,
+    print_events,
     synthetic_data,
     torchrun_ranks,
 )
@@ -141,12 +142,8 @@ def job(nproc: int, steps: int, rounds: int, dataset: str) -> dict[str, list[tup
                       for r in range(rounds)] for variant in variants}
 
 
-#: --instructions: the 1-process pair (no process group), event -> what the table calls it
+#: --instructions: the 1-process pair (no process group)
 COUNTED = ("plain-single", "ours-auto")
-EVENTS = {"Ir": "instructions", "I1mr": "L1 instruction misses", "D1mr": "L1 data read misses",
-          "D1mw": "L1 data write misses", "DLmr": "last-level data read misses",
-          "DLmw": "last-level data write misses", "Bcm": "conditional branch mispredictions",
-          "Bim": "indirect branch mispredictions"}
 
 
 def run_one(variant: str, steps: int, dataset: str) -> None:
@@ -166,12 +163,7 @@ def report_instructions(steps: int, dataset: str) -> None:
                                            steps) for variant in COUNTED}
     plain_, ours_ = (counts[variant] for variant in COUNTED)
     print(f"dataset: {dataset}; per step, from epochs of {steps} and {3 * steps} steps under cachegrind:")
-    print(f"{'event':>34} {'plain-single':>13} {'ours-auto':>12} {'ours - plain':>13} {'ratio':>6}")
-    for event, name in EVENTS.items():
-        if event in plain_:
-            ratio = ours_[event] / plain_[event] if plain_[event] else float("nan")
-            print(f"{name:>34} {plain_[event]:>13,.0f} {ours_[event]:>12,.0f} {ours_[event] - plain_[event]:>+13,.0f} "
-                  f"{ratio:>6.3f}")
+    print_events(COUNTED, (plain_, ours_))
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ Run:  python benchmarks/overhead.py [--steps N] [--repeats R] [--quick]
       python benchmarks/overhead.py --instructions [--loaders] [--steps N]   # needs valgrind
       python benchmarks/overhead.py --scalar [--steps N] [--repeats R]
       python benchmarks/overhead.py --scalar --instructions [--steps N]   # needs valgrind
+      python benchmarks/overhead.py --caches [--steps N]   # needs valgrind
 
 The design's performance target (DESIGN.md, "Performance targets"): on a tiny
 model on CPU, the runtime's per-step overhead over a plain PyTorch loop must be
@@ -117,6 +118,14 @@ the framework's own cost per step, measured with far less noise.  With
 under cachegrind instead (epochs of ``N`` and ``3N`` steps, default
 ``N = 2000``: the later part of an epoch, after Python has specialized what
 it can; about 3 minutes), which no neighbour on the machine moves.
+
+``--caches`` (needs ``valgrind``; about 10 minutes) runs ``plain`` and ``ours``
+under cachegrind with its cache and branch simulation (the last level
+simulated is this machine's L2), epochs of ``N`` and ``3N`` steps (default
+``N = 100``), and prints per step: instructions, L1 and L2 misses for
+instructions and data, and branch mispredictions, each side by side with
+the difference.  Our instructions cost more next to the MLP's torch work
+than alone (``--scalar``); these are the reasons, counted.
 
 The last lines are the verdicts::
 
@@ -591,6 +600,20 @@ def report_instructions(steps: int, loaders: bool) -> None:
           f"(as given: {per_step['ours-as-given'] - per_step['plain']:,.0f})")
 
 
+def report_caches(steps: int) -> None:
+    """``plain`` and ``ours`` under cachegrind with its cache and branch simulation: what a step costs beyond
+    its instructions.  Our Python runs fewer instructions per microsecond next to the MLP's torch work than
+    alone (``--scalar``): its code and objects take cache lines from the step, and the interpreter's
+    branches mispredict; this counts both, per step."""
+    from _jobs import cachegrind_per_step, print_events  # this directory
+
+    labels = ("plain", "ours")
+    # One variant after the other: each runs its two epochs side by side, one core each.
+    plain, ours = (cachegrind_per_step([sys.executable, __file__, "--run-one", label], steps) for label in labels)
+    print(f"per step, from epochs of {steps} and {3 * steps} steps under cachegrind (last level: this machine's L2):")
+    print_events(labels, (plain, ours))
+
+
 # -- the framework alone: a one-parameter model --------------------------------------------------
 SCALAR_VARIANTS = ("scalar-plain", "scalar-ours")
 
@@ -797,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time nothing: count the Python calls and bytecodes per step of plain and ours (deterministic)")
     parser.add_argument("--instructions", action="store_true",
                         help="time nothing: count machine instructions per step under valgrind (a few minutes)")
+    parser.add_argument("--caches", action="store_true",
+                        help="time nothing: plain and ours under cachegrind with cache and branch simulation, per "
+                             "step: instructions, cache misses, branch mispredictions (~10 minutes)")
     parser.add_argument("--loaders", action="store_true",
                         help="with --instructions: also the plain loop over DataLoader vs ResumableLoader, for a "
                              "TensorDataset and for a Dataset class of one's own (twice as long)")
@@ -804,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=argparse.SUPPRESS)  # --instructions' job
     args = parser.parse_args(argv)
     if args.steps is None:
-        args.steps = 100 if args.instructions and not args.scalar else 2000
+        args.steps = 100 if (args.instructions or args.caches) and not args.scalar else 2000
     if args.run_one:
         (run_scalar_one if args.run_one in SCALAR_VARIANTS else run_one)(args.run_one, args.steps)
         return 0
@@ -813,6 +839,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.instructions:
         report_instructions(args.steps, args.loaders)
+        return 0
+    if args.caches:
+        report_caches(args.steps)
         return 0
     if args.quick:
         args.steps, args.repeats = 200, 1
