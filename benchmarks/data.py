@@ -26,6 +26,10 @@ and 2):
 
 ``iterate``          only ``for batch in loader`` over a shuffled ``DataLoader`` (``iterate+resumable``: over
                      ``ResumableLoader(that DataLoader)``): loading's own cost, without a model's noise;
+``iterate+seedings`` / ``plain+seedings`` (workers 0 only) the same over the ``DataLoader`` as given, each batch
+                     with just the seedings ``ResumableLoader`` does around a main-process fetch it cannot know
+                     draws nothing (``SeedingsOnly``): what they cost apart from the rest of the loader, beside
+                     the loop alone and inside a training step;
 ``plain``            the hand-written loop over a shuffled ``DataLoader``;
 ``plain+resumable``  the same loop over ``ResumableLoader(that DataLoader)`` (the loader's own cost, no Trainer);
 ``trainer``          ``Trainer(max_epochs=1, enable_progress_bar=False, logger=False, resumable_data=False).fit``
@@ -93,9 +97,36 @@ def make_dataset(steps: int, kind: str) -> Any:
     return tensors if kind == "tensors" else OwnDataset(tensors)
 
 
-def make_loader(dataset: Any, workers: int, seed: int, resumable: bool) -> Any:
+class SeedingsOnly:
+    """A DataLoader as given, each batch with exactly the seedings ``ResumableLoader`` does per main-process batch
+    of a dataset it cannot know draws nothing: torch's state saved, every generator seeded, torch's put back,
+    Python's and NumPy's seeded for the training stream.  Their cost apart from the rest of the loader."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Any:
+        from statemachine_trainer.data._seeding import ALL_RNGS, seeder, training_key
+
+        seed_fetch, seed_training = seeder(ALL_RNGS), seeder(("random", "numpy"))
+        get_state, set_state = torch.default_generator.get_state, torch.default_generator.set_state
+        key = 0x9E3779B97F4A7C15  # any 64-bit key; one more per batch
+        for batch in self.loader:
+            state = get_state()
+            seed_fetch(key)
+            set_state(state)
+            seed_training(training_key(key))
+            key += 1
+            yield batch
+
+
+def make_loader(dataset: Any, workers: int, seed: int, resumable: bool | str) -> Any:
+    """The shuffled DataLoader; ``resumable``: through ResumableLoader (True), or with its seedings only
+    (``"seedings"``)."""
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(seed))
+    if resumable == "seedings":
+        return SeedingsOnly(loader)
     if not resumable:
         return loader
     from statemachine_trainer.data import ResumableLoader
@@ -166,11 +197,13 @@ def trainer_as_given(loader: Any, seed: int, stamps: Stamps, scratch: Path) -> i
     return trainer_run(loader, seed, stamps, scratch, resumable_data=False)
 
 
-VARIANTS: dict[str, tuple[Callable[[Any, int, Stamps, Path], int], bool]] = {
+VARIANTS: dict[str, tuple[Callable[[Any, int, Stamps, Path], int], bool | str]] = {
     "iterate": (iterate_run, False),
     "iterate+resumable": (iterate_run, True),
+    "iterate+seedings": (iterate_run, "seedings"),
     "plain": (plain_run, False),
     "plain+resumable": (plain_run, True),
+    "plain+seedings": (plain_run, "seedings"),
     "trainer": (trainer_as_given, False),
     "trainer+default": (trainer_run, False),
     "trainer+resumable": (trainer_run, True),
@@ -208,6 +241,15 @@ def report(times: dict[tuple[str, int], list[tuple[float, float]]], cases: list[
     print(f"load average after: {os.getloadavg()[0]:.2f}\n")
     for clock in sorted(CLOCKS, key=lambda c: c == last):  # the chosen clock's lines come last
         i = CLOCKS.index(clock)
+        if 0 in workers:
+            def apart(a: str, b: str, i: int = i) -> str:
+                """a - b: median of paired differences (of mins)."""
+                median = statistics.median(x[i] - y[i] for x, y in zip(times[(a, 0)], times[(b, 0)])) * 1e6
+                return f"{median:+.1f} ({stat((a, 0), i, min) - stat((b, 0), i, min):+.1f})"
+
+            print(f"[{clock}] workers=0: the loader's seedings alone, without ResumableLoader, us/step (median of "
+                  f"paired differences; of mins): beside the loop over the loader {apart('iterate+seedings', 'iterate')}"
+                  f", inside the plain loop's step {apart('plain+seedings', 'plain')}")
         for w in workers:
             def paired(a: str, b: str, w: int = w, i: int = i) -> float:
                 """Median over repeats of a - b, each repeat's two runs measured under the same load."""
@@ -253,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data benchmark: {platform.python_implementation()} {platform.python_version()}, torch {torch.__version__} "
           f"(1 thread), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {args.steps} steps x "
           f"{args.repeats} interleaved repeats; dataset: {args.dataset}")
-    cases = [(name, w) for w in args.workers for name in VARIANTS]
+    # The seedings alone are a main-process fetch's (with workers the loader seeds the training stream alone).
+    cases = [(name, w) for w in args.workers for name in VARIANTS if w == 0 or "seedings" not in name]
     times: dict[tuple[str, int], list[tuple[float, float]]] = {case: [] for case in cases}
     dataset, warm = make_dataset(args.steps, args.dataset), make_dataset(max(20, args.steps // 10), args.dataset)
     with TemporaryDirectory(prefix="data-bench-") as tmp:
