@@ -126,18 +126,36 @@ class Optimization:
         #: What an overridden optimizer_step receives: the optimizers wrapped (the loop counts the steps).
         self.wrapped = tuple(TrainingOptimizer(opt, self) for opt in self.optimizers)
         self.step_override = self.backward_override = self.zero_grad_override = self.clip_override = False
+        self._gate: Callable[[torch.Tensor], torch.Tensor] = identity_gate
         self.hooks = hooks  # works out which step hooks the module overrides (again when the Trainer sets it)
         self.batch_idx = 0
         self.batch_number = 0
         self.is_last_batch = False
         self._all = tuple(range(len(self.optimizers)))  # a tuple, not a range: indexing a tuple is cached per step
-        self._active: Any = self._all
+        #: Indices of the optimizers that step on this batch, in order (all of them without frequencies).
+        self.active: Any = self._all
+        #: Whether this batch ends a gradient-accumulation window (so the optimizers step).
+        self.window_closes = self.accumulate == 1  # what begin_batch says of the first batch of a long epoch
         # The strategy's: training_step (called through DDP under strategy="ddp" when a step runs one backward),
         # its gate for each loss (DDP, several backwards per step) and its no_sync() for the micro-batches of an
         # accumulation window.
         self.forward_step: Callable[..., Any] = module.training_step
-        self.gate: Callable[[torch.Tensor], torch.Tensor] = identity_gate
         self.no_sync: Callable[[], Any] = contextlib.nullcontext
+
+    @property
+    def gate(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The strategy's gate for each loss before backward (DDP); setting it resolves :attr:`plain_backward`."""
+        return self._gate
+
+    @gate.setter
+    def gate(self, gate: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self._gate = gate
+        self._resolve_backward()
+
+    def _resolve_backward(self) -> None:
+        # Whether a loss goes straight to autograd: no gate (one process), no override, no scaler (not 16-mixed).
+        self.plain_backward = (self._gate is identity_gate and not self.backward_override
+                               and self.precision.scaler is None)
 
     @property
     def hooks(self) -> Any:
@@ -160,6 +178,7 @@ class Optimization:
             relay.on_before_zero_grad
         closure = tuple(isinstance(opt, _NEEDS_CLOSURE) or self.step_override for opt in self.optimizers)
         self.needs_closure, self.any_closure = closure, any(closure)
+        self._resolve_backward()
 
     @staticmethod
     def runs_one_backward(module: Any, setup: OptimizerSetup) -> bool:
@@ -169,18 +188,13 @@ class Optimization:
 
     # -- per batch -----------------------------------------------------------------------
     def begin_batch(self, batch_idx: int, batch_number: int, is_last_batch: bool) -> None:
-        """Announce a batch: its index in the epoch, its number in the fit, whether it is the epoch's last."""
+        """Announce a batch: its index in the epoch, its number in the fit, whether it is the epoch's last.
+
+        What the batch's hooks ask (``active``, ``window_closes``) is worked out here, once per batch.
+        """
         self.batch_idx, self.batch_number, self.is_last_batch = batch_idx, batch_number, is_last_batch
-        self._active = self._all if self.setup.frequencies is None else self.setup.active_optimizers(batch_number)
-
-    def active_optimizers(self) -> Any:
-        """Indices of the optimizers that step on this batch, in order (all of them without frequencies)."""
-        return self._active
-
-    @property
-    def window_closes(self) -> bool:
-        """Whether this batch ends a gradient-accumulation window (so the optimizers step)."""
-        return (self.batch_idx + 1) % self.accumulate == 0 or self.is_last_batch
+        self.active = self._all if self.setup.frequencies is None else self.setup.active_optimizers(batch_number)
+        self.window_closes = (batch_idx + 1) % self.accumulate == 0 or is_last_batch
 
     # -- the step's actions, in the order the automatic tables run them -------------------------
     def call_training_step(self, batch: Any, batch_idx: int, optimizer_idx: int | None) -> Any:
@@ -198,20 +212,28 @@ class Optimization:
 
     def loss_to_backward(self, output: Any) -> torch.Tensor | None:
         """The loss to backpropagate from a step's output; None: the step returned None, skip this optimizer."""
-        loss = loss_of(output)
+        loss = output if type(output) is Tensor else loss_of(output)  # the usual output first: no call
         if loss is None:
             _warn_no_loss()
         elif self.accumulate > 1:
             loss = loss / self.accumulate  # the window's gradient is the mean of its micro-batches'
         return loss
 
+    def backward_loss(self, loss: torch.Tensor) -> None:
+        """The automatic loops' backward: straight to autograd when nothing stands between (``plain_backward``)."""
+        if self.plain_backward:
+            loss.backward()
+        else:
+            self.run_backward(loss)
+
     def run_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """``loss.backward()`` with precision scaling -- the loss passing DDP's forward first (the gate).
 
-        The one place a loss meets the gate: the automatic loops' ``backward``
-        row and ``manual_backward`` both come here.
+        The one place a loss meets the gate: ``manual_backward`` comes here, and
+        so does the automatic loops' ``backward`` row (:meth:`backward_loss`)
+        whenever a gate, an override or a scaler stands between.
         """
-        gate = self.gate
+        gate = self._gate
         if gate is not identity_gate:  # one process: nothing to pass the loss through
             loss = gate(loss)
         if self.backward_override:  # the module's backward(loss, *args, **kwargs) gets the scaled loss
@@ -235,7 +257,10 @@ class Optimization:
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, progress: OptimizationProgress,
                        closure: Callable[[], Any] | None = None) -> Any:
-        result = self.precision.step(optimizer, closure)
+        if closure is None and self.precision.scaler is None:  # no scaler's step between: the optimizer's own
+            result = optimizer.step()
+        else:
+            result = self.precision.step(optimizer, closure)
         progress.optimizer.step.increment_completed()
         return result
 

@@ -290,6 +290,26 @@ def test_an_overridden_backward_is_used_by_the_loop_and_by_manual_backward():
     assert torch.allclose(manual.grad, 2 * plain.grad)
 
 
+def test_a_loss_goes_straight_to_autograd_only_when_nothing_stands_between():
+    """``plain_backward``, resolved once: no gate, no overridden ``backward``, no scaler; anything else goes the
+    long way (``run_backward``), which the test above and the DDP tests hold to their behaviour."""
+    class Doubled(Net):
+        def backward(self, loss, *args, **kwargs):
+            (2 * loss).backward(*args, **kwargs)
+
+    plain, doubled = quiet(max_steps=1), quiet(max_steps=1)
+    plain.fit(Net(), loader(1))
+    doubled.fit(Doubled(), loader(1))
+    optimization = plain.run.optimization
+    assert optimization.plain_backward and not doubled.run.optimization.plain_backward
+    optimization.gate = lambda loss: loss  # a strategy's gate (DDP's, with several backwards a step)
+    assert not optimization.plain_backward
+    seen = []
+    optimization.gate = lambda loss: seen.append(loss) or loss
+    optimization.backward_loss(optimization.module.layer(torch.ones(1, 4)).sum())
+    assert len(seen) == 1  # the gated loss went through the gate
+
+
 def test_an_overridden_optimizer_zero_grad_replaces_the_zeroing():
     class KeepZeros(Net):
         def __init__(self):

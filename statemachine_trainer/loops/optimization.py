@@ -258,9 +258,9 @@ class OptimizerLoop(TrainerLoop):
     def backward(self) -> None:
         if self._window_open:
             with self._opt.no_sync():  # DDP: keep this micro-batch's gradients local; the window's last syncs
-                self._opt.run_backward(self._loss)
+                self._opt.backward_loss(self._loss)
         else:
-            self._opt.run_backward(self._loss)
+            self._opt.backward_loss(self._loss)
 
     def on_after_backward(self) -> None:
         self._opt.hooks.on_after_backward()
@@ -319,7 +319,7 @@ class OptimizerLoop(TrainerLoop):
     def _begin(self) -> None:
         """What the batch's hooks read, looked up once per batch (and again on resume: none of it is state)."""
         self._opt = opt = self.context.optimization
-        self._active = opt.active_optimizers()
+        self._active = opt.active
         self._window_open = not opt.window_closes
         self._select()
 
